@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Sets up the project's virtual environment and runs its jobs.
+
+    python3 dev.py demo [flags]     # the main job: scripts/demo.py
+    python3 dev.py test [pytest args]
+
+Each command first makes `.venv` (if missing) and installs the package with
+its development extras into it (again whenever pyproject.toml changes), so
+both work on a fresh clone with nothing but Python 3.10+. Needs only the
+standard library.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".keras_sg-installed"
+# This project's machines keep the original MNIST files beside the checkout.
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+JOBS = {
+    "demo": ["scripts/demo.py"],
+    "test": ["-m", "pytest"],
+}
+
+
+def ensure_environment() -> Path:
+    python = BIN / "python"
+    if not python.exists():
+        print(f"dev.py: creating {VENV}", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+    pyproject = ROOT / "pyproject.toml"
+    if not STAMP.exists() or STAMP.stat().st_mtime < pyproject.stat().st_mtime:
+        print("dev.py: installing keras_sg and its dependencies", flush=True)
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        subprocess.check_call(pip + ["--upgrade", "pip"])
+        subprocess.check_call(pip + ["-e", f"{ROOT}[dev]"])
+        STAMP.touch()
+    return python
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[1] not in JOBS:
+        print(f"usage: python3 dev.py {{{'|'.join(JOBS)}}} [args...]")
+        return 2
+    python = ensure_environment()
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "KERAS_SG_MNIST_DIR" not in env and SHARED_MNIST.is_dir():
+        env["KERAS_SG_MNIST_DIR"] = str(SHARED_MNIST)
+    return subprocess.call([str(python), *JOBS[argv[1]], *argv[2:]], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,35 @@
+"""keras_sg: train Keras models with synthetic gradients.
+
+Decoupled Neural Interfaces (Jaderberg et al. 2016, arXiv:1608.05343) cut a
+network into stages; at each cut a small network, the synthesizer, predicts the
+gradient of the loss with respect to the activation, so the stage below can
+update before the stage above has run its backward pass.
+"""
+
+from keras_sg._backend import check_backend
+
+check_backend()
+
+from keras_sg import data, layers, models  # noqa: E402
+from keras_sg.layers import (  # noqa: E402
+    ConvSynthesizer,
+    DenseSynthesizer,
+    Interface,
+    Synthesizer,
+)
+from keras_sg.models import METHODS, DecoupledModel, split_stages  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "ConvSynthesizer",
+    "DecoupledModel",
+    "DenseSynthesizer",
+    "Interface",
+    "Synthesizer",
+    "data",
+    "layers",
+    "models",
+    "split_stages",
+]

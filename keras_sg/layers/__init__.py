@@ -1,0 +1,8 @@
+"""Layers: the interface that marks a cut and the synthesizers that sit at it."""
+
+from keras_sg.layers.conv_synthesizer import ConvSynthesizer
+from keras_sg.layers.dense_synthesizer import DenseSynthesizer
+from keras_sg.layers.interface import Interface
+from keras_sg.layers.synthesizer import Synthesizer
+
+__all__ = ["ConvSynthesizer", "DenseSynthesizer", "Interface", "Synthesizer"]

@@ -1,0 +1,129 @@
+"""A synthesizer made of convolutions, for the feature maps of conv nets."""
+
+import keras
+from keras import ops
+
+from keras_sg.layers.synthesizer import Synthesizer, concat_context
+
+
+@keras.saving.register_keras_serializable(package="keras_sg")
+class ConvSynthesizer(Synthesizer):
+    """Predicts synthetic gradients of a feature map with a stack of convolutions.
+
+    Every convolution preserves resolution ('same' padding, stride 1, no
+    pooling), so the output has the activation's height and width; the last
+    one has as many filters as the activation has channels and starts at zero,
+    so the first synthetic gradients are exactly 0. Hidden convolutions are
+    followed by optional batch normalisation and a ReLU.
+
+    Defaults follow the paper's CNN synthesizer: two hidden 5x5 convolutions
+    of 128 filters (Jaderberg et al. 2016, arXiv:1608.05343, Appendix C).
+    Conditioned on labels (cDNI), the one-hot label is broadcast over height
+    and width as extra input channels.
+
+    Args:
+        hidden_layers: number of hidden convolutions; 0 gives one linear conv.
+        filters: filters of each hidden convolution.
+        kernel_size: side of the square kernels (odd, so 'same' is centred).
+        use_batch_norm: whether a batch normalisation precedes each ReLU.
+        num_classes: size of the context (cDNI); see `Synthesizer`.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        inputs: the feature map, shape `(batch, height, width, channels)`.
+        context: labels when conditioned: `(batch,)` integers or
+            `(batch, num_classes)` floats.
+        training: whether batch normalisation uses batch statistics.
+
+    Returns:
+        A tensor of the activation's shape.
+    """
+
+    def __init__(
+        self,
+        hidden_layers: int = 2,
+        filters: int = 128,
+        kernel_size: int = 5,
+        use_batch_norm: bool = True,
+        num_classes: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(num_classes=num_classes, **kwargs)
+        for arg, value, low in (
+            ("hidden_layers", hidden_layers, 0),
+            ("filters", filters, 1),
+            ("kernel_size", kernel_size, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"`{arg}` must be an integer >= {low}. Received: {arg}={value!r}"
+                )
+        self.hidden_layers = hidden_layers
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.use_batch_norm = bool(use_batch_norm)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"ConvSynthesizer '{self.name}' needs a 4-D activation "
+                "(batch, height, width, channels); use DenseSynthesizer for "
+                f"other ranks. Received: input_shape={tuple(input_shape)}"
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"ConvSynthesizer '{self.name}' needs a known number of "
+                f"channels. Received: input_shape={tuple(input_shape)}"
+            )
+        shape = tuple(input_shape[:-1]) + (channels + (self.num_classes or 0),)
+        self.hidden = []
+        self.norms = []
+        for i in range(self.hidden_layers):
+            conv = keras.layers.Conv2D(
+                self.filters,
+                self.kernel_size,
+                padding="same",
+                use_bias=not self.use_batch_norm,
+                name=f"hidden_{i}",
+            )
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            self.hidden.append(conv)
+            if self.use_batch_norm:
+                norm = keras.layers.BatchNormalization(name=f"norm_{i}")
+                norm.build(shape)
+                self.norms.append(norm)
+        self.head = keras.layers.Conv2D(
+            channels,
+            self.kernel_size,
+            padding="same",
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="head",
+        )
+        self.head.build(shape)
+
+    def merge_context(self, inputs, context):
+        return concat_context(inputs, context)
+
+    def predict_gradient(self, inputs, training=None):
+        x = inputs
+        for i, conv in enumerate(self.hidden):
+            x = conv(x)
+            if self.norms:
+                x = self.norms[i](x, training=training)
+            x = ops.relu(x)
+        return self.head(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_layers": self.hidden_layers,
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "use_batch_norm": self.use_batch_norm,
+            }
+        )
+        return config

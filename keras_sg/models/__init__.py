@@ -1,0 +1,16 @@
+"""Models: the decoupled model, its stages and the pure functions of its step."""
+
+from keras_sg.models import steps
+from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
+from keras_sg.models.networks import convolutional, fully_connected
+from keras_sg.models.stages import split_stages
+
+__all__ = [
+    "METHODS",
+    "SG_TARGETS",
+    "DecoupledModel",
+    "convolutional",
+    "fully_connected",
+    "split_stages",
+    "steps",
+]

@@ -1,0 +1,451 @@
+"""A Keras model whose stages train with synthetic gradients."""
+
+import keras
+import tensorflow as tf
+
+from keras_sg.layers.interface import Interface
+from keras_sg.layers.synthesizer import Synthesizer
+from keras_sg.models import steps
+from keras_sg.models.stages import split_stages
+
+METHODS = ("backprop", "dni", "cdni", "no_bprop")
+SG_TARGETS = ("bootstrap", "backprop")
+
+
+@keras.saving.register_keras_serializable(package="keras_sg")
+class DecoupledModel(keras.Model):
+    """A model trained stage by stage, with synthetic gradients at its cuts.
+
+    The network is cut into stages at its `Interface` layers (or given as a
+    list of stages). `fit` trains it by one of four methods:
+
+    - `"backprop"`: exact end-to-end gradients, chained stage by stage; the
+      same update as `keras.Model.fit` on the undivided network.
+    - `"dni"`: every stage below the top is updated with the synthetic gradient
+      at its output, computed by that cut's synthesizer, and no gradient crosses
+      a cut. The synthesizer at cut k regresses (mean squared error) the
+      bootstrapped target: the gradient that stage k+1, pulled back with its own
+      synthetic gradient, induces at cut k; the top stage sends back the true
+      loss gradient (Jaderberg et al. 2016, arXiv:1608.05343, Section 2).
+    - `"cdni"`: `"dni"` with synthesizers conditioned on the labels (Section 3.2).
+    - `"no_bprop"`: only the top stage learns; the paper's baseline.
+
+    Synthesizers predict per-example gradients: the gradient of the batch-mean
+    loss times the global batch size (see `keras_sg.models.steps`).
+
+    `evaluate` and `predict` run the plain forward pass. Each cut's
+    synthesizer loss is logged by `fit` as `<interface name>_sg_loss`.
+
+    Args:
+        network: a `keras.Sequential` or functional model holding `Interface`
+            layers, or a list of stage models (see `split_stages`).
+        synthesizers: one synthesizer per interface, lowest first. Required by
+            `"dni"` and `"cdni"`; ignored (but kept) by the other methods.
+        method: one of `"backprop"`, `"dni"`, `"cdni"`, `"no_bprop"`.
+        sg_loss_weight: factor on the synthesizer losses; >= 0.
+        sg_target: `"bootstrap"` (the method above) or `"backprop"`, which
+            trains synthesizers on the true gradient instead, for diagnostics;
+            the stages still follow the synthetic gradients.
+        **kwargs: base model arguments (`name`).
+
+    Example:
+
+    ```python
+    model = keras_sg.DecoupledModel(
+        net,
+        synthesizers=[keras_sg.DenseSynthesizer(hidden_layers=0, num_classes=10)],
+        method="cdni",
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2)
+    ```
+    """
+
+    def __init__(
+        self,
+        network,
+        synthesizers=None,
+        method: str = "dni",
+        sg_loss_weight: float = 1.0,
+        sg_target: str = "bootstrap",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if method not in METHODS:
+            raise ValueError(
+                f"Unknown training method. Expected one of {METHODS}. "
+                f"Received: method={method!r}"
+            )
+        if sg_target not in SG_TARGETS:
+            raise ValueError(
+                f"Expected sg_target to be one of {SG_TARGETS}. "
+                f"Received: sg_target={sg_target!r}"
+            )
+        try:
+            sg_loss_weight = float(sg_loss_weight)
+        except (TypeError, ValueError):
+            sg_loss_weight = -1.0
+        if not sg_loss_weight >= 0.0:
+            raise ValueError(
+                "`sg_loss_weight` must be a number >= 0. "
+                f"Received: sg_loss_weight={sg_loss_weight!r}"
+            )
+        self.method = method
+        self.sg_target = sg_target
+        self.sg_loss_weight = sg_loss_weight
+
+        self.stages = split_stages(network)
+        self.cut_names = [
+            _cut_name(stage, k) for k, stage in enumerate(self.stages[:-1])
+        ]
+        self.synthesizers = self._check_synthesizers(synthesizers)
+        self.sg_loss_trackers = [
+            keras.metrics.Mean(name=f"{name}_sg_loss")
+            for name in (self.cut_names if self.uses_synthesizers else [])
+        ]
+        input_shape = _known_input_shape(self.stages[0])
+        if input_shape is not None:
+            self.build(input_shape)
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def uses_synthesizers(self) -> bool:
+        return self.method in ("dni", "cdni")
+
+    def _check_synthesizers(self, synthesizers):
+        cuts = len(self.stages) - 1
+        if synthesizers is None:
+            if self.uses_synthesizers and cuts:
+                raise ValueError(
+                    f"method={self.method!r} needs one synthesizer per "
+                    f"interface ({cuts} interfaces: {self.cut_names}). "
+                    "Received: synthesizers=None"
+                )
+            return []
+        synthesizers = list(synthesizers)
+        if len(synthesizers) != cuts:
+            raise ValueError(
+                f"Expected one synthesizer per interface: {cuts} interfaces "
+                f"({self.cut_names}). Received: {len(synthesizers)} "
+                "synthesizers"
+            )
+        for name, synth in zip(self.cut_names, synthesizers, strict=True):
+            if not isinstance(synth, keras.layers.Layer):
+                raise TypeError(
+                    f"The synthesizer at '{name}' must be a Keras layer. "
+                    f"Received: {type(synth).__name__}"
+                )
+            conditioned = isinstance(synth, Synthesizer) and synth.conditioned
+            if self.method == "cdni" and not conditioned:
+                raise ValueError(
+                    f"method='cdni' conditions synthesizers on the labels, but "
+                    f"the synthesizer '{synth.name}' at '{name}' takes no "
+                    "context. Create it with `num_classes=<number of classes>`."
+                )
+            if self.method == "dni" and conditioned:
+                raise ValueError(
+                    f"The synthesizer '{synth.name}' at '{name}' is conditioned "
+                    f"on labels (num_classes={synth.num_classes}); use "
+                    "method='cdni', or create it with num_classes=None."
+                )
+        return synthesizers
+
+    def build(self, input_shape):
+        shape = input_shape
+        for k, stage in enumerate(self.stages):
+            if not stage.built:
+                stage.build(shape)
+            if k < len(self.synthesizers):
+                shape = _output_shape(stage, shape)
+                self._build_synthesizer(k, shape)
+
+    def _build_synthesizer(self, k, shape):
+        synth, name = self.synthesizers[k], self.cut_names[k]
+        try:
+            if not synth.built:
+                synth.build(shape)
+            inputs = keras.KerasTensor(shape)
+            if isinstance(synth, Synthesizer) and synth.conditioned:
+                context = keras.KerasTensor((shape[0], synth.num_classes))
+                out = synth.compute_output_spec(inputs, context=context)
+            else:
+                out = synth.compute_output_spec(inputs)
+        except ValueError as error:
+            raise ValueError(f"At interface '{name}': {error}") from error
+        if tuple(out.shape[1:]) != tuple(shape[1:]):
+            raise ValueError(
+                f"The synthesizer '{synth.name}' at interface '{name}' must "
+                f"return a gradient of the activation's shape {tuple(shape)}. "
+                f"Received: output shape {tuple(out.shape)}"
+            )
+
+    # ---------------------------------------------------------------- forward
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for stage in self.stages:
+            x = stage(x, training=training)
+        return x
+
+    # ----------------------------------------------------------------- train
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        context = self._context(y)
+        scale = steps.global_batch_size(x)
+        share = steps.replica_fraction()
+        last = len(self.stages) - 1
+        decoupled = self.uses_synthesizers
+        persistent = decoupled and self.sg_target == "backprop"
+
+        # Forward pass: each stage on a tape of its own; nothing is recorded
+        # across a cut, so no gradient crosses it.
+        activations, pullbacks = [], []
+        h = x
+        for k, stage in enumerate(self.stages[:-1]):
+            if self.method == "no_bprop":
+                h = stage(h, training=True)
+                continue
+            (h, _), pullback = steps.vjp(
+                lambda a, s=stage: (s(a, training=True), _penalty(s, share)),
+                h,
+                stage.trainable_variables,
+                watch_inputs=k > 0,
+                persistent=persistent,
+            )
+            activations.append(h)
+            pullbacks.append(pullback)
+
+        top = self.stages[last]
+
+        def top_loss(a):
+            y_pred = top(a, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            return loss, y_pred
+
+        (loss, y_pred), top_pullback = steps.vjp(
+            top_loss, h, top.trainable_variables, watch_inputs=last > 0
+        )
+        self._loss_tracker.update_state(
+            loss / share, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
+        )
+
+        # Compute gradients.
+        true_grad, top_grads = top_pullback((1.0, None))
+        grads = {
+            id(v): g for v, g in zip(top.trainable_variables, top_grads, strict=True)
+        }
+        if self.method == "backprop":
+            for k in reversed(range(last)):
+                true_grad, stage_grads = pullbacks[k]((true_grad, 1.0))
+                grads.update(
+                    zip(
+                        map(id, self.stages[k].trainable_variables),
+                        stage_grads,
+                        strict=True,
+                    )
+                )
+        elif decoupled:
+            grads.update(
+                self._decoupled_gradients(
+                    activations, pullbacks, true_grad, context, scale, share
+                )
+            )
+
+        # Update weights: one optimizer step over everything trained.
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        ordered, seen = [], set()
+        for v in self.trainable_variables:  # shared layers may list a variable twice
+            if id(v) in grads and id(v) not in seen:
+                seen.add(id(v))
+                ordered.append(v)
+        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
+
+        metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        for tracker in self.sg_loss_trackers:
+            metrics[tracker.name] = tracker.result()
+        return metrics
+
+    def _decoupled_gradients(
+        self, activations, pullbacks, true_grad, context, scale, share
+    ):
+        """Gradients of the stages below the top and of the synthesizers.
+
+        Returns a dict from `id(variable)` to its gradient: stages from their
+        synthetic gradients, synthesizers from their regression targets.
+        """
+        grads = {}
+        synthetic, synth_pullbacks = [], []
+        for synth, h in zip(self.synthesizers, activations, strict=True):
+            (g,), pullback = steps.vjp(
+                lambda a, s=synth: (_synthesize(s, a, context),),
+                h,
+                synth.trainable_variables,
+                watch_inputs=False,
+            )
+            synthetic.append(g)
+            synth_pullbacks.append(pullback)
+
+        # Bootstrapped targets: the top stage sends the true gradient to the
+        # last cut; stage k sends the pullback of its own synthetic gradient.
+        targets = [None] * len(synthetic)
+        targets[-1] = steps.bootstrapped_target(true_grad, scale)
+        for k in reversed(range(len(synthetic))):
+            stage = self.stages[k]
+            input_grad, stage_grads = pullbacks[k]((synthetic[k] / scale, 1.0))
+            grads.update(
+                zip(map(id, stage.trainable_variables), stage_grads, strict=True)
+            )
+            if k > 0:
+                targets[k - 1] = steps.bootstrapped_target(input_grad, scale)
+        if self.sg_target == "backprop":
+            for k in reversed(range(len(synthetic))):
+                targets[k] = steps.bootstrapped_target(true_grad, scale)
+                if k > 0:
+                    true_grad, _ = pullbacks[k]((true_grad, None))
+
+        for k, synth in enumerate(self.synthesizers):
+            sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
+            self.sg_loss_trackers[k].update_state(sg_loss)
+            cotangent = d_synthetic * (self.sg_loss_weight * share)
+            _, synth_grads = synth_pullbacks[k]((cotangent,))
+            grads.update(
+                zip(map(id, synth.trainable_variables), synth_grads, strict=True)
+            )
+        return grads
+
+    def _context(self, y):
+        if self.method != "cdni":
+            return None
+        if y is None:
+            raise ValueError(
+                "method='cdni' conditions the synthesizers on the labels, so "
+                "fit needs targets. Received: y=None"
+            )
+        if isinstance(y, (list, tuple, dict)):
+            raise ValueError(
+                "method='cdni' expects a single label tensor as targets. "
+                f"Received: y of type {type(y).__name__}"
+            )
+        return steps.check_labels(y, self.synthesizers[0].num_classes)
+
+    # ------------------------------------------------------------ diagnostics
+
+    def cut_gradients(self, x, y, sample_weight=None, training=False):
+        """Synthetic and true gradients at every cut, on one batch.
+
+        Runs the network forward and backward end to end (an extra backward
+        pass, which training itself never needs) and the synthesizers on the
+        activations. Both come in the synthesizers' per-example scale: the
+        gradient of the batch-mean loss times the batch size.
+
+        Args:
+            x, y, sample_weight: one batch, as `fit` would see it.
+            training: the mode of batch normalisation and dropout.
+
+        Returns:
+            `(synthetic, true)`: two lists with one tensor per cut, lowest
+            first. `synthetic` is empty for methods that use no synthesizers.
+        """
+        if not self.compiled:
+            raise ValueError(
+                "cut_gradients needs the loss: call `compile()` before it."
+            )
+        x = tf.convert_to_tensor(x)
+        context = self._context(tf.convert_to_tensor(y) if y is not None else y)
+        scale = steps.global_batch_size(x)
+        with tf.GradientTape() as tape:
+            activations = []
+            h = x
+            for stage in self.stages[:-1]:
+                h = stage(h, training=training)
+                tape.watch(h)
+                activations.append(h)
+            y_pred = self.stages[-1](h, training=training)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+            )
+        true = [g * scale for g in tape.gradient(loss, activations)]
+        synthetic = []
+        if self.uses_synthesizers:
+            for synth, h in zip(self.synthesizers, activations, strict=True):
+                synthetic.append(_synthesize(synth, h, context, training))
+        return synthetic, true
+
+    # ---------------------------------------------------------------- metrics
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items() if not k.endswith("_sg_loss")}
+
+    # ------------------------------------------------------------ serializing
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": [
+                    keras.saving.serialize_keras_object(s) for s in self.stages
+                ],
+                "synthesizers": [
+                    keras.saving.serialize_keras_object(s) for s in self.synthesizers
+                ]
+                or None,
+                "method": self.method,
+                "sg_loss_weight": self.sg_loss_weight,
+                "sg_target": self.sg_target,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["network"] = [
+            keras.saving.deserialize_keras_object(s, custom_objects=custom_objects)
+            for s in config["network"]
+        ]
+        if config.get("synthesizers"):
+            config["synthesizers"] = [
+                keras.saving.deserialize_keras_object(s, custom_objects=custom_objects)
+                for s in config["synthesizers"]
+            ]
+        return cls(**config)
+
+
+def _synthesize(synth, h, context, training=True):
+    if context is not None:
+        return synth(h, context=context, training=training)
+    return synth(h, training=training)
+
+
+def _penalty(stage, share):
+    """The stage's own regularization losses, scaled for the replica sum."""
+    if not stage.losses:
+        return None
+    return tf.add_n([tf.cast(loss, tf.float32) for loss in stage.losses]) * share
+
+
+def _cut_name(stage, k):
+    layers = getattr(stage, "layers", None)
+    if layers and isinstance(layers[-1], Interface):
+        return layers[-1].name
+    return f"cut_{k + 1}"
+
+
+def _known_input_shape(stage):
+    try:
+        inputs = stage.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape)
+
+
+def _output_shape(stage, input_shape):
+    return tuple(stage.compute_output_spec(keras.KerasTensor(input_shape)).shape)

@@ -1,0 +1,80 @@
+"""The networks of the DNI paper's MNIST table, with interfaces at every cut."""
+
+import keras
+
+from keras_sg.layers.interface import Interface
+
+
+def fully_connected(
+    input_shape: tuple,
+    num_classes: int,
+    depth: int = 3,
+    units: int = 256,
+    batch_norm: bool = True,
+    name: str | None = None,
+) -> keras.Sequential:
+    """A fully connected classifier cut after every hidden layer.
+
+    `depth` counts the weight layers: `depth - 1` hidden layers of `units`
+    (each dense, batch norm, ReLU, then an `Interface`) and a linear output
+    layer of `num_classes` logits. Jaderberg et al. 2016 (arXiv:1608.05343,
+    Table 1) use 3 to 6 layers of 256 units with batch norm.
+
+    Example:
+
+    ```python
+    net = keras_sg.models.fully_connected((784,), 10, depth=3)  # 2 interfaces
+    ```
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"`depth` must be an integer >= 1. Received: depth={depth!r}")
+    layers = [keras.Input(input_shape)]
+    if len(input_shape) > 1:
+        layers.append(keras.layers.Flatten())
+    for i in range(depth - 1):
+        layers.append(
+            keras.layers.Dense(units, use_bias=not batch_norm, name=f"dense_{i}")
+        )
+        if batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"norm_{i}"))
+        layers.append(keras.layers.ReLU(name=f"relu_{i}"))
+        layers.append(Interface(name=f"cut_{i + 1}"))
+    layers.append(keras.layers.Dense(num_classes, name="logits"))
+    return keras.Sequential(layers, name=name or f"fcn_{depth}")
+
+
+def convolutional(
+    input_shape: tuple,
+    num_classes: int,
+    depth: int = 3,
+    filters: int = 64,
+    kernel_size: int = 5,
+    batch_norm: bool = True,
+    name: str | None = None,
+) -> keras.Sequential:
+    """A resolution-preserving convolutional classifier cut after every conv.
+
+    `depth - 1` convolutions ('same' padding, stride 1; batch norm, ReLU, then
+    an `Interface`), then global average pooling and a linear output layer.
+    Every cut sees a full-resolution feature map, the home of `ConvSynthesizer`.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
+        raise ValueError(f"`depth` must be an integer >= 2. Received: depth={depth!r}")
+    layers = [keras.Input(input_shape)]
+    for i in range(depth - 1):
+        layers.append(
+            keras.layers.Conv2D(
+                filters,
+                kernel_size,
+                padding="same",
+                use_bias=not batch_norm,
+                name=f"conv_{i}",
+            )
+        )
+        if batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"norm_{i}"))
+        layers.append(keras.layers.ReLU(name=f"relu_{i}"))
+        layers.append(Interface(name=f"cut_{i + 1}"))
+    layers.append(keras.layers.GlobalAveragePooling2D())
+    layers.append(keras.layers.Dense(num_classes, name="logits"))
+    return keras.Sequential(layers, name=name or f"cnn_{depth}")

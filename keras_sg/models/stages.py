@@ -1,0 +1,116 @@
+"""Splitting a network into stages at its interfaces."""
+
+import keras
+
+from keras_sg.layers.interface import Interface
+
+
+def split_stages(network) -> list:
+    """Cuts a network into stages at its `Interface` layers.
+
+    Each stage but the last ends with the interface that closes it, so the
+    interface's name travels with the stage. Layers are shared, not copied:
+    the stages hold the very weights of `network`.
+
+    Args:
+        network: a `keras.Sequential` or functional `keras.Model` holding
+            `Interface` layers, or a list of stages (Keras layers or models),
+            returned as a new list.
+
+    Returns:
+        The list of stages, lowest first.
+
+    Example:
+
+    ```python
+    stages = keras_sg.split_stages(net)  # len(stages) == interfaces + 1
+    ```
+    """
+    if isinstance(network, (list, tuple)):
+        stages = list(network)
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, keras.layers.Layer):
+                raise TypeError(
+                    "Each stage must be a Keras layer or model. Received: "
+                    f"stage {i} of type {type(stage).__name__}"
+                )
+        if not stages:
+            raise ValueError("Expected at least one stage. Received an empty list.")
+        return stages
+    if isinstance(network, keras.Sequential):
+        return _split_sequential(network)
+    if isinstance(network, keras.Model) and hasattr(network, "_operations"):
+        return _split_functional(network)
+    if isinstance(network, keras.layers.Layer):
+        return [network]
+    raise TypeError(
+        "Expected a keras.Sequential, a functional keras.Model or a list of "
+        f"stages. Received: network of type {type(network).__name__}"
+    )
+
+
+def _split_sequential(network: keras.Sequential) -> list:
+    groups, current = [], []
+    for layer in network.layers:
+        current.append(layer)
+        if isinstance(layer, Interface):
+            groups.append(current)
+            current = []
+    groups.append(current)
+    for i, group in enumerate(groups):
+        if not [layer for layer in group if not isinstance(layer, Interface)]:
+            interface = group[-1] if group else groups[i - 1][-1]
+            raise ValueError(
+                f"Interface '{interface.name}' of '{network.name}' leaves stage "
+                f"{i} without a layer: an interface must sit between two layers."
+            )
+    input_shape = _sequential_input_shape(network)
+    stages = []
+    for i, group in enumerate(groups):
+        stage = keras.Sequential(group, name=f"{network.name}_stage_{i}")
+        if input_shape is not None:
+            stage.build(input_shape)
+            input_shape = stage.compute_output_shape(input_shape)
+        stages.append(stage)
+    return stages
+
+
+def _sequential_input_shape(network):
+    try:
+        return tuple(network.inputs[0].shape)
+    except (AttributeError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _split_functional(network: keras.Model) -> list:
+    interfaces = [layer for layer in network.layers if isinstance(layer, Interface)]
+    stages = []
+    inputs = network.inputs
+    if len(inputs) == 1:
+        inputs = inputs[0]
+    for i, interface in enumerate(interfaces + [None]):
+        outputs = network.outputs if interface is None else _output_of(interface)
+        if isinstance(outputs, list) and len(outputs) == 1:
+            outputs = outputs[0]
+        try:
+            stage = keras.Model(inputs, outputs, name=f"{network.name}_stage_{i}")
+        except ValueError as error:
+            raise ValueError(
+                f"Cannot cut '{network.name}' at interface "
+                f"'{interfaces[i - 1].name if i else interface.name}': every "
+                "interface must split the graph in two, with no connection "
+                f"that skips across it. Keras said: {error}"
+            ) from error
+        stages.append(stage)
+        inputs = outputs
+    return stages
+
+
+def _output_of(interface: Interface):
+    try:
+        return interface.output
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"Interface '{interface.name}' must be called exactly once in the "
+            f"network. Keras said: {error}"
+        ) from error

@@ -1,0 +1,154 @@
+"""The math of one decoupled training step, as small pure functions.
+
+`DecoupledModel.train_step` composes these; tests call them directly on tiny
+networks and compare with NumPy. Notation (Jaderberg et al. 2016,
+arXiv:1608.05343): stage k maps h_{k-1} to h_k = f_k(h_{k-1}; theta_k); the
+synthesizer at cut k predicts g_k ~ dL/dh_k from h_k (and, for cDNI, from the
+label).
+
+Scale. Keras losses average over the global batch of B examples, so dL/dh_k
+of a single example is 1/B times that example's own gradient. Synthesizers
+predict the per-example gradient, B * dL/dh_k, which does not shrink as the
+batch grows; the stage below is pulled back with g_k / B. The factor cancels
+exactly: with an oracle synthesizer the update equals backprop's.
+"""
+
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+
+def vjp(
+    fn: Callable,
+    inputs,
+    variables: Sequence[tf.Variable],
+    *,
+    watch_inputs: bool = True,
+    persistent: bool = False,
+):
+    """Runs `fn` and returns its outputs with a pullback (vector-Jacobian product).
+
+    Only `variables` and, with `watch_inputs`, `inputs` are recorded, so
+    nothing computed before this call (such as the stage below a cut) receives
+    a gradient: this is the stop-gradient boundary of a decoupled interface.
+
+    Args:
+        fn: maps `inputs` to a tuple of tensors.
+        inputs: the tensor fed to `fn`.
+        variables: the variables to differentiate with respect to.
+        watch_inputs: whether the pullback also returns d/d`inputs`.
+        persistent: allow more than one pullback (one per cotangent).
+
+    Returns:
+        `(outputs, pullback)`. `pullback(cotangents)` takes a tuple as long as
+        `outputs`, where `None` entries (or entries whose output is None)
+        contribute nothing, and returns
+        `(input_gradient, variable_gradients)`: the gradients of
+        sum_i <cotangents[i], outputs[i]>. `input_gradient` is None unless
+        `watch_inputs`; unconnected gradients are zeros.
+    """
+    # Keras variables wrap a tf.Variable; the tape watches the latter.
+    variables = [getattr(v, "value", v) for v in variables]
+    if watch_inputs:
+        inputs = tf.convert_to_tensor(inputs)
+    with tf.GradientTape(persistent=persistent, watch_accessed_variables=False) as tape:
+        tape.watch(variables)
+        if watch_inputs:
+            tape.watch(inputs)
+        outputs = tuple(fn(inputs))
+
+    def pullback(cotangents):
+        if len(cotangents) != len(outputs):
+            raise ValueError(
+                f"pullback expects {len(outputs)} cotangents, one per output. "
+                f"Received: {len(cotangents)}"
+            )
+        targets, weights = [], []
+        for output, cotangent in zip(outputs, cotangents, strict=True):
+            if cotangent is not None and output is not None:
+                targets.append(output)
+                weights.append(tf.cast(cotangent, output.dtype))
+        sources = variables + ([inputs] if watch_inputs else [])
+        grads = tape.gradient(
+            targets,
+            sources,
+            output_gradients=weights,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        input_grad = grads[-1] if watch_inputs else None
+        return input_grad, grads[: len(variables)]
+
+    return outputs, pullback
+
+
+def synthesizer_loss(synthetic, target):
+    """Mean squared error of a synthetic gradient and its (stopped) target.
+
+    Returns:
+        `(loss, d_loss/d_synthetic)`: the mean over every element of
+        (synthetic - target)^2, and its gradient 2 (synthetic - target) / n.
+    """
+    target = tf.stop_gradient(tf.cast(target, synthetic.dtype))
+    error = synthetic - target
+    count = tf.cast(tf.size(error), error.dtype)
+    return tf.reduce_mean(tf.square(error)), 2.0 * error / count
+
+
+def bootstrapped_target(input_gradient, scale):
+    """The target of the synthesizer one cut below a stage.
+
+    `input_gradient` is the pullback of the stage with its own synthetic
+    gradient (or, for the last stage, with the true loss), taken at the
+    stage's input. Scaled to a per-example gradient, it is what the
+    synthesizer below regresses.
+    """
+    return tf.stop_gradient(input_gradient * tf.cast(scale, input_gradient.dtype))
+
+
+def cosine_similarity(a, b):
+    """Cosine of the angle between two tensors, flattened whole."""
+    a = tf.reshape(tf.cast(a, tf.float32), [-1])
+    b = tf.reshape(tf.cast(b, tf.float32), [-1])
+    norms = tf.norm(a) * tf.norm(b)
+    return tf.math.divide_no_nan(tf.reduce_sum(a * b), norms)
+
+
+def replica_fraction():
+    """1 / number of replicas in sync: per-replica losses are summed by all-reduce."""
+    return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def global_batch_size(x, dtype=tf.float32):
+    """The number of examples in the step, over all replicas."""
+    first = tf.nest.flatten(x)[0]
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.cast(tf.shape(first)[0] * replicas, dtype)
+
+
+def check_labels(labels, num_classes: int):
+    """Asserts that sparse labels lie in [0, num_classes).
+
+    Returns the labels, with the assertion attached, so a wrong label stops
+    the step with a message naming the offending values instead of being one-hot
+    encoded to an all-zero row.
+    """
+    if not labels.dtype.is_integer:
+        return labels
+    low = tf.reduce_min(labels)
+    high = tf.reduce_max(labels)
+    ok = tf.logical_and(low >= 0, high < num_classes)
+    with tf.control_dependencies(
+        [
+            tf.debugging.Assert(
+                ok,
+                [
+                    f"cDNI labels must lie in [0, num_classes={num_classes}); "
+                    "received labels with min",
+                    low,
+                    "and max",
+                    high,
+                ],
+            )
+        ]
+    ):
+        return tf.identity(labels)

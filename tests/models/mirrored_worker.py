@@ -1,0 +1,88 @@
+"""Trains one model under MirroredStrategy on two logical CPUs and once without.
+
+Run as a subprocess by test_distribution.py: logical devices must be set up
+before TensorFlow initialises. Prints one JSON line with the results.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_sg  # noqa: E402
+
+METHOD = sys.argv[1]
+
+
+def build():
+    keras.utils.set_random_seed(3)
+    net = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras_sg.Interface(name="cut_1"),
+            keras.layers.Dense(8, activation="tanh"),
+            keras_sg.Interface(name="cut_2"),
+            keras.layers.Dense(3),
+        ]
+    )
+    classes = 3 if METHOD == "cdni" else None
+    synths = [
+        keras_sg.DenseSynthesizer(
+            hidden_layers=1, units=8, use_batch_norm=False, num_classes=classes
+        )
+        for _ in range(2)
+    ]
+    model = keras_sg.DecoupledModel(net, synths, method=METHOD)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 6)).astype("float32")
+y = rng.integers(0, 3, size=64)
+data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    mirrored = build()
+initial = [w.copy() for w in mirrored.get_weights()]
+h_mirrored = mirrored.fit(data, epochs=2, verbose=0)
+single = build()
+h_single = single.fit(data, epochs=2, verbose=0)
+
+diff = max(
+    float(np.abs(a - b).max())
+    for a, b in zip(mirrored.get_weights(), single.get_weights(), strict=True)
+)
+moved = max(
+    float(np.abs(a - b).max())
+    for a, b in zip(single.get_weights(), initial, strict=True)
+)
+print(
+    json.dumps(
+        {
+            "replicas": strategy.num_replicas_in_sync,
+            "max_weight_diff": diff,
+            "max_weight_change": moved,
+            "loss_mirrored": h_mirrored.history["loss"],
+            "loss_single": h_single.history["loss"],
+            "sg_mirrored": h_mirrored.history["cut_1_sg_loss"],
+            "sg_single": h_single.history["cut_1_sg_loss"],
+        }
+    )
+)

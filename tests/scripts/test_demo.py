@@ -1,0 +1,27 @@
+"""Smoke test of the quick-start demo on mock MNIST."""
+
+import importlib.util
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+
+
+def test_demo_smoke_prints_a_row_per_method(capsys):
+    spec = importlib.util.spec_from_file_location("keras_sg_demo", DEMO)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.FLAGS(["demo", "--epochs=1", "--batch_size=16", "--verbose=0", "--mnist_dir="])
+    with tfds.testing.mock_data(num_examples=64):
+        demo.main([])
+    out = capsys.readouterr().out
+    rows = [
+        line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["backprop"], ["dni"], ["cdni"])
+    ]
+    assert [row[0] for row in rows] == ["backprop", "dni", "cdni"]
+    for row in rows:
+        assert 0.0 <= float(row[1]) <= 1.0
+        assert float(row[3]) > 0.0
