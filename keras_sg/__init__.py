@@ -10,7 +10,7 @@ from keras_sg._backend import check_backend
 
 check_backend()
 
-from keras_sg import data, layers, models  # noqa: E402
+from keras_sg import callbacks, data, layers, models  # noqa: E402
 from keras_sg.layers import (  # noqa: E402
     ConvSynthesizer,
     DenseSynthesizer,
@@ -28,6 +28,7 @@ __all__ = [
     "DenseSynthesizer",
     "Interface",
     "Synthesizer",
+    "callbacks",
     "data",
     "layers",
     "models",

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sg._checks import check_int
 from keras_sg.layers.synthesizer import Synthesizer, concat_context
 
 
@@ -49,18 +50,9 @@ class ConvSynthesizer(Synthesizer):
         **kwargs,
     ):
         super().__init__(num_classes=num_classes, **kwargs)
-        for arg, value, low in (
-            ("hidden_layers", hidden_layers, 0),
-            ("filters", filters, 1),
-            ("kernel_size", kernel_size, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(
-                    f"`{arg}` must be an integer >= {low}. Received: {arg}={value!r}"
-                )
-        self.hidden_layers = hidden_layers
-        self.filters = filters
-        self.kernel_size = kernel_size
+        self.hidden_layers = check_int("hidden_layers", hidden_layers, 0)
+        self.filters = check_int("filters", filters, 1)
+        self.kernel_size = check_int("kernel_size", kernel_size, 1)
         self.use_batch_norm = bool(use_batch_norm)
 
     def build(self, input_shape):

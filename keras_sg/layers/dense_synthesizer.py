@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sg._checks import check_int
 from keras_sg.layers.synthesizer import Synthesizer, concat_context
 
 
@@ -57,22 +58,8 @@ class DenseSynthesizer(Synthesizer):
         **kwargs,
     ):
         super().__init__(num_classes=num_classes, **kwargs)
-        if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int):
-            raise ValueError(
-                "`hidden_layers` must be a non-negative integer. "
-                f"Received: hidden_layers={hidden_layers!r}"
-            )
-        if hidden_layers < 0:
-            raise ValueError(
-                "`hidden_layers` must be a non-negative integer. "
-                f"Received: hidden_layers={hidden_layers}"
-            )
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(
-                f"`units` must be a positive integer. Received: units={units!r}"
-            )
-        self.hidden_layers = hidden_layers
-        self.units = units
+        self.hidden_layers = check_int("hidden_layers", hidden_layers, 0)
+        self.units = check_int("units", units, 1)
         self.use_batch_norm = bool(use_batch_norm)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_sg._checks import check_int
+
 
 class Synthesizer(keras.layers.Layer):
     """Predicts the gradient of the loss with respect to an activation.
@@ -31,15 +33,8 @@ class Synthesizer(keras.layers.Layer):
 
     def __init__(self, num_classes: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if num_classes is not None and (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, int)
-            or num_classes < 1
-        ):
-            raise ValueError(
-                "`num_classes` must be a positive integer or None. "
-                f"Received: num_classes={num_classes!r}"
-            )
+        if num_classes is not None:
+            check_int("num_classes", num_classes, 1)
         self.num_classes = num_classes
 
     @property

@@ -193,6 +193,8 @@ class DecoupledModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         context = self._context(y)
+        if context is not None:
+            y = context  # the checked labels: the label check runs before the loss's
         scale = steps.global_batch_size(x)
         share = steps.replica_fraction()
         last = len(self.stages) - 1
@@ -357,6 +359,8 @@ class DecoupledModel(keras.Model):
             )
         x = tf.convert_to_tensor(x)
         context = self._context(tf.convert_to_tensor(y) if y is not None else y)
+        if context is not None:
+            y = context
         scale = steps.global_batch_size(x)
         with tf.GradientTape() as tape:
             activations = []

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_sg._checks import check_int
 from keras_sg.layers.interface import Interface
 
 
@@ -26,8 +27,7 @@ def fully_connected(
     net = keras_sg.models.fully_connected((784,), 10, depth=3)  # 2 interfaces
     ```
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"`depth` must be an integer >= 1. Received: depth={depth!r}")
+    check_int("depth", depth, 1)
     layers = [keras.Input(input_shape)]
     if len(input_shape) > 1:
         layers.append(keras.layers.Flatten())
@@ -58,8 +58,7 @@ def convolutional(
     an `Interface`), then global average pooling and a linear output layer.
     Every cut sees a full-resolution feature map, the home of `ConvSynthesizer`.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
-        raise ValueError(f"`depth` must be an integer >= 2. Received: depth={depth!r}")
+    check_int("depth", depth, 2)
     layers = [keras.Input(input_shape)]
     for i in range(depth - 1):
         layers.append(

@@ -272,3 +272,21 @@ def test_conv_network_with_cdni_trains():
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["conv_cut_sg_loss"]))
     assert history.history["conv_cut_sg_loss"][-1] > 0
+
+
+def test_xla_compiled_step_matches_the_graph_step():
+    x, y = classification_data(n=64)
+    net = mlp([8, 8], 6, out_units=3)
+    initial = net.get_weights()
+    results = []
+    for jit in (False, True):
+        net.set_weights(initial)
+        model = _model(
+            "cdni", net, synths=[linear_synth(num_classes=3) for _ in range(2)]
+        )
+        _nonzero_synths(model)
+        model.compile(optimizer="adam", loss=LOSS, jit_compile=jit)
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        results.append(model.get_weights())
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

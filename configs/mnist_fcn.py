@@ -1,0 +1,36 @@
+r"""MNIST fully connected nets of the DNI paper's Table 1 (Jaderberg et al. 2016).
+
+FCN of `depth` layers (256 units, batch norm, ReLU), an interface after every
+hidden layer; DNI synthesizers with two hidden layers of 1024 units and batch
+norm, cDNI synthesizers linear on the activation and the one-hot label.
+
+    python scripts/train.py --config=configs/mnist_fcn.py:cdni,depth=4 \
+        --workdir=workdirs/fcn4_cdni
+
+Variants (after the colon, comma-separated): a method (backprop, dni, cdni,
+no_bprop), depth=3..6, and `smoke` for seconds-long runs on synthetic data.
+Override single values with e.g. `--config.optimizer.learning_rate=1e-4`.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, method="dni", depth=3, smoke=False)
+    config = common.base_config(arg.method, arg.smoke)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.kind = "fcn"
+    config.model.depth = arg.depth
+    config.model.units = 32 if arg.smoke else 256
+    config.model.batch_norm = True
+
+    config.synthesizer = ml_collections.ConfigDict()
+    config.synthesizer.kind = "dense"
+    linear = arg.method == "cdni"
+    config.synthesizer.hidden_layers = 0 if linear else 2
+    config.synthesizer.units = 64 if arg.smoke else 1024
+    config.synthesizer.batch_norm = not linear
+    return config
