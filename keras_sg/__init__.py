@@ -10,7 +10,7 @@ from keras_sg._backend import check_backend
 
 check_backend()
 
-from keras_sg import callbacks, data, layers, models  # noqa: E402
+from keras_sg import callbacks, data, layers, models, placement  # noqa: E402
 from keras_sg.layers import (  # noqa: E402
     ConvSynthesizer,
     DenseSynthesizer,
@@ -32,5 +32,6 @@ __all__ = [
     "data",
     "layers",
     "models",
+    "placement",
     "split_stages",
 ]

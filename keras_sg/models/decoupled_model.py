@@ -1,12 +1,14 @@
 """A Keras model whose stages train with synthetic gradients."""
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
 from keras_sg.layers.interface import Interface
 from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
-from keras_sg.models.stages import split_stages
+from keras_sg.models.stages import place_stage, split_stages
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
@@ -46,6 +48,13 @@ class DecoupledModel(keras.Model):
         sg_target: `"bootstrap"` (the method above) or `"backprop"`, which
             trains synthesizers on the true gradient instead, for diagnostics;
             the stages still follow the synthetic gradients.
+        devices: one device name per stage (for example from
+            `keras_sg.placement.stage_devices`), or None to leave placement to
+            TensorFlow. Stage k's variables and ops, and those of the
+            synthesizer at its output, live on `devices[k]`; stages that were
+            built elsewhere are copied there, weights included, so train the
+            model, not the network it was made from. XLA ignores `tf.device`,
+            so a placed model compiles with `jit_compile=False`.
         **kwargs: base model arguments (`name`).
 
     Example:
@@ -68,6 +77,7 @@ class DecoupledModel(keras.Model):
         method: str = "dni",
         sg_loss_weight: float = 1.0,
         sg_target: str = "bootstrap",
+        devices: list[str] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -94,7 +104,16 @@ class DecoupledModel(keras.Model):
         self.sg_target = sg_target
         self.sg_loss_weight = sg_loss_weight
 
-        self.stages = split_stages(network)
+        stages = split_stages(network)
+        self.devices = self._check_devices(devices, len(stages))
+        if self.devices is not None:
+            stages = [
+                place_stage(s, d) for s, d in zip(stages, self.devices, strict=True)
+            ]
+            # XLA ignores tf.device: Keras then turns jit_compile off, with a
+            # warning if it was asked for.
+            self.supports_jit = False
+        self.stages = stages
         self.cut_names = [
             _cut_name(stage, k) for k, stage in enumerate(self.stages[:-1])
         ]
@@ -112,6 +131,30 @@ class DecoupledModel(keras.Model):
     @property
     def uses_synthesizers(self) -> bool:
         return self.method in ("dni", "cdni")
+
+    def _check_devices(self, devices, num_stages):
+        if devices is None:
+            return None
+        if isinstance(devices, str) or len(devices) != num_stages:
+            raise ValueError(
+                f"Expected one device name per stage ({num_stages} stages). "
+                f"Received: devices={devices!r}"
+            )
+        for device in devices:
+            try:
+                tf.DeviceSpec.from_string(device)
+            except (ValueError, TypeError) as error:
+                raise ValueError(
+                    "Expected device names such as '/device:CPU:1'. "
+                    f"Received: {device!r}"
+                ) from error
+        return list(devices)
+
+    def _on(self, k):
+        """The device scope of stage k (and of the synthesizer at its output)."""
+        if self.devices is None:
+            return contextlib.nullcontext()
+        return tf.device(self.devices[k])
 
     def _check_synthesizers(self, synthesizers):
         cuts = len(self.stages) - 1
@@ -154,11 +197,12 @@ class DecoupledModel(keras.Model):
     def build(self, input_shape):
         shape = input_shape
         for k, stage in enumerate(self.stages):
-            if not stage.built:
-                stage.build(shape)
-            if k < len(self.synthesizers):
-                shape = _output_shape(stage, shape)
-                self._build_synthesizer(k, shape)
+            with self._on(k):
+                if not stage.built:
+                    stage.build(shape)
+                if k < len(self.synthesizers):
+                    shape = _output_shape(stage, shape)
+                    self._build_synthesizer(k, shape)
 
     def _build_synthesizer(self, k, shape):
         synth, name = self.synthesizers[k], self.cut_names[k]
@@ -184,8 +228,9 @@ class DecoupledModel(keras.Model):
 
     def call(self, inputs, training=None):
         x = inputs
-        for stage in self.stages:
-            x = stage(x, training=training)
+        for k, stage in enumerate(self.stages):
+            with self._on(k):
+                x = stage(x, training=training)
         return x
 
     # ----------------------------------------------------------------- train
@@ -206,16 +251,17 @@ class DecoupledModel(keras.Model):
         activations, pullbacks = [], []
         h = x
         for k, stage in enumerate(self.stages[:-1]):
-            if self.method == "no_bprop":
-                h = stage(h, training=True)
-                continue
-            (h, _), pullback = steps.vjp(
-                lambda a, s=stage: (s(a, training=True), _penalty(s, share)),
-                h,
-                stage.trainable_variables,
-                watch_inputs=k > 0,
-                persistent=persistent,
-            )
+            with self._on(k):
+                if self.method == "no_bprop":
+                    h = stage(h, training=True)
+                    continue
+                (h, _), pullback = steps.vjp(
+                    lambda a, s=stage: (s(a, training=True), _penalty(s, share)),
+                    h,
+                    stage.trainable_variables,
+                    watch_inputs=k > 0,
+                    persistent=persistent,
+                )
             activations.append(h)
             pullbacks.append(pullback)
 
@@ -228,21 +274,23 @@ class DecoupledModel(keras.Model):
             )
             return loss, y_pred
 
-        (loss, y_pred), top_pullback = steps.vjp(
-            top_loss, h, top.trainable_variables, watch_inputs=last > 0
-        )
+        with self._on(last):
+            (loss, y_pred), top_pullback = steps.vjp(
+                top_loss, h, top.trainable_variables, watch_inputs=last > 0
+            )
+            true_grad, top_grads = top_pullback((1.0, None))
         self._loss_tracker.update_state(
             loss / share, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
         )
 
         # Compute gradients.
-        true_grad, top_grads = top_pullback((1.0, None))
         grads = {
             id(v): g for v, g in zip(top.trainable_variables, top_grads, strict=True)
         }
         if self.method == "backprop":
             for k in reversed(range(last)):
-                true_grad, stage_grads = pullbacks[k]((true_grad, 1.0))
+                with self._on(k):
+                    true_grad, stage_grads = pullbacks[k]((true_grad, 1.0))
                 grads.update(
                     zip(
                         map(id, self.stages[k].trainable_variables),
@@ -282,13 +330,16 @@ class DecoupledModel(keras.Model):
         """
         grads = {}
         synthetic, synth_pullbacks = [], []
-        for synth, h in zip(self.synthesizers, activations, strict=True):
-            (g,), pullback = steps.vjp(
-                lambda a, s=synth: (_synthesize(s, a, context),),
-                h,
-                synth.trainable_variables,
-                watch_inputs=False,
-            )
+        for k, (synth, h) in enumerate(
+            zip(self.synthesizers, activations, strict=True)
+        ):
+            with self._on(k):
+                (g,), pullback = steps.vjp(
+                    lambda a, s=synth: (_synthesize(s, a, context),),
+                    h,
+                    synth.trainable_variables,
+                    watch_inputs=False,
+                )
             synthetic.append(g)
             synth_pullbacks.append(pullback)
 
@@ -298,7 +349,8 @@ class DecoupledModel(keras.Model):
         targets[-1] = steps.bootstrapped_target(true_grad, scale)
         for k in reversed(range(len(synthetic))):
             stage = self.stages[k]
-            input_grad, stage_grads = pullbacks[k]((synthetic[k] / scale, 1.0))
+            with self._on(k):
+                input_grad, stage_grads = pullbacks[k]((synthetic[k] / scale, 1.0))
             grads.update(
                 zip(map(id, stage.trainable_variables), stage_grads, strict=True)
             )
@@ -308,13 +360,15 @@ class DecoupledModel(keras.Model):
             for k in reversed(range(len(synthetic))):
                 targets[k] = steps.bootstrapped_target(true_grad, scale)
                 if k > 0:
-                    true_grad, _ = pullbacks[k]((true_grad, None))
+                    with self._on(k):
+                        true_grad, _ = pullbacks[k]((true_grad, None))
 
         for k, synth in enumerate(self.synthesizers):
-            sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
+            with self._on(k):
+                sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
+                cotangent = d_synthetic * (self.sg_loss_weight * share)
+                _, synth_grads = synth_pullbacks[k]((cotangent,))
             self.sg_loss_trackers[k].update_state(sg_loss)
-            cotangent = d_synthetic * (self.sg_loss_weight * share)
-            _, synth_grads = synth_pullbacks[k]((cotangent,))
             grads.update(
                 zip(map(id, synth.trainable_variables), synth_grads, strict=True)
             )
@@ -402,6 +456,7 @@ class DecoupledModel(keras.Model):
                 "method": self.method,
                 "sg_loss_weight": self.sg_loss_weight,
                 "sg_target": self.sg_target,
+                "devices": self.devices,
             }
         )
         return config

@@ -49,6 +49,27 @@ def split_stages(network) -> list:
     )
 
 
+def place_stage(stage, device: str):
+    """A copy of `stage` whose variables live on `device`, weights included.
+
+    Variables cannot move between devices once made, so a stage built
+    elsewhere is rebuilt from its config inside `tf.device(device)`. An unbuilt
+    stage is returned as it is: it will be built under that scope.
+    """
+    import tensorflow as tf
+
+    if not stage.built:
+        return stage
+    with tf.device(device):
+        if isinstance(stage, keras.Model):
+            copy = keras.models.clone_model(stage)
+        else:
+            copy = stage.__class__.from_config(stage.get_config())
+            copy.build_from_config(stage.get_build_config())
+    copy.set_weights(stage.get_weights())
+    return copy
+
+
 def _split_sequential(network: keras.Sequential) -> list:
     groups, current = [], []
     for layer in network.layers:

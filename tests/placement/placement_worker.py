@@ -1,0 +1,83 @@
+"""Places a decoupled model on two logical CPUs and reports where things ran.
+
+Run as a subprocess by test_placement.py: logical devices must exist before
+TensorFlow initialises. Prints one JSON line.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras_sg  # noqa: E402
+
+MODE = sys.argv[1]
+if MODE == "too_late":
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1.0  # TensorFlow initialises here
+    try:
+        keras_sg.placement.split_cpu(2)
+    except RuntimeError as error:
+        print(json.dumps({"error": str(error)}))
+    sys.exit(0)
+
+devices = keras_sg.placement.split_cpu(2, intra_op_threads=1, inter_op_threads=2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def build(placed):
+    keras.utils.set_random_seed(5)
+    net = keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False)
+    synth = keras_sg.DenseSynthesizer(hidden_layers=1, units=8, use_batch_norm=False)
+    model = keras_sg.DecoupledModel(
+        net, [synth], method="dni", devices=devices if placed else None
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 6)).astype("float32")
+y = rng.integers(0, 3, size=64)
+
+placed = build(True)
+variables = {
+    "stage_0": sorted({v.value.device for v in placed.stages[0].weights}),
+    "stage_1": sorted({v.value.device for v in placed.stages[1].weights}),
+    "synth_0": sorted({v.value.device for v in placed.synthesizers[0].weights}),
+}
+
+# Where the ops of one traced train step are placed: the MatMuls that read
+# each stage's kernel.
+step = tf.function(placed.train_step)
+graph = step.get_concrete_function((tf.constant(x[:16]), tf.constant(y[:16]))).graph
+matmul_devices = sorted(
+    {op.device for op in graph.get_operations() if op.type == "MatMul"}
+)
+
+placed.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+plain = build(False)
+plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+diff = max(
+    float(np.abs(a - b).max())
+    for a, b in zip(placed.get_weights(), plain.get_weights(), strict=True)
+)
+print(
+    json.dumps(
+        {
+            "devices": devices,
+            "variables": variables,
+            "matmul_devices": matmul_devices,
+            "max_weight_diff": diff,
+            "jit": placed.jit_compile,
+        }
+    )
+)

@@ -1,0 +1,63 @@
+"""Stages and their synthesizers run on the devices they are placed on."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import keras_sg
+
+WORKER = Path(__file__).with_name("placement_worker.py")
+
+
+def _worker(mode):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, str(WORKER), mode],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_variables_and_ops_live_on_the_requested_devices():
+    result = _worker("place")
+    assert result["devices"] == ["/device:CPU:0", "/device:CPU:1"]
+    assert [d.split("/")[-1] for d in result["variables"]["stage_0"]] == [
+        "device:CPU:0"
+    ]
+    assert [d.split("/")[-1] for d in result["variables"]["stage_1"]] == [
+        "device:CPU:1"
+    ]
+    assert [d.split("/")[-1] for d in result["variables"]["synth_0"]] == [
+        "device:CPU:0"
+    ]
+    assert result["matmul_devices"] == ["/device:CPU:0", "/device:CPU:1"]
+    assert result["jit"] is False
+    # Placement changes where the math runs, not the math.
+    assert result["max_weight_diff"] < 1e-5
+
+
+def test_split_cpu_after_tensorflow_started_says_so():
+    result = _worker("too_late")
+    assert "split_cpu must run before TensorFlow initialises" in result["error"]
+
+
+def test_device_list_must_match_the_stages():
+    net = keras_sg.models.fully_connected((6,), 3, depth=3, units=4)
+    with pytest.raises(ValueError, match=r"3 stages.*devices=\['/cpu:0'\]"):
+        keras_sg.DecoupledModel(net, method="backprop", devices=["/cpu:0"])
+
+
+def test_xla_is_turned_off_on_a_placed_model():
+    net = keras_sg.models.fully_connected((6,), 3, depth=2, units=4)
+    model = keras_sg.DecoupledModel(net, method="backprop", devices=["/cpu:0"] * 2)
+    with pytest.warns(UserWarning, match="jit_compile=False"):
+        model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    assert model.jit_compile is False
