@@ -17,7 +17,12 @@ from keras_sg.layers import (  # noqa: E402
     Interface,
     Synthesizer,
 )
-from keras_sg.models import METHODS, DecoupledModel, split_stages  # noqa: E402
+from keras_sg.models import (  # noqa: E402
+    METHODS,
+    DecoupledModel,
+    PipelinedModel,
+    split_stages,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +32,7 @@ __all__ = [
     "DecoupledModel",
     "DenseSynthesizer",
     "Interface",
+    "PipelinedModel",
     "Synthesizer",
     "callbacks",
     "data",

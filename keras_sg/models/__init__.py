@@ -3,12 +3,14 @@
 from keras_sg.models import steps
 from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
 from keras_sg.models.networks import convolutional, fully_connected
+from keras_sg.models.pipelined_model import PipelinedModel
 from keras_sg.models.stages import split_stages
 
 __all__ = [
     "METHODS",
     "SG_TARGETS",
     "DecoupledModel",
+    "PipelinedModel",
     "convolutional",
     "fully_connected",
     "split_stages",

@@ -1,0 +1,105 @@
+"""Argument checks of the schedule simulator; errors name the argument and value."""
+
+import math
+from collections.abc import Sequence
+
+from keras_sg._checks import check_int
+
+__all__ = ["check_int", "check_latency", "stage_costs", "synth_costs"]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_cost_values(name: str, value, costs: Sequence) -> tuple[float, ...]:
+    if not all(_is_number(c) and math.isfinite(c) and c >= 0 for c in costs):
+        raise ValueError(
+            f"`{name}` must hold finite, non-negative costs. Received: {name}={value!r}"
+        )
+    return tuple(float(c) for c in costs)
+
+
+def stage_costs(name: str, value, num_stages: int) -> tuple[float, ...]:
+    """Returns one cost per stage from a scalar (every stage) or a sequence.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: a non-negative number, or a sequence of `num_stages` of them.
+        num_stages: the number of pipeline stages (devices * chunks per device).
+
+    Returns:
+        A tuple of `num_stages` floats.
+
+    Raises:
+        ValueError: on a wrong length, a negative, non-finite or non-numeric cost.
+    """
+    if _is_number(value):
+        return _check_cost_values(name, value, [value] * num_stages)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"`{name}` must be a number or a sequence of numbers. "
+            f"Received: {name}={value!r}"
+        )
+    if len(value) != num_stages:
+        raise ValueError(
+            f"`{name}` must have one cost per stage ({num_stages} entries). "
+            f"Received: {name}={value!r} with {len(value)} entries"
+        )
+    return _check_cost_values(name, value, value)
+
+
+def synth_costs(value, num_stages: int) -> tuple[float, ...]:
+    """Returns one synthesizer cost per stage, 0 for the last stage.
+
+    The last stage computes the loss and has no synthesizer at its output.
+
+    Args:
+        value: None (no synthesizers: all 0); a number, the cost of every
+            synthesizer (the last stage still gets 0); a sequence with one
+            cost per cut (`num_stages - 1` entries); or one per stage
+            (`num_stages` entries, the last one 0).
+        num_stages: the number of pipeline stages.
+
+    Returns:
+        A tuple of `num_stages` floats whose last entry is 0.
+
+    Raises:
+        ValueError: on a wrong length, a bad cost or a non-zero last entry.
+    """
+    name = "synth"
+    if value is None:
+        return (0.0,) * num_stages
+    if _is_number(value):
+        costs = _check_cost_values(name, value, [value] * (num_stages - 1))
+        return costs + (0.0,)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"`{name}` must be None, a number or a sequence of numbers. "
+            f"Received: {name}={value!r}"
+        )
+    if len(value) == num_stages - 1:
+        return _check_cost_values(name, value, value) + (0.0,)
+    if len(value) == num_stages:
+        costs = _check_cost_values(name, value, value)
+        if costs[-1] != 0.0:
+            raise ValueError(
+                "`synth` must be 0 for the last stage, which has no synthesizer. "
+                f"Received: synth={value!r}"
+            )
+        return costs
+    raise ValueError(
+        f"`{name}` must have one cost per cut ({num_stages - 1} entries) or per "
+        f"stage ({num_stages} entries, the last 0). "
+        f"Received: {name}={value!r} with {len(value)} entries"
+    )
+
+
+def check_latency(value) -> float:
+    """Returns the per-message latency as a float; raises ValueError if bad."""
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(
+            "`comm_latency` must be a finite, non-negative number. "
+            f"Received: comm_latency={value!r}"
+        )
+    return float(value)

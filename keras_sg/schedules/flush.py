@@ -1,0 +1,93 @@
+"""Times a schedule that flushes the pipeline at the end of every step."""
+
+from collections.abc import Sequence
+
+from keras_sg.schedules.engine import list_schedule
+from keras_sg.schedules.orders import OpKey
+from keras_sg.schedules.timeline import (
+    Event,
+    SimulationResult,
+    busy_in_window,
+    idle_fractions,
+)
+
+
+def _flush_dependencies(
+    op: OpKey, num_stages: int, num_devices: int, comm_latency: float
+) -> list[tuple[OpKey, float]]:
+    kind, m, stage = op
+
+    def lag(other: int) -> float:
+        return comm_latency if other % num_devices != stage % num_devices else 0.0
+
+    if kind == "F":
+        return [(("F", m, stage - 1), lag(stage - 1))] if stage > 0 else []
+    deps = [(("F", m, stage), 0.0)]
+    if stage < num_stages - 1:
+        deps.append((("B", m, stage + 1), lag(stage + 1)))
+    return deps
+
+
+def simulate_flush(
+    schedule: str,
+    orders: Sequence[Sequence[OpKey]],
+    forward: Sequence[float],
+    backward: Sequence[float],
+    *,
+    num_microbatches: int,
+    num_chunks: int = 1,
+    microbatch_size: int = 1,
+    comm_latency: float = 0.0,
+    cost_scale: float = 1.0,
+) -> SimulationResult:
+    """Times one training step of a flushed schedule and measures it.
+
+    Dependencies: F of stage s on micro-batch m waits for F of stage s - 1 on
+    m; B of stage s on m waits for F of stage s on m and B of stage s + 1 on
+    m. A message between two devices adds `comm_latency`.
+
+    Args:
+        schedule: the schedule's name, stored in the result.
+        orders: per device, its operations (kind, micro-batch, stage) in order.
+        forward: per-stage forward cost.
+        backward: per-stage backward cost.
+        num_microbatches: micro-batches per step M.
+        num_chunks: model chunks per device v (stage s runs on device s % K).
+        microbatch_size: examples per micro-batch.
+        comm_latency: delay of every message between two devices.
+        cost_scale: factor applied to every cost (M for naive backprop, whose
+            single unit is the whole batch).
+
+    Returns:
+        The SimulationResult of one step; `step_time` is its makespan.
+    """
+    num_devices = len(orders)
+    num_stages = len(forward)
+    costs = {"F": forward, "B": backward}
+    placed = list_schedule(
+        orders,
+        lambda op: costs[op[0]][op[2]] * cost_scale,
+        lambda op: _flush_dependencies(op, num_stages, num_devices, comm_latency),
+    )
+    events = tuple(
+        sorted(
+            (
+                Event(device, start, end, kind, m, stage)
+                for (kind, m, stage), (device, start, end) in placed.items()
+            ),
+            key=lambda e: (e.start, e.device),
+        )
+    )
+    makespan = max((e.end for e in events), default=0.0)
+    busy = busy_in_window(events, num_devices, 0.0, makespan)
+    return SimulationResult(
+        schedule=schedule,
+        num_devices=num_devices,
+        num_microbatches=num_microbatches,
+        num_chunks=num_chunks,
+        microbatch_size=microbatch_size,
+        events=events,
+        step_time=makespan,
+        busy_time=busy,
+        idle_fraction=idle_fractions(busy, makespan),
+    )

@@ -1,0 +1,144 @@
+"""Times pipelined DNI: every device trains its stage on a different batch.
+
+With decoupled neural interfaces (Jaderberg et al. 2016, arXiv:1608.05343)
+stage k needs neither the forward of stage k - 1 nor the backward of stage
+k + 1 of the current step: it reads the activation stage k - 1 produced one
+step earlier, and its synthesizer, which predicts the gradient at its output,
+is trained on the gradient stage k + 1 sent one step earlier (the bootstrapped
+target). So in step t device k runs, on batch t - k: F_k (forward), S_k
+(synthesizer forward and backward, absent on the last stage) and B_k
+(backward from the synthetic gradient, then update). The only cross-device
+dependencies go from one step to the next:
+
+- F_k at step t waits for F_{k-1} at step t - 1 (its input activation);
+- S_k at step t waits for B_{k+1} at step t - 1 (the synthesizer's target).
+
+Batch 0 enters device 0 at step 0 and reaches device k at step k, so in the
+first K - 1 steps (the warm-up) the downstream devices have nothing to do; the
+result reports the warm-up apart from the steady state that follows it.
+"""
+
+from collections.abc import Sequence
+
+from keras_sg.schedules.engine import list_schedule
+from keras_sg.schedules.timeline import (
+    Event,
+    SimulationResult,
+    Warmup,
+    busy_in_window,
+    idle_fractions,
+)
+
+DniOp = tuple[str, int, int]  # (kind, step, stage)
+
+
+def dni_orders(num_devices: int, num_steps: int) -> list[list[DniOp]]:
+    """Returns per device its (kind, step, stage) operations, F then S then B.
+
+    Args:
+        num_devices: number of devices K, one stage each.
+        num_steps: number of global steps simulated; device k runs steps k and on.
+
+    Returns:
+        Per device k: F, S (not on the last device) and B of steps k..num_steps-1.
+    """
+    orders = []
+    for k in range(num_devices):
+        kinds = ("F", "B") if k == num_devices - 1 else ("F", "S", "B")
+        orders.append([(kind, t, k) for t in range(k, num_steps) for kind in kinds])
+    return orders
+
+
+def _dni_dependencies(
+    op: DniOp, num_devices: int, comm_latency: float
+) -> list[tuple[DniOp, float]]:
+    kind, t, k = op
+    if kind == "F" and k > 0:
+        return [(("F", t - 1, k - 1), comm_latency)]
+    if kind == "S" and k + 1 <= t - 1:  # device k + 1 has run step t - 1
+        return [(("B", t - 1, k + 1), comm_latency)]
+    return []
+
+
+def simulate_pipelined_dni(
+    forward: Sequence[float],
+    backward: Sequence[float],
+    synth: Sequence[float],
+    *,
+    num_microbatches: int,
+    microbatch_size: int = 1,
+    comm_latency: float = 0.0,
+) -> SimulationResult:
+    """Times the warm-up and `num_microbatches` steady-state steps of pipelined DNI.
+
+    Args:
+        forward: per-stage forward cost F_k, one stage per device.
+        backward: per-stage backward cost B_k.
+        synth: per-stage synthesizer cost S_k (0 for the last stage).
+        num_microbatches: steady-state steps measured M; each step brings one
+            new batch (of `microbatch_size` examples) into the pipeline, and
+            each device updates its weights once per step.
+        microbatch_size: examples per batch.
+        comm_latency: delay of every message between two devices.
+
+    Returns:
+        The SimulationResult. Its timeline holds the K - 1 warm-up steps and
+        the M steady-state steps. `step_time` is the time a device takes for
+        its M steady-state steps (the longest over devices, from the start of
+        its first steady step to the start of the step after its last, which
+        is simulated for that and left out of the timeline), so the time per
+        step is `step_time / M`; `busy_time` and `idle_fraction` are over
+        those steps. `warmup` covers time 0 to the first operation of the
+        last device, when the pipeline is full.
+    """
+    num_devices = len(forward)
+    warmup_steps = num_devices - 1
+    last_step = warmup_steps + num_microbatches  # only its start times are used
+    costs = {"F": forward, "S": synth, "B": backward}
+    placed = list_schedule(
+        dni_orders(num_devices, last_step + 1),
+        lambda op: costs[op[0]][op[2]],
+        lambda op: _dni_dependencies(op, num_devices, comm_latency),
+    )
+    events = tuple(
+        sorted(
+            (
+                Event(device, start, end, kind, t - k, k, step=t)
+                for (kind, t, k), (device, start, end) in placed.items()
+                if t < last_step and (end > start or kind != "S")
+            ),
+            key=lambda e: (e.start, e.device),
+        )
+    )
+    # Warm-up: until the last device starts its first step (the pipeline is full).
+    warmup_end = placed[("F", warmup_steps, num_devices - 1)][1]
+    warmup_busy = busy_in_window(events, num_devices, 0.0, warmup_end)
+    # Steady state: each device's M steps, timed from the start of its first
+    # steady step to the start of the step after its last, so that devices
+    # running at the same period but with different phases all measure it.
+    windows = [
+        placed[("F", last_step, k)][1] - placed[("F", warmup_steps, k)][1]
+        for k in range(num_devices)
+    ]
+    busy = [0.0] * num_devices
+    for e in events:
+        if e.step >= warmup_steps:
+            busy[e.device] += e.duration
+    step_time = max(windows)
+    return SimulationResult(
+        schedule="pipelined_dni",
+        num_devices=num_devices,
+        num_microbatches=num_microbatches,
+        num_chunks=1,
+        microbatch_size=microbatch_size,
+        events=events,
+        step_time=step_time,
+        busy_time=tuple(busy),
+        idle_fraction=idle_fractions(busy, step_time),
+        warmup=Warmup(
+            steps=warmup_steps,
+            time=warmup_end,
+            busy_time=warmup_busy,
+            idle_fraction=idle_fractions(warmup_busy, warmup_end),
+        ),
+    )
