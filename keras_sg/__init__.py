@@ -15,11 +15,13 @@ from keras_sg.layers import (  # noqa: E402
     ConvSynthesizer,
     DenseSynthesizer,
     Interface,
+    LowRankSynthesizer,
     Synthesizer,
 )
 from keras_sg.models import (  # noqa: E402
     METHODS,
     DecoupledModel,
+    GPipeModel,
     PipelinedModel,
     split_stages,
 )
@@ -31,7 +33,9 @@ __all__ = [
     "ConvSynthesizer",
     "DecoupledModel",
     "DenseSynthesizer",
+    "GPipeModel",
     "Interface",
+    "LowRankSynthesizer",
     "PipelinedModel",
     "Synthesizer",
     "callbacks",

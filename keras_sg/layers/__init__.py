@@ -3,6 +3,13 @@
 from keras_sg.layers.conv_synthesizer import ConvSynthesizer
 from keras_sg.layers.dense_synthesizer import DenseSynthesizer
 from keras_sg.layers.interface import Interface
+from keras_sg.layers.low_rank_synthesizer import LowRankSynthesizer
 from keras_sg.layers.synthesizer import Synthesizer
 
-__all__ = ["ConvSynthesizer", "DenseSynthesizer", "Interface", "Synthesizer"]
+__all__ = [
+    "ConvSynthesizer",
+    "DenseSynthesizer",
+    "Interface",
+    "LowRankSynthesizer",
+    "Synthesizer",
+]

@@ -2,6 +2,7 @@
 
 from keras_sg.models import steps
 from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
+from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
 from keras_sg.models.pipelined_model import PipelinedModel
 from keras_sg.models.stages import split_stages
@@ -10,6 +11,7 @@ __all__ = [
     "METHODS",
     "SG_TARGETS",
     "DecoupledModel",
+    "GPipeModel",
     "PipelinedModel",
     "convolutional",
     "fully_connected",

@@ -144,3 +144,18 @@ def test_context_errors_name_what_was_received():
     plain = keras_sg.DenseSynthesizer(hidden_layers=0)
     with pytest.raises(ValueError, match=r"takes no context.*\(4,\)"):
         plain(h, context=np.zeros((4,), "int32"))
+
+
+def test_low_rank_synthesizer_is_a_rank_r_affine_map_starting_at_zero():
+    synth = keras_sg.LowRankSynthesizer(rank=2, num_classes=3)
+    h = np.random.default_rng(7).normal(size=(5, 6)).astype("float32")
+    labels = np.array([0, 1, 2, 1, 0])
+    assert np.all(np.asarray(synth(h, context=labels)) == 0.0)
+    _randomize(synth)
+    (u,) = synth.down.get_weights()
+    v, b = synth.up.get_weights()
+    assert u.shape == (6 + 3, 2) and v.shape == (2, 6)
+    expected = np.concatenate([h, np.eye(3)[labels]], axis=1) @ u @ v + b
+    np.testing.assert_allclose(synth(h, context=labels), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="rank=0"):
+        keras_sg.LowRankSynthesizer(rank=0)
