@@ -85,8 +85,9 @@ def test_config_round_trip_rebuilds_an_equivalent_model():
         keras_sg.ConvSynthesizer(
             hidden_layers=1, filters=3, kernel_size=3, num_classes=2
         ),
+        keras_sg.LowRankSynthesizer(rank=3, num_classes=2),
     ],
-    ids=["interface", "dense", "conv"],
+    ids=["interface", "dense", "conv", "low_rank"],
 )
 def test_layer_config_round_trip(layer):
     config = keras.saving.serialize_keras_object(layer)
