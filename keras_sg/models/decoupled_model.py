@@ -150,11 +150,17 @@ class DecoupledModel(keras.Model):
                 ) from error
         return list(devices)
 
+    @contextlib.contextmanager
     def _on(self, k):
-        """The device scope of stage k (and of the synthesizer at its output)."""
-        if self.devices is None:
-            return contextlib.nullcontext()
-        return tf.device(self.devices[k])
+        """The scope of stage k's work and its synthesizer's: its device, if
+        placed, and the name scope `stage_<k>`, by which profiler traces tell
+        the stages apart."""
+        with tf.name_scope(f"stage_{k}"):
+            if self.devices is None:
+                yield
+            else:
+                with tf.device(self.devices[k]):
+                    yield
 
     def _check_synthesizers(self, synthesizers):
         cuts = len(self.stages) - 1

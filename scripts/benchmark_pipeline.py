@@ -1,0 +1,475 @@
+r"""Measures schedules on K logical devices: throughput, idle time, SG overhead.
+
+    python scripts/benchmark_pipeline.py --output=docs/benchmarks.md
+
+Every measurement runs in a fresh process, since logical devices and thread
+pools are fixed when TensorFlow starts: the CPU is split into K logical
+devices with one intra-op thread and K inter-op threads, so each device runs
+one op at a time, like one accelerator. The model has K equal stages (two
+dense layers of --width units each; the last stage adds a 10-way head).
+
+For each schedule it reports examples/s, each device's busy fraction and the
+synthesizer overhead, all read from a TensorFlow profiler trace (the XPlane
+file that TensorBoard's profile plugin shows): every op of stage k runs in
+the name scope `stage_k`, so the trace tells the devices apart. It then feeds
+the measured per-stage forward, backward and synthesizer costs to the
+simulator (keras_sg.schedules) and reports how far its prediction is from
+the measured throughput. Last, on MNIST with two devices, the wall time to
+97.5% test accuracy of backprop model-parallel, GPipe and pipelined cDNI.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", str(ROOT / "docs" / "benchmarks.md"), "Report to write.")
+flags.DEFINE_string("figures", str(ROOT / "docs" / "figures"), "Folder of the PNGs.")
+flags.DEFINE_list("devices", ["2", "4"], "Numbers of logical devices K.")
+flags.DEFINE_integer("width", 1024, "Units of each dense layer.")
+flags.DEFINE_integer("batch_size", 256, "Examples per step.")
+flags.DEFINE_integer("micro_batches", 8, "GPipe micro-batches M.")
+flags.DEFINE_integer("rank", 64, "Rank of the cheap (low-rank) synthesizer.")
+flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
+flags.DEFINE_integer("profile_steps", 4, "Steps inside the profiler trace.")
+flags.DEFINE_float("target_accuracy", 0.975, "MNIST test accuracy to reach.")
+flags.DEFINE_integer("max_epochs", 8, "Cap on the time-to-accuracy runs.")
+flags.DEFINE_bool("skip_accuracy", False, "Skip the MNIST time-to-accuracy runs.")
+# Internal: one measurement in this process (set by the parent).
+flags.DEFINE_string("worker", None, "JSON spec of one measurement (internal).")
+
+SCHEDULES = [  # (name, model class, synthesizer)
+    ("backprop_mp", "backprop", None),
+    ("gpipe", "gpipe", None),
+    ("dni_unlocked", "dni", "low_rank"),
+    ("pipelined_dni_linear", "pipelined", "linear"),
+    ("pipelined_dni_low_rank", "pipelined", "low_rank"),
+]
+STAGE = re.compile(r"stage_(\d+)/")
+
+
+# ---------------------------------------------------------------- the worker
+
+
+def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
+    """The decoupled model of a measurement, compiled."""
+    k, width = spec["devices"], spec["width"]
+    stages = []
+    for s in range(k):
+        layers = [keras.Input((input_dim if s == 0 else width,))]
+        layers += [keras.layers.Dense(width, activation="relu") for _ in range(2)]
+        if s == k - 1:
+            layers.append(keras.layers.Dense(num_classes))
+        stages.append(keras.Sequential(layers, name=f"block_{s}"))
+    kind, synth = spec["model"], spec["synth"]
+    conditioned = num_classes if spec.get("cdni") else None
+
+    def synthesizers():
+        if synth == "linear":
+            return [
+                keras_sg.DenseSynthesizer(
+                    hidden_layers=0, use_batch_norm=False, num_classes=conditioned
+                )
+                for _ in range(k - 1)
+            ]
+        return [
+            keras_sg.LowRankSynthesizer(rank=spec["rank"], num_classes=conditioned)
+            for _ in range(k - 1)
+        ]
+
+    method = "cdni" if conditioned else "dni"
+    if kind == "plain":
+        model = keras.Sequential([layer for st in stages for layer in st.layers])
+    elif kind == "backprop":
+        model = keras_sg.DecoupledModel(stages, method="backprop", devices=devices)
+    elif kind == "gpipe":
+        model = keras_sg.GPipeModel(
+            stages, micro_batches=spec["micro_batches"], devices=devices
+        )
+    elif kind == "dni":
+        model = keras_sg.DecoupledModel(
+            stages, synthesizers(), method=method, devices=devices
+        )
+    else:
+        model = keras_sg.PipelinedModel(
+            stages, synthesizers(), method=method, devices=devices
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(spec.get("learning_rate", 1e-3)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def trace_costs(logdir, num_stages, steps):
+    """Per-stage busy fractions, F/B/S costs per step and intervals from a trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    path = sorted(Path(logdir).rglob("*.xplane.pb"))[-1]
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(path.read_bytes())
+    intervals = [[] for _ in range(num_stages)]
+    costs = [{"F": 0.0, "B": 0.0, "S": 0.0} for _ in range(num_stages)]
+    for plane in space.planes:
+        names = plane.event_metadata
+        for line in plane.lines:
+            for event in line.events:
+                name = names[event.metadata_id].name
+                found = STAGE.search(name)
+                if not found or ":" not in name:  # ops only ("scope/op:OpType")
+                    continue
+                k = int(found.group(1))
+                if k >= num_stages:
+                    continue
+                start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e9  # ms
+                end = start + event.duration_ps / 1e9
+                kind = (
+                    "S"
+                    if "synthesizer" in name
+                    else "B"
+                    if "gradient" in name.lower()
+                    else "F"
+                )
+                intervals[k].append((start, end, kind))
+                costs[k][kind] += event.duration_ps / 1e9
+    begin = min(i[0] for ivs in intervals for i in ivs)
+    finish = max(i[1] for ivs in intervals for i in ivs)
+    window = finish - begin
+    busy = []
+    for ivs in intervals:
+        covered, last_end = 0.0, begin
+        for start, end, _ in sorted(ivs):
+            start = max(start, last_end)
+            if end > start:
+                covered += end - start
+                last_end = end
+        busy.append(covered / window)
+    per_step = [{kind: c / steps for kind, c in cost.items()} for cost in costs]
+    shifted = [
+        [(s - begin, e - begin, kind) for s, e, kind in sorted(ivs)]
+        for ivs in intervals
+    ]
+    return busy, per_step, shifted, window / steps
+
+
+def run_worker(spec):
+    import keras_sg
+
+    k = spec["devices"]
+    devices = None
+    if spec["model"] != "plain":
+        devices = keras_sg.placement.split_cpu(
+            k, intra_op_threads=1, inter_op_threads=k
+        )
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    if spec.get("mnist"):
+        return accuracy_worker(spec, keras, keras_sg, tf, np, devices)
+    rng = np.random.default_rng(0)
+    n = spec["batch_size"] * 8
+    x = rng.normal(size=(n, spec["width"])).astype("float32")
+    y = rng.integers(0, 10, size=n)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(spec["batch_size"]).repeat()
+    model = build(spec, keras, keras_sg, devices, spec["width"])
+    fit = dict(epochs=1, verbose=0, shuffle=False)
+    model.fit(data, steps_per_epoch=5, **fit)  # trace and warm up
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=spec["steps"], **fit)
+    seconds = time.perf_counter() - start
+    result = {
+        "spec": spec,
+        "examples_per_s": spec["steps"] * spec["batch_size"] / seconds,
+        "step_ms": 1000 * seconds / spec["steps"],
+    }
+    if spec["model"] != "plain":
+        logdir = tempfile.mkdtemp(prefix="keras_sg_trace_")
+        tf.profiler.experimental.start(logdir)
+        model.fit(data, steps_per_epoch=spec["profile_steps"], **fit)
+        tf.profiler.experimental.stop()
+        busy, costs, intervals, traced_step = trace_costs(
+            logdir, k, spec["profile_steps"]
+        )
+        result.update(
+            busy=busy,
+            costs=costs,
+            traced_step_ms=traced_step,
+            intervals=[ivs[:4000] for ivs in intervals],
+        )
+    return result
+
+
+def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
+    """Wall time of training (evaluation excluded) to the target test accuracy."""
+    train_x, train_y = keras_sg.data.load_split(
+        "mnist", "train", manual_dir=os.environ.get("KERAS_SG_MNIST_DIR")
+    )
+    test = keras_sg.data.image_dataset(
+        "mnist",
+        "test",
+        1000,
+        flatten=True,
+        manual_dir=os.environ.get("KERAS_SG_MNIST_DIR"),
+    )
+    train = keras_sg.data.batches(
+        train_x, train_y, spec["batch_size"], flatten=True, shuffle=True, seed=0
+    )
+    model = build(spec, keras, keras_sg, devices, 784)
+    steps = keras_sg.data.steps_per_epoch(len(train_x), spec["batch_size"])
+    # Whole batches only: the pipeline's buffers and GPipe's split want them.
+    steps = len(train_x) // spec["batch_size"]
+    train = train.filter(lambda x, y: tf.shape(x)[0] == spec["batch_size"])
+    iterator = iter(train)
+    seconds, curve = 0.0, []
+    for epoch in range(spec["max_epochs"]):
+        start = time.perf_counter()
+        model.fit(iterator, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        seconds += time.perf_counter() - start
+        accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+        curve.append((epoch + 1, seconds, accuracy))
+        if accuracy >= spec["target_accuracy"]:
+            break
+    reached = curve[-1][2] >= spec["target_accuracy"]
+    return {"spec": spec, "curve": curve, "seconds": seconds if reached else None}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def measure(spec):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, __file__, f"--worker={json.dumps(spec)}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    if done.returncode:
+        raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
+    line = [s for s in done.stdout.splitlines() if s.startswith("{")][-1]
+    return json.loads(line)
+
+
+def predict(result):
+    """The simulator's examples/s for a run, from the run's own measured costs."""
+    from keras_sg import schedules
+
+    spec, costs = result["spec"], result["costs"]
+    k, batch = spec["devices"], spec["batch_size"]
+    forward = [c["F"] for c in costs]
+    backward = [c["B"] for c in costs]
+    synth = [c["S"] for c in costs]
+    if spec["model"] == "backprop":
+        sim = schedules.simulate("naive", k, 1, forward, backward)
+        return batch / sim.step_time * 1000
+    if spec["model"] == "dni":  # stages in sequence, synthesizer in each stage
+        fwd = [f + s for f, s in zip(forward, synth, strict=True)]
+        sim = schedules.simulate("naive", k, 1, fwd, backward)
+        return batch / sim.step_time * 1000
+    if spec["model"] == "gpipe":
+        m = spec["micro_batches"]
+        sim = schedules.simulate(
+            "gpipe", k, m, [f / m for f in forward], [b / m for b in backward]
+        )
+        return batch / sim.step_time * 1000
+    m = 8
+    sim = schedules.simulate("pipelined_dni", k, m, forward, backward, synth[:-1])
+    return m * batch / sim.step_time * 1000
+
+
+def draw(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"F": "tab:blue", "B": "tab:green", "S": "tab:orange"}
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 1.3 * len(results) + 0.8))
+    for ax, result in zip(axes, results, strict=True):
+        span = 2 * result["traced_step_ms"]
+        for k, ivs in enumerate(result["intervals"]):
+            for start, end, kind in ivs:
+                if start < span:
+                    ax.broken_barh(
+                        [(start, min(end, span) - start)],
+                        (k - 0.4, 0.8),
+                        color=colors[kind],
+                    )
+        ax.set_yticks(range(len(result["intervals"])))
+        ax.set_yticklabels([f"device {k}" for k in range(len(result["intervals"]))])
+        ax.set_xlim(0, span)
+        ax.set_title(result["spec"]["name"], fontsize=9, loc="left")
+    axes[-1].set_xlabel("ms (two steps of the measured trace)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    axes[0].legend(
+        handles, ["forward", "backward", "synthesizer"], fontsize=7, loc="upper right"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        print(json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
+        return
+    base = dict(
+        width=FLAGS.width,
+        batch_size=FLAGS.batch_size,
+        micro_batches=FLAGS.micro_batches,
+        rank=FLAGS.rank,
+        steps=FLAGS.steps,
+        profile_steps=FLAGS.profile_steps,
+    )
+    runs = {}
+    for k in map(int, FLAGS.devices):
+        for name, model, synth in SCHEDULES:
+            spec = dict(
+                base, name=f"{name} (K={k})", devices=k, model=model, synth=synth
+            )
+            print(f"[measure] {spec['name']}", flush=True)
+            runs[name, k] = measure(spec)
+    plain = measure(
+        dict(
+            base,
+            name="plain Keras, default threading",
+            devices=2,
+            model="plain",
+            synth=None,
+        )
+    )
+
+    accuracy = {}
+    if not FLAGS.skip_accuracy:
+        for name, model, synth, cdni in (
+            ("backprop_mp", "backprop", None, False),
+            ("gpipe", "gpipe", None, False),
+            ("pipelined_cdni", "pipelined", "linear", True),
+        ):
+            spec = dict(
+                base,
+                name=name,
+                devices=2,
+                model=model,
+                synth=synth,
+                cdni=cdni,
+                mnist=True,
+                target_accuracy=FLAGS.target_accuracy,
+                max_epochs=FLAGS.max_epochs,
+            )
+            print(f"[accuracy] {name}", flush=True)
+            accuracy[name] = measure(spec)
+
+    figures = Path(FLAGS.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    for k in map(int, FLAGS.devices):
+        draw(
+            [runs[n, k] for n in ("backprop_mp", "gpipe", "pipelined_dni_low_rank")],
+            figures / f"measured_timeline_K{k}.png",
+        )
+    Path(FLAGS.output).write_text(report(runs, plain, accuracy))
+    print(f"wrote {FLAGS.output}")
+
+
+def report(runs, plain, accuracy):
+    lines = [
+        "# Benchmarks: schedules on logical devices",
+        "",
+        "Written by `scripts/benchmark_pipeline.py` from the measurements it made"
+        " on this project's 2-core CPU machine (numbers vary run to run on a"
+        " shared machine; ratios within one table come from one run).",
+        "",
+        "```",
+        f"python scripts/benchmark_pipeline.py --devices={','.join(FLAGS.devices)} "
+        f"--width={FLAGS.width} --batch_size={FLAGS.batch_size} "
+        f"--micro_batches={FLAGS.micro_batches} --rank={FLAGS.rank} --steps={FLAGS.steps}",
+        "```",
+        "",
+        f"Model: K equal stages of two dense layers of {FLAGS.width} units (the last "
+        f"adds a 10-way head), batch {FLAGS.batch_size}, Adam. Each logical device"
+        " has one intra-op thread; K inter-op threads. Busy fractions, per-stage"
+        " costs and the synthesizer overhead come from the TensorFlow profiler trace"
+        " (XPlane) of the measured steps, ops told apart by their `stage_k` name scope.",
+        "",
+        "Note: a machine with 2 cores runs at most 2 devices at once; with K = 4"
+        " logical devices, 4 stages share 2 cores, so K = 4 can show the schedules'"
+        " structure but not a 4x speed-up.",
+        "",
+    ]
+    for k in map(int, FLAGS.devices):
+        base = runs["backprop_mp", k]["examples_per_s"]
+        gpipe = runs["gpipe", k]["examples_per_s"]
+        lines += [
+            f"## K = {k} devices",
+            "",
+            "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device | SG overhead per stage | simulator's examples/s (error) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, _, synth in SCHEDULES:
+            r = runs[name, k]
+            busy = ", ".join(f"{b:.0%}" for b in r["busy"])
+            overhead = "–"
+            if synth:
+                ratios = [c["S"] / (c["F"] + c["B"]) for c in r["costs"][:-1]]
+                overhead = ", ".join(f"{o:.0%}" for o in ratios)
+            predicted = predict(r)
+            error = (predicted - r["examples_per_s"]) / r["examples_per_s"]
+            lines.append(
+                f"| {r['spec']['name']} | {r['examples_per_s']:.0f} | "
+                f"{r['examples_per_s'] / base:.2f}x | {r['examples_per_s'] / gpipe:.2f}x | "
+                f"{busy} | {overhead} | {predicted:.0f} ({error:+.0%}) |"
+            )
+        lines += [
+            "",
+            f"![measured timelines, K={k}](figures/measured_timeline_K{k}.png)",
+            "",
+        ]
+    best = max(
+        runs[n, 2]["examples_per_s"]
+        for n, _, _ in SCHEDULES
+        if n.startswith("pipelined")
+    )
+    lines += [
+        "## Against the fastest backprop on the same two cores",
+        "",
+        f"A plain `keras.Sequential` of the same layers (K = 2 model), default"
+        f" threading, no placement: {plain['examples_per_s']:.0f} examples/s."
+        f" The best pipelined DNI above (K = 2): {best:.0f} examples/s"
+        f" ({best / plain['examples_per_s']:.2f}x).",
+        "",
+    ]
+    if accuracy:
+        lines += [
+            f"## Wall time to {FLAGS.target_accuracy:.1%} MNIST test accuracy (K = 2)",
+            "",
+            "Training time only (test evaluation after each epoch excluded);"
+            f" at most {FLAGS.max_epochs} epochs. Same model and Adam 1e-3 for all.",
+            "",
+            "| schedule | seconds | epochs | test accuracy per epoch |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, r in accuracy.items():
+            curve = ", ".join(f"{a:.4f}" for _, _, a in r["curve"])
+            seconds = (
+                f"{r['seconds']:.0f}" if r["seconds"] is not None else "not reached"
+            )
+            lines.append(f"| {name} | {seconds} | {len(r['curve'])} | {curve} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app.run(main)
