@@ -92,14 +92,15 @@ class DecoupledModel(keras.Model):
                 f"Received: sg_target={sg_target!r}"
             )
         try:
-            sg_loss_weight = float(sg_loss_weight)
+            weight = float(sg_loss_weight)
         except (TypeError, ValueError):
-            sg_loss_weight = -1.0
-        if not sg_loss_weight >= 0.0:
+            weight = float("nan")
+        if not weight >= 0.0:
             raise ValueError(
                 "`sg_loss_weight` must be a number >= 0. "
                 f"Received: sg_loss_weight={sg_loss_weight!r}"
             )
+        sg_loss_weight = weight
         self.method = method
         self.sg_target = sg_target
         self.sg_loss_weight = sg_loss_weight

@@ -19,8 +19,10 @@ def test_unknown_sg_target_and_negative_weight():
     net = mlp([4], 3, out_units=2)
     with pytest.raises(ValueError, match=r"sg_target='true'"):
         keras_sg.DecoupledModel(net, [linear_synth()], sg_target="true")
-    with pytest.raises(ValueError, match=r"sg_loss_weight=-1.0"):
+    with pytest.raises(ValueError, match=r"sg_loss_weight=-1"):
         keras_sg.DecoupledModel(net, [linear_synth()], sg_loss_weight=-1)
+    with pytest.raises(ValueError, match=r"sg_loss_weight='big'"):
+        keras_sg.DecoupledModel(net, [linear_synth()], sg_loss_weight="big")
 
 
 def test_synthesizer_count_must_match_interfaces():
