@@ -395,14 +395,16 @@ def report(runs, plain, accuracy):
         "```",
         f"python scripts/benchmark_pipeline.py --devices={','.join(FLAGS.devices)} "
         f"--width={FLAGS.width} --batch_size={FLAGS.batch_size} "
-        f"--micro_batches={FLAGS.micro_batches} --rank={FLAGS.rank} --steps={FLAGS.steps}",
+        f"--micro_batches={FLAGS.micro_batches} --rank={FLAGS.rank} "
+        f"--steps={FLAGS.steps}",
         "```",
         "",
         f"Model: K equal stages of two dense layers of {FLAGS.width} units (the last "
         f"adds a 10-way head), batch {FLAGS.batch_size}, Adam. Each logical device"
         " has one intra-op thread; K inter-op threads. Busy fractions, per-stage"
         " costs and the synthesizer overhead come from the TensorFlow profiler trace"
-        " (XPlane) of the measured steps, ops told apart by their `stage_k` name scope.",
+        " (XPlane) of the measured steps, ops told apart by their `stage_k` name"
+        " scope.",
         "",
         "Note: a machine with 2 cores runs at most 2 devices at once; with K = 4"
         " logical devices, 4 stages share 2 cores, so K = 4 can show the schedules'"
@@ -415,7 +417,8 @@ def report(runs, plain, accuracy):
         lines += [
             f"## K = {k} devices",
             "",
-            "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device | SG overhead per stage | simulator's examples/s (error) |",
+            "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device "
+            "| SG overhead per stage | simulator's examples/s (error) |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, _, synth in SCHEDULES:
@@ -429,7 +432,8 @@ def report(runs, plain, accuracy):
             error = (predicted - r["examples_per_s"]) / r["examples_per_s"]
             lines.append(
                 f"| {r['spec']['name']} | {r['examples_per_s']:.0f} | "
-                f"{r['examples_per_s'] / base:.2f}x | {r['examples_per_s'] / gpipe:.2f}x | "
+                f"{r['examples_per_s'] / base:.2f}x | "
+                f"{r['examples_per_s'] / gpipe:.2f}x | "
                 f"{busy} | {overhead} | {predicted:.0f} ({error:+.0%}) |"
             )
         lines += [
