@@ -1,7 +1,7 @@
 r"""MNIST convolutional nets of the DNI paper's Table 1 (Jaderberg et al. 2016).
 
 CNN of `depth` layers: `depth - 1` resolution-preserving 5x5 convolutions
-(batch norm, ReLU, an interface after each), global average pooling and a
+(batch norm, ReLU, an interface after each), a flattening and a
 linear output layer. Conv synthesizers: DNI two hidden 5x5 convolutions of
 128 filters with batch norm; cDNI one linear 5x5 convolution over the
 activation and the label broadcast as channels.

@@ -325,7 +325,7 @@ def report(results):
         "- FCN: 256 units, batch norm, ReLU. DNI synthesizers: 2 hidden layers of 1024 "
         "with batch norm; cDNI: linear on the activation and the one-hot label.",
         f"- CNN: resolution-preserving 5x5 convolutions of {FLAGS.cnn_filters} filters "
-        "(batch norm, ReLU), global average pooling, linear output. DNI conv "
+        "(batch norm, ReLU), flattened into a linear output. DNI conv "
         f"synthesizers: 2 hidden 5x5 convolutions of {FLAGS.cnn_synth_filters} filters "
         "(the paper's 128 is too slow for this CPU budget); cDNI: one linear 5x5 conv "
         "over the activation and the label planes.",

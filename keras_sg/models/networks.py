@@ -55,8 +55,11 @@ def convolutional(
     """A resolution-preserving convolutional classifier cut after every conv.
 
     `depth - 1` convolutions ('same' padding, stride 1; batch norm, ReLU, then
-    an `Interface`), then global average pooling and a linear output layer.
-    Every cut sees a full-resolution feature map, the home of `ConvSynthesizer`.
+    an `Interface`), then the feature map is flattened into a linear output
+    layer. Every cut sees a full-resolution feature map, the home of
+    `ConvSynthesizer`. (Global average pooling instead of flattening was tried
+    first: with no downsampling the pooled features of a 2-conv net learn
+    MNIST far too slowly, 27% test accuracy after 470 steps.)
     """
     check_int("depth", depth, 2)
     layers = [keras.Input(input_shape)]
@@ -74,6 +77,6 @@ def convolutional(
             layers.append(keras.layers.BatchNormalization(name=f"norm_{i}"))
         layers.append(keras.layers.ReLU(name=f"relu_{i}"))
         layers.append(Interface(name=f"cut_{i + 1}"))
-    layers.append(keras.layers.GlobalAveragePooling2D())
+    layers.append(keras.layers.Flatten())
     layers.append(keras.layers.Dense(num_classes, name="logits"))
     return keras.Sequential(layers, name=name or f"cnn_{depth}")
