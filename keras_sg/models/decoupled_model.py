@@ -313,19 +313,28 @@ class DecoupledModel(keras.Model):
             )
 
         # Update weights: one optimizer step over everything trained.
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:  # shared layers may list a variable twice
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
+        self._apply(grads)
 
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         for tracker in self.sg_loss_trackers:
             metrics[tracker.name] = tracker.result()
         return metrics
+
+    def _apply(self, grads):
+        """One optimizer step over the variables in `grads` (keyed by `id`).
+
+        The optimizer is built on every trainable variable, as `load_model`
+        builds it, and applied to those trained in this step, in the model's
+        order, each once (shared layers may list a variable twice).
+        """
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        ordered, seen = [], set()
+        for v in self.trainable_variables:
+            if id(v) in grads and id(v) not in seen:
+                seen.add(id(v))
+                ordered.append(v)
+        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
 
     def _decoupled_gradients(
         self, activations, pullbacks, true_grad, context, scale, share

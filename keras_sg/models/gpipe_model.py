@@ -89,14 +89,7 @@ class GPipeModel(DecoupledModel):
             losses.append(loss)
             preds.append(y_pred)
 
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in total and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
-        self.optimizer.apply([total[id(v)] for v in ordered], ordered)
+        self._apply(total)
 
         loss = tf.add_n(losses) / m
         self._loss_tracker.update_state(loss / share, sample_weight=batch)

@@ -154,14 +154,7 @@ class PipelinedModel(DecoupledModel):
 
         # Update weights: one optimizer step over every variable; the skipped
         # (warm-up) parts carry zero gradients.
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
+        self._apply(grads)
         for buffer, value in writes:
             buffer.assign(value)
         state.step.assign_add(1)
