@@ -141,27 +141,25 @@ def latest_checkpoint(folder: Path):
     return None, 0
 
 
-class Bookkeeping:
-    """Callbacks that time epochs and prune old checkpoints (after they are saved)."""
+def bookkeeping(folder: Path, keep: int):
+    """Two callbacks: one adds `epoch_seconds` to the logs (put it before the
+    CSV logger), one keeps the newest `keep` checkpoints (put it after the
+    checkpoint callback)."""
+    import keras
 
-    @staticmethod
-    def make(folder: Path, keep: int):
-        import keras
+    start = {}
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: start.update(t=time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: logs.update(
+            epoch_seconds=time.perf_counter() - start["t"]
+        ),
+    )
 
-        class EpochTimer(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.perf_counter()
+    def prune(epoch, logs):
+        for path in sorted(folder.glob("epoch-*.keras"))[:-keep]:
+            path.unlink(missing_ok=True)
 
-            def on_epoch_end(self, epoch, logs=None):
-                logs["epoch_seconds"] = time.perf_counter() - self.start
-
-        class Prune(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                paths = sorted(folder.glob("epoch-*.keras"))
-                for path in paths[:-keep]:
-                    path.unlink(missing_ok=True)
-
-        return EpochTimer(), Prune()
+    return timer, keras.callbacks.LambdaCallback(on_epoch_end=prune)
 
 
 def main(argv):
@@ -211,7 +209,7 @@ def main(argv):
         y_test[:probe_n],
     )
 
-    timer, prune = Bookkeeping.make(ckpt_dir, config.keep_checkpoints)
+    timer, prune = bookkeeping(ckpt_dir, config.keep_checkpoints)
     callbacks = [
         timer,
         keras.callbacks.TensorBoard(

@@ -262,13 +262,7 @@ class DecoupledModel(keras.Model):
                 if self.method == "no_bprop":
                     h = stage(h, training=True)
                     continue
-                (h, _), pullback = steps.vjp(
-                    lambda a, s=stage: (s(a, training=True), _penalty(s, share)),
-                    h,
-                    stage.trainable_variables,
-                    watch_inputs=k > 0,
-                    persistent=persistent,
-                )
+                h, pullback = _stage_vjp(stage, h, share, k > 0, persistent)
             activations.append(h)
             pullbacks.append(pullback)
 
@@ -496,6 +490,22 @@ def _synthesize(synth, h, context, training=True):
     if context is not None:
         return synth(h, context=context, training=training)
     return synth(h, training=training)
+
+
+def _stage_vjp(stage, inputs, share, watch_inputs, persistent=False):
+    """Stage forward in training mode on a tape of its own: `(outputs, pullback)`.
+
+    The pullback takes `(output cotangent, penalty weight)`; the penalty is
+    the stage's own regularization losses (see `_penalty`).
+    """
+    (outputs, _), pullback = steps.vjp(
+        lambda a: (stage(a, training=True), _penalty(stage, share)),
+        inputs,
+        stage.trainable_variables,
+        watch_inputs=watch_inputs,
+        persistent=persistent,
+    )
+    return outputs, pullback
 
 
 def _penalty(stage, share):

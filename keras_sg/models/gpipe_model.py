@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_sg._checks import check_int
 from keras_sg.models import steps
-from keras_sg.models.decoupled_model import DecoupledModel, _penalty
+from keras_sg.models.decoupled_model import DecoupledModel, _stage_vjp
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -60,12 +60,7 @@ class GPipeModel(DecoupledModel):
             pullbacks, h = [], x_m
             for k, stage in enumerate(self.stages[:-1]):
                 with self._on(k):
-                    (h, _), pullback = steps.vjp(
-                        lambda a, s=stage: (s(a, training=True), _penalty(s, share)),
-                        h,
-                        stage.trainable_variables,
-                        watch_inputs=k > 0,
-                    )
+                    h, pullback = _stage_vjp(stage, h, share, k > 0)
                 pullbacks.append(pullback)
             top = self.stages[last]
 

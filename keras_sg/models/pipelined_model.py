@@ -4,7 +4,11 @@ import keras
 import tensorflow as tf
 
 from keras_sg.models import steps
-from keras_sg.models.decoupled_model import DecoupledModel, _penalty, _synthesize
+from keras_sg.models.decoupled_model import (
+    DecoupledModel,
+    _stage_vjp,
+    _synthesize,
+)
 
 
 class _PipelineState:
@@ -178,12 +182,7 @@ class PipelinedModel(DecoupledModel):
         context = labels if self.method == "cdni" else None
 
         def work():
-            (h, _), pullback = steps.vjp(
-                lambda a: (stage(a, training=True), _penalty(stage, share)),
-                inputs,
-                stage.trainable_variables,
-                watch_inputs=k > 0,
-            )
+            h, pullback = _stage_vjp(stage, inputs, share, k > 0)
             g = _synthesize(synth, h, context)
             input_grad, stage_grads = pullback((g / scale, 1.0))
             if input_grad is None:
