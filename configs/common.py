@@ -71,6 +71,11 @@ def base_config(method: str, smoke: bool) -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 1e-3 if smoke else 3e-5  # as cited from the paper
     config.sg_loss_weight = 1.0
 
+    config.placement = ml_collections.ConfigDict()
+    # "host:port,host:port": run stage k on cluster task k mod n, each task a
+    # `scripts/tf_server.py` process; "" keeps every stage in this process.
+    config.placement.workers = ""
+
     config.log = ml_collections.ConfigDict()
     config.log.diagnostics_every_steps = 4 if smoke else 500  # SG vs true gradient
     config.log.probe_examples = 64 if smoke else 256

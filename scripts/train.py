@@ -57,8 +57,10 @@ def load_data(config):
     return train, test
 
 
-def build_model(config, input_shape, num_classes):
-    """The network, its synthesizers and the decoupled model, from plain values."""
+def build_model(config, input_shape, num_classes, devices=None):
+    """The network, its synthesizers and the decoupled model, from plain values.
+
+    `devices`: None, or devices to deal the stages onto, round-robin."""
     import keras
 
     import keras_sg
@@ -83,10 +85,11 @@ def build_model(config, input_shape, num_classes):
         )
     else:
         raise ValueError(f"Expected model.kind 'fcn' or 'cnn'. Received: {m.kind!r}")
+    num_stages = len(keras_sg.split_stages(net))
     synthesizers = None
     if config.method in ("dni", "cdni"):
         classes = num_classes if config.method == "cdni" else None
-        cuts = len(keras_sg.split_stages(net)) - 1
+        cuts = num_stages - 1
         if s.kind == "dense":
             make = lambda: keras_sg.DenseSynthesizer(  # noqa: E731
                 hidden_layers=s.hidden_layers,
@@ -103,8 +106,14 @@ def build_model(config, input_shape, num_classes):
                 num_classes=classes,
             )
         synthesizers = [make() for _ in range(cuts)]
+    if devices:
+        devices = [devices[k % len(devices)] for k in range(num_stages)]
     model = keras_sg.DecoupledModel(
-        net, synthesizers, method=config.method, sg_loss_weight=config.sg_loss_weight
+        net,
+        synthesizers,
+        method=config.method,
+        sg_loss_weight=config.sg_loss_weight,
+        devices=devices or None,
     )
     optimizer = keras.optimizers.get(
         {
@@ -176,6 +185,14 @@ def main(argv):
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
+    devices = None
+    if config.placement.workers:
+        # Before any variable exists: connecting resets TensorFlow's context.
+        devices = keras_sg.placement.connect_to_cluster(
+            {"worker": keras_sg.placement.worker_addresses(config.placement.workers)}
+        )
+        print(f"Stages run on {devices}", flush=True)
+
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -187,7 +204,7 @@ def main(argv):
 
     model, initial_epoch = latest_checkpoint(ckpt_dir)
     if model is None:
-        model = build_model(config, tuple(input_shape), num_classes)
+        model = build_model(config, tuple(input_shape), num_classes, devices)
     else:
         logging.info("Resuming from epoch %d", initial_epoch)
         print(f"Resuming {workdir} from epoch {initial_epoch}", flush=True)
@@ -231,16 +248,19 @@ def main(argv):
         )
     steps = keras_sg.data.steps_per_epoch(len(x_train), config.batch_size)
     start = time.perf_counter()
-    model.fit(
-        train,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps,
-        validation_data=test,
-        callbacks=callbacks,
-        shuffle=False,  # the data stream orders each epoch itself
-        verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal
-    )
+    try:
+        model.fit(
+            train,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=test,
+            callbacks=callbacks,
+            shuffle=False,  # the data stream orders each epoch itself
+            verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal
+        )
+    except keras_sg.placement.WorkerLostError as error:
+        raise SystemExit(f"train.py: {error}") from None
     session_seconds = time.perf_counter() - start
     logs = model.evaluate(test, verbose=0, return_dict=True)
     metrics = {

@@ -5,6 +5,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_sg._remote import worker_lost
 from keras_sg.layers.interface import Interface
 from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
@@ -150,6 +151,31 @@ class DecoupledModel(keras.Model):
                     f"Received: {device!r}"
                 ) from error
         return list(devices)
+
+    # A stage on a cluster worker that dies fails the step with a raw gRPC
+    # error; fit, evaluate and predict turn it into one that says what to do.
+
+    def fit(self, *args, **kwargs):
+        with self._reporting_lost_workers():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._reporting_lost_workers():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._reporting_lost_workers():
+            return super().predict(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _reporting_lost_workers(self):
+        try:
+            yield
+        except tf.errors.OpError as error:
+            lost = worker_lost(error, self.devices)
+            if lost is None:
+                raise
+            raise lost from error
 
     @contextlib.contextmanager
     def _on(self, k):

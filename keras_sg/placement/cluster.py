@@ -1,0 +1,155 @@
+"""Stages on the devices of a TensorFlow cluster: other processes or machines.
+
+TensorFlow's distributed runtime does the transport: each worker process runs a
+`tf.distribute.Server`, the training process connects to them with
+`tf.config.experimental_connect_to_cluster`, and a stage placed on
+`/job:worker/replica:0/task:k/device:CPU:0` then keeps its variables on task k
+and runs its ops there; activations and gradients cross between processes as
+gRPC tensors.
+"""
+
+import os
+
+import tensorflow as tf
+
+from keras_sg._checks import check_int
+
+
+def _cluster_spec(cluster) -> tf.train.ClusterSpec:
+    if isinstance(cluster, tf.distribute.cluster_resolver.ClusterResolver):
+        return cluster.cluster_spec()
+    if isinstance(cluster, tf.train.ClusterSpec):
+        return cluster
+    if isinstance(cluster, dict):
+        return tf.train.ClusterSpec(cluster)
+    raise TypeError(
+        "Expected a tf.distribute.cluster_resolver.ClusterResolver, a "
+        "tf.train.ClusterSpec or a dict such as {'worker': ['host:port', ...]}. "
+        f"Received: {type(cluster).__name__}"
+    )
+
+
+def worker_addresses(addresses: str | list[str]) -> list[str]:
+    """Parses `"host:port,host:port"` (or a list) into checked addresses."""
+    if isinstance(addresses, str):
+        addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+    addresses = list(addresses)
+    if not addresses:
+        raise ValueError(
+            f"Expected at least one worker address 'host:port'. Received: {addresses!r}"
+        )
+    for address in addresses:
+        host, sep, port = str(address).rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(
+                f"Expected worker addresses as 'host:port'. Received: {address!r}"
+            )
+    return addresses
+
+
+def start_server(
+    workers: str | list[str],
+    task_index: int,
+    job_name: str = "worker",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    cpus: list[int] | None = None,
+) -> tf.distribute.Server:
+    """Starts this process's TensorFlow server: task `task_index` of `job_name`.
+
+    Call it before anything else in the process has used TensorFlow; the
+    server owns the process's devices. `scripts/tf_server.py` wraps it.
+
+    Args:
+        workers: every task's address, `"host:port,host:port"` or a list.
+        task_index: which of them this process is.
+        job_name: the job's name; stages are placed on `/job:<job_name>/...`.
+        intra_op_threads, inter_op_threads: the server's thread pools (None:
+            TensorFlow's defaults). One intra-op thread makes the process
+            behave like one accelerator that runs one op at a time.
+        cpus: pin the process to these CPU cores (Linux only; None: no pinning).
+
+    Returns:
+        The started server; call `server.join()` to serve until killed.
+    """
+    workers = worker_addresses(workers)
+    check_int("task_index", task_index, 0)
+    if task_index >= len(workers):
+        raise ValueError(
+            f"Expected task_index < {len(workers)} (the number of workers). "
+            f"Received: task_index={task_index}"
+        )
+    if cpus is not None:
+        os.sched_setaffinity(0, set(cpus))
+    config = tf.compat.v1.ConfigProto()
+    if intra_op_threads is not None:
+        config.intra_op_parallelism_threads = check_int(
+            "intra_op_threads", intra_op_threads, 1
+        )
+    if inter_op_threads is not None:
+        config.inter_op_parallelism_threads = check_int(
+            "inter_op_threads", inter_op_threads, 1
+        )
+    return tf.distribute.Server(
+        tf.train.ClusterSpec({job_name: workers}),
+        job_name=job_name,
+        task_index=task_index,
+        protocol="grpc",
+        config=config,
+        start=True,
+    )
+
+
+def connect_to_cluster(cluster, job_name: str = "worker") -> list[str]:
+    """Connects this process to a running cluster; returns one device per task.
+
+    This process joins as the job `localhost` (its own devices become
+    `/job:localhost/replica:0/task:0/device:CPU:0`, ...). Pass the returned
+    names, or some of them, as a model's `devices`.
+
+    Args:
+        cluster: a `tf.distribute.cluster_resolver.ClusterResolver`, a
+            `tf.train.ClusterSpec`, or a dict `{job_name: ["host:port", ...]}`.
+        job_name: the job whose tasks run the stages.
+
+    Returns:
+        `["/job:<job_name>/replica:0/task:<k>/device:CPU:0" for each task k]`.
+
+    Raises:
+        ValueError: the cluster has no such job, or is empty.
+        RuntimeError: a task's device did not appear after connecting.
+
+    Example:
+
+    ```python
+    devices = keras_sg.placement.connect_to_cluster(
+        {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]})
+    model = keras_sg.DecoupledModel(net, synthesizers, devices=devices)
+    ```
+    """
+    spec = _cluster_spec(cluster)
+    if job_name not in spec.jobs:
+        raise ValueError(
+            f"The cluster has no job {job_name!r}; its jobs are {spec.jobs}. "
+            f"Received: job_name={job_name!r}"
+        )
+    if job_name == "localhost":
+        raise ValueError(
+            "The connecting process takes the job name 'localhost'; name the "
+            "workers' job otherwise. Received: job_name='localhost'"
+        )
+    tasks = spec.task_indices(job_name)
+    if not tasks:
+        raise ValueError(f"The cluster's job {job_name!r} has no tasks.")
+    # A resolver would also make its "master" the default device; we place
+    # every stage explicitly and keep the default on this process.
+    tf.config.experimental_connect_to_cluster(spec, make_master_device_default=False)
+    devices = [f"/job:{job_name}/replica:0/task:{k}/device:CPU:0" for k in tasks]
+    known = {d.name for d in tf.config.list_logical_devices()}
+    missing = [d for d in devices if d not in known]
+    if missing:
+        raise RuntimeError(
+            f"Connected to the cluster, but TensorFlow lists no device {missing}. "
+            f"Listed: {sorted(known)}"
+        )
+    return devices

@@ -1,0 +1,225 @@
+"""Stages on two TensorFlow servers: same weights as local; a killed worker.
+
+Each test starts two `scripts/tf_server.py` processes on free ports of
+127.0.0.1 and always stops them. The training client runs in a subprocess too,
+since connecting to a cluster resets TensorFlow's context.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from keras_sg._remote import WorkerLostError, worker_lost
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = ROOT / "scripts" / "tf_server.py"
+TRAIN = ROOT / "scripts" / "train.py"
+CLIENT = Path(__file__).with_name("cluster_worker.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+TASK_1 = "/job:worker/replica:0/task:1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Two TensorFlow servers, one per task of the job `worker`."""
+
+    def __init__(self):
+        self.addresses = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+        self.servers = [None, None]
+
+    def start(self, task: int):
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(SERVER),
+                f"--workers={','.join(self.addresses)}",
+                f"--task={task}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=ENV,
+        )
+        self.servers[task] = server
+        line = server.stdout.readline()  # blocks until it serves (or dies)
+        assert line.startswith("serving"), f"server {task} did not start: {line!r}"
+
+    def kill(self, task: int):
+        server = self.servers[task]
+        if server is not None and server.poll() is None:
+            server.kill()
+        if server is not None:
+            server.wait(timeout=30)
+
+    @property
+    def spec(self) -> str:
+        return ",".join(self.addresses)
+
+
+@pytest.fixture
+def cluster():
+    cluster = Cluster()
+    try:
+        for task in range(2):
+            cluster.start(task)
+        yield cluster
+    finally:
+        for task in range(2):
+            cluster.kill(task)
+
+
+def _client(*args):
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_stage_on_the_second_task_trains_like_a_local_run(cluster):
+    result = _client("parity", cluster.spec)
+    assert result["devices"] == [
+        "/job:worker/replica:0/task:0/device:CPU:0",
+        f"{TASK_1}/device:CPU:0",
+    ]
+    stage_0, stage_1, synth_0 = result["variables"]
+    assert stage_0 == ["/job:worker/replica:0/task:0/device:CPU:0"]
+    assert stage_1 == [f"{TASK_1}/device:CPU:0"]
+    assert synth_0 == stage_0  # a synthesizer lives with the stage below its cut
+    assert {d.split("/device:")[0] for d in result["matmul_devices"]} == {
+        "/job:worker/replica:0/task:0",
+        TASK_1,
+    }
+    assert result["steps"] == 12
+    assert result["max_weight_diff"] < 1e-5
+
+
+def test_killed_worker_fails_clearly_and_training_resumes(cluster, tmp_path):
+    args = [
+        "--config=configs/mnist_fcn.py:dni,smoke",
+        "--config.epochs=6",
+        "--config.data.train_examples=4096",
+        f"--config.placement.workers={cluster.spec}",
+    ]
+    workdir = tmp_path / "run"
+    trainer = subprocess.Popen(
+        [sys.executable, str(TRAIN), *args, f"--workdir={workdir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (workdir / "ckpt" / "epoch-0002.keras").exists():
+            assert trainer.poll() is None, trainer.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint of epoch 2 in time"
+            time.sleep(0.02)
+        cluster.kill(1)
+        killed_at = time.monotonic()
+        # Bounded: the client must fail, not hang on the dead task.
+        _, stderr = trainer.communicate(timeout=60)
+        waited = time.monotonic() - killed_at
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    assert trainer.returncode == 1, stderr[-3000:]
+    lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
+    assert f"{lost} (it holds stage 1)" in stderr
+    assert "resumes from the newest checkpoint" in stderr
+    assert "Traceback" not in stderr
+    assert waited < 60
+    assert not (workdir / "metrics.json").exists()
+
+    cluster.start(1)  # the same address again
+    resumed = subprocess.run(
+        [sys.executable, str(TRAIN), *args, f"--workdir={workdir}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert 1 <= metrics["resumed_from_epoch"] < 6
+    assert f"from epoch {metrics['resumed_from_epoch']}" in resumed.stdout
+
+    # The resumed cluster run ends where an uninterrupted local run ends.
+    local = tmp_path / "local"
+    straight = subprocess.run(
+        [sys.executable, str(TRAIN), *args[:-1], f"--workdir={local}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=ROOT,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    compared = _client(
+        "compare",
+        cluster.spec,
+        str(workdir / "ckpt" / "epoch-0006.keras"),
+        str(local / "ckpt" / "epoch-0006.keras"),
+    )
+    assert compared["steps"] == [6 * 64, 6 * 64]
+    assert compared["max_weight_diff"] < 1e-5
+
+
+def test_lost_worker_error_names_the_dead_task_and_its_stages():
+    import tensorflow as tf
+
+    task_0 = "/job:worker/replica:0/task:0"
+    devices = [f"{task_0}/device:CPU:0", f"{TASK_1}/device:CPU:0"] + [
+        f"{TASK_1}/device:CPU:0"
+    ]
+    raw = tf.errors.InternalError(None, None, "Remote address ... poisoned\nmore")
+    with socket.socket() as alive:  # task 0 still answers; task 1's port is shut
+        alive.bind(("127.0.0.1", 0))
+        alive.listen()
+        addresses = {
+            task_0: f"127.0.0.1:{alive.getsockname()[1]}",
+            TASK_1: f"127.0.0.1:{_free_port()}",
+        }
+        lost = worker_lost(raw, devices, addresses)
+        assert isinstance(lost, WorkerLostError)
+        assert str(lost).startswith(
+            f"Lost the TensorFlow server {TASK_1} at {addresses[TASK_1]} "
+            "(it holds stage 1, 2); TensorFlow said InternalError: Remote "
+            "address ... poisoned. Restart it"
+        )
+        # Every task answers: not a lost worker, the error stays as it was.
+        assert (
+            worker_lost(
+                raw, devices, {task_0: addresses[task_0]} | {TASK_1: addresses[task_0]}
+            )
+            is None
+        )
+    # Not a cluster model, or not an error a lost peer gives: left alone.
+    assert worker_lost(raw, ["/device:CPU:0", "/device:CPU:1"], addresses) is None
+    other = tf.errors.InvalidArgumentError(None, None, "x")
+    assert worker_lost(other, devices, addresses) is None
+    # Without the cluster's addresses, the task named in the message is trusted.
+    named = tf.errors.UnavailableError(
+        None, None, f"reset by peer from remote target {TASK_1}/device:CPU:0"
+    )
+    assert "server /job:worker/replica:0/task:1 (it holds stage 1, 2)" in str(
+        worker_lost(named, devices, {})
+    )
