@@ -46,8 +46,11 @@ flags.DEFINE_bool("skip_accuracy", False, "Skip the MNIST time-to-accuracy runs.
 flags.DEFINE_string(
     "cache", str(ROOT / "workdirs" / "benchmarks"), "Folder of finished measurements."
 )
+flags.DEFINE_bool("skip_cluster", False, "Skip the two-server (cluster) runs.")
 # Internal: one measurement in this process (set by the parent).
 flags.DEFINE_string("worker", None, "JSON spec of one measurement (internal).")
+flags.DEFINE_list("addresses", None, "Cluster workers of a measurement (internal).")
+flags.DEFINE_list("server_pids", None, "Their process ids (internal).")
 
 SCHEDULES = [  # (name, model class, synthesizer)
     ("backprop_mp", "backprop", None),
@@ -165,12 +168,34 @@ def trace_costs(logdir, num_stages, steps):
     return busy, per_step, shifted, window / steps
 
 
+def without_autotune(dataset):
+    """The dataset with tf.data's autotuning off.
+
+    With every core busy, the autotuner's background work stretched steps to
+    multiples of 64 ms (measured: 106 ms a step with it, 79 ms without, K = 4);
+    in-memory batches gain nothing from it.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_worker(spec):
     import keras_sg
 
     k = spec["devices"]
     devices = None
-    if spec["model"] != "plain":
+    if FLAGS.addresses:
+        devices = keras_sg.placement.connect_to_cluster({"worker": FLAGS.addresses})
+    elif spec["model"] != "plain":
         devices = keras_sg.placement.split_cpu(
             k, intra_op_threads=1, inter_op_threads=k
         )
@@ -185,19 +210,28 @@ def run_worker(spec):
     n = spec["batch_size"] * 8
     x = rng.normal(size=(n, spec["width"])).astype("float32")
     y = rng.integers(0, 10, size=n)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(spec["batch_size"]).repeat()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(spec["batch_size"])
+    data = without_autotune(data.repeat())
     model = build(spec, keras, keras_sg, devices, spec["width"])
     fit = dict(epochs=1, verbose=0, shuffle=False)
     model.fit(data, steps_per_epoch=5, **fit)  # trace and warm up
+    pids = [int(p) for p in FLAGS.server_pids or ()]
+    cpu_before = [cpu_seconds(p) for p in pids] + [time.process_time()]
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=spec["steps"], **fit)
     seconds = time.perf_counter() - start
+    cpu_after = [cpu_seconds(p) for p in pids] + [time.process_time()]
     result = {
         "spec": spec,
         "examples_per_s": spec["steps"] * spec["batch_size"] / seconds,
         "step_ms": 1000 * seconds / spec["steps"],
     }
-    if spec["model"] != "plain":
+    if pids:
+        # Each server is pinned to one core: its CPU time over the wall time
+        # is that device's busy fraction (communication included).
+        used = [b - a for a, b in zip(cpu_before, cpu_after, strict=True)]
+        result.update(busy=[u / seconds for u in used[:-1]], client=used[-1] / seconds)
+    elif spec["model"] != "plain":
         logdir = tempfile.mkdtemp(prefix="keras_sg_trace_")
         tf.profiler.experimental.start(logdir)
         model.fit(data, steps_per_epoch=spec["profile_steps"], **fit)
@@ -219,12 +253,14 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
     train_x, train_y = keras_sg.data.load_split(
         "mnist", "train", manual_dir=os.environ.get("KERAS_SG_MNIST_DIR")
     )
-    test = keras_sg.data.image_dataset(
-        "mnist",
-        "test",
-        1000,
-        flatten=True,
-        manual_dir=os.environ.get("KERAS_SG_MNIST_DIR"),
+    test = without_autotune(
+        keras_sg.data.image_dataset(
+            "mnist",
+            "test",
+            1000,
+            flatten=True,
+            manual_dir=os.environ.get("KERAS_SG_MNIST_DIR"),
+        )
     )
     model = build(spec, keras, keras_sg, devices, 784)
     # Whole batches only (the pipeline's buffers and GPipe's split want them):
@@ -233,14 +269,16 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
     seconds, curve = 0.0, []
     for epoch in range(spec["max_epochs"]):
         start = time.perf_counter()
-        train = keras_sg.data.batches(
-            train_x,
-            train_y,
-            spec["batch_size"],
-            flatten=True,
-            shuffle=True,
-            seed=0,
-            first_epoch=epoch,
+        train = without_autotune(
+            keras_sg.data.batches(
+                train_x,
+                train_y,
+                spec["batch_size"],
+                flatten=True,
+                shuffle=True,
+                seed=0,
+                first_epoch=epoch,
+            )
         )
         model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
         seconds += time.perf_counter() - start
@@ -261,19 +299,63 @@ def measure(spec):
     if cache.exists() and json.loads(cache.read_text())["spec"] == spec:
         return json.loads(cache.read_text())
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, __file__, f"--worker={json.dumps(spec)}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    command = [sys.executable, __file__, f"--worker={json.dumps(spec)}"]
+    servers = start_servers(spec["devices"], env) if spec.get("cluster") else []
+    try:
+        if servers:
+            addresses, pids = zip(*((a, str(p.pid)) for a, p in servers), strict=True)
+            command += [f"--addresses={','.join(addresses)}"]
+            command += [f"--server_pids={','.join(pids)}"]
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=ROOT
+        )
+    finally:
+        for _, server in servers:
+            server.kill()
+            server.wait()
     if done.returncode:
         raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
     line = [s for s in done.stdout.splitlines() if s.startswith("{")][-1]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(line)
     return json.loads(line)
+
+
+def start_servers(n, env):
+    """n TensorFlow servers on 127.0.0.1, server k pinned to core k mod cores,
+    one intra-op thread each: n devices that each run one op at a time."""
+    import socket
+
+    ports = []
+    for _ in range(n):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    cores = sorted(os.sched_getaffinity(0))
+    servers = []
+    for k, address in enumerate(addresses):
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "tf_server.py"),
+                f"--workers={','.join(addresses)}",
+                f"--task={k}",
+                "--intra_op_threads=1",
+                "--inter_op_threads=2",
+                f"--cpus={cores[k % len(cores)]}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        servers.append((address, server))
+        if not server.stdout.readline().startswith("serving"):
+            for _, started in servers:
+                started.kill()
+            raise RuntimeError(f"TensorFlow server {k} at {address} did not start")
+    return servers
 
 
 def predict(result):
@@ -347,6 +429,7 @@ def main(argv):
         rank=FLAGS.rank,
         steps=FLAGS.steps,
         profile_steps=FLAGS.profile_steps,
+        autotune=False,
     )
     runs = {}
     for k in map(int, FLAGS.devices):
@@ -366,6 +449,20 @@ def main(argv):
         )
     )
 
+    cluster = {}
+    if not FLAGS.skip_cluster:
+        for name, model, synth in SCHEDULES:
+            spec = dict(
+                base,
+                name=f"{name} (2 servers)",
+                devices=2,
+                model=model,
+                synth=synth,
+                cluster=True,
+            )
+            print(f"[measure] {spec['name']}", flush=True)
+            cluster[name] = measure(spec)
+
     accuracy = {}
     if not FLAGS.skip_accuracy:
         for name, model, synth, cdni in (
@@ -383,6 +480,7 @@ def main(argv):
                 mnist=True,
                 target_accuracy=FLAGS.target_accuracy,
                 max_epochs=FLAGS.max_epochs,
+                cluster=not FLAGS.skip_cluster,
             )
             print(f"[accuracy] {name}", flush=True)
             accuracy[name] = measure(spec)
@@ -394,13 +492,45 @@ def main(argv):
             [runs[n, k] for n in ("backprop_mp", "gpipe", "pipelined_dni_low_rank")],
             figures / f"measured_timeline_K{k}.png",
         )
-    Path(FLAGS.output).write_text(report(runs, plain, accuracy))
+    Path(FLAGS.output).write_text(report(runs, plain, cluster, accuracy))
     print(f"wrote {FLAGS.output}")
 
 
-def report(runs, plain, accuracy):
+def _table(rows, base, gpipe, with_trace):
+    head = "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device "
+    head += (
+        "| SG overhead per stage | simulator's examples/s (error) |"
+        if with_trace
+        else "| client CPU |"
+    )
+    lines = [head, "| --- " * (7 if with_trace else 6) + "|"]
+    for name, _, synth in SCHEDULES:
+        r = rows[name]
+        busy = ", ".join(f"{b:.0%}" for b in r["busy"])
+        cells = [
+            r["spec"]["name"],
+            f"{r['examples_per_s']:.0f}",
+            f"{r['examples_per_s'] / base:.2f}x",
+            f"{r['examples_per_s'] / gpipe:.2f}x",
+            busy,
+        ]
+        if with_trace:
+            overhead = "–"
+            if synth:
+                ratios = [c["S"] / (c["F"] + c["B"]) for c in r["costs"][:-1]]
+                overhead = ", ".join(f"{o:.0%}" for o in ratios)
+            predicted = predict(r)
+            error = (predicted - r["examples_per_s"]) / r["examples_per_s"]
+            cells += [overhead, f"{predicted:.0f} ({error:+.0%})"]
+        else:
+            cells.append(f"{r['client']:.0%} of a core")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(runs, plain, cluster, accuracy):
     lines = [
-        "# Benchmarks: schedules on logical devices",
+        "# Benchmarks: schedules on two kinds of devices",
         "",
         "Written by `scripts/benchmark_pipeline.py` from the measurements it made"
         " on this project's 2-core CPU machine (numbers vary run to run on a"
@@ -414,54 +544,52 @@ def report(runs, plain, accuracy):
         "```",
         "",
         f"Model: K equal stages of two dense layers of {FLAGS.width} units (the last "
-        f"adds a 10-way head), batch {FLAGS.batch_size}, Adam. Each logical device"
-        " has one intra-op thread; K inter-op threads. Busy fractions, per-stage"
-        " costs and the synthesizer overhead come from the TensorFlow profiler trace"
-        " (XPlane) of the measured steps, ops told apart by their `stage_k` name"
-        " scope.",
+        f"adds a 10-way head), batch {FLAGS.batch_size}, Adam; tf.data autotuning"
+        " off (see below). Two kinds of device:",
         "",
-        "Note: a machine with 2 cores runs at most 2 devices at once; with K = 4"
-        " logical devices, 4 stages share 2 cores, so K = 4 can show the schedules'"
-        " structure but not a 4x speed-up.",
+        "- **Two TensorFlow servers** (`scripts/tf_server.py`), each pinned to one"
+        " core with one intra-op thread, the stages placed on their tasks through"
+        " `keras_sg.placement.connect_to_cluster`. A device here really runs one"
+        " thing at a time, like an accelerator, and stages talk over gRPC. Busy"
+        " fraction: the server process's CPU time over the wall time (its"
+        " communication included). The training client (data, step dispatch) is"
+        " not pinned and shares the two cores.",
+        "- **K logical CPU devices** in one process (`split_cpu`, one intra-op"
+        " thread, K inter-op threads). Busy fractions, per-stage costs and the"
+        " synthesizer overhead come from the TensorFlow profiler trace (XPlane),"
+        " ops told apart by their `stage_k` name scope. Caution: logical devices"
+        " share one pool of inter-op threads, so one device can run two ops at"
+        " once (backprop's weight and input gradients of a layer, for example)."
+        " Backprop model-parallel is then less serial than on real devices, and"
+        " this setting understates what unlocking gains.",
         "",
     ]
-    for k in map(int, FLAGS.devices):
-        base = runs["backprop_mp", k]["examples_per_s"]
-        gpipe = runs["gpipe", k]["examples_per_s"]
+    if cluster:
+        base = cluster["backprop_mp"]["examples_per_s"]
+        gpipe = cluster["gpipe"]["examples_per_s"]
         lines += [
-            f"## K = {k} devices",
+            "## K = 2 devices: two TensorFlow server processes, one core each",
             "",
-            "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device "
-            "| SG overhead per stage | simulator's examples/s (error) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            *_table(cluster, base, gpipe, with_trace=False),
+            "",
         ]
-        for name, _, synth in SCHEDULES:
-            r = runs[name, k]
-            busy = ", ".join(f"{b:.0%}" for b in r["busy"])
-            overhead = "–"
-            if synth:
-                ratios = [c["S"] / (c["F"] + c["B"]) for c in r["costs"][:-1]]
-                overhead = ", ".join(f"{o:.0%}" for o in ratios)
-            predicted = predict(r)
-            error = (predicted - r["examples_per_s"]) / r["examples_per_s"]
-            lines.append(
-                f"| {r['spec']['name']} | {r['examples_per_s']:.0f} | "
-                f"{r['examples_per_s'] / base:.2f}x | "
-                f"{r['examples_per_s'] / gpipe:.2f}x | "
-                f"{busy} | {overhead} | {predicted:.0f} ({error:+.0%}) |"
-            )
-        step_ms = [runs[n, k]["step_ms"] for n, _, _ in SCHEDULES]
-        if max(step_ms) / min(step_ms) < 1.03:
+    for k in map(int, FLAGS.devices):
+        rows = {name: runs[name, k] for name, _, _ in SCHEDULES}
+        base = rows["backprop_mp"]["examples_per_s"]
+        gpipe = rows["gpipe"]["examples_per_s"]
+        lines += [
+            f"## K = {k} logical devices in one process",
+            "",
+            *_table(rows, base, gpipe, with_trace=True),
+            "",
+        ]
+        if k > 2:
             lines += [
+                f"With K = {k} logical devices on 2 cores, stages share cores:"
+                " the table shows the schedules' structure, not a K-fold speed-up.",
                 "",
-                f"**Caveat:** every schedule at K = {k} took the same time per step "
-                f"({min(step_ms):.1f} to {max(step_ms):.1f} ms), although their traces"
-                " differ. Something outside the schedules caps these runs (we suspect"
-                " the thread pools when 4 logical devices share 2 cores) and we have"
-                " not found it, so this table does not compare the schedules.",
             ]
         lines += [
-            "",
             f"![measured timelines, K={k}](figures/measured_timeline_K{k}.png)",
             "",
         ]
@@ -475,16 +603,27 @@ def report(runs, plain, accuracy):
         "",
         f"A plain `keras.Sequential` of the same layers (K = 2 model), default"
         f" threading, no placement: {plain['examples_per_s']:.0f} examples/s."
-        f" The best pipelined DNI above (K = 2): {best:.0f} examples/s"
+        f" The best pipelined DNI on logical devices (K = 2): {best:.0f} examples/s"
         f" ({best / plain['examples_per_s']:.2f}x).",
-        "",
     ]
+    if cluster:
+        best_cluster = max(
+            cluster[n]["examples_per_s"] for n, _, _ in SCHEDULES if "pipelined" in n
+        )
+        lines.append(
+            f" On the two servers: {best_cluster:.0f} examples/s"
+            f" ({best_cluster / plain['examples_per_s']:.2f}x)."
+        )
+    lines.append("")
     if accuracy:
+        where = "two servers, one core each" if cluster else "two logical devices"
         lines += [
-            f"## Wall time to {FLAGS.target_accuracy:.1%} MNIST test accuracy (K = 2)",
+            f"## Wall time to {FLAGS.target_accuracy:.1%} MNIST test accuracy"
+            f" (K = 2, {where})",
             "",
             "Training time only (test evaluation after each epoch excluded);"
-            f" at most {FLAGS.max_epochs} epochs. Same model and Adam 1e-3 for all.",
+            f" at most {FLAGS.max_epochs} epochs. Same model and Adam 1e-3 for all;"
+            " pipelined cDNI uses linear synthesizers conditioned on the labels.",
             "",
             "| schedule | seconds | epochs | test accuracy per epoch |",
             "| --- | --- | --- | --- |",

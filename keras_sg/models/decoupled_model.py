@@ -9,7 +9,7 @@ from keras_sg._remote import worker_lost
 from keras_sg.layers.interface import Interface
 from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
-from keras_sg.models.stages import place_stage, split_stages
+from keras_sg.models.stages import place_optimizer, place_stage, split_stages
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
@@ -226,6 +226,16 @@ class DecoupledModel(keras.Model):
                     "method='cdni', or create it with num_classes=None."
                 )
         return synthesizers
+
+    def __setattr__(self, name, value):
+        # `compile` and `load_model` (through compile_from_config) both set
+        # the optimizer here; a placed model keeps its slots and updates on
+        # the variables' devices. (Overriding `compile` instead would make
+        # Keras skip compiling, and restoring the optimizer, on load.)
+        if name == "optimizer" and value is not None:
+            if getattr(self, "devices", None) is not None:
+                place_optimizer(value)
+        super().__setattr__(name, value)
 
     def build(self, input_shape):
         shape = input_shape

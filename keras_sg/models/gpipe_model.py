@@ -76,11 +76,12 @@ class GPipeModel(DecoupledModel):
                     top_loss, h, top.trainable_variables, watch_inputs=last > 0
                 )
                 grad, stage_grads = top_pullback((1.0 / m, None))
-            _accumulate(total, top.trainable_variables, stage_grads)
+                # Accumulate where the variables live, not on the default device.
+                _accumulate(total, top.trainable_variables, stage_grads)
             for k in reversed(range(last)):
                 with self._on(k):
                     grad, stage_grads = pullbacks[k]((grad, 1.0 / m))
-                _accumulate(total, self.stages[k].trainable_variables, stage_grads)
+                    _accumulate(total, self.stages[k].trainable_variables, stage_grads)
             losses.append(loss)
             preds.append(y_pred)
 

@@ -70,6 +70,60 @@ def place_stage(stage, device: str):
     return copy
 
 
+def place_optimizer(optimizer):
+    """Makes `optimizer` keep each variable's slots and update on its device.
+
+    Keras asks TensorFlow to colocate a slot (Adam's moments, a momentum) and
+    the update math with its variable, but the slots are built eagerly, where
+    colocation does nothing, and the math lands on the default device too: each
+    step would then ship every gradient and moment there and back (from a
+    remote worker, over the network). Wrapping two methods of this optimizer
+    puts both under `tf.device(<the variable's device>)`, however the
+    optimizer is built (by `fit`, or by `load_model` before it restores the
+    slots). The wrappers are plain attributes of the instance: they are not
+    saved, and `compile` adds them again.
+    """
+    import tensorflow as tf
+
+    if getattr(optimizer, "_keras_sg_placed", False):
+        return optimizer
+
+    def device_of(variable):
+        if isinstance(variable, keras.Variable):  # Keras wraps a tf.Variable
+            variable = variable.value
+        return getattr(variable, "device", None) or None
+
+    make_slot = optimizer.add_variable_from_reference
+    update = optimizer.update_step
+
+    def add_variable_from_reference(reference_variable, *args, **kwargs):
+        with tf.device(device_of(reference_variable)):
+            return make_slot(reference_variable, *args, **kwargs)
+
+    def update_step(gradient, variable, *args, **kwargs):
+        with tf.device(device_of(variable)):
+            return update(gradient, variable, *args, **kwargs)
+
+    optimizer.add_variable_from_reference = add_variable_from_reference
+    optimizer.update_step = update_step
+    # Keras's TensorFlow optimizer also all-reduces the gradients first: the
+    # identity for one replica, but one op over all of them, on the default
+    # device. Reduce each gradient on its own variable's device instead.
+    reduce = getattr(optimizer, "_all_reduce_sum_gradients", None)
+    if reduce is not None:
+
+        def all_reduce_sum_gradients(grads_and_vars):
+            reduced = []
+            for gradient, variable in grads_and_vars:
+                with tf.device(device_of(variable)):
+                    reduced.extend(reduce([(gradient, variable)]))
+            return reduced
+
+        optimizer._all_reduce_sum_gradients = all_reduce_sum_gradients
+    optimizer._keras_sg_placed = True
+    return optimizer
+
+
 def _split_sequential(network: keras.Sequential) -> list:
     groups, current = [], []
     for layer in network.layers:

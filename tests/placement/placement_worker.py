@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_sg  # noqa: E402
 
-MODE = sys.argv[1]
+MODE = sys.argv[1]  # place FOLDER | too_late
 if MODE == "too_late":
     import tensorflow as tf
 
@@ -63,7 +63,28 @@ matmul_devices = sorted(
     {op.device for op in graph.get_operations() if op.type == "MatMul"}
 )
 
+# Where the optimizer's slots live and its update math runs (Adam's Sqrt).
+sqrt_devices = sorted({op.device for op in graph.get_operations() if op.type == "Sqrt"})
+slots = {}
+for v in placed.optimizer.variables:
+    if "momentum" in v.path or "velocity" in v.path:
+        device = v.value.device.split("/")[-1]
+        slots[device] = slots.get(device, 0) + 1
+
 placed.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+# A loaded model rebuilds its optimizer on load: the slots go back in place.
+path = os.path.join(sys.argv[2], "placed.keras")
+placed.save(path)
+loaded = keras.models.load_model(path)
+loaded_slots = {}
+for v in loaded.optimizer.variables:
+    if "momentum" in v.path or "velocity" in v.path:
+        device = v.value.device.split("/")[-1]
+        loaded_slots[device] = loaded_slots.get(device, 0) + 1
+loaded_same = all(
+    np.array_equal(a.numpy(), b.numpy())
+    for a, b in zip(loaded.optimizer.variables, placed.optimizer.variables, strict=True)
+)
 plain = build(False)
 plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
 diff = max(
@@ -76,6 +97,15 @@ print(
             "devices": devices,
             "variables": variables,
             "matmul_devices": matmul_devices,
+            "sqrt_devices": sqrt_devices,
+            "slots": slots,
+            "loaded_slots": loaded_slots,
+            "loaded_optimizer_equal": loaded_same,
+            "stage_weights": [
+                len(placed.stages[0].weights),
+                len(placed.stages[1].weights),
+            ],
+            "synth_weights": len(placed.synthesizers[0].weights),
             "max_weight_diff": diff,
             "jit": placed.jit_compile,
         }

@@ -13,10 +13,10 @@ import keras_sg
 WORKER = Path(__file__).with_name("placement_worker.py")
 
 
-def _worker(mode):
+def _worker(mode, *args):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
-        [sys.executable, str(WORKER), mode],
+        [sys.executable, str(WORKER), mode, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -26,8 +26,8 @@ def _worker(mode):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_variables_and_ops_live_on_the_requested_devices():
-    result = _worker("place")
+def test_variables_and_ops_live_on_the_requested_devices(tmp_path):
+    result = _worker("place", tmp_path)
     assert result["devices"] == ["/device:CPU:0", "/device:CPU:1"]
     assert [d.split("/")[-1] for d in result["variables"]["stage_0"]] == [
         "device:CPU:0"
@@ -39,6 +39,17 @@ def test_variables_and_ops_live_on_the_requested_devices():
         "device:CPU:0"
     ]
     assert result["matmul_devices"] == ["/device:CPU:0", "/device:CPU:1"]
+    # Adam's two slots per variable live with the variable, and its update
+    # math runs there (Keras alone would put both on the default device).
+    on_0 = result["stage_weights"][0] + result["synth_weights"]
+    want = {"device:CPU:0": 2 * on_0, "device:CPU:1": 2 * result["stage_weights"][1]}
+    assert result["slots"] == want
+    assert result["loaded_slots"] == want
+    assert result["loaded_optimizer_equal"] is True
+    assert [d.split("/")[-1] for d in result["sqrt_devices"]] == [
+        "device:CPU:0",
+        "device:CPU:1",
+    ]
     assert result["jit"] is False
     # Placement changes where the math runs, not the math.
     assert result["max_weight_diff"] < 1e-5
