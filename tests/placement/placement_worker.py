@@ -85,6 +85,28 @@ loaded_same = all(
     np.array_equal(a.numpy(), b.numpy())
     for a, b in zip(loaded.optimizer.variables, placed.optimizer.variables, strict=True)
 )
+# GPipe sums its micro-batch gradients on the stages' devices: every op
+# that makes a tensor of a trainable variable's shape has a device.
+gpipe = keras_sg.GPipeModel(
+    keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False),
+    micro_batches=4,
+    devices=devices,
+)
+gpipe.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+gpipe_graph = (
+    tf.function(gpipe.train_step)
+    .get_concrete_function((tf.constant(x[:16]), tf.constant(y[:16])))
+    .graph
+)
+shapes = {tuple(v.shape) for v in gpipe.trainable_variables}
+gpipe_sums = [
+    op.device
+    for op in gpipe_graph.get_operations()
+    if op.type in ("AddV2", "AddN")
+    and op.outputs
+    and tuple(op.outputs[0].shape) in shapes
+]
+
 plain = build(False)
 plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
 diff = max(
@@ -98,6 +120,7 @@ print(
             "variables": variables,
             "matmul_devices": matmul_devices,
             "sqrt_devices": sqrt_devices,
+            "gpipe_sum_devices": gpipe_sums,
             "slots": slots,
             "loaded_slots": loaded_slots,
             "loaded_optimizer_equal": loaded_same,

@@ -46,6 +46,10 @@ def test_variables_and_ops_live_on_the_requested_devices(tmp_path):
     assert result["slots"] == want
     assert result["loaded_slots"] == want
     assert result["loaded_optimizer_equal"] is True
+    # GPipe accumulates each stage's gradients on that stage's device.
+    sums = result["gpipe_sum_devices"]
+    assert len(sums) >= 6  # (4 - 1) sums for each of several variables
+    assert {d.split("/")[-1] for d in sums} == {"device:CPU:0", "device:CPU:1"}
     assert [d.split("/")[-1] for d in result["sqrt_devices"]] == [
         "device:CPU:0",
         "device:CPU:1",
