@@ -595,8 +595,10 @@ def main(argv):
             ("pipelined_cdni", "pipelined", "linear", True, 1e-3),
         ]
         for rate in FLAGS.cdni_learning_rates:
-            rows.append((f"pipelined_cdni (Adam {rate})", "pipelined", "linear", True))
-            rows[-1] += (float(rate),)
+            for synth in ("linear", "low_rank"):
+                name = f"pipelined_cdni{'' if synth == 'linear' else ', low-rank'}"
+                rows.append((f"{name} (Adam {rate})", "pipelined", synth, True))
+                rows[-1] += (float(rate),)
         for name, model, synth, cdni, rate in rows:
             spec = dict(
                 base,
@@ -780,7 +782,7 @@ def report(runs, plain, cluster, accuracy):
             "Training time only (test evaluation after each epoch excluded);"
             f" at most {FLAGS.max_epochs} epochs. Same model for all, Adam (rate in"
             " the table); pipelined cDNI uses linear synthesizers conditioned on the"
-            " labels.",
+            f" labels, or low-rank ones (rank {FLAGS.rank}) where the name says so.",
             "",
             "| schedule | Adam rate | seconds | epochs | test accuracy per epoch |",
             "| --- | --- | --- | --- | --- |",
