@@ -28,25 +28,14 @@ devices = keras_sg.placement.split_cpu(2, intra_op_threads=1, inter_op_threads=2
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tiny_model  # noqa: E402
 
 
 def build(placed):
-    keras.utils.set_random_seed(5)
-    net = keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False)
-    synth = keras_sg.DenseSynthesizer(hidden_layers=1, units=8, use_batch_norm=False)
-    model = keras_sg.DecoupledModel(
-        net, [synth], method="dni", devices=devices if placed else None
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return tiny_model.build(devices if placed else None)
 
 
-rng = np.random.default_rng(0)
-x = rng.normal(size=(64, 6)).astype("float32")
-y = rng.integers(0, 3, size=64)
+x, y = tiny_model.data()
 
 placed = build(True)
 variables = {

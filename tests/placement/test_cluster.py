@@ -91,6 +91,17 @@ def _client(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _train(*args):
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=ROOT,
+    )
+
+
 def test_stage_on_the_second_task_trains_like_a_local_run(cluster):
     result = _client("parity", cluster.spec)
     assert result["devices"] == [
@@ -149,14 +160,7 @@ def test_killed_worker_fails_clearly_and_training_resumes(cluster, tmp_path):
     assert not (workdir / "metrics.json").exists()
 
     cluster.start(1)  # the same address again
-    resumed = subprocess.run(
-        [sys.executable, str(TRAIN), *args, f"--workdir={workdir}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-        cwd=ROOT,
-    )
+    resumed = _train(*args, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert 1 <= metrics["resumed_from_epoch"] < 6
@@ -164,14 +168,7 @@ def test_killed_worker_fails_clearly_and_training_resumes(cluster, tmp_path):
 
     # The resumed cluster run ends where an uninterrupted local run ends.
     local = tmp_path / "local"
-    straight = subprocess.run(
-        [sys.executable, str(TRAIN), *args[:-1], f"--workdir={local}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-        cwd=ROOT,
-    )
+    straight = _train(*args[:-1], f"--workdir={local}")
     assert straight.returncode == 0, straight.stderr[-3000:]
     compared = _client(
         "compare",
