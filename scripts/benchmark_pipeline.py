@@ -123,62 +123,78 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
     return model
 
 
-def trace_costs(logdir, num_stages, steps):
-    """Per-stage busy fractions, F/B/S costs per step and intervals from a trace."""
+def _ops(path, line_prefix=""):
+    """(name, start ms, end ms) of every op event in an XPlane file, from the
+    trace lines whose name starts with `line_prefix`."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    path = sorted(Path(logdir).rglob("*.xplane.pb"))[-1]
     space = xplane_pb2.XSpace()
-    space.ParseFromString(path.read_bytes())
-    intervals = [[] for _ in range(num_stages)]
-    costs = [{"F": 0.0, "B": 0.0, "S": 0.0, "U": 0.0} for _ in range(num_stages)]
-    update = 0.0
+    space.ParseFromString(Path(path).read_bytes())
     for plane in space.planes:
         names = plane.event_metadata
         for line in plane.lines:
+            if not line.name.startswith(line_prefix):
+                continue
             for event in line.events:
                 name = names[event.metadata_id].name
-                if not OP_EVENT.fullmatch(name):
-                    continue
-                found = STAGE.search(name)
-                if not found:
-                    # The optimizer's ops run on the variables' devices but
-                    # carry no stage scope: shared equally by the equal stages.
-                    if _kind(name) == "U":
-                        update += event.duration_ps / 1e9
-                    continue
-                k = int(found.group(1))
-                if k >= num_stages:
-                    continue
-                start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e9  # ms
-                end = start + event.duration_ps / 1e9
-                kind = (
-                    "S"
-                    if "synthesizer" in name
-                    else "B"
-                    if "gradient" in name.lower()
-                    else "F"
-                )
-                intervals[k].append((start, end, kind))
-                costs[k][kind] += event.duration_ps / 1e9
-    begin = min(i[0] for ivs in intervals for i in ivs)
+                if OP_EVENT.fullmatch(name):  # not executor or function wrappers
+                    start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e9
+                    yield name, start, start + event.duration_ps / 1e9
+
+
+def _covered(intervals, begin):
+    """Length of the union of sorted (start, end, kind) intervals after `begin`."""
+    covered, last_end = 0.0, begin
+    for start, end, _ in intervals:
+        start = max(start, last_end)
+        if end > start:
+            covered += end - start
+            last_end = end
+    return covered
+
+
+def _kind(name):
+    """F, B, S (a stage's forward, backward, synthesizer), U (optimizer update)
+    or C (anything else a device runs: transfers, bookkeeping) for an op."""
+    if STAGE.search(name):
+        if "synthesizer" in name:
+            return "S"
+        return "B" if "gradient" in name.lower() else "F"
+    lowered = name.lower()
+    if any(o in lowered for o in ("adam/", "sgd/", "optimizer")):
+        return "U"
+    return "C"
+
+
+def trace_costs(logdir, num_stages, steps):
+    """Per-stage busy fractions, F/B/S/U costs per step and intervals from a trace."""
+    path = sorted(Path(logdir).rglob("*.xplane.pb"))[-1]
+    intervals = [[] for _ in range(num_stages)]
+    costs = [{"F": 0.0, "B": 0.0, "S": 0.0, "U": 0.0} for _ in range(num_stages)]
+    update = 0.0
+    for name, start, end in _ops(path):
+        kind = _kind(name)
+        found = STAGE.search(name)
+        if not found:
+            # The optimizer's ops run on the variables' devices but carry no
+            # stage scope: shared equally by the equal stages.
+            if kind == "U":
+                update += end - start
+            continue
+        k = int(found.group(1))
+        if k < num_stages:
+            intervals[k].append((start, end, kind))
+            costs[k][kind] += end - start
+    intervals = [sorted(ivs) for ivs in intervals]
+    begin = min(ivs[0][0] for ivs in intervals if ivs)
     finish = max(i[1] for ivs in intervals for i in ivs)
     window = finish - begin
-    busy = []
-    for ivs in intervals:
-        covered, last_end = 0.0, begin
-        for start, end, _ in sorted(ivs):
-            start = max(start, last_end)
-            if end > start:
-                covered += end - start
-                last_end = end
-        busy.append(covered / window)
+    busy = [_covered(ivs, begin) / window for ivs in intervals]
     for cost in costs:
         cost["U"] = update / num_stages
     per_step = [{kind: c / steps for kind, c in cost.items()} for cost in costs]
     shifted = [
-        [(s - begin, e - begin, kind) for s, e, kind in sorted(ivs)]
-        for ivs in intervals
+        [(s - begin, e - begin, kind) for s, e, kind in ivs] for ivs in intervals
     ]
     return busy, per_step, shifted, window / steps
 
@@ -197,50 +213,19 @@ def without_autotune(dataset):
     return dataset.with_options(options)
 
 
-def _kind(name):
-    """F, B, S (a stage's forward, backward, synthesizer), U (optimizer update)
-    or C (anything else a device runs: transfers, bookkeeping) for an op."""
-    if STAGE.search(name):
-        if "synthesizer" in name:
-            return "S"
-        return "B" if "gradient" in name.lower() else "F"
-    lowered = name.lower()
-    if any(o in lowered for o in ("adam/", "sgd/", "optimizer")):
-        return "U"
-    return "C"
-
-
 def trace_servers(logdir, addresses):
-    """Busy fraction and op intervals of each server from a remote trace.
+    """Busy fraction, op intervals and costs of each server from a remote trace.
 
     Each server is one device, so every op event of its trace counts (kinds
     as in `_kind`); the window is the span of all servers' events (one
     machine, one clock).
     """
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    paths = sorted(Path(logdir).rglob("*.xplane.pb"))
-    per_host, other = {}, {}
-    for path in paths:
-        space = xplane_pb2.XSpace()
-        space.ParseFromString(path.read_bytes())
-        intervals = []
-        for plane in space.planes:
-            names = plane.event_metadata
-            for line in plane.lines:
-                if not line.name.startswith("tf_Compute"):
-                    continue
-                for event in line.events:
-                    name = names[event.metadata_id].name
-                    if not OP_EVENT.fullmatch(name):  # executor, function calls
-                        continue
-                    start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e9
-                    kind = _kind(name)
-                    intervals.append((start, start + event.duration_ps / 1e9, kind))
-                    if kind == "C":
-                        op = name.rsplit(":", 1)[-1]
-                        other[op] = other.get(op, 0.0) + event.duration_ps / 1e9
-        per_host[path.name.split(".xplane")[0]] = sorted(intervals)
+    per_host = {}
+    for path in sorted(Path(logdir).rglob("*.xplane.pb")):
+        per_host[path.name.split(".xplane")[0]] = sorted(
+            (start, end, _kind(name))
+            for name, start, end in _ops(path, line_prefix="tf_Compute")
+        )
     # Trace files are named host_port; list them in task order.
     ports = [a.rsplit(":", 1)[-1] for a in addresses]
     hosts = sorted(per_host, key=lambda h: ports.index(h.rsplit("_", 1)[-1]))
@@ -252,16 +237,9 @@ def trace_servers(logdir, addresses):
         for start, end, kind in per_host[host]:
             cost[kind] += end - start
         costs.append(cost)
-        covered, last_end = 0.0, begin
-        for start, end, _ in per_host[host]:
-            start = max(start, last_end)
-            if end > start:
-                covered += end - start
-                last_end = end
-        busy.append(covered / (finish - begin))
+        busy.append(_covered(per_host[host], begin) / (finish - begin))
         shifted.append([(a - begin, b - begin, k) for a, b, k in per_host[host]])
-    top = sorted(other.items(), key=lambda item: -item[1])[:5]
-    return hosts, busy, shifted, costs, finish - begin, top
+    return hosts, busy, shifted, costs, finish - begin
 
 
 def cpu_seconds(pid):
@@ -327,14 +305,11 @@ def run_worker(spec):
             ",".join(f"grpc://{a}" for a in FLAGS.addresses), logdir, 1000
         )
         runner.join()
-        hosts, busy, intervals, costs, window, other = trace_servers(
-            logdir, FLAGS.addresses
-        )
+        hosts, busy, intervals, costs, window = trace_servers(logdir, FLAGS.addresses)
         traced_steps = window / result["step_ms"]
         result.update(
             costs=[{k: c / traced_steps for k, c in cost.items()} for cost in costs],
             hosts=hosts,
-            other_ops_ms=other,
             busy=busy,
             traced_step_ms=result["step_ms"],
             intervals=[ivs[:4000] for ivs in intervals],

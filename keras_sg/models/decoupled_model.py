@@ -232,9 +232,9 @@ class DecoupledModel(keras.Model):
         # the optimizer here; a placed model keeps its slots and updates on
         # the variables' devices. (Overriding `compile` instead would make
         # Keras skip compiling, and restoring the optimizer, on load.)
-        if name == "optimizer" and value is not None:
-            if getattr(self, "devices", None) is not None:
-                place_optimizer(value)
+        placed = getattr(self, "devices", None) is not None
+        if name == "optimizer" and value is not None and placed:
+            place_optimizer(value)
         super().__setattr__(name, value)
 
     def build(self, input_shape):

@@ -77,11 +77,12 @@ def place_optimizer(optimizer):
     the update math with its variable, but the slots are built eagerly, where
     colocation does nothing, and the math lands on the default device too: each
     step would then ship every gradient and moment there and back (from a
-    remote worker, over the network). Wrapping two methods of this optimizer
-    puts both under `tf.device(<the variable's device>)`, however the
-    optimizer is built (by `fit`, or by `load_model` before it restores the
-    slots). The wrappers are plain attributes of the instance: they are not
-    saved, and `compile` adds them again.
+    remote worker, over the network). Wrapping the methods that make slots,
+    update a variable and all-reduce gradients puts each under
+    `tf.device(<the variable's device>)`, however the optimizer is built (by
+    `fit`, or by `load_model` before it restores the slots). The wrappers are
+    plain attributes of the instance: they are not saved, and a placed
+    `DecoupledModel` adds them whenever it is given an optimizer.
     """
     import tensorflow as tf
 
