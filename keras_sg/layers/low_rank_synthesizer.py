@@ -36,21 +36,21 @@ class LowRankSynthesizer(Synthesizer):
         super().__init__(num_classes=num_classes, **kwargs)
         self.rank = check_int("rank", rank, 1)
 
-    def build(self, inputs_shape):
-        features = inputs_shape[-1]
+    def build(self, input_shape):
+        features = input_shape[-1]
         if features is None:
             raise ValueError(
                 f"LowRankSynthesizer '{self.name}' needs a known last dimension. "
-                f"Received: inputs_shape={inputs_shape}"
+                f"Received: input_shape={input_shape}"
             )
         width = features + (self.num_classes or 0)
-        shape = tuple(inputs_shape[:-1]) + (width,)
+        shape = tuple(input_shape[:-1]) + (width,)
         self.down = keras.layers.Dense(self.rank, use_bias=False, name="down")
         self.down.build(shape)
         self.up = keras.layers.Dense(
             features, kernel_initializer="zeros", bias_initializer="zeros", name="up"
         )
-        self.up.build(tuple(inputs_shape[:-1]) + (self.rank,))
+        self.up.build(tuple(input_shape[:-1]) + (self.rank,))
 
     def merge_context(self, inputs, context):
         return concat_context(inputs, context)

@@ -89,8 +89,24 @@ class Synthesizer(keras.layers.Layer):
         """Maps the (conditioned) activation to the synthetic gradient."""
         raise NotImplementedError
 
-    def compute_output_shape(self, inputs_shape, context_shape=None):
-        return inputs_shape
+    def compute_output_shape(self, input_shape=None, **shapes):
+        """The activation's shape: a gradient has the shape of its variable.
+
+        Keras calls this with the activation's shape, in `compute_output_spec`
+        as the single positional `input_shape`, and in `summary()` under the
+        name of `build`'s argument. Keyword shapes are accepted so that a
+        subclass may name that argument as it likes (`inputs_shape`).
+        """
+        if input_shape is None:
+            input_shape = shapes.get("inputs_shape")
+            if input_shape is None and len(shapes) == 1:
+                (input_shape,) = shapes.values()
+        if input_shape is None:
+            raise ValueError(
+                f"Synthesizer '{self.name}' needs the activation's shape. "
+                f"Received: input_shape=None, shapes={shapes}"
+            )
+        return tuple(input_shape)
 
     def get_config(self):
         config = super().get_config()
