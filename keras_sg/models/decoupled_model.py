@@ -10,6 +10,7 @@ from keras_sg.layers.interface import Interface
 from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
 from keras_sg.models.stages import place_optimizer, place_stage, split_stages
+from keras_sg.models.summary import print_summary
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
@@ -243,8 +244,12 @@ class DecoupledModel(keras.Model):
             with self._on(k):
                 if not stage.built:
                     stage.build(shape)
+                if k == len(self.stages) - 1:
+                    break
+                # Every stage is built on its own input, with or without a
+                # synthesizer at the cut above it.
+                shape = _output_shape(stage, shape)
                 if k < len(self.synthesizers):
-                    shape = _output_shape(stage, shape)
                     self._build_synthesizer(k, shape)
 
     def _build_synthesizer(self, k, shape):
@@ -479,6 +484,38 @@ class DecoupledModel(keras.Model):
             for synth, h in zip(self.synthesizers, activations, strict=True):
                 synthetic.append(_synthesize(synth, h, context, training))
         return synthetic, true
+
+    # ---------------------------------------------------------------- summary
+
+    def summary(
+        self,
+        line_length=None,
+        positions=None,
+        print_fn=None,
+        expand_nested=False,
+        show_trainable=False,
+        layer_range=None,
+    ):
+        """Prints each stage and synthesizer: parameters, device and cost.
+
+        One row per stage (its output shape, parameters, device and
+        multiply-adds per example), each followed by the synthesizer at the
+        cut above it, with its own cost and that cost over the stage's: the
+        method's extra compute at that cut (see `keras_sg.models.costs`). Takes
+        the arguments of `keras.Model.summary`; `expand_nested` lists each
+        stage's layers, and `layer_range` selects stages and synthesizers by
+        name. Per-row numbers are returned by
+        `keras_sg.models.summary.summary_rows(model)`.
+        """
+        print_summary(
+            self,
+            line_length=line_length,
+            positions=positions,
+            print_fn=print_fn,
+            expand_nested=expand_nested,
+            show_trainable=show_trainable,
+            layer_range=layer_range,
+        )
 
     # ---------------------------------------------------------------- metrics
 
