@@ -3,9 +3,9 @@
 A synthesizer is extra work the network does not need for prediction: its
 forward pass at every step, and its backward pass for its own update. The
 ratio of its multiply-adds to those of the stage below it (the stage whose
-output it reads) is the method's compute overhead at that cut (Jaderberg et
-al. 2016, arXiv:1608.05343, Section 2; Czarnecki et al. 2017,
-arXiv:1703.00522, discuss linear synthesizers, whose cost is a d-by-d layer's).
+output it reads) is the method's compute overhead at that cut (the
+synthesizer's role: Jaderberg et al. 2016, arXiv:1608.05343, Section 2). A
+linear synthesizer on a d-wide cut costs d^2, as much as a d-by-d layer.
 
 What is counted: the multiply-adds of weight products, per example and per
 forward pass, as MAC counts usually are. A `Dense` layer of `units` outputs on

@@ -127,8 +127,6 @@ def print_summary(
     import rich.table
 
     rows = summary_rows(model, expand_nested=expand_nested)
-    shown = _in_range(rows, layer_range)
-
     header = [
         "Stage / synthesizer (type)",
         "Output Shape",
@@ -141,21 +139,10 @@ def print_summary(
     if show_trainable:
         header.append("Trainable")
         alignment.append("center")
-    body = []
-    for row in shown:
-        fields = [
-            _row_name(row),
-            _format_shape(row.output_shape),
-            _format_params(row.params),
-            row.device,
-            _format_macs(row.macs, model.built),
-            f"{row.ratio:.3g}×" if row.ratio is not None else "",
-        ]
-        if show_trainable:
-            weights = getattr(row.layer, "weights", [])
-            fields.append(("Y" if row.layer.trainable else "N") if weights else "-")
-        body.append(fields)
-
+    body = [
+        _fields(row, model.built, show_trainable)
+        for row in _in_range(rows, layer_range)
+    ]
     if line_length is None:
         # Keras's summary fits the terminal; six columns need about 100.
         line_length = max(100, min(120, shutil.get_terminal_size().columns - 4))
@@ -170,17 +157,7 @@ def print_summary(
         ]
         min_widths[0] = min(32, max([len(r[0]) for r in body] + [len(header[0])]))
     else:
-        if len(positions) != len(header):
-            raise ValueError(
-                f"Expected {len(header)} positions, one per column ({header}). "
-                f"Received: positions={positions}"
-            )
-        if positions[-1] <= 1:
-            positions = [int(line_length * p) for p in positions]
-        widths = [b - a for a, b in zip([0, *positions[:-1]], positions, strict=True)]
-        if min(widths) < 4:
-            raise ValueError("Insufficient console width to print summary.")
-        line_length = positions[-1]
+        widths = _widths(positions, line_length, header)
         min_widths = [None] * len(header)
     table = rich.table.Table(
         *[
@@ -191,6 +168,7 @@ def print_summary(
                 header, alignment, widths, min_widths, strict=True
             )
         ],
+        width=None if positions is None else line_length,
         show_lines=True,
     )
     for fields in body:
@@ -216,6 +194,36 @@ def print_summary(
         console.print(rich.markup.escape(line))
     if print_fn:
         print_fn(console.end_capture())
+
+
+def _fields(row, built, show_trainable):
+    fields = [
+        _row_name(row),
+        _format_shape(row.output_shape),
+        _format_params(row.params),
+        row.device,
+        _format_macs(row.macs, built),
+        f"{row.ratio:.3g}×" if row.ratio is not None else "",
+    ]
+    if show_trainable:
+        weights = getattr(row.layer, "weights", [])
+        fields.append(("Y" if row.layer.trainable else "N") if weights else "-")
+    return fields
+
+
+def _widths(positions, line_length, header):
+    """Column widths from Keras-style positions (fractions, or absolute ends)."""
+    if len(positions) != len(header):
+        raise ValueError(
+            f"Expected {len(header)} positions, one per column ({header}). "
+            f"Received: positions={positions}"
+        )
+    if positions[-1] <= 1:
+        positions = [int(line_length * p) for p in positions]
+    widths = [b - a for a, b in zip([0, *positions[:-1]], positions, strict=True)]
+    if min(widths) < 4:
+        raise ValueError("Insufficient console width to print summary.")
+    return widths
 
 
 def _totals(model, rows):
