@@ -293,3 +293,24 @@ def test_synthesizers_in_a_plain_keras_summary(kind, monkeypatch):
     Holder().summary(print_fn=lines.append, line_length=150)
     row = next(line for line in lines[0].splitlines() if synth.name in line)
     assert f"(None, {', '.join(map(str, shape))})" in row
+
+
+def test_functional_stage_with_a_skip_connection_by_hand():
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(8, name="a")(inputs)
+    b = keras.layers.Dense(8, name="b")(a)
+    h = keras_sg.Interface(name="cut")(keras.layers.Add()([a, b]))
+    net = keras.Model(inputs, keras.layers.Dense(3, name="top")(h))
+    model = keras_sg.DecoupledModel(net, [linear_synth(num_classes=3)], method="cdni")
+    rows = summary_rows(model, expand_nested=True)
+    assert [(r.kind, r.macs) for r in rows if r.kind != "layer"] == [
+        ("stage", 6 * 8 + 8 * 8),
+        ("synthesizer", (8 + 3) * 8),
+        ("stage", 8 * 3),
+    ]
+    layers = {r.name: r.macs for r in rows if r.kind == "layer" and r.index == 0}
+    assert layers == {"a": 48, "b": 64, "add": 0, "cut": 0}
+    # A raw op in the graph is not guessed at.
+    x = keras.Input((6,))
+    y = keras.ops.matmul(keras.layers.Dense(8)(x), keras.ops.ones((8, 4)))
+    assert costs.macs_per_example(keras.Model(x, y), (None, 6)) is None
