@@ -1,6 +1,6 @@
 """Models: the decoupled model, its stages and the pure functions of its step."""
 
-from keras_sg.models import steps
+from keras_sg.models import costs, steps
 from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
 from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
@@ -14,6 +14,7 @@ __all__ = [
     "GPipeModel",
     "PipelinedModel",
     "convolutional",
+    "costs",
     "fully_connected",
     "split_stages",
     "steps",
