@@ -222,7 +222,10 @@ def _widths(positions, line_length, header):
         positions = [int(line_length * p) for p in positions]
     widths = [b - a for a, b in zip([0, *positions[:-1]], positions, strict=True)]
     if min(widths) < 4:
-        raise ValueError("Insufficient console width to print summary.")
+        raise ValueError(
+            "Insufficient console width to print summary: every column needs "
+            f"4 characters. Received: positions={positions}"
+        )
     return widths
 
 
