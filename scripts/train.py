@@ -188,12 +188,12 @@ def epoch_timer():
 
 def check_config(config):
     """Every config value in range, the optimizer known: before any file is made."""
-    import keras
-
     try:
         common.validate(config)
     except ValueError as error:
         fail(f"bad config: {error}")
+    import keras
+
     try:
         keras.optimizers.get(
             {
