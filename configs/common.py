@@ -159,10 +159,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _int(config, "log.diagnostics_every_steps", 0)
     _int(config, "log.probe_examples", 1)
     freq = config.log.update_freq
-    if isinstance(freq, str) and freq.isdigit():
-        freq = int(freq)  # a step count given on the command line
+    # A step count given on the command line arrives as text: "100".
+    steps = int(freq) if isinstance(freq, str) and freq.isdigit() else freq
     if freq not in ("epoch", "batch") and (
-        isinstance(freq, bool) or not isinstance(freq, int) or freq < 1
+        isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
     ):
         _refuse("log.update_freq", freq, "'epoch', 'batch' or an integer >= 1")
 
