@@ -186,12 +186,8 @@ def epoch_timer():
     )
 
 
-def check_config(config):
-    """Every config value in range, the optimizer known: before any file is made."""
-    try:
-        common.validate(config)
-    except ValueError as error:
-        fail(f"bad config: {error}")
+def check_optimizer(config):
+    """Ends the run unless Keras knows the config's optimizer."""
     import keras
 
     try:
@@ -208,29 +204,51 @@ def check_config(config):
         )
 
 
+def check_workdir(workdir: Path):
+    """Ends the run if `workdir` is a file or cannot be made, creating nothing."""
+    if workdir.exists() and not workdir.is_dir():
+        fail(f"--workdir={workdir} is a file; expected a folder")
+    existing = workdir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"cannot create --workdir={workdir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"cannot write into --workdir={workdir}: {existing} is not writable")
+    if (workdir / "lock").exists():  # refuse a held workdir before slow imports
+        fd = os.open(workdir / "lock", os.O_RDONLY)
+        try:
+            take_lock(fd, workdir)
+        finally:
+            os.close(fd)  # released: lock_workdir takes it for good
+
+
+def take_lock(fd: int, workdir: Path):
+    """flock()s the open lock file `fd`, or ends the run naming its holder."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        fail(
+            f"--workdir={workdir} is in use by another run (process {holder}); "
+            "wait for it to end, or choose another workdir"
+        )
+
+
 def lock_workdir(workdir: Path):
     """Creates `workdir` and locks it for this process, or ends the run.
 
     The lock is an `flock` on `workdir/lock`, which holds the PID of the run
     that has it. The kernel releases it when that process dies, however it
     dies, so a stale file from a killed run never blocks the next one.
+    Call `check_workdir` first for the clearer errors.
     """
-    if workdir.exists() and not workdir.is_dir():
-        fail(f"--workdir={workdir} is a file; expected a folder")
     try:
         (workdir / "ckpt").mkdir(parents=True, exist_ok=True)
         fd = os.open(workdir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         fail(f"cannot write into --workdir={workdir}: {error}")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        fail(
-            f"--workdir={workdir} is in use by another run (process {holder}); "
-            "wait for it to end, or choose another workdir"
-        )
+    take_lock(fd, workdir)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -250,12 +268,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_same_config(workdir: Path, config, has_checkpoints: bool):
+def check_same_config(workdir: Path, config):
     """Ends the run if the workdir's checkpoints were trained with another config.
 
     Fields in `SAFE_TO_CHANGE` may differ; the new values are then recorded.
     """
     recorded_path = workdir / "config.json"
+    has_checkpoints = any((workdir / "ckpt").glob("epoch-*.keras"))
     if not has_checkpoints or not recorded_path.exists():
         return
     try:
@@ -312,8 +331,16 @@ def main(argv):
     del argv
     config = FLAGS.config
     workdir = Path(FLAGS.workdir)
-    check_config(config)
+    try:
+        common.validate(config)
+    except ValueError as error:
+        fail(f"bad config: {error}")
+    # Before the slow imports: fail fast and create nothing.
+    check_workdir(workdir)
+    check_same_config(workdir, config)
+    check_optimizer(config)
     lock_workdir(workdir)
+    check_same_config(workdir, config)  # again: another run may have come between
 
     import keras
     import numpy as np
@@ -324,7 +351,6 @@ def main(argv):
 
     ckpt_dir = workdir / "ckpt"
     checkpoint.remove_partial_files(ckpt_dir)  # left by a run killed mid-write
-    check_same_config(workdir, config, bool(checkpoint.checkpoint_files(ckpt_dir)))
     write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
 
     devices = None
