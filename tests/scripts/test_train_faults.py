@@ -198,3 +198,18 @@ def test_lock_then_sigkill_mid_write_then_a_damaged_file_then_resume(tmp_path):
     assert 0 <= metrics["test_accuracy"] <= 1
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == newest
     assert checkpoint.damage(path) is None  # rewritten whole by the resumed run
+
+
+def test_a_workdir_that_cannot_be_written_is_refused_before_training(tmp_path):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    if os.access(read_only, os.W_OK):  # root ignores modes: a read-only mount
+        read_only = Path("/proc/sys")
+    if os.access(read_only, os.W_OK):
+        pytest.skip("no folder here that this user cannot write")
+    done = _run([*SMOKE, f"--workdir={read_only / 'wd'}"], timeout=60)
+    assert _error_line(done) == (
+        f"train.py: cannot write into --workdir={read_only / 'wd'}: "
+        f"{read_only} is not writable"
+    )
+    assert not (read_only / "wd").exists()
