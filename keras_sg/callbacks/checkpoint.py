@@ -1,6 +1,7 @@
 """Checkpoints that survive a kill: atomic writes, finite weights only, and a
 loader that says which files are damaged and falls back past them."""
 
+import logging
 import math
 import os
 import re
@@ -9,13 +10,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from absl import logging
 
 from keras_sg._checks import check_int
 from keras_sg.callbacks.divergence import is_loss_key
 
 CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
 PARTIAL_PREFIX = ".partial-"
+log = logging.getLogger(__name__)
 
 
 def save_atomically(model: keras.Model, path) -> Path:
@@ -153,7 +154,7 @@ class FiniteCheckpoint(keras.callbacks.Callback):
             if is_loss_key(k) and not math.isfinite(float(v))
         }
         if bad or not all_finite(self.model):
-            logging.warning(
+            log.warning(
                 "Not saving epoch %d: %s",
                 epoch + 1,
                 f"non-finite losses {bad}" if bad else "non-finite weights",
