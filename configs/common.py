@@ -158,6 +158,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _int(config, "keep_checkpoints", 1)
     _int(config, "log.diagnostics_every_steps", 0)
     _int(config, "log.probe_examples", 1)
+    if not isinstance(config.log.profile_batch, str):  # or "first,last"
+        _int(config, "log.profile_batch", 0)
     freq = config.log.update_freq
     # A step count given on the command line arrives as text: "100".
     steps = int(freq) if isinstance(freq, str) and freq.isdigit() else freq

@@ -228,10 +228,16 @@ def take_lock(fd: int, workdir: Path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        holder = ""
+        for _ in range(20):  # the holder writes its PID just after locking
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
         fail(
-            f"--workdir={workdir} is in use by another run (process {holder}); "
-            "wait for it to end, or choose another workdir"
+            f"--workdir={workdir} is in use by another run "
+            f"(process {holder or 'unknown'}); wait for it to end, or choose "
+            "another workdir"
         )
 
 

@@ -51,6 +51,7 @@ BAD = [
     ("mnist_cnn", "dni,smoke", "synthesizer.kernel_size", -3),
     ("mnist_fcn", "dni,smoke", "log.diagnostics_every_steps", -1),
     ("mnist_fcn", "dni,smoke", "log.probe_examples", 0),
+    ("mnist_fcn", "dni,smoke", "log.profile_batch", -1),
     ("mnist_fcn", "dni,smoke", "log.update_freq", "weekly"),
     ("mnist_fcn", "dni,smoke", "log.update_freq", "0"),
 ]
