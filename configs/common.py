@@ -5,6 +5,8 @@ A config file's `get_config(arg)` takes the text after the colon of
 (`dni`), a flag (`smoke`) or `key=value` (`depth=4`).
 """
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -82,4 +84,105 @@ def base_config(method: str, smoke: bool) -> ml_collections.ConfigDict:
     config.log.update_freq = "epoch"  # TensorBoard scalars: "epoch" or a step count
     config.log.profile_batch = 0  # e.g. "10,20" to profile steps 10 to 20
     config.keep_checkpoints = 2
+    return config
+
+
+DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10")
+MODELS = {"fcn": "dense", "cnn": "conv"}  # model kind: its synthesizer kind
+
+
+def _refuse(name: str, value, expected: str):
+    raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+
+
+def _int(config, name: str, minimum: int):
+    value = _get(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _refuse(name, value, f"an integer >= {minimum}")
+
+
+def _number(config, name: str, minimum: float, inclusive: bool):
+    value = _get(config, name)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    ok = ok and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        _refuse(name, value, f"a finite number {'>=' if inclusive else '>'} {minimum}")
+
+
+def _choice(config, name: str, choices):
+    value = _get(config, name)
+    if value not in choices:
+        _refuse(name, value, f"one of {tuple(choices)}")
+
+
+def _bool(config, name: str):
+    value = _get(config, name)
+    if not isinstance(value, bool):
+        _refuse(name, value, "True or False")
+
+
+def _get(config, name: str):
+    for part in name.split("."):
+        config = config[part]
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field that can be out of range, before anything is written.
+
+    Command-line overrides (`--config.epochs=0`) bypass `get_config`, so
+    `scripts/train.py` calls this on the final config.
+
+    Returns:
+        `config`, unchanged.
+
+    Raises:
+        ValueError: naming the first bad field and its value, as
+            "`keep_checkpoints` must be an integer >= 1. Received:
+            keep_checkpoints=-1".
+    """
+    _choice(config, "method", METHODS)
+    _int(config, "seed", 0)
+    _bool(config, "deterministic")
+    _choice(config, "data.name", DATASETS)
+    minimum = 1 if config.data.name == "synthetic" else 0  # 0: the whole split
+    _int(config, "data.train_examples", minimum)
+    _int(config, "data.test_examples", minimum)
+    _int(config, "batch_size", 1)
+    _int(config, "epochs", 1)
+    if not config.optimizer.name or not isinstance(config.optimizer.name, str):
+        _refuse("optimizer.name", config.optimizer.name, "a Keras optimizer name")
+    _number(config, "optimizer.learning_rate", 0, inclusive=False)
+    _number(config, "sg_loss_weight", 0, inclusive=True)
+    _int(config, "keep_checkpoints", 1)
+    _int(config, "log.diagnostics_every_steps", 0)
+    _int(config, "log.probe_examples", 1)
+    if not isinstance(config.log.profile_batch, str):  # or "first,last"
+        _int(config, "log.profile_batch", 0)
+    freq = config.log.update_freq
+    # A step count given on the command line arrives as text: "100".
+    steps = int(freq) if isinstance(freq, str) and freq.isdigit() else freq
+    if freq not in ("epoch", "batch") and (
+        isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+    ):
+        _refuse("log.update_freq", freq, "'epoch', 'batch' or an integer >= 1")
+
+    _choice(config, "model.kind", tuple(MODELS))
+    minimum = 2 if config.model.kind == "cnn" or config.method != "backprop" else 1
+    _int(config, "model.depth", minimum)
+    sizes = ("units",) if config.model.kind == "fcn" else ("filters", "kernel_size")
+    for field in sizes:
+        _int(config, f"model.{field}", 1)
+    _bool(config, "model.batch_norm")
+
+    _choice(config, "synthesizer.kind", (MODELS[config.model.kind],))
+    _int(config, "synthesizer.hidden_layers", 0)
+    if config.synthesizer.kind == "dense":
+        sizes = ("units",)
+    else:
+        sizes = ("filters", "kernel_size")
+    for field in sizes:
+        _int(config, f"synthesizer.{field}", 1)
+    _bool(config, "synthesizer.batch_norm")
     return config

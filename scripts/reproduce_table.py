@@ -71,7 +71,10 @@ def train(family, depth, method) -> None:
     workdir = run_dir(family, depth, method)
     epochs = FLAGS.fcn_epochs if family == "fcn" else FLAGS.cnn_epochs
     done = workdir / "metrics.json"
-    if done.exists() and json.loads(done.read_text())["epochs"] == epochs:
+    metrics = json.loads(done.read_text()) if done.exists() else {}
+    if metrics.get("status", "finished") == "finished" and (
+        metrics.get("epochs") == epochs
+    ):
         print(f"[skip] {workdir.name}: done", flush=True)
         return
     args = [
@@ -140,6 +143,8 @@ def collect():
         if not (workdir / "metrics.json").exists():
             continue
         metrics = json.loads((workdir / "metrics.json").read_text())
+        if metrics.get("status", "finished") != "finished":
+            continue  # diverged: train.py said so and exited with status 1
         rows = history(workdir)
         metrics["seconds"] = sum(r.get("epoch_seconds", 0.0) for r in rows)
         metrics["curve"] = [

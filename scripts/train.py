@@ -5,25 +5,37 @@ r"""Trains one keras_sg experiment from a config file, resumably.
 
 Writes into the workdir: config.json (the resolved config), tb/ (TensorBoard:
 train and validation scalars, SG-vs-true-gradient diagnostics), ckpt/ (a
-`.keras` checkpoint per epoch, model and optimizer), history.csv and, at the
-end, metrics.json. Run the same command again after an interruption (even a
-SIGKILL) and it goes on from the last checkpoint that loads, ending with the
-weights that an uninterrupted run ends with.
+`.keras` checkpoint per epoch, model and optimizer, written atomically and
+only while every loss and weight is finite), history.csv and, at the end,
+metrics.json (strict JSON). Run the same command again after an interruption
+(even a SIGKILL) and it goes on from the last checkpoint that loads, ending
+with the weights that an uninterrupted run ends with.
+
+A run stops with a one-line error and exit status 1, before training, on a
+config value out of range, a workdir it cannot write, a workdir another run
+holds (a `lock` file there names its process) or a workdir whose checkpoints
+were trained with another config (only `SAFE_TO_CHANGE` fields may differ);
+and, during training, as soon as the task loss or a synthesizer loss is not
+finite, naming it and the newest finite checkpoint.
 """
 
+import fcntl
 import json
+import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the config files import configs.common
+
+from configs import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -32,7 +44,39 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-CHECKPOINT = re.compile(r"epoch-(\d+)\.keras$")
+# Fields a rerun may change on a workdir that holds checkpoints: they change
+# how long the run goes, what it logs and where it reads the data from, not
+# the model it trains. "log.*" covers every field under log.
+SAFE_TO_CHANGE = (
+    "epochs",
+    "keep_checkpoints",
+    "log.*",
+    "data.manual_dir",
+    "data.data_dir",
+)
+_LOCK = []  # the open lock file: held for the life of the process
+
+
+def fail(message: str):
+    """Ends the run with a one-line error on stderr and exit status 1."""
+    raise SystemExit(f"train.py: {message}")
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with each error on one line instead of a traceback."""
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        fail(" ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else str(error))
+    except Exception as error:  # a config file that raises anything else
+        fail(f"cannot load --config: {type(error).__name__}: {error}")
+    if not isinstance(FLAGS.config, ml_collections.ConfigDict):
+        # config_flags defers a file that failed to load until first use.
+        cause = getattr(FLAGS.config, "_error", None)
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        fail(f"cannot load the config file: {lines[-1] if lines else cause}")
+    return rest
 
 
 def load_data(config):
@@ -129,61 +173,191 @@ def build_model(config, input_shape, num_classes, devices=None):
     return model
 
 
-def latest_checkpoint(folder: Path):
-    """The newest checkpoint that loads, with its epoch, or (None, 0).
-
-    A run killed while writing leaves a broken newest file: fall back to the
-    one before.
-    """
-    import keras
-
-    found = sorted(
-        (int(m.group(1)), p)
-        for p in folder.glob("epoch-*.keras")
-        if (m := CHECKPOINT.search(p.name))
-    )
-    for epoch, path in reversed(found):
-        try:
-            return keras.models.load_model(path), epoch
-        except Exception as error:  # a truncated zip raises various errors
-            logging.warning("Skipping unreadable checkpoint %s: %s", path, error)
-    return None, 0
-
-
-def bookkeeping(folder: Path, keep: int):
-    """Two callbacks: one adds `epoch_seconds` to the logs (put it before the
-    CSV logger), one keeps the newest `keep` checkpoints (put it after the
-    checkpoint callback)."""
+def epoch_timer():
+    """A callback adding `epoch_seconds` to the logs (put it before the CSV logger)."""
     import keras
 
     start = {}
-    timer = keras.callbacks.LambdaCallback(
+    return keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: start.update(t=time.perf_counter()),
         on_epoch_end=lambda epoch, logs: logs.update(
             epoch_seconds=time.perf_counter() - start["t"]
         ),
     )
 
-    def prune(epoch, logs):
-        for path in sorted(folder.glob("epoch-*.keras"))[:-keep]:
-            path.unlink(missing_ok=True)
 
-    return timer, keras.callbacks.LambdaCallback(on_epoch_end=prune)
+def check_optimizer(config):
+    """Ends the run unless Keras knows the config's optimizer."""
+    import keras
+
+    try:
+        keras.optimizers.get(
+            {
+                "class_name": config.optimizer.name,
+                "config": {"learning_rate": config.optimizer.learning_rate},
+            }
+        )
+    except (ValueError, TypeError) as error:
+        fail(
+            "bad config: `optimizer.name` must name a Keras optimizer. "
+            f"Received: optimizer.name={config.optimizer.name!r} ({error})"
+        )
+
+
+def check_workdir(workdir: Path):
+    """Ends the run if `workdir` is a file or cannot be made, creating nothing."""
+    if workdir.exists() and not workdir.is_dir():
+        fail(f"--workdir={workdir} is a file; expected a folder")
+    existing = workdir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"cannot create --workdir={workdir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"cannot write into --workdir={workdir}: {existing} is not writable")
+    if (workdir / "lock").exists():  # refuse a held workdir before slow imports
+        fd = os.open(workdir / "lock", os.O_RDONLY)
+        try:
+            take_lock(fd, workdir)
+        finally:
+            os.close(fd)  # released: lock_workdir takes it for good
+
+
+def take_lock(fd: int, workdir: Path):
+    """flock()s the open lock file `fd`, or ends the run naming its holder."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        for _ in range(20):  # the holder writes its PID just after locking
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        fail(
+            f"--workdir={workdir} is in use by another run "
+            f"(process {holder or 'unknown'}); wait for it to end, or choose "
+            "another workdir"
+        )
+
+
+def lock_workdir(workdir: Path):
+    """Creates `workdir` and locks it for this process, or ends the run.
+
+    The lock is an `flock` on `workdir/lock`, which holds the PID of the run
+    that has it. The kernel releases it when that process dies, however it
+    dies, so a stale file from a killed run never blocks the next one.
+    Call `check_workdir` first for the clearer errors.
+    """
+    try:
+        (workdir / "ckpt").mkdir(parents=True, exist_ok=True)
+        fd = os.open(workdir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        fail(f"cannot write into --workdir={workdir}: {error}")
+    take_lock(fd, workdir)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as error:
+        fail(f"cannot write into --workdir={workdir}: {error}")
+    _LOCK.append(fd)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_config(workdir: Path, config):
+    """Ends the run if the workdir's checkpoints were trained with another config.
+
+    Fields in `SAFE_TO_CHANGE` may differ; the new values are then recorded.
+    """
+    recorded_path = workdir / "config.json"
+    has_checkpoints = any((workdir / "ckpt").glob("epoch-*.keras"))
+    if not has_checkpoints or not recorded_path.exists():
+        return
+    try:
+        recorded = flatten(json.loads(recorded_path.read_text()))
+    except ValueError as error:
+        fail(f"{recorded_path} is damaged ({error}); cannot check the config")
+    wanted = flatten(json.loads(config.to_json_best_effort()))
+
+    def safe(key):
+        return any(
+            key == s or (s.endswith(".*") and key.startswith(s[:-1]))
+            for s in SAFE_TO_CHANGE
+        )
+
+    differing = [
+        f"{key}={recorded.get(key, '<absent>')!r} -> {wanted.get(key, '<absent>')!r}"
+        for key in sorted(set(recorded) | set(wanted))
+        if recorded.get(key) != wanted.get(key) and not safe(key)
+    ]
+    if differing:
+        fail(
+            f"--workdir={workdir} holds checkpoints trained with another config; "
+            f"differing fields (recorded -> now): {', '.join(differing)}. "
+            "Rerun with the recorded values (its config.json) or use a new "
+            f"workdir; fields free to change: {', '.join(SAFE_TO_CHANGE)}"
+        )
+
+
+def write_atomically(path: Path, text: str):
+    """Writes `text` to `path` through a temporary file and a rename."""
+    partial = path.with_name(f".partial-{path.name}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def strict(value):
+    """`value` with every NaN or infinity replaced by None: strict JSON."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(workdir: Path, metrics: dict):
+    write_atomically(
+        workdir / "metrics.json", json.dumps(strict(metrics), indent=2, allow_nan=False)
+    )
 
 
 def main(argv):
     del argv
+    config = FLAGS.config
+    workdir = Path(FLAGS.workdir)
+    try:
+        common.validate(config)
+    except ValueError as error:
+        fail(f"bad config: {error}")
+    # Before the slow imports: fail fast and create nothing.
+    check_workdir(workdir)
+    check_same_config(workdir, config)
+    check_optimizer(config)
+    lock_workdir(workdir)
+    check_same_config(workdir, config)  # again: another run may have come between
+
     import keras
     import numpy as np
     import tensorflow as tf
 
     import keras_sg
+    from keras_sg.callbacks import checkpoint
 
-    config = FLAGS.config
-    workdir = Path(FLAGS.workdir)
     ckpt_dir = workdir / "ckpt"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    checkpoint.remove_partial_files(ckpt_dir)  # left by a run killed mid-write
+    write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
 
     devices = None
     if config.placement.workers:
@@ -199,10 +373,15 @@ def main(argv):
 
     (x_train, y_train), (x_test, y_test) = load_data(config)
     num_classes = int(max(y_train.max(), y_test.max()) + 1)
-    flatten = config.model.kind == "fcn"
-    input_shape = (int(np.prod(x_train.shape[1:])),) if flatten else x_train.shape[1:]
+    flat = config.model.kind == "fcn"
+    input_shape = (int(np.prod(x_train.shape[1:])),) if flat else x_train.shape[1:]
 
-    model, initial_epoch = latest_checkpoint(ckpt_dir)
+    def skipped(path, reason):
+        print(
+            f"Checkpoint {path} is {reason}; falling back to the one before", flush=True
+        )
+
+    model, initial_epoch = checkpoint.load_latest(ckpt_dir, on_skip=skipped)
     if model is None:
         model = build_model(config, tuple(input_shape), num_classes, devices)
     else:
@@ -213,30 +392,31 @@ def main(argv):
         x_train,
         y_train,
         config.batch_size,
-        flatten=flatten,
+        flatten=flat,
         shuffle=True,
         seed=config.seed,
         first_epoch=initial_epoch,
     )
-    test = keras_sg.data.batches(x_test, y_test, 1000, flatten=flatten)
+    test = keras_sg.data.batches(x_test, y_test, 1000, flatten=flat)
     probe_n = config.log.probe_examples
     probe_x = x_test[:probe_n].astype("float32") / 255.0
     probe = (
-        probe_x.reshape(len(probe_x), -1) if flatten else probe_x,
+        probe_x.reshape(len(probe_x), -1) if flat else probe_x,
         y_test[:probe_n],
     )
 
-    timer, prune = bookkeeping(ckpt_dir, config.keep_checkpoints)
+    update_freq = config.log.update_freq
+    guard = keras_sg.callbacks.StopOnDivergence()
     callbacks = [
-        timer,
+        guard,
+        epoch_timer(),
         keras.callbacks.TensorBoard(
             str(workdir / "tb"),
-            update_freq=config.log.update_freq,
+            update_freq=int(update_freq) if update_freq.isdigit() else update_freq,
             profile_batch=config.log.profile_batch,
         ),
         keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(ckpt_dir / "epoch-{epoch:04d}.keras")),
-        prune,
+        keras_sg.callbacks.FiniteCheckpoint(ckpt_dir, keep=config.keep_checkpoints),
     ]
     if config.method in ("dni", "cdni") and config.log.diagnostics_every_steps:
         callbacks.append(
@@ -260,20 +440,38 @@ def main(argv):
             verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal
         )
     except keras_sg.placement.WorkerLostError as error:
-        raise SystemExit(f"train.py: {error}") from None
+        fail(str(error))
     session_seconds = time.perf_counter() - start
-    logs = model.evaluate(test, verbose=0, return_dict=True)
     metrics = {
         "method": config.method,
-        "test_accuracy": logs["accuracy"],
-        "test_error_percent": 100 * (1 - logs["accuracy"]),
-        "test_loss": logs["loss"],
+        "status": "finished",
         "epochs": config.epochs,
         "steps": int(model.optimizer.iterations.numpy()),
         "resumed_from_epoch": initial_epoch,
         "session_seconds": session_seconds,
     }
-    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if guard.diverged:
+        epoch = guard.diverged["epoch"]
+        finite = [p for n, p in checkpoint.checkpoint_files(ckpt_dir) if n < epoch]
+        kept = str(finite[-1]) if finite else None
+        metrics.update(
+            status="diverged",
+            diverged=dict(
+                guard.diverged,
+                losses={k: str(v) for k, v in guard.diverged["losses"].items()},
+                message=guard.message,
+            ),
+            newest_finite_checkpoint=kept,
+        )
+        write_metrics(workdir, metrics)
+        fail(f"{guard.message} Newest finite checkpoint: {kept or 'none'}")
+    logs = model.evaluate(test, verbose=0, return_dict=True)
+    metrics.update(
+        test_accuracy=logs["accuracy"],
+        test_error_percent=100 * (1 - logs["accuracy"]),
+        test_loss=logs["loss"],
+    )
+    write_metrics(workdir, metrics)
     print(
         f"{config.method}: test error {metrics['test_error_percent']:.2f}% "
         f"after {metrics['steps']} steps ({config.epochs} epochs) in "
@@ -283,4 +481,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,215 @@
+"""scripts/train.py under faults: bad inputs, divergence, kills, a second run.
+
+Every case ends in a one-line error and exit status 1, or in a resumed run
+that loses no finite checkpoint. Every subprocess has a timeout.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+from keras_sg.callbacks import checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = ROOT / "scripts" / "train.py"
+SMOKE = [
+    "--config=configs/mnist_fcn.py:dni,smoke",
+    "--config.log.diagnostics_every_steps=0",
+]
+# SGD at rate 1 with sg_loss_weight 10, as in issue 9: the synthesizer at cut_1
+# blows up in epoch 1 (loss ~1e18) and is NaN at the first batch of epoch 2.
+DIVERGING = [
+    *SMOKE,
+    "--config.optimizer.name=sgd",
+    "--config.optimizer.learning_rate=1",
+    "--config.sg_loss_weight=10",
+    "--config.epochs=4",
+    "--config.keep_checkpoints=1",
+]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+
+
+def _run(args, timeout=120):
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        cwd=ROOT,
+    )
+
+
+def _start(args):
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        cwd=ROOT,
+    )
+
+
+def _wait_for(condition, process, seconds=120, what=""):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, f"training ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {seconds}s"
+        time.sleep(0.002)
+
+
+def _error_line(done):
+    """The run's one-line error: its last line on stderr, with no traceback."""
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+def _strict_json(path: Path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds a bare {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+BEFORE_TRAINING = [
+    # (extra args, workdir below tmp_path, what the error line must say)
+    (["--config=configs/missing.py:smoke"], "wd", "No such file or directory"),
+    (["--config=configs/mnist_fcn.py:dni,smoke,dpeth=3"], "wd", "'dpeth'"),
+    ([*SMOKE, "--config.epochs=2.5"], "wd", "--config.epochs=2.5"),
+    ([*SMOKE, "--config.keep_checkpoints=-1"], "wd", "keep_checkpoints=-1"),
+    ([*SMOKE, "--config.keep_checkpoints=0"], "wd", "keep_checkpoints=0"),
+    ([*SMOKE, "--config.sg_loss_weight=inf"], "wd", "sg_loss_weight=inf"),
+    ([*SMOKE, "--config.optimizer.name=adamm"], "wd", "optimizer.name='adamm'"),
+    (SMOKE, "a_file", "is a file; expected a folder"),
+    (SMOKE, "a_file/wd", "a_file is a file"),  # a workdir that cannot be made
+]
+
+
+@pytest.mark.parametrize(
+    "args, workdir, said", BEFORE_TRAINING, ids=[c[2] for c in BEFORE_TRAINING]
+)
+def test_errors_before_training_are_one_line_and_create_nothing(
+    tmp_path, args, workdir, said
+):
+    (tmp_path / "a_file").write_text("not a folder")
+    done = _run([*args, f"--workdir={tmp_path / workdir}"], timeout=60)
+    line = _error_line(done)
+    assert line.startswith("train.py: ") and said in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_divergence_stops_names_the_cut_and_keeps_the_finite_checkpoint(tmp_path):
+    done = _run([*DIVERGING, f"--workdir={tmp_path}"])
+    line = _error_line(done)
+    assert line == (
+        "train.py: Training diverged in epoch 2, batch 1: the synthesizer loss "
+        "at cut_1 (cut_1_sg_loss=nan) is not finite. Newest finite checkpoint: "
+        f"{tmp_path / 'ckpt' / 'epoch-0001.keras'}"
+    )
+    # keep_checkpoints=1, yet the NaN epoch did not push out the finite one.
+    assert [n for n, _ in checkpoint.checkpoint_files(tmp_path / "ckpt")] == [1]
+    model = keras.models.load_model(tmp_path / "ckpt" / "epoch-0001.keras")
+    assert int(model.optimizer.iterations.numpy()) == 8
+    assert checkpoint.all_finite(model)
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert metrics["status"] == "diverged"
+    assert metrics["diverged"]["losses"] == {"cut_1_sg_loss": "nan"}
+    assert (metrics["diverged"]["epoch"], metrics["diverged"]["batch"]) == (2, 1)
+    assert metrics["steps"] == 9  # stopped at the first NaN batch
+
+    # Item 1 of issue 9: rerun on this workdir with another model.
+    changed = _run(
+        [
+            *DIVERGING,
+            "--config.model.depth=4",
+            "--config.sg_loss_weight=1",
+            f"--workdir={tmp_path}",
+        ],
+        timeout=60,
+    )
+    line = _error_line(changed)
+    assert "differing fields (recorded -> now): model.depth=3 -> 4, " in line
+    assert "sg_loss_weight=10.0 -> 1.0." in line
+    assert json.loads((tmp_path / "config.json").read_text())["sg_loss_weight"] == 10
+
+
+def test_lock_then_sigkill_mid_write_then_a_damaged_file_then_resume(tmp_path):
+    """One long run: a second run on its workdir is refused; the run is killed
+    while it writes a checkpoint; the newest whole file is then damaged; a
+    rerun with fewer epochs (a field safe to change) is not blocked by the
+    dead run's lock, names the damaged file and resumes from the one before."""
+    ckpt, lock = tmp_path / "ckpt", tmp_path / "lock"
+    args = [*SMOKE, "--config.epochs=200", f"--workdir={tmp_path}"]
+    first = _start(args)
+    try:
+        _wait_for(
+            lambda: (ckpt / "epoch-0001.keras").exists(), first, what="a checkpoint"
+        )
+        assert lock.read_text() == f"{first.pid}\n"
+        history = (tmp_path / "history.csv").read_text()
+        second = _run(args, timeout=60)
+        assert _error_line(second) == (
+            f"train.py: --workdir={tmp_path} is in use by another run (process "
+            f"{first.pid}); wait for it to end, or choose another workdir"
+        )
+        assert (tmp_path / "history.csv").read_text().startswith(history)
+        # Kill while epoch 3 or later is being written (two whole files exist).
+        _wait_for(
+            lambda: any(
+                p.name >= ".partial-epoch-0003" for p in ckpt.glob(".partial-*")
+            ),
+            first,
+            what="checkpoint write of epoch >= 3",
+        )
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    files = checkpoint.checkpoint_files(ckpt)
+    assert len(files) == 2 and all(checkpoint.damage(p) is None for _, p in files)
+    assert list(ckpt.glob(".partial-*"))  # the write that was cut short
+    assert lock.read_text() == f"{first.pid}\n"  # left behind, but unlocked
+
+    (older, _), (newest, path) = files
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 3])
+    done = _run([*args[:-2], f"--config.epochs={newest}", f"--workdir={tmp_path}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        f"Checkpoint {path} is damaged: not a complete .keras archive "
+        f"({len(whole) // 3} bytes; truncated?); falling back to the one before"
+    ) in done.stdout
+    assert f"Resuming {tmp_path} from epoch {older}" in done.stdout
+    assert not list(ckpt.glob(".partial-*"))
+    assert lock.read_text() != f"{first.pid}\n"
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert metrics["status"] == "finished" and metrics["epochs"] == newest
+    assert metrics["resumed_from_epoch"] == older and metrics["steps"] == 8 * newest
+    assert 0 <= metrics["test_accuracy"] <= 1
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == newest
+    assert checkpoint.damage(path) is None  # rewritten whole by the resumed run
+
+
+def test_a_workdir_that_cannot_be_written_is_refused_before_training(tmp_path):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    if os.access(read_only, os.W_OK):  # root ignores modes: a read-only mount
+        read_only = Path("/proc/sys")
+    if os.access(read_only, os.W_OK):
+        pytest.skip("no folder here that this user cannot write")
+    done = _run([*SMOKE, f"--workdir={read_only / 'wd'}"], timeout=60)
+    assert _error_line(done) == (
+        f"train.py: cannot write into --workdir={read_only / 'wd'}: "
+        f"{read_only} is not writable"
+    )
+    assert not (read_only / "wd").exists()
