@@ -57,6 +57,20 @@ class PipelinedModel(DecoupledModel):
     empty buffers, and the loss and metrics count only batches that reached
     the top stage.
 
+    Each stage's update, the target it sends back and the regression of the
+    synthesizer below are scaled by the size of the batch that stage works
+    on, which differs from this step's when a batch is partial. Only the
+    stages and synthesizers that worked in a step are handed to the
+    optimizer, so neither weight decay nor regularization touches a stage
+    before its first batch arrives. The logged loss is the top stage's
+    `compute_loss` on the batch that reached it: the task loss, the weight
+    penalties of every layer and the top stage's own activity penalties
+    (those of the stages below were taken on other batches).
+
+    The buffers change shape (empty during warm-up, smaller after a partial
+    batch), which XLA cannot compile, so the model runs with
+    `jit_compile=False`; Keras warns if `jit_compile=True` is asked for.
+
     Takes the arguments of `DecoupledModel`; `method` must be `"dni"` or
     `"cdni"`. `fit` must see the batches in order (`shuffle=False` for
     arrays; a dataset's own order is kept), with labels and without sample
@@ -77,6 +91,11 @@ class PipelinedModel(DecoupledModel):
         self._state = None
         self._cut_shapes = None
         super().__init__(network, synthesizers, method=method, **kwargs)
+        # XLA keeps a variable's shape fixed, and the buffers change theirs.
+        # Fixed-size buffers would need the largest batch before the first
+        # step, which `fit` does not tell a model; Keras turns jit_compile
+        # off (warning if it was asked for) for a model that does not support it.
+        self.supports_jit = False
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -103,7 +122,6 @@ class PipelinedModel(DecoupledModel):
         if self.method == "cdni":
             y = self._context(y)
         state, last = self._state, len(self.stages) - 1
-        scale = steps.global_batch_size(x)
         share = steps.replica_fraction()
         t = state.step.read_value()
 
@@ -120,10 +138,9 @@ class PipelinedModel(DecoupledModel):
             with self._on(k):
                 active = t >= k
                 if k < last:
-                    out = self._stage_step(
-                        k, inputs[k], labels[k], scale, share, active
+                    h, target, stage_grads = self._stage_step(
+                        k, inputs[k], labels[k], share, active
                     )
-                    h, input_grad, stage_grads = out
                     writes.append((state.activation[k], h))
                     writes.append((state.labels[k], _as_float(labels[k])))
                     synth_grads, sg_loss = self._synthesizer_step(
@@ -140,25 +157,23 @@ class PipelinedModel(DecoupledModel):
                         sg_loss, sample_weight=tf.cast(t >= k + 2, sg_loss.dtype)
                     )
                 else:
-                    loss, y_pred, input_grad, stage_grads = self._top_step(
+                    # The penalties that the stages below (and their
+                    # synthesizers) recorded inside their branches cannot be
+                    # read here; each was already part of its own update.
+                    _forget_losses(self.stages[:last] + self.synthesizers)
+                    loss, y_pred, target, stage_grads = self._top_step(
                         inputs[k], labels[k], share, active
                     )
                 grads.update(
                     zip(map(id, stage.trainable_variables), stage_grads, strict=True)
                 )
                 if k > 0:
-                    target = tf.cond(
-                        active,
-                        lambda g=input_grad: steps.bootstrapped_target(g, scale),
-                        lambda g=input_grad: g,
-                    )
                     writes.append((state.sg_input[k - 1], inputs[k]))
                     writes.append((state.sg_labels[k - 1], _as_float(labels[k])))
                     writes.append((state.sg_target[k - 1], target))
 
-        # Update weights: one optimizer step over every variable; the skipped
-        # (warm-up) parts carry zero gradients.
-        self._apply(grads)
+        # Update weights: one optimizer step over the parts that worked.
+        self._apply_active(grads, t)
         for buffer, value in writes:
             buffer.assign(value)
         state.step.assign_add(1)
@@ -176,22 +191,70 @@ class PipelinedModel(DecoupledModel):
 
     # ----------------------------------------------------------- one device
 
-    def _stage_step(self, k, inputs, labels, scale, share, active):
-        """Stage k below the top: forward, synthetic gradient, pullback."""
+    def _apply_active(self, grads, t):
+        """One optimizer step over the stages and synthesizers that worked at step t.
+
+        Stage k works from step k on, the synthesizer at cut k from step
+        k + 2. Handing the optimizer zero gradients for the others would not
+        leave them alone: decoupled weight decay (AdamW, `weight_decay=`)
+        shrinks every variable it is given. So each warm-up step applies the
+        optimizer to its own subset, one branch per step of the warm-up
+        (`len(stages) + 1` branches; from then on, the last one with
+        everything). The optimizer is built once, before the branches, on
+        every trainable variable, and exactly one `apply` runs per step, so
+        `iterations` counts steps as for any Keras model.
+        """
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        last = len(self.stages) - 1
+
+        def phase(p):
+            layers = (
+                self.stages[: min(p, last) + 1] + self.synthesizers[: max(p - 1, 0)]
+            )
+            subset = {
+                id(v): grads[id(v)]
+                for layer in layers
+                for v in layer.trainable_variables
+            }
+
+            def apply():
+                if subset:
+                    self._apply(subset)
+                else:
+                    self.optimizer.iterations.assign_add(1)
+                return tf.constant(0)
+
+            return apply
+
+        index = tf.cast(tf.minimum(t, last + 1), tf.int32)
+        tf.switch_case(index, [phase(p) for p in range(last + 2)])
+
+    # ----------------------------------------------------------- one device
+
+    def _stage_step(self, k, inputs, labels, share, active):
+        """Stage k below the top: forward, synthetic gradient, pullback.
+
+        Returns the activation, the bootstrapped target for the synthesizer
+        at cut k - 1 (empty for stage 0) and the stage's gradients.
+        """
         stage, synth = self.stages[k], self.synthesizers[k]
         context = labels if self.method == "cdni" else None
 
         def work():
+            # Stage k works on batch t - k, whose size may differ from this step's.
+            scale = steps.global_batch_size(inputs)
             h, pullback = _stage_vjp(stage, inputs, share, k > 0)
             g = _synthesize(synth, h, context)
             input_grad, stage_grads = pullback((g / scale, 1.0))
-            if input_grad is None:
-                input_grad = tf.zeros_like(inputs)
-            return h, input_grad, stage_grads
+            if k == 0:
+                return h, tf.zeros((0,)), stage_grads
+            return h, steps.bootstrapped_target(input_grad, scale), stage_grads
 
         def skip():
             h = tf.zeros((0, *self._cut_shapes[k][1:]), inputs.dtype)
-            return h, tf.zeros_like(inputs), _zeros_like(stage.trainable_variables)
+            target = tf.zeros((0,)) if k == 0 else tf.zeros_like(inputs)
+            return h, target, _zeros_like(stage.trainable_variables)
 
         return tf.cond(active, work, skip)
 
@@ -209,8 +272,10 @@ class PipelinedModel(DecoupledModel):
             )
             input_grad, grads = pullback((1.0, None))
             if input_grad is None:
-                input_grad = tf.zeros_like(inputs)
-            return loss, y_pred, input_grad, grads
+                return loss, y_pred, tf.zeros_like(inputs), grads
+            # The top works on batch t - last: its size scales the target.
+            scale = steps.global_batch_size(inputs)
+            return loss, y_pred, steps.bootstrapped_target(input_grad, scale), grads
 
         def skip():
             y_pred = tf.zeros(
@@ -271,6 +336,18 @@ def _read_like(buffer, like):
 
 def _as_float(labels):
     return tf.cast(labels, tf.float32)
+
+
+def _forget_losses(layers):
+    """Drops the activity and `add_loss` penalties `layers` recorded in a branch.
+
+    Keras keeps them on the layer until its next call, and `compute_loss`
+    sums every layer's: read outside the `tf.cond` branch that made them,
+    they raise `InaccessibleTensorError`. Weight penalties are recomputed
+    from the variables whenever they are read, so they stay.
+    """
+    for layer in layers:
+        layer._clear_losses()
 
 
 def _zeros_like(variables):
