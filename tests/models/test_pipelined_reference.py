@@ -21,6 +21,14 @@ N, BATCH, D, H, C, LR, SG_WEIGHT = 10, 4, 3, 4, 3, 0.1, 0.5
 EPOCHS = 3
 
 
+class _AddLoss(keras.layers.Layer):
+    """Identity that adds a penalty on its input through `add_loss`."""
+
+    def call(self, inputs):
+        self.add_loss(0.1 * keras.ops.mean(keras.ops.square(inputs)))
+        return inputs
+
+
 def _network(regularized=False, batch_norm=False):
     l2 = keras.regularizers.L2(0.05) if regularized else None
     layers = [
@@ -33,6 +41,7 @@ def _network(regularized=False, batch_norm=False):
         keras.layers.Activation("tanh", activity_regularizer=l2),
         keras_sg.Interface(name="cut_1"),
         keras.layers.Dense(H, activation="tanh", name="d1", activity_regularizer=l2),
+        *([_AddLoss()] if regularized else []),
         keras_sg.Interface(name="cut_2"),
         keras.layers.Dense(C, name="d2", kernel_regularizer=l2),
     ]
@@ -202,7 +211,7 @@ def test_pipelined_steps_match_a_hand_written_reference(method):
 
 @pytest.mark.parametrize("method", ["dni", "cdni"])
 def test_pipelined_penalties_and_batch_norm_match_the_reference(method):
-    """Kernel and activity penalties and batch norm below the top, pipelined.
+    """Kernel and activity penalties, `add_loss` and batch norm below the top.
 
     Each stage adds its own penalties to its update, and the gradient of an
     activity penalty at the stage's input is part of the target it sends
