@@ -80,15 +80,24 @@ class _Reference:
     the sequential one (everything on batch t).
     """
 
-    def __init__(self, model, method, lag):
+    def __init__(self, model, method, lag, optimizer=None):
         self.stages = []
         for stage in model.stages:
             clone = keras.models.clone_model(stage)
             clone.set_weights(stage.get_weights())
             self.stages.append(clone)
         self.synths = [
-            [tf.Variable(w) for w in s.head.get_weights()] for s in model.synthesizers
+            [keras.Variable(w) for w in s.head.get_weights()]
+            for s in model.synthesizers
         ]
+        # Plain SGD by default; else a Keras optimizer given, each step, only
+        # what worked in it.
+        self.optimizer = optimizer
+        if optimizer is not None:
+            optimizer.build(
+                [v for s in self.stages for v in s.trainable_variables]
+                + [v for s in self.synths for v in s]
+            )
         self.conditioned = method == "cdni"
         self.lag = lag
         self.batches, self.h, self.targets = [], {}, {}
@@ -147,6 +156,9 @@ class _Reference:
                 sg_loss = SG_WEIGHT * tf.reduce_mean((g - self.targets[(k, j)]) ** 2)
             grads = tape.gradient(sg_loss, self.synths[k])
             updates += zip(self.synths[k], grads, strict=True)
+        if self.optimizer is not None:
+            self.optimizer.apply([g for _, g in updates], [v for v, _ in updates])
+            return
         for variable, grad in updates:
             variable.assign_sub(LR * grad)
 
@@ -231,3 +243,12 @@ def test_sequential_dni_steps_match_the_reference(net_kwargs):
     model = _model(keras_sg.DecoupledModel, "dni", **net_kwargs)
     reference = _Reference(model, "dni", lag=0)
     _run_and_compare(model, reference, x, y, check_loss=not net_kwargs)
+
+
+def test_pipelined_adam_steps_match_the_reference():
+    """Adam, whose per-step normalisation hides a gradient's scale, but not
+    which batch or which target it came from."""
+    x, y = _data()
+    model = _model(keras_sg.PipelinedModel, "cdni", keras.optimizers.Adam(0.02))
+    reference = _Reference(model, "cdni", lag=1, optimizer=keras.optimizers.Adam(0.02))
+    _run_and_compare(model, reference, x, y, check_loss=True)
