@@ -189,7 +189,7 @@ class PipelinedModel(DecoupledModel):
             metrics[tracker.name] = tracker.result()
         return metrics
 
-    # ----------------------------------------------------------- one device
+    # --------------------------------------------------------------- update
 
     def _apply_active(self, grads, t):
         """One optimizer step over the stages and synthesizers that worked at step t.
@@ -203,15 +203,36 @@ class PipelinedModel(DecoupledModel):
         everything). The optimizer is built once, before the branches, on
         every trainable variable, and exactly one `apply` runs per step, so
         `iterations` counts steps as for any Keras model.
+
+        Under a `tf.distribute` strategy the optimizer synchronises replicas
+        (a merge call), which TensorFlow refuses inside a branch. There all
+        variables get one update, the skipped parts with zero gradients; with
+        zero-initialised slots (SGD, momentum, Adam and its kin) that leaves
+        them unchanged, but weight decay would not, so it is refused.
         """
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+        if tf.distribute.has_strategy():
+            decay = getattr(
+                getattr(self.optimizer, "inner_optimizer", self.optimizer),
+                "weight_decay",
+                None,
+            )
+            if decay:
+                raise ValueError(
+                    "Under a tf.distribute strategy, PipelinedModel updates "
+                    "every variable at every step, and weight decay would "
+                    "shrink the stages that have not had a batch yet. Use an "
+                    "optimizer without weight decay (or add an L2 penalty to "
+                    f"the layers). Received: weight_decay={decay}"
+                )
+            self._apply(grads)
+            return
         last = len(self.stages) - 1
 
         def phase(p):
-            layers = (
-                self.stages[: min(p, last) + 1] + self.synthesizers[: max(p - 1, 0)]
-            )
+            layers = list(self.stages[: min(p, last) + 1])
+            layers.extend(self.synthesizers[: max(p - 1, 0)])
             subset = {
                 id(v): grads[id(v)]
                 for layer in layers

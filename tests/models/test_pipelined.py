@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import linear_synth, weights_of
 
 import keras_sg
@@ -229,3 +230,15 @@ def test_pipelined_model_rejects_what_it_cannot_do(kwargs, message):
     net = keras_sg.models.fully_connected((6,), 3, depth=2, units=4)
     with pytest.raises(ValueError, match=message):
         keras_sg.PipelinedModel(net, [linear_synth()], **kwargs)
+
+
+def test_weight_decay_under_a_strategy_is_refused():
+    """Under tf.distribute the optimizer cannot run inside a warm-up branch,
+    so the warm-up hands it zero gradients: weight decay would then shrink
+    the idle stages, and is refused rather than applied."""
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        optimizer = keras.optimizers.AdamW(learning_rate=0.05, weight_decay=0.5)
+        model = _model(learning_rate=None, optimizer=optimizer)
+    xs, ys = _batches(1)
+    with pytest.raises(ValueError, match="weight_decay=0.5"):
+        model.train_on_batch(xs[0], ys[0])
