@@ -93,8 +93,10 @@ class PipelinedModel(DecoupledModel):
         super().__init__(network, synthesizers, method=method, **kwargs)
         # XLA keeps a variable's shape fixed, and the buffers change theirs.
         # Fixed-size buffers would need the largest batch before the first
-        # step, which `fit` does not tell a model; Keras turns jit_compile
-        # off (warning if it was asked for) for a model that does not support it.
+        # step, which `fit` does not tell a model, and XLA's static shapes
+        # would then make every stage run on the padded buffer: rows that
+        # batch normalisation would count. Keras turns jit_compile off
+        # (warning if it was asked for) for a model that does not support it.
         self.supports_jit = False
 
     def build(self, input_shape):
