@@ -199,39 +199,42 @@ class PipelinedModel(DecoupledModel):
         """One optimizer step over the stages and synthesizers that worked at step t.
 
         Stage k works from step k on, the synthesizer at cut k from step
-        k + 2. Handing the optimizer zero gradients for the others would not
-        leave them alone: decoupled weight decay (AdamW, `weight_decay=`)
-        shrinks every variable it is given. So each warm-up step applies the
-        optimizer to its own subset, one branch per step of the warm-up
-        (`len(stages) + 1` branches; from then on, the last one with
-        everything). The optimizer is built once, before the branches, on
-        every trainable variable, and exactly one `apply` runs per step, so
-        `iterations` counts steps as for any Keras model.
+        k + 2; the others carry zero gradients. For most optimizers that
+        leaves them alone: their slots start at zero, and a zero gradient
+        moves nothing (`_STILL_AT_ZERO_GRADIENT`, checked for Keras's own).
+        Decoupled weight decay (AdamW, Muon, `weight_decay=`) shrinks every
+        variable it is given, however, and Ftrl re-derives each variable from
+        its accumulators. With those (and any optimizer not on the list),
+        each warm-up step applies the optimizer to its own subset, one branch
+        per step of the warm-up (`len(stages) + 1` branches; from then on the
+        last, with everything). The branches are not the default because each
+        holds a copy of the update in the graph, which slows the first trace.
+        Either way the optimizer is built once, on every trainable variable,
+        and one `apply` runs per step, so `iterations` counts steps.
 
         Under a `tf.distribute` strategy the optimizer synchronises replicas
-        (a merge call), which TensorFlow refuses inside a branch. There all
-        variables get one update, the skipped parts with zero gradients; with
-        zero-initialised slots (SGD, momentum, Adam and its kin) that leaves
-        them unchanged, but weight decay would not, so it is refused.
+        (a merge call), which TensorFlow refuses inside a branch: there only
+        optimizers on the list, without weight decay, are accepted.
         """
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
-        if tf.distribute.has_strategy():
-            decay = getattr(
-                getattr(self.optimizer, "inner_optimizer", self.optimizer),
-                "weight_decay",
-                None,
-            )
-            if decay:
-                raise ValueError(
-                    "Under a tf.distribute strategy, PipelinedModel updates "
-                    "every variable at every step, and weight decay would "
-                    "shrink the stages that have not had a batch yet. Use an "
-                    "optimizer without weight decay (or add an L2 penalty to "
-                    f"the layers). Received: weight_decay={decay}"
-                )
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        decay = getattr(optimizer, "weight_decay", None)
+        still = type(optimizer).__name__ in _STILL_AT_ZERO_GRADIENT and (
+            type(optimizer).__module__.startswith("keras.")
+        )
+        if still and not decay:
             self._apply(grads)
             return
+        if tf.distribute.has_strategy():
+            raise ValueError(
+                "Under a tf.distribute strategy, PipelinedModel updates every "
+                "variable at every step, the stages still in warm-up with zero "
+                "gradients, so it needs an optimizer that a zero gradient does "
+                f"not move: one of {sorted(_STILL_AT_ZERO_GRADIENT)}, without "
+                "weight decay (an L2 penalty on the layers is fine). Received: "
+                f"optimizer={type(optimizer).__name__}, weight_decay={decay}"
+            )
         last = len(self.stages) - 1
 
         def phase(p):
@@ -351,6 +354,25 @@ class PipelinedModel(DecoupledModel):
     @staticmethod
     def _read(buffer, shape):
         return tf.reshape(buffer.read_value(), (-1, *shape[1:]))
+
+
+# Keras's own optimizers (not subclasses, which may update differently) that
+# leave a variable unchanged when its gradient has been zero from the start
+# (slots at zero), as long as they have no weight decay.
+_STILL_AT_ZERO_GRADIENT = frozenset(
+    (
+        "SGD",
+        "Adam",
+        "Adamax",
+        "Nadam",
+        "RMSprop",
+        "Adagrad",
+        "Adadelta",
+        "Adafactor",
+        "Lion",
+        "Lamb",
+    )
+)
 
 
 def _read_like(buffer, like):
