@@ -59,12 +59,10 @@ class PipelinedModel(DecoupledModel):
 
     Each stage's update, the target it sends back and the regression of the
     synthesizer below are scaled by the size of the batch that stage works
-    on, which differs from this step's when a batch is partial. Only the
-    stages and synthesizers that worked in a step are handed to the
-    optimizer, so neither weight decay nor regularization touches a stage
-    before its first batch arrives (under a `tf.distribute` strategy, where
-    the optimizer cannot run inside a branch, weight decay is refused with an
-    error instead). The logged loss is the top stage's
+    on, which differs from this step's when a batch is partial. Neither
+    weight decay nor regularization touches a stage before its first batch
+    arrives (see `_apply_active`; under a `tf.distribute` strategy weight
+    decay is refused with an error). The logged loss is the top stage's
     `compute_loss` on the batch that reached it: the task loss, the weight
     penalties of every layer and the top stage's own activity penalties
     (those of the stages below were taken on other batches).
