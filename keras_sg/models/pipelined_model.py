@@ -57,6 +57,20 @@ class PipelinedModel(DecoupledModel):
     empty buffers, and the loss and metrics count only batches that reached
     the top stage.
 
+    Each stage's update, the target it sends back and the regression of the
+    synthesizer below are scaled by the size of the batch that stage works
+    on, which differs from this step's when a batch is partial. Neither
+    weight decay nor regularization touches a stage before its first batch
+    arrives (see `_apply_active`; under a `tf.distribute` strategy weight
+    decay is refused with an error). The logged loss is the top stage's
+    `compute_loss` on the batch that reached it: the task loss, the weight
+    penalties of every layer and the top stage's own activity penalties
+    (those of the stages below were taken on other batches).
+
+    The buffers change shape (empty during warm-up, smaller after a partial
+    batch), which XLA cannot compile, so the model runs with
+    `jit_compile=False`; Keras warns if `jit_compile=True` is asked for.
+
     Takes the arguments of `DecoupledModel`; `method` must be `"dni"` or
     `"cdni"`. `fit` must see the batches in order (`shuffle=False` for
     arrays; a dataset's own order is kept), with labels and without sample
@@ -77,6 +91,13 @@ class PipelinedModel(DecoupledModel):
         self._state = None
         self._cut_shapes = None
         super().__init__(network, synthesizers, method=method, **kwargs)
+        # XLA keeps a variable's shape fixed, and the buffers change theirs.
+        # Fixed-size buffers would need the largest batch before the first
+        # step, which `fit` does not tell a model, and XLA's static shapes
+        # would then make every stage run on the padded buffer: rows that
+        # batch normalisation would count. Keras turns jit_compile off
+        # (warning if it was asked for) for a model that does not support it.
+        self.supports_jit = False
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -103,7 +124,6 @@ class PipelinedModel(DecoupledModel):
         if self.method == "cdni":
             y = self._context(y)
         state, last = self._state, len(self.stages) - 1
-        scale = steps.global_batch_size(x)
         share = steps.replica_fraction()
         t = state.step.read_value()
 
@@ -120,10 +140,9 @@ class PipelinedModel(DecoupledModel):
             with self._on(k):
                 active = t >= k
                 if k < last:
-                    out = self._stage_step(
-                        k, inputs[k], labels[k], scale, share, active
+                    h, target, stage_grads = self._stage_step(
+                        k, inputs[k], labels[k], share, active
                     )
-                    h, input_grad, stage_grads = out
                     writes.append((state.activation[k], h))
                     writes.append((state.labels[k], _as_float(labels[k])))
                     synth_grads, sg_loss = self._synthesizer_step(
@@ -140,25 +159,23 @@ class PipelinedModel(DecoupledModel):
                         sg_loss, sample_weight=tf.cast(t >= k + 2, sg_loss.dtype)
                     )
                 else:
-                    loss, y_pred, input_grad, stage_grads = self._top_step(
+                    # The penalties that the stages below (and their
+                    # synthesizers) recorded inside their branches cannot be
+                    # read here; each was already part of its own update.
+                    _forget_losses(self.stages[:last] + self.synthesizers)
+                    loss, y_pred, target, stage_grads = self._top_step(
                         inputs[k], labels[k], share, active
                     )
                 grads.update(
                     zip(map(id, stage.trainable_variables), stage_grads, strict=True)
                 )
                 if k > 0:
-                    target = tf.cond(
-                        active,
-                        lambda g=input_grad: steps.bootstrapped_target(g, scale),
-                        lambda g=input_grad: g,
-                    )
                     writes.append((state.sg_input[k - 1], inputs[k]))
                     writes.append((state.sg_labels[k - 1], _as_float(labels[k])))
                     writes.append((state.sg_target[k - 1], target))
 
-        # Update weights: one optimizer step over every variable; the skipped
-        # (warm-up) parts carry zero gradients.
-        self._apply(grads)
+        # Update weights: one optimizer step over the parts that worked.
+        self._apply_active(grads, t)
         for buffer, value in writes:
             buffer.assign(value)
         state.step.assign_add(1)
@@ -174,24 +191,96 @@ class PipelinedModel(DecoupledModel):
             metrics[tracker.name] = tracker.result()
         return metrics
 
+    # --------------------------------------------------------------- update
+
+    def _apply_active(self, grads, t):
+        """One optimizer step over the stages and synthesizers that worked at step t.
+
+        Stage k works from step k on, the synthesizer at cut k from step
+        k + 2; the others carry zero gradients. For most optimizers that
+        leaves them alone: their slots start at zero, and a zero gradient
+        moves nothing (`_STILL_AT_ZERO_GRADIENT`, checked for Keras's own).
+        Decoupled weight decay (AdamW, Muon, `weight_decay=`) shrinks every
+        variable it is given, however, and Ftrl re-derives each variable from
+        its accumulators. With those (and any optimizer not on the list),
+        each warm-up step applies the optimizer to its own subset, one branch
+        per step of the warm-up (`len(stages) + 1` branches; from then on the
+        last, with everything). The branches are not the default because each
+        holds a copy of the update in the graph, which slows the first trace.
+        Either way the optimizer is built once, on every trainable variable,
+        and one `apply` runs per step, so `iterations` counts steps.
+
+        Under a `tf.distribute` strategy the optimizer synchronises replicas
+        (a merge call), which TensorFlow refuses inside a branch: there only
+        optimizers on the list, without weight decay, are accepted.
+        """
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        decay = getattr(optimizer, "weight_decay", None)
+        still = type(optimizer).__name__ in _STILL_AT_ZERO_GRADIENT and (
+            type(optimizer).__module__.startswith("keras.")
+        )
+        if still and not decay:
+            self._apply(grads)
+            return
+        if tf.distribute.has_strategy():
+            raise ValueError(
+                "Under a tf.distribute strategy, PipelinedModel updates every "
+                "variable at every step, the stages still in warm-up with zero "
+                "gradients, so it needs an optimizer that a zero gradient does "
+                f"not move: one of {sorted(_STILL_AT_ZERO_GRADIENT)}, without "
+                "weight decay (an L2 penalty on the layers is fine). Received: "
+                f"optimizer={type(optimizer).__name__}, weight_decay={decay}"
+            )
+        last = len(self.stages) - 1
+
+        def phase(p):
+            layers = list(self.stages[: min(p, last) + 1])
+            layers.extend(self.synthesizers[: max(p - 1, 0)])
+            subset = {
+                id(v): grads[id(v)]
+                for layer in layers
+                for v in layer.trainable_variables
+            }
+
+            def apply():
+                if subset:
+                    self._apply(subset)
+                else:
+                    self.optimizer.iterations.assign_add(1)
+                return tf.constant(0)
+
+            return apply
+
+        index = tf.cast(tf.minimum(t, last + 1), tf.int32)
+        tf.switch_case(index, [phase(p) for p in range(last + 2)])
+
     # ----------------------------------------------------------- one device
 
-    def _stage_step(self, k, inputs, labels, scale, share, active):
-        """Stage k below the top: forward, synthetic gradient, pullback."""
+    def _stage_step(self, k, inputs, labels, share, active):
+        """Stage k below the top: forward, synthetic gradient, pullback.
+
+        Returns the activation, the bootstrapped target for the synthesizer
+        at cut k - 1 (empty for stage 0) and the stage's gradients.
+        """
         stage, synth = self.stages[k], self.synthesizers[k]
         context = labels if self.method == "cdni" else None
 
         def work():
+            # Stage k works on batch t - k, whose size may differ from this step's.
+            scale = steps.global_batch_size(inputs)
             h, pullback = _stage_vjp(stage, inputs, share, k > 0)
             g = _synthesize(synth, h, context)
             input_grad, stage_grads = pullback((g / scale, 1.0))
-            if input_grad is None:
-                input_grad = tf.zeros_like(inputs)
-            return h, input_grad, stage_grads
+            if k == 0:
+                return h, tf.zeros((0,)), stage_grads
+            return h, steps.bootstrapped_target(input_grad, scale), stage_grads
 
         def skip():
             h = tf.zeros((0, *self._cut_shapes[k][1:]), inputs.dtype)
-            return h, tf.zeros_like(inputs), _zeros_like(stage.trainable_variables)
+            target = tf.zeros((0,)) if k == 0 else tf.zeros_like(inputs)
+            return h, target, _zeros_like(stage.trainable_variables)
 
         return tf.cond(active, work, skip)
 
@@ -209,8 +298,10 @@ class PipelinedModel(DecoupledModel):
             )
             input_grad, grads = pullback((1.0, None))
             if input_grad is None:
-                input_grad = tf.zeros_like(inputs)
-            return loss, y_pred, input_grad, grads
+                return loss, y_pred, tf.zeros_like(inputs), grads
+            # The top works on batch t - last: its size scales the target.
+            scale = steps.global_batch_size(inputs)
+            return loss, y_pred, steps.bootstrapped_target(input_grad, scale), grads
 
         def skip():
             y_pred = tf.zeros(
@@ -263,6 +354,25 @@ class PipelinedModel(DecoupledModel):
         return tf.reshape(buffer.read_value(), (-1, *shape[1:]))
 
 
+# Keras's own optimizers (not subclasses, which may update differently) that
+# leave a variable unchanged when its gradient has been zero from the start
+# (slots at zero), as long as they have no weight decay.
+_STILL_AT_ZERO_GRADIENT = frozenset(
+    (
+        "SGD",
+        "Adam",
+        "Adamax",
+        "Nadam",
+        "RMSprop",
+        "Adagrad",
+        "Adadelta",
+        "Adafactor",
+        "Lion",
+        "Lamb",
+    )
+)
+
+
 def _read_like(buffer, like):
     """A labels buffer read back in the shape and dtype of this step's labels."""
     value = tf.reshape(buffer.read_value(), tf.concat([[-1], tf.shape(like)[1:]], 0))
@@ -271,6 +381,18 @@ def _read_like(buffer, like):
 
 def _as_float(labels):
     return tf.cast(labels, tf.float32)
+
+
+def _forget_losses(layers):
+    """Drops the activity and `add_loss` penalties `layers` recorded in a branch.
+
+    Keras keeps them on the layer until its next call, and `compute_loss`
+    sums every layer's: read outside the `tf.cond` branch that made them,
+    they raise `InaccessibleTensorError`. Weight penalties are recomputed
+    from the variables whenever they are read, so they stay.
+    """
+    for layer in layers:
+        layer._clear_losses()
 
 
 def _zeros_like(variables):

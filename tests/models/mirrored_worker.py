@@ -23,6 +23,11 @@ import numpy as np  # noqa: E402
 import keras_sg  # noqa: E402
 
 METHOD = sys.argv[1]
+MODEL = (
+    keras_sg.PipelinedModel
+    if sys.argv[2:] == ["pipelined"]
+    else keras_sg.DecoupledModel
+)
 
 
 def build():
@@ -44,7 +49,7 @@ def build():
         )
         for _ in range(2)
     ]
-    model = keras_sg.DecoupledModel(net, synths, method=METHOD)
+    model = MODEL(net, synths, method=METHOD)
     model.compile(
         optimizer=keras.optimizers.Adam(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -12,11 +12,14 @@ import pytest
 WORKER = Path(__file__).with_name("mirrored_worker.py")
 
 
-@pytest.mark.parametrize("method", ["dni", "cdni"])
-def test_mirrored_strategy_matches_a_single_device(method):
+@pytest.mark.parametrize(
+    "method, model",
+    [("dni", "decoupled"), ("cdni", "decoupled"), ("cdni", "pipelined")],
+)
+def test_mirrored_strategy_matches_a_single_device(method, model):
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     done = subprocess.run(
-        [sys.executable, str(WORKER), method],
+        [sys.executable, str(WORKER), method, model],
         capture_output=True,
         text=True,
         timeout=240,

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import linear_synth, weights_of
 
 import keras_sg
@@ -10,7 +11,7 @@ import keras_sg
 B, D, H, OUT = 2, 3, 4, 2
 
 
-def _model(learning_rate, method="dni"):
+def _model(learning_rate, method="dni", optimizer=None):
     net = keras.Sequential(
         [
             keras.Input((D,)),
@@ -30,7 +31,9 @@ def _model(learning_rate, method="dni"):
         synth.head.set_weights(
             [rng.normal(size=kernel.shape), rng.normal(size=bias.shape)]
         )
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(learning_rate), loss="mse"
+    )
     return model
 
 
@@ -119,6 +122,60 @@ def test_warm_up_is_masked_not_trained_on_empty_buffers():
         assert moved(z0, synths()) == expected_synths[t]
 
 
+def test_weight_decay_spares_what_has_not_worked_yet():
+    """AdamW decays every variable it is given: warm-up hands it only the
+    stages (from step k) and synthesizers (from step k + 2) that worked."""
+    optimizer = keras.optimizers.AdamW(learning_rate=0.05, weight_decay=0.5)
+    model = _model(learning_rate=None, optimizer=optimizer)
+    xs, ys = _batches(4)
+    stages0 = [weights_of([s]) for s in model.stages]
+    synths0 = [weights_of([s]) for s in model.synthesizers]
+
+    def moved(layer, before):
+        after = weights_of([layer])
+        return max(
+            float(np.abs(a - b).max()) for a, b in zip(after, before, strict=True)
+        )
+
+    for t in range(4):
+        model.train_on_batch(xs[t], ys[t])
+        for k, stage in enumerate(model.stages):
+            if t < k:
+                assert moved(stage, stages0[k]) == 0.0, (t, k)
+            else:
+                # Adam moves every weight by about the learning rate.
+                assert moved(stage, stages0[k]) > 0.01, (t, k)
+        for k, synth in enumerate(model.synthesizers):
+            if t < k + 2:
+                assert moved(synth, synths0[k]) == 0.0, (t, k)
+            else:
+                assert moved(synth, synths0[k]) > 0.01, (t, k)
+    assert int(model.optimizer.iterations.numpy()) == 4  # one update per step
+
+
+def test_jit_compile_is_turned_off_with_keras_warning_and_changes_nothing():
+    """The buffers change shape, which XLA cannot compile: Keras warns and
+    runs the step without it, with the same updates."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, D)).astype("float32")
+    y = rng.normal(size=(10, OUT)).astype("float32")
+    weights, initial = [], None
+    for jit_compile in (True, False):
+        model = _model(learning_rate=0.1)
+        initial = initial or model.get_weights()
+        model.set_weights(initial)
+        if jit_compile:
+            with pytest.warns(UserWarning, match="jit_compile=False"):
+                model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+        else:
+            model.compile(optimizer="sgd", loss="mse", jit_compile=False)
+        assert model.jit_compile is False
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pipelined_cdni_with_batch_norm_trains_without_nans():
     net = keras_sg.models.fully_connected((6,), 3, depth=4, units=8)
     synths = [
@@ -173,3 +230,15 @@ def test_pipelined_model_rejects_what_it_cannot_do(kwargs, message):
     net = keras_sg.models.fully_connected((6,), 3, depth=2, units=4)
     with pytest.raises(ValueError, match=message):
         keras_sg.PipelinedModel(net, [linear_synth()], **kwargs)
+
+
+def test_weight_decay_under_a_strategy_is_refused():
+    """Under tf.distribute the optimizer cannot run inside a warm-up branch,
+    so the warm-up hands it zero gradients: weight decay would then shrink
+    the idle stages, and is refused rather than applied."""
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        optimizer = keras.optimizers.AdamW(learning_rate=0.05, weight_decay=0.5)
+        model = _model(learning_rate=None, optimizer=optimizer)
+    xs, ys = _batches(1)
+    with pytest.raises(ValueError, match="weight_decay=0.5"):
+        model.train_on_batch(xs[0], ys[0])
