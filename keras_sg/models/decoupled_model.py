@@ -13,6 +13,7 @@ from keras_sg.models.stages import place_optimizer, place_stage, split_stages
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -38,6 +39,15 @@ class DecoupledModel(keras.Model):
 
     `evaluate` and `predict` run the plain forward pass. Each cut's
     synthesizer loss is logged by `fit` as `<interface name>_sg_loss`.
+
+    Mixed precision: set `keras.mixed_precision.set_global_policy(
+    "mixed_float16")` (or `"mixed_bfloat16"`) before making the network, the
+    synthesizers and the model. Stages and synthesizers then compute in
+    float16 (bfloat16) with float32 weights; synthesizer targets and losses
+    are float32. Under `"mixed_float16"`, `compile` wraps the optimizer in a
+    `keras.optimizers.LossScaleOptimizer`, and every loss whose gradients
+    reach it (the task loss and each synthesizer loss) is scaled on its tape,
+    as `keras.Model.fit` does. Other policies raise an error.
 
     Args:
         network: a `keras.Sequential` or functional model holding `Interface`
@@ -124,6 +134,7 @@ class DecoupledModel(keras.Model):
             keras.metrics.Mean(name=f"{name}_sg_loss")
             for name in (self.cut_names if self.uses_synthesizers else [])
         ]
+        self._check_policies()
         input_shape = _known_input_shape(self.stages[0])
         if input_shape is not None:
             self.build(input_shape)
@@ -227,6 +238,22 @@ class DecoupledModel(keras.Model):
                 )
         return synthesizers
 
+    def _check_policies(self):
+        """Every layer's dtype policy must be one that training handles."""
+        layers = [self]
+        for part in self.stages + self.synthesizers:
+            layers.extend(part._flatten_layers())
+        for layer in layers:
+            policy = layer.dtype_policy.name
+            if policy not in POLICIES:
+                raise ValueError(
+                    f"{type(self).__name__} trains under the dtype policies "
+                    f"{POLICIES}. Received: dtype policy {policy!r} of layer "
+                    f"'{layer.name}'. Set the policy with "
+                    "`keras.mixed_precision.set_global_policy(...)` before "
+                    "making the network, the synthesizers and the model."
+                )
+
     def __setattr__(self, name, value):
         # `compile` and `load_model` (through compile_from_config) both set
         # the optimizer here; a placed model keeps its slots and updates on
@@ -285,6 +312,7 @@ class DecoupledModel(keras.Model):
             y = context  # the checked labels: the label check runs before the loss's
         scale = steps.global_batch_size(x)
         share = steps.replica_fraction()
+        loss_scale = self._loss_scale()
         last = len(self.stages) - 1
         decoupled = self.uses_synthesizers
         persistent = decoupled and self.sg_target == "backprop"
@@ -315,7 +343,7 @@ class DecoupledModel(keras.Model):
             (loss, y_pred), top_pullback = steps.vjp(
                 top_loss, h, top.trainable_variables, watch_inputs=last > 0
             )
-            true_grad, top_grads = top_pullback((1.0, None))
+            true_grad, top_grads = top_pullback((loss_scale, None))
         self._loss_tracker.update_state(
             loss / share, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
         )
@@ -327,7 +355,7 @@ class DecoupledModel(keras.Model):
         if self.method == "backprop":
             for k in reversed(range(last)):
                 with self._on(k):
-                    true_grad, stage_grads = pullbacks[k]((true_grad, 1.0))
+                    true_grad, stage_grads = pullbacks[k]((true_grad, loss_scale))
                 grads.update(
                     zip(
                         map(id, self.stages[k].trainable_variables),
@@ -338,7 +366,7 @@ class DecoupledModel(keras.Model):
         elif decoupled:
             grads.update(
                 self._decoupled_gradients(
-                    activations, pullbacks, true_grad, context, scale, share
+                    activations, pullbacks, true_grad, context, scale, share, loss_scale
                 )
             )
 
@@ -350,15 +378,29 @@ class DecoupledModel(keras.Model):
             metrics[tracker.name] = tracker.result()
         return metrics
 
+    def _loss_scale(self):
+        """The factor on every loss of this step (see `steps.loss_scale`).
+
+        Builds the optimizer first, as `_apply` would: an unbuilt
+        `LossScaleOptimizer` reports its initial scale, not the variable
+        that it later adjusts.
+        """
+        self._build_optimizer()
+        return steps.loss_scale(self.optimizer)
+
+    def _build_optimizer(self):
+        # On every trainable variable, as `load_model` builds it.
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _apply(self, grads):
         """One optimizer step over the variables in `grads` (keyed by `id`).
 
-        The optimizer is built on every trainable variable, as `load_model`
-        builds it, and applied to those trained in this step, in the model's
-        order, each once (shared layers may list a variable twice).
+        The optimizer is built on every trainable variable and applied to
+        those trained in this step, in the model's order, each once (shared
+        layers may list a variable twice).
         """
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
+        self._build_optimizer()
         ordered, seen = [], set()
         for v in self.trainable_variables:
             if id(v) in grads and id(v) not in seen:
@@ -367,12 +409,13 @@ class DecoupledModel(keras.Model):
         self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
 
     def _decoupled_gradients(
-        self, activations, pullbacks, true_grad, context, scale, share
+        self, activations, pullbacks, true_grad, context, scale, share, loss_scale
     ):
         """Gradients of the stages below the top and of the synthesizers.
 
         Returns a dict from `id(variable)` to its gradient: stages from their
-        synthetic gradients, synthesizers from their regression targets.
+        synthetic gradients, synthesizers from their regression targets, all
+        multiplied by `loss_scale` (`true_grad` already carries it).
         """
         grads = {}
         synthetic, synth_pullbacks = [], []
@@ -392,19 +435,22 @@ class DecoupledModel(keras.Model):
         # Bootstrapped targets: the top stage sends the true gradient to the
         # last cut; stage k sends the pullback of its own synthetic gradient.
         targets = [None] * len(synthetic)
-        targets[-1] = steps.bootstrapped_target(true_grad, scale)
+        targets[-1] = steps.bootstrapped_target(true_grad, scale, loss_scale)
         for k in reversed(range(len(synthetic))):
             stage = self.stages[k]
             with self._on(k):
-                input_grad, stage_grads = pullbacks[k]((synthetic[k] / scale, 1.0))
+                cotangent = steps.stage_cotangent(synthetic[k], scale, loss_scale)
+                input_grad, stage_grads = pullbacks[k]((cotangent, loss_scale))
             grads.update(
                 zip(map(id, stage.trainable_variables), stage_grads, strict=True)
             )
             if k > 0:
-                targets[k - 1] = steps.bootstrapped_target(input_grad, scale)
+                targets[k - 1] = steps.bootstrapped_target(
+                    input_grad, scale, loss_scale
+                )
         if self.sg_target == "backprop":
             for k in reversed(range(len(synthetic))):
-                targets[k] = steps.bootstrapped_target(true_grad, scale)
+                targets[k] = steps.bootstrapped_target(true_grad, scale, loss_scale)
                 if k > 0:
                     with self._on(k):
                         true_grad, _ = pullbacks[k]((true_grad, None))
@@ -412,7 +458,7 @@ class DecoupledModel(keras.Model):
         for k, synth in enumerate(self.synthesizers):
             with self._on(k):
                 sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
-                cotangent = d_synthetic * (self.sg_loss_weight * share)
+                cotangent = d_synthetic * (self.sg_loss_weight * share * loss_scale)
                 _, synth_grads = synth_pullbacks[k]((cotangent,))
             self.sg_loss_trackers[k].update_state(sg_loss)
             grads.update(
@@ -442,8 +488,8 @@ class DecoupledModel(keras.Model):
 
         Runs the network forward and backward end to end (an extra backward
         pass, which training itself never needs) and the synthesizers on the
-        activations. Both come in the synthesizers' per-example scale: the
-        gradient of the batch-mean loss times the batch size.
+        activations. Both come in the synthesizers' per-example scale (the
+        gradient of the batch-mean loss times the batch size) and in float32.
 
         Args:
             x, y, sample_weight: one batch, as `fit` would see it.
@@ -462,6 +508,8 @@ class DecoupledModel(keras.Model):
         if context is not None:
             y = context
         scale = steps.global_batch_size(x)
+        # Scaled as in training, so that float16 gradients do not underflow.
+        loss_scale = steps.loss_scale(self.optimizer)
         with tf.GradientTape() as tape:
             activations = []
             h = x
@@ -473,11 +521,16 @@ class DecoupledModel(keras.Model):
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
             )
-        true = [g * scale for g in tape.gradient(loss, activations)]
+            scaled_loss = loss * loss_scale
+        true = [
+            steps.bootstrapped_target(g, scale, loss_scale)
+            for g in tape.gradient(scaled_loss, activations)
+        ]
         synthetic = []
         if self.uses_synthesizers:
             for synth, h in zip(self.synthesizers, activations, strict=True):
-                synthetic.append(_synthesize(synth, h, context, training))
+                g = _synthesize(synth, h, context, training)
+                synthetic.append(tf.cast(g, tf.float32))
         return synthetic, true
 
     # ---------------------------------------------------------------- metrics

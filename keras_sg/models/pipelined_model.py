@@ -105,6 +105,7 @@ class PipelinedModel(DecoupledModel):
         state, last = self._state, len(self.stages) - 1
         scale = steps.global_batch_size(x)
         share = steps.replica_fraction()
+        loss_scale = self._loss_scale()
         t = state.step.read_value()
 
         # Read every buffer before anything writes one: what the stages
@@ -121,13 +122,18 @@ class PipelinedModel(DecoupledModel):
                 active = t >= k
                 if k < last:
                     out = self._stage_step(
-                        k, inputs[k], labels[k], scale, share, active
+                        k, inputs[k], labels[k], scale, share, loss_scale, active
                     )
                     h, input_grad, stage_grads = out
                     writes.append((state.activation[k], h))
                     writes.append((state.labels[k], _as_float(labels[k])))
                     synth_grads, sg_loss = self._synthesizer_step(
-                        k, sg_inputs[k], sg_labels[k], sg_targets[k], share, t >= k + 2
+                        k,
+                        sg_inputs[k],
+                        sg_labels[k],
+                        sg_targets[k],
+                        share * loss_scale,
+                        t >= k + 2,
                     )
                     grads.update(
                         zip(
@@ -141,7 +147,7 @@ class PipelinedModel(DecoupledModel):
                     )
                 else:
                     loss, y_pred, input_grad, stage_grads = self._top_step(
-                        inputs[k], labels[k], share, active
+                        inputs[k], labels[k], loss_scale, active
                     )
                 grads.update(
                     zip(map(id, stage.trainable_variables), stage_grads, strict=True)
@@ -149,7 +155,9 @@ class PipelinedModel(DecoupledModel):
                 if k > 0:
                     target = tf.cond(
                         active,
-                        lambda g=input_grad: steps.bootstrapped_target(g, scale),
+                        lambda g=input_grad: steps.bootstrapped_target(
+                            g, scale, loss_scale
+                        ),
                         lambda g=input_grad: g,
                     )
                     writes.append((state.sg_input[k - 1], inputs[k]))
@@ -160,7 +168,7 @@ class PipelinedModel(DecoupledModel):
         # (warm-up) parts carry zero gradients.
         self._apply(grads)
         for buffer, value in writes:
-            buffer.assign(value)
+            buffer.assign(tf.cast(value, buffer.dtype))
         state.step.assign_add(1)
 
         top_active = t >= last
@@ -176,7 +184,7 @@ class PipelinedModel(DecoupledModel):
 
     # ----------------------------------------------------------- one device
 
-    def _stage_step(self, k, inputs, labels, scale, share, active):
+    def _stage_step(self, k, inputs, labels, scale, share, loss_scale, active):
         """Stage k below the top: forward, synthetic gradient, pullback."""
         stage, synth = self.stages[k], self.synthesizers[k]
         context = labels if self.method == "cdni" else None
@@ -184,18 +192,20 @@ class PipelinedModel(DecoupledModel):
         def work():
             h, pullback = _stage_vjp(stage, inputs, share, k > 0)
             g = _synthesize(synth, h, context)
-            input_grad, stage_grads = pullback((g / scale, 1.0))
+            cotangent = steps.stage_cotangent(g, scale, loss_scale)
+            input_grad, stage_grads = pullback((cotangent, loss_scale))
             if input_grad is None:
                 input_grad = tf.zeros_like(inputs)
-            return h, input_grad, stage_grads
+            # The buffers hold float32, whatever the stage computes in.
+            return tf.cast(h, tf.float32), input_grad, stage_grads
 
         def skip():
-            h = tf.zeros((0, *self._cut_shapes[k][1:]), inputs.dtype)
+            h = tf.zeros((0, *self._cut_shapes[k][1:]), tf.float32)
             return h, tf.zeros_like(inputs), _zeros_like(stage.trainable_variables)
 
         return tf.cond(active, work, skip)
 
-    def _top_step(self, inputs, labels, share, active):
+    def _top_step(self, inputs, labels, loss_scale, active):
         top, last = self.stages[-1], len(self.stages) - 1
 
         def work():
@@ -207,15 +217,14 @@ class PipelinedModel(DecoupledModel):
             (loss, y_pred), pullback = steps.vjp(
                 top_loss, inputs, top.trainable_variables, watch_inputs=last > 0
             )
-            input_grad, grads = pullback((1.0, None))
+            input_grad, grads = pullback((loss_scale, None))
             if input_grad is None:
                 input_grad = tf.zeros_like(inputs)
             return loss, y_pred, input_grad, grads
 
         def skip():
-            y_pred = tf.zeros(
-                (0, *top.compute_output_spec(keras.KerasTensor(inputs.shape)).shape[1:])
-            )
+            spec = top.compute_output_spec(keras.KerasTensor(inputs.shape))
+            y_pred = tf.zeros((0, *spec.shape[1:]), spec.dtype)
             return (
                 tf.zeros(()),
                 y_pred,
@@ -225,8 +234,12 @@ class PipelinedModel(DecoupledModel):
 
         return tf.cond(active, work, skip)
 
-    def _synthesizer_step(self, k, inputs, labels, target, share, valid):
-        """The synthesizer at cut k regresses the target sent back last step."""
+    def _synthesizer_step(self, k, inputs, labels, target, weight, valid):
+        """The synthesizer at cut k regresses the target sent back last step.
+
+        `weight` multiplies the derivative of its loss, with
+        `sg_loss_weight`: the replica share times the loss scale.
+        """
         synth = self.synthesizers[k]
         context = labels if self.method == "cdni" else None
 
@@ -238,7 +251,7 @@ class PipelinedModel(DecoupledModel):
                 watch_inputs=False,
             )
             sg_loss, d_g = steps.synthesizer_loss(g, target)
-            _, grads = pullback((d_g * (self.sg_loss_weight * share),))
+            _, grads = pullback((d_g * (self.sg_loss_weight * weight),))
             return grads, sg_loss
 
         def skip():
