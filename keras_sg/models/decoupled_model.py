@@ -363,15 +363,16 @@ class DecoupledModel(keras.Model):
                         strict=True,
                     )
                 )
-        elif decoupled:
-            grads.update(
-                self._decoupled_gradients(
-                    activations, pullbacks, true_grad, context, scale, share, loss_scale
-                )
+        sg_losses = []
+        if decoupled:
+            decoupled_grads, sg_losses = self._decoupled_gradients(
+                activations, pullbacks, true_grad, context, scale, share, loss_scale
             )
+            grads.update(decoupled_grads)
 
         # Update weights: one optimizer step over everything trained.
-        self._apply(grads)
+        applied = self._apply(grads)
+        self._track_sg_losses(sg_losses, applied)
 
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         for tracker in self.sg_loss_trackers:
@@ -399,6 +400,9 @@ class DecoupledModel(keras.Model):
         The optimizer is built on every trainable variable and applied to
         those trained in this step, in the model's order, each once (shared
         layers may list a variable twice).
+
+        Returns whether the step is applied: a boolean tensor, False when a
+        `LossScaleOptimizer` skips it for gradients that are not finite.
         """
         self._build_optimizer()
         ordered, seen = [], set()
@@ -406,18 +410,39 @@ class DecoupledModel(keras.Model):
             if id(v) in grads and id(v) not in seen:
                 seen.add(id(v))
                 ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
+        gradients = [grads[id(v)] for v in ordered]
+        applied = tf.constant(True)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            applied = self.optimizer.check_finite(gradients)
+        self.optimizer.apply(gradients, ordered)
+        return applied
+
+    def _track_sg_losses(self, sg_losses, applied, weights=None):
+        """Adds each cut's synthesizer loss to the mean that `fit` logs.
+
+        A step that is not applied is left out: its loss scale overflowed
+        float16, so its targets are not finite. `weights` (one 0 or 1 per
+        cut, or None) leaves out cuts that did not learn in this step.
+        """
+        for k, (tracker, loss) in enumerate(
+            zip(self.sg_loss_trackers, sg_losses, strict=True)
+        ):
+            weight = tf.cast(applied, tf.float32)
+            if weights is not None:
+                weight *= weights[k]
+            tracker.update_state(tf.where(weight > 0, loss, 0.0), sample_weight=weight)
 
     def _decoupled_gradients(
         self, activations, pullbacks, true_grad, context, scale, share, loss_scale
     ):
         """Gradients of the stages below the top and of the synthesizers.
 
-        Returns a dict from `id(variable)` to its gradient: stages from their
+        Returns a dict from `id(variable)` to its gradient (stages from their
         synthetic gradients, synthesizers from their regression targets, all
-        multiplied by `loss_scale` (`true_grad` already carries it).
+        multiplied by `loss_scale`, which `true_grad` already carries) and the
+        list of synthesizer losses, lowest cut first.
         """
-        grads = {}
+        grads, sg_losses = {}, []
         synthetic, synth_pullbacks = [], []
         for k, (synth, h) in enumerate(
             zip(self.synthesizers, activations, strict=True)
@@ -460,11 +485,11 @@ class DecoupledModel(keras.Model):
                 sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
                 cotangent = d_synthetic * (self.sg_loss_weight * share * loss_scale)
                 _, synth_grads = synth_pullbacks[k]((cotangent,))
-            self.sg_loss_trackers[k].update_state(sg_loss)
+            sg_losses.append(sg_loss)
             grads.update(
                 zip(map(id, synth.trainable_variables), synth_grads, strict=True)
             )
-        return grads
+        return grads, sg_losses
 
     def _context(self, y):
         if self.method != "cdni":

@@ -116,7 +116,7 @@ class PipelinedModel(DecoupledModel):
         sg_labels = [_read_like(b, y) for b in state.sg_labels]
         sg_targets = [self._read(b, shape) for b, shape in self._sg_target_buffers()]
 
-        grads, writes = {}, []
+        grads, writes, sg_losses, sg_weights = {}, [], [], []
         for k, stage in enumerate(self.stages):
             with self._on(k):
                 active = t >= k
@@ -142,9 +142,8 @@ class PipelinedModel(DecoupledModel):
                             strict=True,
                         )
                     )
-                    self.sg_loss_trackers[k].update_state(
-                        sg_loss, sample_weight=tf.cast(t >= k + 2, sg_loss.dtype)
-                    )
+                    sg_losses.append(sg_loss)
+                    sg_weights.append(tf.cast(t >= k + 2, tf.float32))
                 else:
                     loss, y_pred, input_grad, stage_grads = self._top_step(
                         inputs[k], labels[k], loss_scale, active
@@ -166,7 +165,8 @@ class PipelinedModel(DecoupledModel):
 
         # Update weights: one optimizer step over every variable; the skipped
         # (warm-up) parts carry zero gradients.
-        self._apply(grads)
+        applied = self._apply(grads)
+        self._track_sg_losses(sg_losses, applied, sg_weights)
         for buffer, value in writes:
             buffer.assign(tf.cast(value, buffer.dtype))
         state.step.assign_add(1)

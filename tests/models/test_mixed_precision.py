@@ -261,6 +261,27 @@ def test_overflowing_steps_are_skipped_as_keras_skips_them(set_policy, method):
         np.testing.assert_array_equal(w, w0)
 
 
+@pytest.mark.parametrize(
+    "model_class", [keras_sg.DecoupledModel, keras_sg.PipelinedModel]
+)
+def test_skipped_steps_are_left_out_of_the_logged_synthesizer_loss(
+    set_policy, model_class
+):
+    """Overflowed steps have infinite targets; the logs average the others."""
+    initial = _start(model_class, "dni")
+    set_policy("mixed_float16")
+    model = model_class(_net(), _synths("dni"), method="dni")
+    model.set_weights(initial)
+    scale = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1), initial_scale=2.0**19
+    )
+    _fit(model, scale, epochs=2)
+    assert 0 < scale.iterations.numpy() < 8  # some steps skipped, some applied
+    for name in ("cut_1_sg_loss", "cut_2_sg_loss"):
+        losses = np.array(model.history.history[name])
+        assert np.all(np.isfinite(losses)) and np.all(losses > 0), losses
+
+
 def test_a_static_loss_scale_factor_is_undone_exactly(set_policy):
     """Under float32, an optimizer's `loss_scale_factor` leaves cdni's updates be."""
     initial = _start(keras_sg.DecoupledModel, "cdni")
