@@ -253,6 +253,19 @@ class DecoupledModel(keras.Model):
                     "`keras.mixed_precision.set_global_policy(...)` before "
                     "making the network, the synthesizers and the model."
                 )
+        # Keras's compile adds loss scaling from the model's own policy.
+        model_policy = self.dtype_policy.name
+        for layer in layers[1:]:
+            if layer.compute_dtype == "float16" and model_policy != "mixed_float16":
+                raise ValueError(
+                    f"Layer '{layer.name}' computes in float16 (dtype policy "
+                    f"{layer.dtype_policy.name!r}), but {type(self).__name__} "
+                    f"was made under the dtype policy {model_policy!r}, so "
+                    "`compile` would not scale the loss and float16 gradients "
+                    "would underflow. Make the network, the synthesizers and "
+                    "the model under the same policy, or pass "
+                    "dtype='mixed_float16' to the model."
+                )
 
     def __setattr__(self, name, value):
         # `compile` and `load_model` (through compile_from_config) both set

@@ -304,3 +304,15 @@ def test_other_policies_are_refused_by_name(set_policy, policy):
     net.add(keras.layers.Dense(2, dtype=policy, name="odd"))
     with pytest.raises(ValueError, match=f"'{policy}' of layer 'odd'"):
         keras_sg.PipelinedModel(net, _synths("dni"), method="dni")
+
+
+def test_float16_parts_need_a_model_that_scales_the_loss(set_policy):
+    """A model made under float32 would compile without loss scaling: refused."""
+    set_policy("mixed_float16")
+    net, synths = _net(), _synths("dni")
+    set_policy("float32")
+    with pytest.raises(ValueError, match="made under the dtype policy 'float32'"):
+        keras_sg.DecoupledModel(net, synths, method="dni")
+    model = keras_sg.DecoupledModel(net, synths, method="dni", dtype="mixed_float16")
+    model.compile(optimizer="sgd", loss=LOSS)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
