@@ -47,7 +47,8 @@ class DecoupledModel(keras.Model):
     are float32. Under `"mixed_float16"`, `compile` wraps the optimizer in a
     `keras.optimizers.LossScaleOptimizer`, and every loss whose gradients
     reach it (the task loss and each synthesizer loss) is scaled on its tape,
-    as `keras.Model.fit` does. Other policies raise an error.
+    as `keras.Model.fit` does. Other policies raise an error, as does a
+    model made under `"float32"` around float16 layers.
 
     Args:
         network: a `keras.Sequential` or functional model holding `Interface`
