@@ -78,12 +78,15 @@ class ConvSynthesizer(Synthesizer):
                 padding="same",
                 use_bias=not self.use_batch_norm,
                 name=f"hidden_{i}",
+                dtype=self.dtype_policy,
             )
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
             self.hidden.append(conv)
             if self.use_batch_norm:
-                norm = keras.layers.BatchNormalization(name=f"norm_{i}")
+                norm = keras.layers.BatchNormalization(
+                    name=f"norm_{i}", dtype=self.dtype_policy
+                )
                 norm.build(shape)
                 self.norms.append(norm)
         self.head = keras.layers.Conv2D(
@@ -93,6 +96,7 @@ class ConvSynthesizer(Synthesizer):
             kernel_initializer="zeros",
             bias_initializer="zeros",
             name="head",
+            dtype=self.dtype_policy,
         )
         self.head.build(shape)
 

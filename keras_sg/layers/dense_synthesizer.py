@@ -85,16 +85,23 @@ class DenseSynthesizer(Synthesizer):
                 use_bias=not self.use_batch_norm,
                 kernel_initializer=self.kernel_initializer,
                 name=f"hidden_{i}",
+                dtype=self.dtype_policy,
             )
             dense.build(shape)
             shape = dense.compute_output_shape(shape)
             self.hidden.append(dense)
             if self.use_batch_norm:
-                norm = keras.layers.BatchNormalization(name=f"norm_{i}")
+                norm = keras.layers.BatchNormalization(
+                    name=f"norm_{i}", dtype=self.dtype_policy
+                )
                 norm.build(shape)
                 self.norms.append(norm)
         self.head = keras.layers.Dense(
-            features, kernel_initializer="zeros", bias_initializer="zeros", name="head"
+            features,
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="head",
+            dtype=self.dtype_policy,
         )
         self.head.build(shape)
 

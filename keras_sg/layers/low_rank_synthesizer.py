@@ -45,10 +45,16 @@ class LowRankSynthesizer(Synthesizer):
             )
         width = features + (self.num_classes or 0)
         shape = tuple(input_shape[:-1]) + (width,)
-        self.down = keras.layers.Dense(self.rank, use_bias=False, name="down")
+        self.down = keras.layers.Dense(
+            self.rank, use_bias=False, name="down", dtype=self.dtype_policy
+        )
         self.down.build(shape)
         self.up = keras.layers.Dense(
-            features, kernel_initializer="zeros", bias_initializer="zeros", name="up"
+            features,
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="up",
+            dtype=self.dtype_policy,
         )
         self.up.build(tuple(input_shape[:-1]) + (self.rank,))
 

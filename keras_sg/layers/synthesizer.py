@@ -25,6 +25,12 @@ class Synthesizer(keras.layers.Layer):
     floating contexts are used as they are and must end in `num_classes`
     features (one-hot labels, or any other side information of that width).
 
+    Mixed precision: subclasses give the sub-layers they make in `build`
+    the synthesizer's own dtype policy (`dtype=self.dtype_policy`), so the
+    whole synthesizer computes in the policy it was made under, whatever the
+    global policy is when it is built. The model regresses its output in
+    float32.
+
     Args:
         num_classes: size of the context vector; None (the default) for an
             unconditioned synthesizer that takes no context.

@@ -14,6 +14,7 @@ from keras_sg.models.summary import print_summary
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -39,6 +40,16 @@ class DecoupledModel(keras.Model):
 
     `evaluate` and `predict` run the plain forward pass. Each cut's
     synthesizer loss is logged by `fit` as `<interface name>_sg_loss`.
+
+    Mixed precision: set `keras.mixed_precision.set_global_policy(
+    "mixed_float16")` (or `"mixed_bfloat16"`) before making the network, the
+    synthesizers and the model. Stages and synthesizers then compute in
+    float16 (bfloat16) with float32 weights; synthesizer targets and losses
+    are float32. Under `"mixed_float16"`, `compile` wraps the optimizer in a
+    `keras.optimizers.LossScaleOptimizer`, and every loss whose gradients
+    reach it (the task loss and each synthesizer loss) is scaled on its tape,
+    as `keras.Model.fit` does. Other policies raise an error, as does a
+    model made under `"float32"` around float16 layers.
 
     Args:
         network: a `keras.Sequential` or functional model holding `Interface`
@@ -125,6 +136,7 @@ class DecoupledModel(keras.Model):
             keras.metrics.Mean(name=f"{name}_sg_loss")
             for name in (self.cut_names if self.uses_synthesizers else [])
         ]
+        self._check_policies()
         input_shape = _known_input_shape(self.stages[0])
         if input_shape is not None:
             self.build(input_shape)
@@ -228,6 +240,35 @@ class DecoupledModel(keras.Model):
                 )
         return synthesizers
 
+    def _check_policies(self):
+        """Every layer's dtype policy must be one that training handles."""
+        layers = [self]
+        for part in self.stages + self.synthesizers:
+            layers.extend(part._flatten_layers())
+        for layer in layers:
+            policy = layer.dtype_policy.name
+            if policy not in POLICIES:
+                raise ValueError(
+                    f"{type(self).__name__} trains under the dtype policies "
+                    f"{POLICIES}. Received: dtype policy {policy!r} of layer "
+                    f"'{layer.name}'. Set the policy with "
+                    "`keras.mixed_precision.set_global_policy(...)` before "
+                    "making the network, the synthesizers and the model."
+                )
+        # Keras's compile adds loss scaling from the model's own policy.
+        model_policy = self.dtype_policy.name
+        for layer in layers[1:]:
+            if layer.compute_dtype == "float16" and model_policy != "mixed_float16":
+                raise ValueError(
+                    f"Layer '{layer.name}' computes in float16 (dtype policy "
+                    f"{layer.dtype_policy.name!r}), but {type(self).__name__} "
+                    f"was made under the dtype policy {model_policy!r}, so "
+                    "`compile` would not scale the loss and float16 gradients "
+                    "would underflow. Make the network, the synthesizers and "
+                    "the model under the same policy, or pass "
+                    "dtype='mixed_float16' to the model."
+                )
+
     def __setattr__(self, name, value):
         # `compile` and `load_model` (through compile_from_config) both set
         # the optimizer here; a placed model keeps its slots and updates on
@@ -290,6 +331,7 @@ class DecoupledModel(keras.Model):
             y = context  # the checked labels: the label check runs before the loss's
         scale = steps.global_batch_size(x)
         share = steps.replica_fraction()
+        loss_scale = self._loss_scale()
         last = len(self.stages) - 1
         decoupled = self.uses_synthesizers
         persistent = decoupled and self.sg_target == "backprop"
@@ -320,7 +362,7 @@ class DecoupledModel(keras.Model):
             (loss, y_pred), top_pullback = steps.vjp(
                 top_loss, h, top.trainable_variables, watch_inputs=last > 0
             )
-            true_grad, top_grads = top_pullback((1.0, None))
+            true_grad, top_grads = top_pullback((loss_scale, None))
         self._loss_tracker.update_state(
             loss / share, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
         )
@@ -332,7 +374,7 @@ class DecoupledModel(keras.Model):
         if self.method == "backprop":
             for k in reversed(range(last)):
                 with self._on(k):
-                    true_grad, stage_grads = pullbacks[k]((true_grad, 1.0))
+                    true_grad, stage_grads = pullbacks[k]((true_grad, loss_scale))
                 grads.update(
                     zip(
                         map(id, self.stages[k].trainable_variables),
@@ -340,46 +382,86 @@ class DecoupledModel(keras.Model):
                         strict=True,
                     )
                 )
-        elif decoupled:
-            grads.update(
-                self._decoupled_gradients(
-                    activations, pullbacks, true_grad, context, scale, share
-                )
+        sg_losses = []
+        if decoupled:
+            decoupled_grads, sg_losses = self._decoupled_gradients(
+                activations, pullbacks, true_grad, context, scale, share, loss_scale
             )
+            grads.update(decoupled_grads)
 
         # Update weights: one optimizer step over everything trained.
-        self._apply(grads)
+        applied = self._apply(grads)
+        self._track_sg_losses(sg_losses, applied)
 
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         for tracker in self.sg_loss_trackers:
             metrics[tracker.name] = tracker.result()
         return metrics
 
+    def _loss_scale(self):
+        """The factor on every loss of this step (see `steps.loss_scale`).
+
+        Builds the optimizer first, as `_apply` would: an unbuilt
+        `LossScaleOptimizer` reports its initial scale, not the variable
+        that it later adjusts.
+        """
+        self._build_optimizer()
+        return steps.loss_scale(self.optimizer)
+
+    def _build_optimizer(self):
+        # On every trainable variable, as `load_model` builds it.
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _apply(self, grads):
         """One optimizer step over the variables in `grads` (keyed by `id`).
 
-        The optimizer is built on every trainable variable, as `load_model`
-        builds it, and applied to those trained in this step, in the model's
-        order, each once (shared layers may list a variable twice).
+        The optimizer is built on every trainable variable and applied to
+        those trained in this step, in the model's order, each once (shared
+        layers may list a variable twice).
+
+        Returns whether the step is applied: a boolean tensor, False when a
+        `LossScaleOptimizer` skips it for gradients that are not finite.
         """
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
+        self._build_optimizer()
         ordered, seen = [], set()
         for v in self.trainable_variables:
             if id(v) in grads and id(v) not in seen:
                 seen.add(id(v))
                 ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
+        gradients = [grads[id(v)] for v in ordered]
+        applied = tf.constant(True)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            applied = self.optimizer.check_finite(gradients)
+        self.optimizer.apply(gradients, ordered)
+        return applied
+
+    def _track_sg_losses(self, sg_losses, applied, weights=None):
+        """Adds each cut's synthesizer loss to the mean that `fit` logs.
+
+        A step that is not applied is left out: its loss scale overflowed
+        float16, so its targets are not finite. `weights` (one 0 or 1 per
+        cut, or None) leaves out cuts that did not learn in this step.
+        """
+        for k, (tracker, loss) in enumerate(
+            zip(self.sg_loss_trackers, sg_losses, strict=True)
+        ):
+            weight = tf.cast(applied, tf.float32)
+            if weights is not None:
+                weight *= weights[k]
+            tracker.update_state(tf.where(weight > 0, loss, 0.0), sample_weight=weight)
 
     def _decoupled_gradients(
-        self, activations, pullbacks, true_grad, context, scale, share
+        self, activations, pullbacks, true_grad, context, scale, share, loss_scale
     ):
         """Gradients of the stages below the top and of the synthesizers.
 
-        Returns a dict from `id(variable)` to its gradient: stages from their
-        synthetic gradients, synthesizers from their regression targets.
+        Returns a dict from `id(variable)` to its gradient (stages from their
+        synthetic gradients, synthesizers from their regression targets, all
+        multiplied by `loss_scale`, which `true_grad` already carries) and the
+        list of synthesizer losses, lowest cut first.
         """
-        grads = {}
+        grads, sg_losses = {}, []
         synthetic, synth_pullbacks = [], []
         for k, (synth, h) in enumerate(
             zip(self.synthesizers, activations, strict=True)
@@ -397,19 +479,22 @@ class DecoupledModel(keras.Model):
         # Bootstrapped targets: the top stage sends the true gradient to the
         # last cut; stage k sends the pullback of its own synthetic gradient.
         targets = [None] * len(synthetic)
-        targets[-1] = steps.bootstrapped_target(true_grad, scale)
+        targets[-1] = steps.bootstrapped_target(true_grad, scale, loss_scale)
         for k in reversed(range(len(synthetic))):
             stage = self.stages[k]
             with self._on(k):
-                input_grad, stage_grads = pullbacks[k]((synthetic[k] / scale, 1.0))
+                cotangent = steps.stage_cotangent(synthetic[k], scale, loss_scale)
+                input_grad, stage_grads = pullbacks[k]((cotangent, loss_scale))
             grads.update(
                 zip(map(id, stage.trainable_variables), stage_grads, strict=True)
             )
             if k > 0:
-                targets[k - 1] = steps.bootstrapped_target(input_grad, scale)
+                targets[k - 1] = steps.bootstrapped_target(
+                    input_grad, scale, loss_scale
+                )
         if self.sg_target == "backprop":
             for k in reversed(range(len(synthetic))):
-                targets[k] = steps.bootstrapped_target(true_grad, scale)
+                targets[k] = steps.bootstrapped_target(true_grad, scale, loss_scale)
                 if k > 0:
                     with self._on(k):
                         true_grad, _ = pullbacks[k]((true_grad, None))
@@ -417,13 +502,13 @@ class DecoupledModel(keras.Model):
         for k, synth in enumerate(self.synthesizers):
             with self._on(k):
                 sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
-                cotangent = d_synthetic * (self.sg_loss_weight * share)
+                cotangent = d_synthetic * (self.sg_loss_weight * share * loss_scale)
                 _, synth_grads = synth_pullbacks[k]((cotangent,))
-            self.sg_loss_trackers[k].update_state(sg_loss)
+            sg_losses.append(sg_loss)
             grads.update(
                 zip(map(id, synth.trainable_variables), synth_grads, strict=True)
             )
-        return grads
+        return grads, sg_losses
 
     def _context(self, y):
         if self.method != "cdni":
@@ -447,8 +532,8 @@ class DecoupledModel(keras.Model):
 
         Runs the network forward and backward end to end (an extra backward
         pass, which training itself never needs) and the synthesizers on the
-        activations. Both come in the synthesizers' per-example scale: the
-        gradient of the batch-mean loss times the batch size.
+        activations. Both come in the synthesizers' per-example scale (the
+        gradient of the batch-mean loss times the batch size) and in float32.
 
         Args:
             x, y, sample_weight: one batch, as `fit` would see it.
@@ -467,6 +552,8 @@ class DecoupledModel(keras.Model):
         if context is not None:
             y = context
         scale = steps.global_batch_size(x)
+        # Scaled as in training, so that float16 gradients do not underflow.
+        loss_scale = steps.loss_scale(self.optimizer)
         with tf.GradientTape() as tape:
             activations = []
             h = x
@@ -478,11 +565,16 @@ class DecoupledModel(keras.Model):
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
             )
-        true = [g * scale for g in tape.gradient(loss, activations)]
+            scaled_loss = loss * loss_scale
+        true = [
+            steps.bootstrapped_target(g, scale, loss_scale)
+            for g in tape.gradient(scaled_loss, activations)
+        ]
         synthetic = []
         if self.uses_synthesizers:
             for synth, h in zip(self.synthesizers, activations, strict=True):
-                synthetic.append(_synthesize(synth, h, context, training))
+                g = _synthesize(synth, h, context, training)
+                synthetic.append(tf.cast(g, tf.float32))
         return synthetic, true
 
     # ---------------------------------------------------------------- summary

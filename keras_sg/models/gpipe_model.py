@@ -53,6 +53,9 @@ class GPipeModel(DecoupledModel):
         xs, ys = tf.split(x, m), tf.split(y, m)
         sws = tf.split(sample_weight, m) if sample_weight is not None else [None] * m
         share = steps.replica_fraction()
+        # Each micro-batch's loss enters the sum with weight 1 / M, times
+        # the loss scale of the step (mixed precision).
+        weight = self._loss_scale() / m
         last = len(self.stages) - 1
 
         total, losses, preds = {}, [], []
@@ -75,12 +78,12 @@ class GPipeModel(DecoupledModel):
                 (loss, y_pred), top_pullback = steps.vjp(
                     top_loss, h, top.trainable_variables, watch_inputs=last > 0
                 )
-                grad, stage_grads = top_pullback((1.0 / m, None))
+                grad, stage_grads = top_pullback((weight, None))
                 # Accumulate where the variables live, not on the default device.
                 _accumulate(total, top.trainable_variables, stage_grads)
             for k in reversed(range(last)):
                 with self._on(k):
-                    grad, stage_grads = pullbacks[k]((grad, 1.0 / m))
+                    grad, stage_grads = pullbacks[k]((grad, weight))
                     _accumulate(total, self.stages[k].trainable_variables, stage_grads)
             losses.append(loss)
             preds.append(y_pred)

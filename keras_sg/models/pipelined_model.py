@@ -125,6 +125,7 @@ class PipelinedModel(DecoupledModel):
             y = self._context(y)
         state, last = self._state, len(self.stages) - 1
         share = steps.replica_fraction()
+        loss_scale = self._loss_scale()
         t = state.step.read_value()
 
         # Read every buffer before anything writes one: what the stages
@@ -135,18 +136,23 @@ class PipelinedModel(DecoupledModel):
         sg_labels = [_read_like(b, y) for b in state.sg_labels]
         sg_targets = [self._read(b, shape) for b, shape in self._sg_target_buffers()]
 
-        grads, writes = {}, []
+        grads, writes, sg_losses, sg_weights = {}, [], [], []
         for k, stage in enumerate(self.stages):
             with self._on(k):
                 active = t >= k
                 if k < last:
                     h, target, stage_grads = self._stage_step(
-                        k, inputs[k], labels[k], share, active
+                        k, inputs[k], labels[k], share, loss_scale, active
                     )
                     writes.append((state.activation[k], h))
                     writes.append((state.labels[k], _as_float(labels[k])))
                     synth_grads, sg_loss = self._synthesizer_step(
-                        k, sg_inputs[k], sg_labels[k], sg_targets[k], share, t >= k + 2
+                        k,
+                        sg_inputs[k],
+                        sg_labels[k],
+                        sg_targets[k],
+                        share * loss_scale,
+                        t >= k + 2,
                     )
                     grads.update(
                         zip(
@@ -155,16 +161,15 @@ class PipelinedModel(DecoupledModel):
                             strict=True,
                         )
                     )
-                    self.sg_loss_trackers[k].update_state(
-                        sg_loss, sample_weight=tf.cast(t >= k + 2, sg_loss.dtype)
-                    )
+                    sg_losses.append(sg_loss)
+                    sg_weights.append(tf.cast(t >= k + 2, tf.float32))
                 else:
                     # The penalties that the stages below (and their
                     # synthesizers) recorded inside their branches cannot be
                     # read here; each was already part of its own update.
                     _forget_losses(self.stages[:last] + self.synthesizers)
                     loss, y_pred, target, stage_grads = self._top_step(
-                        inputs[k], labels[k], share, active
+                        inputs[k], labels[k], loss_scale, active
                     )
                 grads.update(
                     zip(map(id, stage.trainable_variables), stage_grads, strict=True)
@@ -175,9 +180,10 @@ class PipelinedModel(DecoupledModel):
                     writes.append((state.sg_target[k - 1], target))
 
         # Update weights: one optimizer step over the parts that worked.
-        self._apply_active(grads, t)
+        applied = self._apply_active(grads, t)
+        self._track_sg_losses(sg_losses, applied, sg_weights)
         for buffer, value in writes:
-            buffer.assign(value)
+            buffer.assign(tf.cast(value, buffer.dtype))
         state.step.assign_add(1)
 
         top_active = t >= last
@@ -213,6 +219,8 @@ class PipelinedModel(DecoupledModel):
         Under a `tf.distribute` strategy the optimizer synchronises replicas
         (a merge call), which TensorFlow refuses inside a branch: there only
         optimizers on the list, without weight decay, are accepted.
+
+        Returns whether the step is applied, as `_apply` does.
         """
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
@@ -222,8 +230,7 @@ class PipelinedModel(DecoupledModel):
             type(optimizer).__module__.startswith("keras.")
         )
         if still and not decay:
-            self._apply(grads)
-            return
+            return self._apply(grads)
         if tf.distribute.has_strategy():
             raise ValueError(
                 "Under a tf.distribute strategy, PipelinedModel updates every "
@@ -246,23 +253,23 @@ class PipelinedModel(DecoupledModel):
 
             def apply():
                 if subset:
-                    self._apply(subset)
-                else:
-                    self.optimizer.iterations.assign_add(1)
-                return tf.constant(0)
+                    return self._apply(subset)
+                self.optimizer.iterations.assign_add(1)
+                return tf.constant(True)
 
             return apply
 
         index = tf.cast(tf.minimum(t, last + 1), tf.int32)
-        tf.switch_case(index, [phase(p) for p in range(last + 2)])
+        return tf.switch_case(index, [phase(p) for p in range(last + 2)])
 
     # ----------------------------------------------------------- one device
 
-    def _stage_step(self, k, inputs, labels, share, active):
+    def _stage_step(self, k, inputs, labels, share, loss_scale, active):
         """Stage k below the top: forward, synthetic gradient, pullback.
 
-        Returns the activation, the bootstrapped target for the synthesizer
-        at cut k - 1 (empty for stage 0) and the stage's gradients.
+        Returns the activation (float32, as the buffers hold it), the
+        bootstrapped target for the synthesizer at cut k - 1 (empty for
+        stage 0) and the stage's gradients.
         """
         stage, synth = self.stages[k], self.synthesizers[k]
         context = labels if self.method == "cdni" else None
@@ -272,19 +279,23 @@ class PipelinedModel(DecoupledModel):
             scale = steps.global_batch_size(inputs)
             h, pullback = _stage_vjp(stage, inputs, share, k > 0)
             g = _synthesize(synth, h, context)
-            input_grad, stage_grads = pullback((g / scale, 1.0))
+            cotangent = steps.stage_cotangent(g, scale, loss_scale)
+            input_grad, stage_grads = pullback((cotangent, loss_scale))
+            # The buffers hold float32, whatever the stage computes in.
+            h = tf.cast(h, tf.float32)
             if k == 0:
                 return h, tf.zeros((0,)), stage_grads
-            return h, steps.bootstrapped_target(input_grad, scale), stage_grads
+            target = steps.bootstrapped_target(input_grad, scale, loss_scale)
+            return h, target, stage_grads
 
         def skip():
-            h = tf.zeros((0, *self._cut_shapes[k][1:]), inputs.dtype)
-            target = tf.zeros((0,)) if k == 0 else tf.zeros_like(inputs)
+            h = tf.zeros((0, *self._cut_shapes[k][1:]), tf.float32)
+            target = tf.zeros((0,)) if k == 0 else tf.zeros_like(inputs, tf.float32)
             return h, target, _zeros_like(stage.trainable_variables)
 
         return tf.cond(active, work, skip)
 
-    def _top_step(self, inputs, labels, share, active):
+    def _top_step(self, inputs, labels, loss_scale, active):
         top, last = self.stages[-1], len(self.stages) - 1
 
         def work():
@@ -296,17 +307,17 @@ class PipelinedModel(DecoupledModel):
             (loss, y_pred), pullback = steps.vjp(
                 top_loss, inputs, top.trainable_variables, watch_inputs=last > 0
             )
-            input_grad, grads = pullback((1.0, None))
+            input_grad, grads = pullback((loss_scale, None))
             if input_grad is None:
                 return loss, y_pred, tf.zeros_like(inputs), grads
             # The top works on batch t - last: its size scales the target.
             scale = steps.global_batch_size(inputs)
-            return loss, y_pred, steps.bootstrapped_target(input_grad, scale), grads
+            target = steps.bootstrapped_target(input_grad, scale, loss_scale)
+            return loss, y_pred, target, grads
 
         def skip():
-            y_pred = tf.zeros(
-                (0, *top.compute_output_spec(keras.KerasTensor(inputs.shape)).shape[1:])
-            )
+            spec = top.compute_output_spec(keras.KerasTensor(inputs.shape))
+            y_pred = tf.zeros((0, *spec.shape[1:]), spec.dtype)
             return (
                 tf.zeros(()),
                 y_pred,
@@ -316,8 +327,12 @@ class PipelinedModel(DecoupledModel):
 
         return tf.cond(active, work, skip)
 
-    def _synthesizer_step(self, k, inputs, labels, target, share, valid):
-        """The synthesizer at cut k regresses the target sent back last step."""
+    def _synthesizer_step(self, k, inputs, labels, target, weight, valid):
+        """The synthesizer at cut k regresses the target sent back last step.
+
+        `weight` multiplies the derivative of its loss, with
+        `sg_loss_weight`: the replica share times the loss scale.
+        """
         synth = self.synthesizers[k]
         context = labels if self.method == "cdni" else None
 
@@ -329,7 +344,7 @@ class PipelinedModel(DecoupledModel):
                 watch_inputs=False,
             )
             sg_loss, d_g = steps.synthesizer_loss(g, target)
-            _, grads = pullback((d_g * (self.sg_loss_weight * share),))
+            _, grads = pullback((d_g * (self.sg_loss_weight * weight),))
             return grads, sg_loss
 
         def skip():

@@ -11,6 +11,17 @@ of a single example is 1/B times that example's own gradient. Synthesizers
 predict the per-example gradient, B * dL/dh_k, which does not shrink as the
 batch grows; the stage below is pulled back with g_k / B. The factor cancels
 exactly: with an oracle synthesizer the update equals backprop's.
+
+Precision. Under a mixed policy the stages and synthesizers compute in float16
+or bfloat16, but the quantities a synthesizer learns from live in float32:
+targets are unscaled and cast to float32 before they are stored or regressed,
+and the regression error is taken in float32. Under `"mixed_float16"` Keras's
+`LossScaleOptimizer` divides every gradient it receives by its loss scale S,
+so every loss whose gradients reach it is multiplied by S on its tape: here,
+the cotangents (the task loss's 1, the stage below a cut's g_k / B, each
+synthesizer loss's derivative) are multiplied by S. Targets read off a
+pullback are divided by S again, so a synthesizer learns the same per-example
+gradient whatever the loss scale of the step.
 """
 
 from collections.abc import Callable, Sequence
@@ -84,25 +95,61 @@ def vjp(
 def synthesizer_loss(synthetic, target):
     """Mean squared error of a synthetic gradient and its (stopped) target.
 
+    Computed in float32 whatever the synthesizer's compute dtype: in float16
+    the derivative 2 (synthetic - target) / n falls below the smallest
+    normal number for a typical error and layer width.
+
     Returns:
         `(loss, d_loss/d_synthetic)`: the mean over every element of
-        (synthetic - target)^2, and its gradient 2 (synthetic - target) / n.
+        (synthetic - target)^2, and its gradient 2 (synthetic - target) / n,
+        both float32. Multiply the derivative by the loss scale before
+        pulling it back (see `loss_scale`).
     """
-    target = tf.stop_gradient(tf.cast(target, synthetic.dtype))
-    error = synthetic - target
+    target = tf.stop_gradient(tf.cast(target, tf.float32))
+    error = tf.cast(synthetic, tf.float32) - target
     count = tf.cast(tf.size(error), error.dtype)
     return tf.reduce_mean(tf.square(error)), 2.0 * error / count
 
 
-def bootstrapped_target(input_gradient, scale):
+def bootstrapped_target(input_gradient, scale, loss_scale=1.0):
     """The target of the synthesizer one cut below a stage.
 
     `input_gradient` is the pullback of the stage with its own synthetic
     gradient (or, for the last stage, with the true loss), taken at the
-    stage's input. Scaled to a per-example gradient, it is what the
-    synthesizer below regresses.
+    stage's input, on a tape whose cotangents carried the factor
+    `loss_scale`. Unscaled and scaled to a per-example gradient, in float32,
+    it is what the synthesizer below regresses.
     """
-    return tf.stop_gradient(input_gradient * tf.cast(scale, input_gradient.dtype))
+    gradient = tf.cast(input_gradient, tf.float32) * tf.cast(scale, tf.float32)
+    return tf.stop_gradient(gradient / loss_scale)
+
+
+def stage_cotangent(synthetic, scale, loss_scale=1.0):
+    """The cotangent that pulls a stage back with its synthetic gradient.
+
+    The synthesizer predicts the per-example gradient g_k; the batch-mean
+    loss's gradient is g_k / B (`scale` is B), times the loss scale of the
+    step. Computed in float32; the pullback casts it to the stage's dtype.
+    """
+    return tf.cast(synthetic, tf.float32) / tf.cast(scale, tf.float32) * loss_scale
+
+
+def loss_scale(optimizer):
+    """The factor `optimizer` expects on every loss it receives gradients of.
+
+    Keras's `LossScaleOptimizer` (which `compile` wraps around the optimizer
+    under the `"mixed_float16"` policy) divides gradients by its current
+    dynamic scale; an optimizer with `loss_scale_factor` set divides by that.
+    Their `scale_loss` gives the factor; for any other optimizer it is 1.
+    Skipping a step whose gradients are not finite, and adjusting the dynamic
+    scale, stay the optimizer's own work.
+
+    Returns:
+        A float32 scalar: the optimizer's `scale_loss` of 1.
+    """
+    if optimizer is None:
+        return tf.constant(1.0)
+    return tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
 
 
 def cosine_similarity(a, b):
