@@ -157,3 +157,21 @@ def reporting_label_errors():
             f"them). Received: a batch of labels with min={low}, max={high}"
         )
         raise ValueError(message) from None
+
+
+def check_not_h5(filepath) -> None:
+    """Raises ValueError for a legacy `.h5`/`.hdf5` model path.
+
+    Keras's legacy H5 format looks classes up by their bare name
+    ('DecoupledModel'), not by the registered 'keras_sg>DecoupledModel', so
+    the file it writes does not load back, even with keras_sg imported.
+    Refusing it at save time keeps a training run from writing checkpoints
+    that cannot be read. (`save_weights` to `.weights.h5` is unaffected.)
+    """
+    if str(filepath).endswith((".h5", ".hdf5")):
+        raise ValueError(
+            "keras_sg models save to the `.keras` format: Keras's legacy H5 "
+            "format cannot load them back. Use a path ending in `.keras` (or "
+            "save_weights to `.weights.h5` for the weights alone). "
+            f"Received: filepath={str(filepath)!r}"
+        )

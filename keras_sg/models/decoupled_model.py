@@ -9,6 +9,7 @@ from keras_sg._checks import (
     check_devices_exist,
     check_label_range,
     check_network_has_cuts,
+    check_not_h5,
     check_own_synthesizers,
     reporting_label_errors,
 )
@@ -170,6 +171,10 @@ class DecoupledModel(keras.Model):
             check_label_range(y, self.synthesizers[0].num_classes)
         with self._reporting_lost_workers(), reporting_label_errors():
             return super().fit(*args, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        check_not_h5(filepath)
+        return super().save(filepath, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         with self._reporting_lost_workers():
