@@ -61,12 +61,17 @@ def check_network_has_cuts(network, num_stages: int, method: str) -> None:
     """Raises ValueError if a network trained by synthetic gradients has no cut."""
     if num_stages > 1:
         return
-    name = getattr(network, "name", type(network).__name__)
+    if isinstance(network, (list, tuple)):
+        what = "the list of stages holds one stage: no cut, nothing to synthesize"
+        fix = "Give one stage per side of each cut"
+    else:
+        name = getattr(network, "name", type(network).__name__)
+        what = f"'{name}' has no keras_sg.Interface: one stage, nothing to synthesize"
+        fix = "Put an Interface between two layers"
     raise ValueError(
         f"method={method!r} trains each stage from the synthetic gradient at "
-        f"its cut, but '{name}' has no keras_sg.Interface, so it is one stage "
-        "with nothing to synthesize. Put an Interface between two layers, or "
-        "train it with method='backprop'. Received: a network of 1 stage"
+        f"its cut, but {what}. {fix}, or train it "
+        "with method='backprop'. Received: a network of 1 stage"
     )
 
 

@@ -143,7 +143,8 @@ MISUSES = {
     ),
     "one_stage_list_dni": (
         lambda: keras_sg.DecoupledModel([keras.layers.Dense(2)], method="dni"),
-        r"method='dni'.*Received: a network of 1 stage",
+        r"method='dni'.*list of stages holds one stage.*Received: a network of 1 "
+        r"stage",
     ),
     "one_synthesizer_for_two_cuts": (
         lambda: _two_cuts([SHARED, SHARED]),
