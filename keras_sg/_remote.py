@@ -144,6 +144,22 @@ def failing_fast():
             os.environ["GRPC_FAIL_FAST"] = before
 
 
+# The lines TensorFlow wraps a graph's error in; the cause comes after them.
+_WRAPPING = re.compile(
+    r"^(Graph execution error:|Detected at node|defined at|<stack traces "
+    r"unavailable>|\d+ root error\(s\) found\.|File \")"
+)
+
+
+def _cause(text: str) -> str:
+    """The first line of an error's text that is not TensorFlow's wrapping."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if not _WRAPPING.match(line):
+            return line
+    return lines[0] if lines else ""
+
+
 def worker_lost(
     error: Exception, devices, addresses: dict[str, str] | None = None
 ) -> WorkerLostError | None:
@@ -174,7 +190,7 @@ def worker_lost(
         stages = [str(k) for k, d in enumerate(devices) if d.startswith(task)]
         where = f" at {addresses[task]}" if task in addresses else ""
         lines.append(f"{task}{where} (it holds stage {', '.join(stages)})")
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = _cause(str(error))
     return WorkerLostError(
         f"Lost the TensorFlow server {' and '.join(lines)}; TensorFlow said "
         f"{type(error).__name__}: {first}. Restart it at the same address and "

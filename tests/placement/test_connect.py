@@ -188,3 +188,23 @@ def test_lost_worker_names_a_frozen_task():
         f"Lost the TensorFlow server {task_1} at {frozen} (it holds stage 1); "
         "TensorFlow said UnavailableError: ping timeout."
     )
+
+
+def test_lost_worker_quotes_the_cause_not_the_graph_error_wrapping():
+    import tensorflow as tf
+
+    task_0, task_1 = "/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"
+    devices = [f"{task_0}/device:CPU:0", f"{task_1}/device:CPU:0"]
+    # What `fit` raised when task 1 was stopped with SIGSTOP (measured).
+    raw = tf.errors.UnavailableError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node GroupCrossDeviceControlEdges_1"
+        " defined at (most recent call last):\n<stack traces unavailable>\n"
+        "2 root error(s) found.\n  (0) UNAVAILABLE:  ping timeout\nAdditional",
+    )
+    with FrozenServer() as frozen, GrpcServer() as alive:
+        lost = worker_lost(raw, devices, {task_0: alive, task_1: frozen})
+    assert "TensorFlow said UnavailableError: (0) UNAVAILABLE:  ping timeout." in str(
+        lost
+    )
