@@ -77,6 +77,8 @@ def base_config(method: str, smoke: bool) -> ml_collections.ConfigDict:
     # "host:port,host:port": run stage k on cluster task k mod n, each task a
     # `scripts/tf_server.py` process; "" keeps every stage in this process.
     config.placement.workers = ""
+    # Seconds to wait for every worker's server to answer before giving up.
+    config.placement.connect_timeout = 30.0
 
     config.log = ml_collections.ConfigDict()
     config.log.diagnostics_every_steps = 4 if smoke else 500  # SG vs true gradient

@@ -1,7 +1,10 @@
 """Telling a lost cluster worker apart from other training errors."""
 
+import contextlib
+import os
 import re
 import socket
+import time
 
 import tensorflow as tf
 
@@ -49,12 +52,112 @@ def task_addresses() -> dict[str, str]:
 
 def answers(address: str, timeout: float = 2.0) -> bool:
     """Whether something accepts TCP connections at `host:port`."""
+    return _tcp_status(address, timeout) is None
+
+
+def _tcp_status(address: str, timeout: float) -> str | None:
+    """None if `host:port` accepts a TCP connection, else why not."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer to a TCP connect within {timeout:g} s"
+    except (OSError, ValueError) as error:
+        return getattr(error, "strerror", None) or str(error)
+
+
+def unreachable(addresses: list[str], timeout: float) -> dict[str, str]:
+    """The addresses where no gRPC server completes a handshake within `timeout` s.
+
+    Returns `{address: reason}`. Every address is probed at once, and each
+    gets the whole `timeout` to come up, so servers still starting are
+    waited for. A TCP connect alone is not enough: a stopped (SIGSTOP) or
+    frozen server still has its port accepted by the kernel, and TensorFlow
+    would then wait on it forever. The wait is a loop of short sleeps, so
+    Ctrl-C stops it at once.
+    """
+    import grpc
+
+    channels = {a: grpc.insecure_channel(a) for a in addresses}
+    futures = {a: grpc.channel_ready_future(c) for a, c in channels.items()}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not all(
+            f.done() for f in futures.values()
+        ):
+            time.sleep(0.05)
+        failed = {}
+        for address, future in futures.items():
+            if future.done():
+                continue
+            reason = _tcp_status(address, timeout=1.0)
+            if reason is None:
+                reason = (
+                    "it accepts TCP connections but completed no gRPC handshake "
+                    "(a stopped or frozen server, or not a TensorFlow server)"
+                )
+            failed[address] = reason
+        return failed
+    finally:
+        for future in futures.values():
+            future.cancel()
+        for channel in channels.values():
+            channel.close()
+
+
+def keeping_alive():
+    """Lets gRPC notice a task that froze: pings on open calls, 20 s to answer.
+
+    Without pings a call to a server that stopped without closing its
+    connection (SIGSTOP, a frozen machine) waits forever. TensorFlow reads
+    `TF_GRPC_DEFAULT_OPTIONS` once, when it makes its first channel, so this
+    must run before connecting; a value the user set is kept.
+    """
+    os.environ.setdefault("TF_GRPC_DEFAULT_OPTIONS", KEEPALIVE)
+
+
+# Pings go only while calls are open (gRPC's default), every 30 s. gRPC
+# servers may refuse pings that come more often than every 5 min on a
+# connection that carries no data meanwhile ("too_many_pings"): a step whose
+# remote call runs silent for over a minute should set its own options.
+KEEPALIVE = "grpc.keepalive_time_ms=30000,grpc.keepalive_timeout_ms=20000"
+
+
+@contextlib.contextmanager
+def failing_fast():
+    """Within: TensorFlow's gRPC calls to an unreachable task fail instead of waiting.
+
+    Connecting to a cluster asks every task for its devices with gRPC's
+    `wait_for_ready`, which waits for a channel that never connects without
+    end. TensorFlow reads the environment variable `GRPC_FAIL_FAST` at each
+    call and lets "true" override that; the previous value comes back on exit.
+    """
+    before = os.environ.get("GRPC_FAIL_FAST")
+    os.environ["GRPC_FAIL_FAST"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("GRPC_FAIL_FAST", None)
+        else:
+            os.environ["GRPC_FAIL_FAST"] = before
+
+
+# The lines TensorFlow wraps a graph's error in; the cause comes after them.
+_WRAPPING = re.compile(
+    r"^(Graph execution error:|Detected at node|defined at|<stack traces "
+    r"unavailable>|\d+ root error\(s\) found\.|File \")"
+)
+
+
+def _cause(text: str) -> str:
+    """The first line of an error's text that is not TensorFlow's wrapping."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if not _WRAPPING.match(line):
+            return line
+    return lines[0] if lines else ""
 
 
 def worker_lost(
@@ -63,7 +166,7 @@ def worker_lost(
     """A clear WorkerLostError for `error` if a remote task of `devices` is gone.
 
     The error's own text is not reliable about which task died, so every
-    remote task the model uses is probed (a TCP connect, at most 2 s each);
+    remote task the model uses is probed (a gRPC handshake, 2 s at most);
     tasks that no longer answer are named. An error of a model without remote
     devices, of another kind, or with every task still answering is not a
     lost worker: None.
@@ -73,7 +176,10 @@ def worker_lost(
         return None
     addresses = task_addresses() if addresses is None else addresses
     if addresses:
-        dead = [t for t in tasks if t in addresses and not answers(addresses[t])]
+        # A gRPC handshake, not a TCP connect: a frozen server's port is
+        # still accepted by its kernel.
+        down = unreachable([addresses[t] for t in tasks if t in addresses], 2.0)
+        dead = [t for t in tasks if addresses.get(t) in down]
         if not dead:
             return None
     else:  # not connected through connect_to_cluster: trust the message
@@ -84,7 +190,7 @@ def worker_lost(
         stages = [str(k) for k, d in enumerate(devices) if d.startswith(task)]
         where = f" at {addresses[task]}" if task in addresses else ""
         lines.append(f"{task}{where} (it holds stage {', '.join(stages)})")
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = _cause(str(error))
     return WorkerLostError(
         f"Lost the TensorFlow server {' and '.join(lines)}; TensorFlow said "
         f"{type(error).__name__}: {first}. Restart it at the same address and "

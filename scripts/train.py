@@ -362,9 +362,13 @@ def main(argv):
     devices = None
     if config.placement.workers:
         # Before any variable exists: connecting resets TensorFlow's context.
-        devices = keras_sg.placement.connect_to_cluster(
-            {"worker": keras_sg.placement.worker_addresses(config.placement.workers)}
-        )
+        workers = keras_sg.placement.worker_addresses(config.placement.workers)
+        try:
+            devices = keras_sg.placement.connect_to_cluster(
+                {"worker": workers}, timeout=config.placement.connect_timeout
+            )
+        except ConnectionError as error:
+            raise SystemExit(f"train.py: {error}") from None
         print(f"Stages run on {devices}", flush=True)
 
     keras.utils.set_random_seed(config.seed)

@@ -5,6 +5,14 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_sg._checks import (
+    check_devices_exist,
+    check_label_range,
+    check_network_has_cuts,
+    check_not_h5,
+    check_own_synthesizers,
+    reporting_label_errors,
+)
 from keras_sg._remote import worker_lost
 from keras_sg.layers.interface import Interface
 from keras_sg.layers.synthesizer import Synthesizer
@@ -108,9 +116,9 @@ class DecoupledModel(keras.Model):
             weight = float(sg_loss_weight)
         except (TypeError, ValueError):
             weight = float("nan")
-        if not weight >= 0.0:
+        if not 0.0 <= weight < float("inf"):
             raise ValueError(
-                "`sg_loss_weight` must be a number >= 0. "
+                "`sg_loss_weight` must be a finite number >= 0. "
                 f"Received: sg_loss_weight={sg_loss_weight!r}"
             )
         sg_loss_weight = weight
@@ -119,6 +127,8 @@ class DecoupledModel(keras.Model):
         self.sg_loss_weight = sg_loss_weight
 
         stages = split_stages(network)
+        if self.uses_synthesizers:
+            check_network_has_cuts(network, len(stages), method)
         self.devices = self._check_devices(devices, len(stages))
         if self.devices is not None:
             stages = [
@@ -163,14 +173,21 @@ class DecoupledModel(keras.Model):
                     "Expected device names such as '/device:CPU:1'. "
                     f"Received: {device!r}"
                 ) from error
-        return list(devices)
+        return check_devices_exist(list(devices))
 
     # A stage on a cluster worker that dies fails the step with a raw gRPC
     # error; fit, evaluate and predict turn it into one that says what to do.
 
     def fit(self, *args, **kwargs):
-        with self._reporting_lost_workers():
+        if self.method == "cdni":
+            y = kwargs["y"] if "y" in kwargs else args[1] if len(args) > 1 else None
+            check_label_range(y, self.synthesizers[0].num_classes)
+        with self._reporting_lost_workers(), reporting_label_errors():
             return super().fit(*args, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        check_not_h5(filepath)
+        return super().save(filepath, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         with self._reporting_lost_workers():
@@ -212,7 +229,7 @@ class DecoupledModel(keras.Model):
                     "Received: synthesizers=None"
                 )
             return []
-        synthesizers = list(synthesizers)
+        synthesizers = check_own_synthesizers(list(synthesizers), self.cut_names)
         if len(synthesizers) != cuts:
             raise ValueError(
                 f"Expected one synthesizer per interface: {cuts} interfaces "
@@ -279,17 +296,27 @@ class DecoupledModel(keras.Model):
             place_optimizer(value)
         super().__setattr__(name, value)
 
+    def build_for(self, x):
+        """Builds every stage and synthesizer still unbuilt, from a batch `x`.
+
+        A model made from unbuilt stages (a list of layers, or a Sequential
+        without `keras.Input`) learns its input shape from the first batch;
+        `train_step` calls this first, since Keras only builds a model from
+        its data under a distribution strategy.
+        """
+        parts = [*self.stages, *self.synthesizers]
+        if self.built and all(p.built for p in parts):
+            return
+        self.build(tf.nest.map_structure(lambda t: tuple(t.shape), x))
+
     def build(self, input_shape):
         shape = input_shape
         for k, stage in enumerate(self.stages):
             with self._on(k):
                 if not stage.built:
                     stage.build(shape)
-                if k == len(self.stages) - 1:
-                    break
-                # Every stage is built on its own input, with or without a
-                # synthesizer at the cut above it.
-                shape = _output_shape(stage, shape)
+                if k < len(self.stages) - 1:
+                    shape = _output_shape(stage, shape)
                 if k < len(self.synthesizers):
                     self._build_synthesizer(k, shape)
 
@@ -298,7 +325,7 @@ class DecoupledModel(keras.Model):
         try:
             if not synth.built:
                 synth.build(shape)
-            inputs = keras.KerasTensor(shape)
+            inputs = _symbolic(shape)
             if isinstance(synth, Synthesizer) and synth.conditioned:
                 context = keras.KerasTensor((shape[0], synth.num_classes))
                 out = synth.compute_output_spec(inputs, context=context)
@@ -326,6 +353,7 @@ class DecoupledModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self.build_for(x)
         context = self._context(y)
         if context is not None:
             y = context  # the checked labels: the label check runs before the loss's
@@ -692,10 +720,26 @@ def _known_input_shape(stage):
         inputs = stage.inputs
     except (AttributeError, ValueError):
         return None
-    if not inputs or len(inputs) != 1:
+    if not inputs:
         return None
-    return tuple(inputs[0].shape)
+    if len(inputs) == 1:
+        return tuple(inputs[0].shape)
+    return [tuple(i.shape) for i in inputs]  # a model of several inputs
 
 
 def _output_shape(stage, input_shape):
-    return tuple(stage.compute_output_spec(keras.KerasTensor(input_shape)).shape)
+    return tuple(stage.compute_output_spec(_symbolic(input_shape)).shape)
+
+
+def _is_shape(shape):
+    return isinstance(shape, (tuple, list)) and all(
+        d is None or isinstance(d, int) for d in shape
+    )
+
+
+def _symbolic(shape):
+    """KerasTensors of a shape, or of a list of shapes (a model of several
+    inputs; JSON turns the tuples of a saved build config into lists)."""
+    if _is_shape(shape):
+        return keras.KerasTensor(tuple(shape))
+    return [_symbolic(s) for s in shape]

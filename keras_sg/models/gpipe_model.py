@@ -37,6 +37,7 @@ class GPipeModel(DecoupledModel):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self.build_for(x)
         m = self.micro_batches
         batch = tf.shape(x)[0]
         with tf.control_dependencies(

@@ -121,6 +121,7 @@ class PipelinedModel(DecoupledModel):
                 f"Received: y={'None' if y is None else 'labels'}, sample_weight="
                 f"{'None' if sample_weight is None else 'weights'}"
             )
+        self.build_for(x)
         if self.method == "cdni":
             y = self._context(y)
         state, last = self._state, len(self.stages) - 1

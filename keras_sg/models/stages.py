@@ -164,6 +164,15 @@ def _split_functional(network: keras.Model) -> list:
     inputs = network.inputs
     if len(inputs) == 1:
         inputs = inputs[0]
+    ends = {id(t) for t in network.outputs}
+    for interface in interfaces:
+        if id(_output_of(interface)) in ends:
+            raise ValueError(
+                f"Interface '{interface.name}' is the last layer of "
+                f"'{network.name}', which leaves the last stage without a layer: "
+                "an interface must sit between two layers. Received: an "
+                f"Interface as an output of '{network.name}'"
+            )
     for i, interface in enumerate(interfaces + [None]):
         outputs = network.outputs if interface is None else _output_of(interface)
         if isinstance(outputs, list) and len(outputs) == 1:
@@ -177,9 +186,32 @@ def _split_functional(network: keras.Model) -> list:
                 "interface must split the graph in two, with no connection "
                 f"that skips across it. Keras said: {error}"
             ) from error
+        _check_has_layers(stage, i, interfaces, network.name)
         stages.append(stage)
         inputs = outputs
     return stages
+
+
+def _check_has_layers(stage, i, interfaces, network_name):
+    """An interface first, last or right after another leaves an empty stage."""
+    if any(
+        not isinstance(x, (Interface, keras.layers.InputLayer)) for x in stage.layers
+    ):
+        return
+    where = (
+        f"Interface '{interfaces[i].name}' is the first layer"
+        if i == 0
+        else f"Interface '{interfaces[i - 1].name}' is the last layer"
+        if i == len(interfaces)
+        else f"Interfaces '{interfaces[i - 1].name}' and '{interfaces[i].name}' "
+        "follow each other"
+    )
+    raise ValueError(
+        f"{where} in '{network_name}', which leaves stage {i} without a layer "
+        "(an identity stage, nothing to train): an interface must sit between "
+        f"two layers. Received: stage {i} holding only "
+        f"{[x.name for x in stage.layers if isinstance(x, Interface)]}"
+    )
 
 
 def _output_of(interface: Interface):

@@ -13,6 +13,7 @@ import os
 import tensorflow as tf
 
 from keras_sg._checks import check_int
+from keras_sg._remote import failing_fast, keeping_alive, unreachable
 
 
 def _cluster_spec(cluster) -> tf.train.ClusterSpec:
@@ -27,6 +28,19 @@ def _cluster_spec(cluster) -> tf.train.ClusterSpec:
         "tf.train.ClusterSpec or a dict such as {'worker': ['host:port', ...]}. "
         f"Received: {type(cluster).__name__}"
     )
+
+
+def _check_timeout(timeout) -> float:
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(timeout, bool) or not 0 < seconds < float("inf"):
+        raise ValueError(
+            "`timeout` must be a positive number of seconds. "
+            f"Received: timeout={timeout!r}"
+        )
+    return seconds
 
 
 def worker_addresses(addresses: str | list[str]) -> list[str]:
@@ -100,7 +114,9 @@ def start_server(
     )
 
 
-def connect_to_cluster(cluster, job_name: str = "worker") -> list[str]:
+def connect_to_cluster(
+    cluster, job_name: str = "worker", timeout: float = 30.0
+) -> list[str]:
     """Connects this process to a running cluster; returns one device per task.
 
     This process joins as the job `localhost` (its own devices become
@@ -111,12 +127,24 @@ def connect_to_cluster(cluster, job_name: str = "worker") -> list[str]:
         cluster: a `tf.distribute.cluster_resolver.ClusterResolver`, a
             `tf.train.ClusterSpec`, or a dict `{job_name: ["host:port", ...]}`.
         job_name: the job whose tasks run the stages.
+        timeout: seconds to wait for every task's server to answer, > 0. The
+            servers are probed first (a gRPC handshake, all at once), so that
+            one that is down, still starting, stopped or frozen is waited for
+            this long and then named, instead of TensorFlow waiting for it
+            forever. 30 s leaves a server started at the same time as this
+            process time to import TensorFlow. Once connected, a server that
+            freezes during training without closing its connection fails
+            the step within about 90 s (gRPC keepalive pings, set here
+            through `TF_GRPC_DEFAULT_OPTIONS` unless already set).
 
     Returns:
         `["/job:<job_name>/replica:0/task:<k>/device:CPU:0" for each task k]`.
 
     Raises:
-        ValueError: the cluster has no such job, or is empty.
+        ValueError: the cluster has no such job, or is empty, or `timeout`
+            is not a positive number.
+        ConnectionError: some task did not answer within `timeout`; the
+            message names each such task and its address.
         RuntimeError: a task's device did not appear after connecting.
 
     Example:
@@ -141,9 +169,34 @@ def connect_to_cluster(cluster, job_name: str = "worker") -> list[str]:
     tasks = spec.task_indices(job_name)
     if not tasks:
         raise ValueError(f"The cluster's job {job_name!r} has no tasks.")
+    timeout = _check_timeout(timeout)
+    addresses = {
+        f"/job:{job}/replica:0/task:{k}": spec.task_address(job, k)
+        for job in spec.jobs
+        for k in spec.task_indices(job)
+    }
+    down = unreachable(list(dict.fromkeys(addresses.values())), timeout)
+    if down:
+        lines = [
+            f"{task} at {address}: {down[address]}"
+            for task, address in addresses.items()
+            if address in down
+        ]
+        raise ConnectionError(
+            f"No TensorFlow server answered within timeout={timeout:g} s at "
+            f"{len(lines)} of the cluster's {len(addresses)} tasks:\n  "
+            + "\n  ".join(lines)
+            + "\nStart one there (scripts/tf_server.py), check the address, or "
+            "pass a longer timeout."
+        )
     # A resolver would also make its "master" the default device; we place
-    # every stage explicitly and keep the default on this process.
-    tf.config.experimental_connect_to_cluster(spec, make_master_device_default=False)
+    # every stage explicitly and keep the default on this process. Failing
+    # fast bounds the connect itself if a server went away since the probe.
+    keeping_alive()
+    with failing_fast():
+        tf.config.experimental_connect_to_cluster(
+            spec, make_master_device_default=False
+        )
     devices = [f"/job:{job_name}/replica:0/task:{k}/device:CPU:0" for k in tasks]
     known = {d.name for d in tf.config.list_logical_devices()}
     missing = [d for d in devices if d not in known]

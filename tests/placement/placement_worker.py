@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_sg  # noqa: E402
 
-MODE = sys.argv[1]  # place FOLDER | too_late
+MODE = sys.argv[1]  # place FOLDER | too_late | bad_devices DEVICE...
 if MODE == "too_late":
     import tensorflow as tf
 
@@ -24,6 +24,19 @@ if MODE == "too_late":
     sys.exit(0)
 
 devices = keras_sg.placement.split_cpu(2, intra_op_threads=1, inter_op_threads=2)
+
+if MODE == "bad_devices":  # each device in place of stage 1's; the errors
+    import tiny_model
+
+    errors = {}
+    for device in sys.argv[2:]:
+        try:
+            tiny_model.build([devices[0], device])
+            errors[device] = None
+        except ValueError as error:
+            errors[device] = str(error)
+    print(json.dumps(errors))
+    sys.exit(0)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "scripts" / "tf_server.py"
 TRAIN = ROOT / "scripts" / "train.py"
 CLIENT = Path(__file__).with_name("cluster_worker.py")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+# PYTHONPATH: the subprocesses run this checkout's keras_sg, not the one installed.
+ENV = dict(
+    os.environ,
+    TF_CPP_MIN_LOG_LEVEL="3",
+    KERAS_BACKEND="tensorflow",
+    PYTHONPATH=str(ROOT),
+)
 TASK_1 = "/job:worker/replica:0/task:1"
 
 
@@ -188,11 +194,18 @@ def test_lost_worker_error_names_the_dead_task_and_its_stages():
         f"{TASK_1}/device:CPU:0"
     ]
     raw = tf.errors.InternalError(None, None, "Remote address ... poisoned\nmore")
-    with socket.socket() as alive:  # task 0 still answers; task 1's port is shut
-        alive.bind(("127.0.0.1", 0))
-        alive.listen()
+    from concurrent import futures
+
+    import grpc
+
+    # Task 0 still answers (a gRPC server: the probe is a gRPC handshake);
+    # task 1's port is shut.
+    alive = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = alive.add_insecure_port("127.0.0.1:0")
+    alive.start()
+    try:
         addresses = {
-            task_0: f"127.0.0.1:{alive.getsockname()[1]}",
+            task_0: f"127.0.0.1:{port}",
             TASK_1: f"127.0.0.1:{_free_port()}",
         }
         lost = worker_lost(raw, devices, addresses)
@@ -209,6 +222,8 @@ def test_lost_worker_error_names_the_dead_task_and_its_stages():
             )
             is None
         )
+    finally:
+        alive.stop(None)
     # Not a cluster model, or not an error a lost peer gives: left alone.
     assert worker_lost(raw, ["/device:CPU:0", "/device:CPU:1"], addresses) is None
     other = tf.errors.InvalidArgumentError(None, None, "x")

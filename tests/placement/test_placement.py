@@ -11,10 +11,17 @@ import pytest
 import keras_sg
 
 WORKER = Path(__file__).with_name("placement_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _worker(mode, *args):
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    # PYTHONPATH: this checkout's keras_sg, not the one installed.
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=str(ROOT),
+    )
     done = subprocess.run(
         [sys.executable, str(WORKER), mode, *map(str, args)],
         capture_output=True,
@@ -57,6 +64,37 @@ def test_variables_and_ops_live_on_the_requested_devices(tmp_path):
     assert result["jit"] is False
     # Placement changes where the math runs, not the math.
     assert result["max_weight_diff"] < 1e-5
+
+
+# Devices TensorFlow does not have after split_cpu(2) (soft placement would
+# run their ops on CPU:0 without a word), and names it does have.
+MISSING = [
+    "/device:CPU:3",
+    "/device:GPU:7",
+    "/gpu:0",
+    "/job:worker/replica:0/task:1/device:CPU:0",
+    "/job:localhost/replica:0/task:1/device:CPU:0",
+]
+PRESENT = ["/device:CPU:1", "/cpu:1", "CPU:1", "/job:localhost/device:CPU:1"]
+
+
+@pytest.fixture(scope="module")
+def device_errors():
+    return _worker("bad_devices", *MISSING, *PRESENT)
+
+
+@pytest.mark.parametrize("device", MISSING)
+def test_a_device_tensorflow_does_not_have_is_named(device_errors, device):
+    error = device_errors[device]
+    assert error is not None, f"{device} was accepted"
+    assert f"TensorFlow has no device {device!r}" in error
+    assert "it sees ['/device:CPU:0', '/device:CPU:1']" in error
+    assert error.endswith(f"Received: device={device!r}")
+
+
+@pytest.mark.parametrize("device", PRESENT)
+def test_every_spelling_of_a_present_device_is_accepted(device_errors, device):
+    assert device_errors[device] is None
 
 
 def test_split_cpu_after_tensorflow_started_says_so():

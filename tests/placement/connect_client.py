@@ -1,0 +1,29 @@
+"""Connects to a cluster with a timeout; prints how it ended, as one JSON line.
+
+Run as a subprocess by test_connect.py, so that a connect that hangs is
+killed by the test's own timeout instead of hanging the suite:
+
+    connect_client.py ADDRESSES TIMEOUT
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras_sg  # noqa: E402
+
+addresses, timeout = sys.argv[1].split(","), float(sys.argv[2])
+print("connecting", flush=True)  # the test may send Ctrl-C from here on
+start = time.monotonic()
+try:
+    devices = keras_sg.placement.connect_to_cluster(
+        {"worker": addresses}, timeout=timeout
+    )
+    result = {"devices": devices}
+except ConnectionError as error:
+    result = {"error": str(error)}
+result["seconds"] = time.monotonic() - start
+print(json.dumps(result), flush=True)
