@@ -12,8 +12,11 @@ check_backend()
 
 from keras_sg import callbacks, data, layers, models, placement  # noqa: E402
 from keras_sg.layers import (  # noqa: E402
+    ConvInputSynthesizer,
     ConvSynthesizer,
+    DenseInputSynthesizer,
     DenseSynthesizer,
+    InputSynthesizer,
     Interface,
     LowRankSynthesizer,
     Synthesizer,
@@ -30,10 +33,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "ConvInputSynthesizer",
     "ConvSynthesizer",
     "DecoupledModel",
+    "DenseInputSynthesizer",
     "DenseSynthesizer",
     "GPipeModel",
+    "InputSynthesizer",
     "Interface",
     "LowRankSynthesizer",
     "PipelinedModel",

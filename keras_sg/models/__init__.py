@@ -1,6 +1,6 @@
 """Models: the decoupled model, its stages and the pure functions of its step."""
 
-from keras_sg.models import costs, steps
+from keras_sg.models import costs, steps, unlocked_steps
 from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
 from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
@@ -18,4 +18,5 @@ __all__ = [
     "fully_connected",
     "split_stages",
     "steps",
+    "unlocked_steps",
 ]
