@@ -23,6 +23,7 @@ from keras_sg.layers import (  # noqa: E402
 )
 from keras_sg.models import (  # noqa: E402
     METHODS,
+    BPLambdaModel,
     DecoupledModel,
     GPipeModel,
     PipelinedModel,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "BPLambdaModel",
     "ConvInputSynthesizer",
     "ConvSynthesizer",
     "DecoupledModel",
