@@ -12,14 +12,18 @@ check_backend()
 
 from keras_sg import callbacks, data, layers, models, placement  # noqa: E402
 from keras_sg.layers import (  # noqa: E402
+    ConvInputSynthesizer,
     ConvSynthesizer,
+    DenseInputSynthesizer,
     DenseSynthesizer,
+    InputSynthesizer,
     Interface,
     LowRankSynthesizer,
     Synthesizer,
 )
 from keras_sg.models import (  # noqa: E402
     METHODS,
+    BPLambdaModel,
     DecoupledModel,
     GPipeModel,
     PipelinedModel,
@@ -30,10 +34,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "BPLambdaModel",
+    "ConvInputSynthesizer",
     "ConvSynthesizer",
     "DecoupledModel",
+    "DenseInputSynthesizer",
     "DenseSynthesizer",
     "GPipeModel",
+    "InputSynthesizer",
     "Interface",
     "LowRankSynthesizer",
     "PipelinedModel",

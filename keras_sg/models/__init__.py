@@ -1,6 +1,7 @@
 """Models: the decoupled model, its stages and the pure functions of its step."""
 
-from keras_sg.models import costs, steps
+from keras_sg.models import costs, steps, unlocked_steps
+from keras_sg.models.bp_lambda_model import BPLambdaModel
 from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
 from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
@@ -10,6 +11,7 @@ from keras_sg.models.stages import split_stages
 __all__ = [
     "METHODS",
     "SG_TARGETS",
+    "BPLambdaModel",
     "DecoupledModel",
     "GPipeModel",
     "PipelinedModel",
@@ -18,4 +20,5 @@ __all__ = [
     "fully_connected",
     "split_stages",
     "steps",
+    "unlocked_steps",
 ]

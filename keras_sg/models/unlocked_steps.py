@@ -1,0 +1,56 @@
+"""The math of forward unlocking and BP(lambda), as small pure functions.
+
+Beside `keras_sg.models.steps` (same notation and scale): stage k maps h_{k-1}
+to h_k; an input synthesizer at cut k predicts h_k from an earlier tensor
+(Jaderberg et al. 2016, arXiv:1608.05343, Section 3.4); BP(lambda) mixes, at
+each cut, the gradient backpropagated from above with the synthetic one
+(Appendix A).
+"""
+
+import tensorflow as tf
+
+
+def input_synthesizer_loss(predicted, true_h):
+    """Mean squared error of a predicted activation and the true, stopped one.
+
+    The true activation is a target only: no gradient reaches the stage that
+    produced it, so the stages below a cut never learn to be easy to predict.
+
+    Args:
+        predicted: the input synthesizer's output, `(batch, ...)`.
+        true_h: the activation the stage below produced, of the same shape.
+
+    Returns:
+        `(loss, d_loss/d_predicted)`: the mean over every element of
+        (predicted - true_h)^2, and its gradient 2 (predicted - true_h) / n.
+    """
+    predicted = tf.convert_to_tensor(predicted)
+    true_h = tf.stop_gradient(tf.cast(true_h, predicted.dtype))
+    if not predicted.shape.is_compatible_with(true_h.shape):
+        raise ValueError(
+            "The input synthesizer must predict the activation's shape. "
+            f"Received: predicted shape {tuple(predicted.shape)}, true "
+            f"activation shape {tuple(true_h.shape)}"
+        )
+    error = predicted - true_h
+    count = tf.cast(tf.size(error), error.dtype)
+    return tf.reduce_mean(tf.square(error)), 2.0 * error / count
+
+
+def bp_lambda_mixture(backpropagated, synthetic, bp_lambda, scale):
+    """The gradient BP(lambda) sends into the stage below a cut.
+
+    lambda * backpropagated + (1 - lambda) * synthetic / scale: the gradient
+    backpropagated from above (itself computed from the mixture at the cut
+    above, or the true gradient at the top cut), mixed with the synthetic
+    gradient brought to the loss's scale (synthesizers predict per-example
+    gradients; see `keras_sg.models.steps`). lambda = 1 is backprop, lambda = 0
+    is DNI, exactly: the weights 1 and 0 are exact in floating point.
+    """
+    backpropagated = tf.convert_to_tensor(backpropagated)
+    dtype = backpropagated.dtype
+    synthetic = tf.cast(synthetic, dtype) / tf.cast(scale, dtype)
+    return (
+        tf.cast(bp_lambda, dtype) * backpropagated
+        + tf.cast(1.0 - bp_lambda, dtype) * synthetic
+    )
