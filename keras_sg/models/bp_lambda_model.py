@@ -81,11 +81,16 @@ class BPLambdaModel(DecoupledModel):
         super().__init__(network, synthesizers=synthesizers, method=method, **kwargs)
 
     def _decoupled_gradients(
-        self, activations, pullbacks, true_grad, context, scale, share
+        self, activations, pullbacks, true_grad, context, scale, share, loss_scale
     ):
         """Stage gradients from the BP(lambda) mixtures; synthesizer gradients
-        from their regressions. A dict from `id(variable)` to its gradient."""
-        grads = {}
+        from their regressions.
+
+        Returns a dict from `id(variable)` to its gradient, every one carrying
+        `loss_scale` as `true_grad` does, and the synthesizer losses, lowest
+        cut first.
+        """
+        grads, sg_losses = {}, []
         synthetic, synth_pullbacks = [], []
         for k, (synth, h) in enumerate(
             zip(self.synthesizers, activations, strict=True)
@@ -105,13 +110,13 @@ class BPLambdaModel(DecoupledModel):
         targets = [None] * len(synthetic)
         from_above = true_grad
         for k in reversed(range(len(synthetic))):
-            targets[k] = steps.bootstrapped_target(from_above, scale)
+            targets[k] = steps.bootstrapped_target(from_above, scale, loss_scale)
             stage = self.stages[k]
             with self._on(k):
                 mixture = unlocked_steps.bp_lambda_mixture(
-                    from_above, synthetic[k], self.bp_lambda, scale
+                    from_above, synthetic[k] * loss_scale, self.bp_lambda, scale
                 )
-                from_above, stage_grads = pullbacks[k]((mixture, 1.0))
+                from_above, stage_grads = pullbacks[k]((mixture, loss_scale))
             grads.update(
                 zip(map(id, stage.trainable_variables), stage_grads, strict=True)
             )
@@ -119,13 +124,13 @@ class BPLambdaModel(DecoupledModel):
         for k, synth in enumerate(self.synthesizers):
             with self._on(k):
                 sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
-                cotangent = d_synthetic * (self.sg_loss_weight * share)
+                cotangent = d_synthetic * (self.sg_loss_weight * share * loss_scale)
                 _, synth_grads = synth_pullbacks[k]((cotangent,))
-            self.sg_loss_trackers[k].update_state(sg_loss)
+            sg_losses.append(sg_loss)
             grads.update(
                 zip(map(id, synth.trainable_variables), synth_grads, strict=True)
             )
-        return grads
+        return grads, sg_losses
 
     def get_config(self):
         config = super().get_config()

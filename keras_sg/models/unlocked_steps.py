@@ -47,10 +47,11 @@ def bp_lambda_mixture(backpropagated, synthetic, bp_lambda, scale):
     gradients; see `keras_sg.models.steps`). lambda = 1 is backprop, lambda = 0
     is DNI, exactly: the weights 1 and 0 are exact in floating point.
     """
-    backpropagated = tf.convert_to_tensor(backpropagated)
-    dtype = backpropagated.dtype
-    synthetic = tf.cast(synthetic, dtype) / tf.cast(scale, dtype)
+    # In float32 whatever the stages compute in (mixed precision); the
+    # pullback casts the mixture to the stage's dtype.
+    backpropagated = tf.cast(backpropagated, tf.float32)
+    synthetic = tf.cast(synthetic, tf.float32) / tf.cast(scale, tf.float32)
     return (
-        tf.cast(bp_lambda, dtype) * backpropagated
-        + tf.cast(1.0 - bp_lambda, dtype) * synthetic
+        tf.cast(bp_lambda, tf.float32) * backpropagated
+        + tf.cast(1.0 - bp_lambda, tf.float32) * synthetic
     )
