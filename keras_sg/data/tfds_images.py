@@ -269,7 +269,9 @@ def load_split(
     Args:
         name, data_dir, manual_dir: as for `prepare`.
         split: a tfds split, e.g. "train", "test" or "train[:10%]".
-        verify: check a whole "train" or "test" split with `verify_split`.
+        verify: check a whole "train" or "test" split with `verify_split`
+            (turn it off for `tfds.testing.mock_data`, whose examples are
+            random).
 
     Returns:
         `(images, labels)`: uint8 images of shape (n, height, width, channels)
