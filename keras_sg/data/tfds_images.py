@@ -135,6 +135,13 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
 
     Returns:
         The prepared `tfds` builder.
+
+    Raises:
+        FileNotFoundError: `manual_dir` is missing or lacks some of the files.
+        ConnectionError: no `manual_dir` (and not all the files in tfds' own
+            `<data_dir>/downloads/manual`), and the download server does not
+            answer.
+        RuntimeError: tensorflow-datasets failed (e.g. a file's checksum).
     """
     import tensorflow_datasets as tfds
 

@@ -158,6 +158,7 @@ def test_fit_ends_each_epoch_and_sees_the_epoch_orders():
     images = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)
     labels = np.arange(n)  # each label names its example
     ds = data.batches(images, labels, batch_size, shuffle=True, seed=seed)
+    assert int(ds.cardinality()) == 3  # (an endless dataset would never end fit)
     # No steps_per_epoch: each epoch ends after its 3 batches.
     seen, ends = _fit(ds, epochs=3)
     assert ends == [3, 6, 9] and [len(y) for y in seen] == [4, 4, 2] * 3
