@@ -19,8 +19,12 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".keras_sg-installed"
-# This project's machines keep the original MNIST files beside the checkout.
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# This project's machines keep the original data files beside the checkout:
+# each dataset's folder and the variable that names it to keras_sg.
+SHARED_DATA = {
+    "KERAS_SG_MNIST_DIR": ROOT.parent / "shared" / "data" / "mnist",
+    "KERAS_SG_FASHION_MNIST_DIR": ROOT.parent / "shared" / "data" / "fashion-mnist",
+}
 JOBS = {
     "demo": ["scripts/demo.py"],
     "test": ["-m", "pytest"],
@@ -49,8 +53,9 @@ def main(argv: list[str]) -> int:
     python = ensure_environment()
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "KERAS_SG_MNIST_DIR" not in env and SHARED_MNIST.is_dir():
-        env["KERAS_SG_MNIST_DIR"] = str(SHARED_MNIST)
+    for variable, folder in SHARED_DATA.items():
+        if variable not in env and folder.is_dir():
+            env[variable] = str(folder)
     return subprocess.call([str(python), *JOBS[argv[1]], *argv[2:]], cwd=ROOT, env=env)
 
 

@@ -61,7 +61,9 @@ def base_config(method: str, smoke: bool) -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "synthetic" if smoke else "mnist"
-    config.data.manual_dir = config_dict.placeholder(str)  # KERAS_SG_MNIST_DIR if unset
+    # Folder of the original files; if unset, the dataset's own environment
+    # variable (KERAS_SG_MNIST_DIR, KERAS_SG_FASHION_MNIST_DIR, KERAS_SG_CIFAR10_DIR).
+    config.data.manual_dir = config_dict.placeholder(str)
     config.data.data_dir = config_dict.placeholder(str)  # tensorflow-datasets folder
     config.data.train_examples = 512 if smoke else 0  # 0: the whole split
     config.data.test_examples = 256 if smoke else 0

@@ -333,16 +333,15 @@ def run_worker(spec):
 
 def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
     """Wall time of training (evaluation excluded) to the target test accuracy."""
-    train_x, train_y = keras_sg.data.load_split(
-        "mnist", "train", manual_dir=os.environ.get("KERAS_SG_MNIST_DIR")
-    )
+    manual_dir = keras_sg.data.manual_dir_from_env("mnist")
+    train_x, train_y = keras_sg.data.load_split("mnist", "train", manual_dir=manual_dir)
     test = without_autotune(
         keras_sg.data.image_dataset(
             "mnist",
             "test",
             1000,
             flatten=True,
-            manual_dir=os.environ.get("KERAS_SG_MNIST_DIR"),
+            manual_dir=manual_dir,
         )
     )
     model = build(spec, keras, keras_sg, devices, 784)

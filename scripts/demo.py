@@ -34,8 +34,9 @@ flags.DEFINE_integer("depth", 3, "Weight layers of the fully connected net.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the shuffling.")
 flags.DEFINE_string(
     "mnist_dir",
-    os.environ.get("KERAS_SG_MNIST_DIR"),
-    "Folder holding the original MNIST files, for offline use.",
+    None,
+    "Folder holding the original MNIST files, for offline use "
+    "(KERAS_SG_MNIST_DIR if unset).",
 )
 flags.DEFINE_string(
     "data_dir", None, "tensorflow-datasets data folder (its default if unset)."
@@ -67,12 +68,10 @@ def main(argv):
 
     import keras_sg
 
-    load = dict(data_dir=FLAGS.data_dir, manual_dir=FLAGS.mnist_dir or None)
+    manual_dir = FLAGS.mnist_dir or keras_sg.data.manual_dir_from_env("mnist")
+    load = dict(data_dir=FLAGS.data_dir, manual_dir=manual_dir)
     x_train, y_train = keras_sg.data.load_split("mnist", "train", **load)
     test = keras_sg.data.image_dataset("mnist", "test", 1000, flatten=True, **load)
-    steps = FLAGS.steps_per_epoch or keras_sg.data.steps_per_epoch(
-        len(x_train), FLAGS.batch_size
-    )
 
     rows = []
     for method in FLAGS.methods:
@@ -100,7 +99,7 @@ def main(argv):
         model.fit(
             train,
             epochs=FLAGS.epochs,
-            steps_per_epoch=steps,
+            steps_per_epoch=FLAGS.steps_per_epoch,  # None: whole epochs
             shuffle=False,  # the dataset shuffles itself, anew each epoch
             verbose=FLAGS.verbose,
         )

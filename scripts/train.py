@@ -90,7 +90,10 @@ def load_data(config):
         )
         cut = config.data.train_examples
         return (x[:cut], y[:cut]), (x[cut:], y[cut:])
-    manual_dir = config.data.manual_dir or os.environ.get("KERAS_SG_MNIST_DIR")
+    # Each dataset has its own variable (KERAS_SG_MNIST_DIR, ...).
+    manual_dir = config.data.manual_dir or keras_sg.data.manual_dir_from_env(
+        config.data.name
+    )
     load = dict(data_dir=config.data.data_dir, manual_dir=manual_dir)
     train = keras_sg.data.load_split(config.data.name, "train", **load)
     test = keras_sg.data.load_split(config.data.name, "test", **load)
@@ -430,17 +433,15 @@ def main(argv):
                 every_n_steps=config.log.diagnostics_every_steps,
             )
         )
-    steps = keras_sg.data.steps_per_epoch(len(x_train), config.batch_size)
     start = time.perf_counter()
     try:
         model.fit(
             train,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
             validation_data=test,
             callbacks=callbacks,
-            shuffle=False,  # the data stream orders each epoch itself
+            shuffle=False,  # the dataset orders each epoch itself
             verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal
         )
     except keras_sg.placement.WorkerLostError as error:
