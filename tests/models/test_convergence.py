@@ -46,3 +46,64 @@ def test_deep_linear_regression_converges_and_synthetic_gradients_align():
     assert final < initial / 10
     assert final < 3 * noise_floor
     assert cosine > 0.9
+
+
+def _deep_linear_problem(seed, n=1024, d=8, out=4, noise=0.1):
+    """Inputs and targets of a random linear map, with Gaussian label noise."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(d, out)) / np.sqrt(d)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = (x @ a + noise * rng.normal(size=(n, out))).astype("float32")
+    return x, y
+
+
+def _deep_linear_net(d, out, cuts):
+    """`cuts` linear layers of width d, each followed by an interface, then a
+    linear top layer to `out`."""
+    layers = [keras.Input((d,))]
+    for i in range(cuts):
+        layers.append(keras.layers.Dense(d, use_bias=False, name=f"dense_{i}"))
+        layers.append(keras_sg.Interface(name=f"cut_{i + 1}"))
+    layers.append(keras.layers.Dense(out, use_bias=False, name="top"))
+    return keras.Sequential(layers)
+
+
+def _cut_cosines(model, x, y):
+    synthetic, true = model.cut_gradients(x, y)
+    return [
+        float(steps.cosine_similarity(g, t))
+        for g, t in zip(synthetic, true, strict=True)
+    ]
+
+
+def test_deep_linear_cdni_bootstraps_through_three_cuts():
+    """cDNI on deep linear regression with three cuts (Czarnecki et al. 2017).
+
+    Only the top cut's synthesizer regresses a true gradient; the two below
+    regress bootstrapped targets, each the stage above pulled back with its own
+    synthetic gradient. Below every cut of a linear network under squared
+    error, the true gradient is linear in the activation and the target, so
+    linear synthesizers given the target as context can represent it, and the
+    chain must carry it down: each cut's cosine with the true gradient rises
+    above 0.9 (seen, seed 0: 0.957, 0.984, 0.992 after 60 epochs; about 0.95
+    at every cut after one epoch, dipping to 0.7-0.9 while the stages move
+    fastest) and the loss reaches the noise floor.
+    """
+    keras.utils.set_random_seed(0)
+    d, out, noise_floor = 8, 4, 0.01  # noise_floor: the label noise's variance
+    x, y = _deep_linear_problem(seed=0, d=d, out=out)
+    model = keras_sg.DecoupledModel(
+        _deep_linear_net(d, out, cuts=3),
+        [linear_synth(num_classes=out) for _ in range(3)],
+        method="cdni",
+        sg_loss_weight=100.0,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    initial = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=60, verbose=0)
+    final = model.evaluate(x, y, verbose=0)
+    cosines = _cut_cosines(model, x[:256], y[:256])
+    print(f"mse {initial:.4f} -> {final:.4f}, cosines {np.round(cosines, 3)}")
+    assert initial > 1.0
+    assert final < 1.3 * noise_floor
+    assert min(cosines) > 0.9
