@@ -68,12 +68,14 @@ def _deep_linear_net(d, out, cuts):
     return keras.Sequential(layers)
 
 
-def _cut_cosines(model, x, y):
+def _cut_agreement(model, x, y):
+    """Per cut: cosine and norm ratio ||synthetic|| / ||true|| on one batch."""
     synthetic, true = model.cut_gradients(x, y)
-    return [
-        float(steps.cosine_similarity(g, t))
-        for g, t in zip(synthetic, true, strict=True)
+    cosines = [float(steps.cosine_similarity(g, t)) for g, t in zip(synthetic, true)]
+    ratios = [
+        float(np.linalg.norm(g) / np.linalg.norm(t)) for g, t in zip(synthetic, true)
     ]
+    return np.array(cosines), np.array(ratios)
 
 
 def test_deep_linear_cdni_bootstraps_through_three_cuts():
@@ -102,8 +104,11 @@ def test_deep_linear_cdni_bootstraps_through_three_cuts():
     initial = model.evaluate(x, y, verbose=0)
     model.fit(x, y, batch_size=32, epochs=60, verbose=0)
     final = model.evaluate(x, y, verbose=0)
-    cosines = _cut_cosines(model, x[:256], y[:256])
-    print(f"mse {initial:.4f} -> {final:.4f}, cosines {np.round(cosines, 3)}")
+    cosines, ratios = _cut_agreement(model, x[:256], y[:256])
+    print(f"mse {initial:.4f} -> {final:.4f}, cosines {cosines}, ratios {ratios}")
     assert initial > 1.0
     assert final < 1.3 * noise_floor
-    assert min(cosines) > 0.9
+    assert cosines.min() > 0.9
+    # The chain carries the scale too: a target scaled by c at one cut is
+    # scaled by c at every cut below it. (Seen: norm ratios 0.71, 0.91, 0.95.)
+    np.testing.assert_array_less(np.abs(np.log2(ratios)), 1.0)
