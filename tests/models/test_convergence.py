@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 from conftest import linear_synth
 
 import keras_sg
@@ -71,9 +72,13 @@ def _deep_linear_net(d, out, cuts):
 def _cut_agreement(model, x, y):
     """Per cut: cosine and norm ratio ||synthetic|| / ||true|| on one batch."""
     synthetic, true = model.cut_gradients(x, y)
-    cosines = [float(steps.cosine_similarity(g, t)) for g, t in zip(synthetic, true)]
+    cosines = [
+        float(steps.cosine_similarity(g, t))
+        for g, t in zip(synthetic, true, strict=True)
+    ]
     ratios = [
-        float(np.linalg.norm(g) / np.linalg.norm(t)) for g, t in zip(synthetic, true)
+        float(np.linalg.norm(g) / np.linalg.norm(t))
+        for g, t in zip(synthetic, true, strict=True)
     ]
     return np.array(cosines), np.array(ratios)
 
@@ -112,3 +117,70 @@ def test_deep_linear_cdni_bootstraps_through_three_cuts():
     # The chain carries the scale too: a target scaled by c at one cut is
     # scaled by c at every cut below it. (Seen: norm ratios 0.71, 0.91, 0.95.)
     np.testing.assert_array_less(np.abs(np.log2(ratios)), 1.0)
+
+
+def _twin_problem(pairs=128, seed=0):
+    """Examples in twins that differ only in the sign of the last feature.
+
+    The noise-free target y = x A depends on that feature, so the mean squared
+    error of a prediction that ignores it is at least E[s^2] |A_s|^2 / out,
+    where s is the feature and A_s the last row of A.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(pairs, 4)).astype("float32")
+    x = np.stack([x, x * np.array([1, 1, 1, -1], "float32")], axis=1).reshape(-1, 4)
+    a = (rng.normal(size=(4, 2)) / 2).astype("float32")
+    y = x @ a
+    floor = float(np.mean(x[:, -1] ** 2) * np.sum(a[-1] ** 2) / 2)
+    return x, y, floor
+
+
+@pytest.mark.parametrize(
+    "method, sg_target",
+    [
+        ("dni", "bootstrap"),
+        ("dni", "backprop"),
+        ("cdni", "bootstrap"),
+        ("backprop", None),
+    ],
+)
+def test_a_synthesizer_that_sees_only_the_activation_cannot_restore_a_dropped_input(
+    method, sg_target
+):
+    """Why label-free DNI stalls where cDNI and backprop do not (docs/method.md).
+
+    The first stage starts with the last input feature dropped (its kernel row
+    is zero), and each batch holds twins that differ only in the sign of that
+    feature. A synthesizer that sees only the activation gives both twins the
+    same synthetic gradient, so the dropped row's update, the sum over the
+    batch of feature times gradient, cancels: whatever the synthesizer and
+    whatever its target (even the true gradient, sg_target="backprop"), the
+    row stays zero and the loss stays above the share of the target that the
+    feature carries. The true gradient and cDNI's label-conditioned synthetic
+    gradient differ between twins, and put the feature back.
+    """
+    keras.utils.set_random_seed(0)
+    x, y, floor = _twin_problem()
+    net = _deep_linear_net(4, 2, cuts=2)
+    net.build((None, 4))
+    kernel = net.get_layer("dense_0").kernel
+    kernel.assign(np.concatenate([np.eye(4)[:, :3], np.zeros((4, 1))], axis=1).T)
+    conditioned = 2 if method == "cdni" else None
+    model = keras_sg.DecoupledModel(
+        net,
+        [linear_synth(num_classes=conditioned) for _ in range(2)],
+        method=method,
+        sg_loss_weight=10.0,
+        sg_target=sg_target or "bootstrap",
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=20, shuffle=False, verbose=0)
+    dropped = float(np.abs(np.asarray(kernel)[-1]).max())
+    final = model.evaluate(x, y, verbose=0)
+    print(f"{method}/{sg_target}: dropped row {dropped:.2e}, mse {final:.4f}")
+    if method == "dni":
+        assert dropped < 1e-5
+        assert final > 0.99 * floor
+    else:
+        assert dropped > 0.1
+        assert final < 0.5 * floor
