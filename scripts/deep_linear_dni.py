@@ -9,7 +9,8 @@ share of the true gradient that lies along the activation's principal
 directions whose singular value is below 5% of the largest. A linear
 synthesizer needs a coefficient of order 1/sigma along such a direction and
 its regression learns it at a rate of order (sigma/sigma_max)^2, so that
-share is what the synthesizer cannot follow (docs/method.md, section 4b).
+share is what the synthesizer cannot follow (docs/method.md, "Where
+label-free DNI stalls").
 Run from the repository root:
 
     .venv/bin/python scripts/deep_linear_dni.py --seeds=0,1,2
