@@ -64,12 +64,16 @@ class ScaledStages(keras_sg.DecoupledModel):
         super().__init__(*args, **kwargs)
         self.stage_scale = stage_scale
 
-    def _decoupled_gradients(self, *args):
-        grads = super()._decoupled_gradients(*args)
+    def _decoupled_gradients(self, *args, **kwargs):
+        # A private hook: it returns the gradient dict, or (on later versions
+        # of DecoupledModel) a tuple that starts with it.
+        result = super()._decoupled_gradients(*args, **kwargs)
+        grads = result[0] if isinstance(result, tuple) else result
         lower = {id(v) for s in self.stages[:-1] for v in s.trainable_variables}
-        return {
+        scaled = {
             key: g * self.stage_scale if key in lower else g for key, g in grads.items()
         }
+        return (scaled, *result[1:]) if isinstance(result, tuple) else scaled
 
 
 def build():
