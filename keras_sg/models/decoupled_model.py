@@ -41,6 +41,9 @@ class DecoupledModel(keras.Model):
       synthetic gradient, induces at cut k; the top stage sends back the true
       loss gradient (Jaderberg et al. 2016, arXiv:1608.05343, Section 2).
     - `"cdni"`: `"dni"` with synthesizers conditioned on the labels (Section 3.2).
+      Prefer it when labels are at hand: a synthesizer that sees only the
+      activation cannot ask a lower stage for what it has dropped or squeezed,
+      and `"dni"` then stalls (docs/method.md, "Where label-free DNI stalls").
     - `"no_bprop"`: only the top stage learns; the paper's baseline.
 
     Synthesizers predict per-example gradients: the gradient of the batch-mean
@@ -65,7 +68,9 @@ class DecoupledModel(keras.Model):
         synthesizers: one synthesizer per interface, lowest first. Required by
             `"dni"` and `"cdni"`; ignored (but kept) by the other methods.
         method: one of `"backprop"`, `"dni"`, `"cdni"`, `"no_bprop"`.
-        sg_loss_weight: factor on the synthesizer losses; >= 0.
+        sg_loss_weight: factor on the synthesizer losses; >= 0. Under SGD it
+            sets the synthesizers' learning rate relative to the stages';
+            Adam divides gradient scale out, so there it hardly matters.
         sg_target: `"bootstrap"` (the method above) or `"backprop"`, which
             trains synthesizers on the true gradient instead, for diagnostics;
             the stages still follow the synthetic gradients.
