@@ -43,7 +43,7 @@ class BPLambdaModel(DecoupledModel):
     model = keras_sg.BPLambdaModel(
         net, synthesizers=[keras_sg.DenseSynthesizer(hidden_layers=0)], bp_lambda=0.5
     )
-    model.compile("adam", "sparse_categorical_crossentropy")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ```
     """
 

@@ -86,12 +86,14 @@ class DecoupledModel(keras.Model):
     Example:
 
     ```python
+    net = keras_sg.models.fully_connected((784,), 10, depth=2)  # one cut; logits
     model = keras_sg.DecoupledModel(
         net,
         synthesizers=[keras_sg.DenseSynthesizer(hidden_layers=0, num_classes=10)],
         method="cdni",
     )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss, metrics=["accuracy"])
     model.fit(x, y, epochs=2)
     ```
     """
