@@ -124,18 +124,23 @@ def keeping_alive():
 #   timeout". It defaults to 60 s once keepalive is on, and only one ping is
 #   in flight at a time: the BDP ping sent just before the freeze held back
 #   the keepalive pings, so keepalive_timeout_ms alone changed nothing
-#   (measured: 82-86 s with 5 s or 30 s keepalive timeouts).
-# - A connection that has read nothing for keepalive_time_ms sends a
-#   keepalive ping (only while calls are open).
+#   (measured: 62-86 s with 5 s or 20 s keepalive timeouts).
+# - A connection with open calls that has read nothing for
+#   keepalive_time_ms sends a keepalive ping. On a connection that sends
+#   nothing, gRPC sends at most one ping a minute.
 # - After "ping timeout" TensorFlow's calls reconnect once before failing; a
 #   frozen server accepts the TCP connection but never answers the HTTP/2
 #   handshake, which gRPC gives up on after grpc.min_reconnect_backoff_ms
 #   (20 s by default, 5 s here).
-# So the step fails at most 20 + 15 + 5 s after the freeze (measured: 22-27
-# s). A gRPC server refuses pings that come more often than every 5 min on
-# a connection where it sends nothing ("too_many_pings", at the third):
-# one remote call silent for over 60 s is then cut. Idle connections send
-# no pings. Set TF_GRPC_DEFAULT_OPTIONS yourself for longer calls.
+# So a training step fails at most 20 + 15 + 5 s after the freeze, plus the
+# 2 s probe (measured: 22.2-22.5 s with a BDP ping in flight, 42 s without).
+# A remote call that stays silent longer than a minute is noticed later (its
+# next ping comes up to a minute on). A busy task still answers pings (gRPC
+# answers them on its own threads): a remote call computing for 150 s
+# without sending anything passed. gRPC servers refuse pings that come more
+# often than every 5 min on a connection where they send nothing
+# ("too_many_pings", at the third), so a call silent for several minutes may
+# be cut; set TF_GRPC_DEFAULT_OPTIONS yourself for such calls.
 KEEPALIVE = ",".join(
     [
         "grpc.keepalive_time_ms=20000",
