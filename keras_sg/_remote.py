@@ -107,9 +107,9 @@ def unreachable(addresses: list[str], timeout: float) -> dict[str, str]:
 
 
 def keeping_alive():
-    """Lets gRPC notice a task that froze: pings on open calls, 20 s to answer.
+    """Lets gRPC notice a task that froze: a stopped peer fails calls in under a minute.
 
-    Without pings a call to a server that stopped without closing its
+    Without this a call to a server that stopped without closing its
     connection (SIGSTOP, a frozen machine) waits forever. TensorFlow reads
     `TF_GRPC_DEFAULT_OPTIONS` once, when it makes its first channel, so this
     must run before connecting; a value the user set is kept.
@@ -117,11 +117,38 @@ def keeping_alive():
     os.environ.setdefault("TF_GRPC_DEFAULT_OPTIONS", KEEPALIVE)
 
 
-# Pings go only while calls are open (gRPC's default), every 30 s. gRPC
-# servers may refuse pings that come more often than every 5 min on a
-# connection that carries no data meanwhile ("too_many_pings"): a step whose
-# remote call runs silent for over a minute should set its own options.
-KEEPALIVE = "grpc.keepalive_time_ms=30000,grpc.keepalive_timeout_ms=20000"
+# What bounds a call to a frozen task (the gRPC inside TensorFlow 2.21):
+# - Every ping a client sends (keepalive pings, and the flow-control "BDP"
+#   pings sent while data arrives) must be answered within
+#   grpc.http2.ping_timeout_ms, else the connection is closed with "ping
+#   timeout". It defaults to 60 s once keepalive is on, and only one ping is
+#   in flight at a time: the BDP ping sent just before the freeze held back
+#   the keepalive pings, so keepalive_timeout_ms alone changed nothing
+#   (measured: 62-86 s with 5 s or 20 s keepalive timeouts).
+# - A connection with open calls that has read nothing for
+#   keepalive_time_ms sends a keepalive ping. On a connection that sends
+#   nothing, gRPC sends at most one ping a minute.
+# - After "ping timeout" TensorFlow's calls reconnect once before failing; a
+#   frozen server accepts the TCP connection but never answers the HTTP/2
+#   handshake, which gRPC gives up on after grpc.min_reconnect_backoff_ms
+#   (20 s by default, 5 s here).
+# So a training step fails at most 20 + 15 + 5 s after the freeze, plus the
+# 2 s probe (measured: 22.2-22.5 s with a BDP ping in flight, 42 s without).
+# A remote call that stays silent longer than a minute is noticed later (its
+# next ping comes up to a minute on). A busy task still answers pings (gRPC
+# answers them on its own threads): a remote call computing for 150 s
+# without sending anything passed. gRPC servers refuse pings that come more
+# often than every 5 min on a connection where they send nothing
+# ("too_many_pings", at the third), so a call silent for several minutes may
+# be cut; set TF_GRPC_DEFAULT_OPTIONS yourself for such calls.
+KEEPALIVE = ",".join(
+    [
+        "grpc.keepalive_time_ms=20000",
+        "grpc.keepalive_timeout_ms=15000",
+        "grpc.http2.ping_timeout_ms=15000",
+        "grpc.min_reconnect_backoff_ms=5000",
+    ]
+)
 
 
 @contextlib.contextmanager

@@ -134,8 +134,9 @@ def connect_to_cluster(
             forever. 30 s leaves a server started at the same time as this
             process time to import TensorFlow. Once connected, a server that
             freezes during training without closing its connection fails
-            the step within about 90 s (gRPC keepalive pings, set here
-            through `TF_GRPC_DEFAULT_OPTIONS` unless already set).
+            the step within about 45 s (gRPC pings and their timeouts, set
+            here through `TF_GRPC_DEFAULT_OPTIONS` unless already set; see
+            docs/api.md).
 
     Returns:
         `["/job:<job_name>/replica:0/task:<k>/device:CPU:0" for each task k]`.

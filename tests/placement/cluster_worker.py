@@ -5,11 +5,13 @@ so it cannot happen inside the test process). Prints one JSON line.
 
     cluster_worker.py parity ADDRESSES
     cluster_worker.py compare ADDRESSES A.keras B.keras
+    cluster_worker.py freeze ADDRESSES  (prints "training", then trains on)
 """
 
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -36,6 +38,34 @@ if MODE == "compare":
     steps = [int(m.optimizer.iterations.numpy()) for m in (a, b)]
     print(json.dumps({"max_weight_diff": max_diff(a, b), "steps": steps}))
     sys.exit(0)
+
+
+if MODE == "freeze":
+    # Trains far longer than the test waits; says "training" once steps run,
+    # so that the test can stop a server in the middle of a step.
+    class Started(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                print("training", flush=True)
+
+    model = tiny_model.build(devices)
+    x, y = tiny_model.data()
+    try:
+        model.fit(
+            x.repeat(2000, 0),
+            y.repeat(2000, 0),
+            batch_size=16,
+            verbose=0,
+            callbacks=[Started()],
+        )
+        result = {"error": None}
+    except Exception as error:  # the test reads which error it was
+        result = {"error": type(error).__name__, "message": str(error)}
+    result["at"] = time.time()
+    print(json.dumps(result), flush=True)
+    # Skip the interpreter's exit: TensorFlow would try to reach the stopped
+    # task again while tearing down its context.
+    os._exit(0)
 
 
 def build(placed):

@@ -7,6 +7,8 @@ since connecting to a cluster resets TensorFlow's context.
 
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -184,6 +186,39 @@ def test_killed_worker_fails_clearly_and_training_resumes(cluster, tmp_path):
     )
     assert compared["steps"] == [6 * 64, 6 * 64]
     assert compared["max_weight_diff"] < 1e-5
+
+
+def test_frozen_worker_fails_the_step_within_a_bound(cluster):
+    """SIGSTOP keeps the server's connections open: only gRPC pings notice."""
+    client = subprocess.Popen(
+        [sys.executable, str(CLIENT), "freeze", cluster.spec],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    server = cluster.servers[1]
+    stopped_at = None
+    try:
+        ready, _, _ = select.select([client.stdout], [], [], 120)
+        assert ready, "the client did not start training within 120 s"
+        assert client.stdout.readline().strip() == "training"
+        os.kill(server.pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        stdout, _ = client.communicate(timeout=90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=30)
+        if stopped_at is not None:
+            os.kill(server.pid, signal.SIGCONT)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["error"] == "WorkerLostError", result
+    lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
+    assert f"{lost} (it holds stage 1)" in result["message"]
+    # At most 20 s without reads, 15 s for the ping's answer, 5 s for the
+    # reconnect and 2 s for the probe (keras_sg._remote.KEEPALIVE).
+    assert result["at"] - stopped_at < 45
 
 
 def test_lost_worker_error_names_the_dead_task_and_its_stages():
