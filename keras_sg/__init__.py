@@ -27,6 +27,7 @@ from keras_sg.models import (  # noqa: E402
     DecoupledModel,
     GPipeModel,
     PipelinedModel,
+    StochasticUpdateModel,
     split_stages,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "Interface",
     "LowRankSynthesizer",
     "PipelinedModel",
+    "StochasticUpdateModel",
     "Synthesizer",
     "callbacks",
     "data",

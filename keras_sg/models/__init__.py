@@ -7,6 +7,7 @@ from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
 from keras_sg.models.pipelined_model import PipelinedModel
 from keras_sg.models.stages import split_stages
+from keras_sg.models.stochastic_update_model import StochasticUpdateModel
 
 __all__ = [
     "METHODS",
@@ -15,6 +16,7 @@ __all__ = [
     "DecoupledModel",
     "GPipeModel",
     "PipelinedModel",
+    "StochasticUpdateModel",
     "convolutional",
     "costs",
     "fully_connected",
