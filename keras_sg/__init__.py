@@ -28,6 +28,7 @@ from keras_sg.models import (  # noqa: E402
     GPipeModel,
     PipelinedModel,
     StochasticUpdateModel,
+    UnlockedModel,
     split_stages,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "PipelinedModel",
     "StochasticUpdateModel",
     "Synthesizer",
+    "UnlockedModel",
     "callbacks",
     "data",
     "layers",
