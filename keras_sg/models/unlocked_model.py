@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_sg.layers.interface import Interface
 from keras_sg.models import steps, unlocked_steps
-from keras_sg.models.decoupled_model import DecoupledModel
+from keras_sg.models.decoupled_model import POLICIES, DecoupledModel
 from keras_sg.models.stages import split_stages
 
 
@@ -100,14 +100,16 @@ class UnlockedModel(DecoupledModel):
         super()._check_policies()
         for synth in self.input_synthesizers:
             for layer in synth._flatten_layers():
-                if layer.compute_dtype == "float16" and (
-                    self.dtype_policy.name != "mixed_float16"
+                policy = layer.dtype_policy.name
+                if policy not in POLICIES or (
+                    layer.compute_dtype == "float16"
+                    and self.dtype_policy.name != "mixed_float16"
                 ):
                     raise ValueError(
-                        f"Layer '{layer.name}' computes in float16, but "
-                        f"UnlockedModel was made under the dtype policy "
-                        f"{self.dtype_policy.name!r}. Make every part under "
-                        "the same policy."
+                        f"UnlockedModel trains under the dtype policies "
+                        f"{POLICIES}, the same for every part. Received: "
+                        f"dtype policy {policy!r} of layer '{layer.name}' in "
+                        f"a model made under {self.dtype_policy.name!r}."
                     )
 
     def build(self, input_shape):

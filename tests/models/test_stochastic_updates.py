@@ -245,3 +245,37 @@ def test_bad_arguments_are_named(kwargs, message):
     net = mlp([H, H], D, out_units=OUT)
     with pytest.raises(ValueError, match=message):
         keras_sg.StochasticUpdateModel(net, synthesizers=_synths(), **kwargs)
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_probability_one_equals_dni_under_mixed_float16(mixed_float16):
+    model, reference = _pair(OPTIMIZERS["sgd"], update_probability=1.0)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    x, y = _data()
+    start = weights_of(_parts(model))
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    moved = weights_of(_parts(model))
+    assert max(np.abs(a - b).max() for a, b in zip(moved, start, strict=True)) > 1e-2
+    for a, b in zip(moved, weights_of(_parts(reference)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_seeded_draws_under_mixed_float16(mixed_float16):
+    seed, p = 11, 0.5
+    model, _ = _pair(OPTIMIZERS["adam"], update_probability=p, seed=seed)
+    x, y = _data()
+    moves = _Moves(_parts(model))
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, callbacks=[moves])
+    masks = _expected_masks(seed, p, 2 * STEPS_PER_EPOCH)
+    moved = np.array(moves.moved)
+    np.testing.assert_array_equal(moved[:, :3], masks)
+    np.testing.assert_array_equal(moved[:, 3:], masks[:, :2])

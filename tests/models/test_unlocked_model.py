@@ -46,7 +46,7 @@ def _synths(seed=7, num_classes=None):
     return synths
 
 
-def _input_synths(seed=3):
+def _input_synths(seed=3, scale=1.0):
     synths = [
         keras_sg.DenseInputSynthesizer(
             target_shape=(H,), hidden_layers=0, use_batch_norm=False
@@ -56,7 +56,9 @@ def _input_synths(seed=3):
     rng = np.random.default_rng(seed)
     for synth in synths:
         synth.build((None, D))
-        synth.head.set_weights([rng.normal(size=(D, H)), rng.normal(size=(H,)) * 0.1])
+        synth.head.set_weights(
+            [rng.normal(size=(D, H)) * scale, rng.normal(size=(H,)) * 0.1]
+        )
     return synths
 
 
@@ -125,10 +127,13 @@ def test_oracle_input_synthesizers_give_dni_updates(method, optimizer):
         np.testing.assert_array_equal(h_a.history[key], 0.0)
 
 
-def _model(**kwargs):
+def _model(input_scale=1.0, **kwargs):
     net = mlp([H, H], D, activation="tanh", out_units=OUT)
     model = keras_sg.UnlockedModel(
-        net, synthesizers=_synths(), input_synthesizers=_input_synths(), **kwargs
+        net,
+        synthesizers=_synths(),
+        input_synthesizers=_input_synths(scale=input_scale),
+        **kwargs,
     )
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     return model
@@ -300,3 +305,45 @@ def test_one_layer_at_two_cuts_is_refused():
         keras_sg.UnlockedModel(
             net, synthesizers=_synths(), input_synthesizers=[synth, synth]
         )
+
+
+def test_mixed_float16_updates_match_float32():
+    """Under mixed_float16 (loss-scaled), the updates of every part agree with
+    float32's within 8 float16 unit roundoffs of each variable's update.
+
+    Input synthesizers start small: with weights of unit scale their float16
+    kernel gradients overflow at the first loss scale (32768), and Keras then
+    skips the step (as it should), which float32 does not.
+    """
+    x, y = _data()
+    runs = []
+    for policy in ("float32", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(5)
+            model = _model(input_scale=0.3)
+            parts = [*model.stages, *model.synthesizers, *model.input_synthesizers]
+            start = weights_of(parts)
+            model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+            runs.append((start, weights_of(parts), model.optimizer))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    (start_a, end_a, _), (start_b, end_b, optimizer) = runs
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert float(optimizer.dynamic_scale) == 2.0**15  # no step was skipped
+    for s_a, s_b in zip(start_a, start_b, strict=True):
+        np.testing.assert_array_equal(s_a, s_b)
+    for s, a, b in zip(start_a, end_a, end_b, strict=True):
+        update = np.abs(a - s).max()
+        assert update > 1e-4
+        np.testing.assert_allclose(b, a, rtol=0, atol=8 * 2.0**-11 * update)
+
+
+def test_an_input_synthesizer_in_another_dtype_is_refused():
+    synths = _input_synths()
+    synths[1] = keras_sg.DenseInputSynthesizer(
+        target_shape=(H,), hidden_layers=0, dtype="mixed_float16"
+    )
+    net = mlp([H, H], D, out_units=OUT)
+    with pytest.raises(ValueError, match="dtype policy 'mixed_float16'"):
+        keras_sg.UnlockedModel(net, synthesizers=_synths(), input_synthesizers=synths)
