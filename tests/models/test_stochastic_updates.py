@@ -12,31 +12,41 @@ B, D, H, OUT, LR = 5, 3, 4, 2, 0.1
 STEPS_PER_EPOCH = 4
 
 
-def _synths(seed=7):
-    synths = [linear_synth() for _ in range(2)]
+def _synths(seed=7, num_classes=None):
+    synths = [linear_synth(num_classes=num_classes) for _ in range(2)]
     rng = np.random.default_rng(seed)
+    width = H + (num_classes or 0)
     for synth in synths:
         synth.build((None, H))
         # Non-zero synthesizers, so every stage below the top moves when drawn.
-        synth.head.set_weights([rng.normal(size=(H, H)) * 0.5, rng.normal(size=(H,))])
+        synth.head.set_weights(
+            [rng.normal(size=(width, H)) * 0.5, rng.normal(size=(H,))]
+        )
     return synths
 
 
-def _pair(optimizer, **kwargs):
-    """A StochasticUpdateModel and a DNI model with identical weights."""
+def _pair(optimizer, method="dni", loss="mse", **kwargs):
+    """A StochasticUpdateModel and a DNI (cDNI) model with identical weights."""
+    classes = OUT if method == "cdni" else None
     net = mlp([H, H], D, activation="tanh", out_units=OUT)
     twin = keras.models.clone_model(net)
     twin.set_weights(net.get_weights())
-    model = keras_sg.StochasticUpdateModel(net, synthesizers=_synths(), **kwargs)
-    reference = keras_sg.DecoupledModel(twin, synthesizers=_synths(), method="dni")
+    model = keras_sg.StochasticUpdateModel(
+        net, synthesizers=_synths(num_classes=classes), method=method, **kwargs
+    )
+    reference = keras_sg.DecoupledModel(
+        twin, synthesizers=_synths(num_classes=classes), method=method
+    )
     for m in (model, reference):
-        m.compile(optimizer=optimizer(), loss="mse")
+        m.compile(optimizer=optimizer(), loss=loss)
     return model, reference
 
 
-def _data(n=STEPS_PER_EPOCH * B, seed=0):
+def _data(n=STEPS_PER_EPOCH * B, seed=0, classes=None):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, D)).astype("float32")
+    if classes:
+        return x, rng.integers(0, classes, size=n)
     return x, rng.normal(size=(n, OUT)).astype("float32")
 
 
@@ -83,10 +93,20 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_probability_one_equals_dni(name):
-    model, reference = _pair(OPTIMIZERS[name], update_probability=1.0, seed=3)
-    x, y = _data()
+@pytest.mark.parametrize(
+    "name, method", [("sgd", "dni"), ("adam", "dni"), ("adam", "cdni")]
+)
+def test_probability_one_equals_dni(name, method):
+    classes = OUT if method == "cdni" else None
+    loss = (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if classes
+        else "mse"
+    )
+    model, reference = _pair(
+        OPTIMIZERS[name], method, loss, update_probability=1.0, seed=3
+    )
+    x, y = _data(classes=classes)
     start = weights_of(_parts(model))
 
     h_a = model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
