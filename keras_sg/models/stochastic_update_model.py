@@ -41,7 +41,9 @@ class StochasticUpdateModel(DecoupledModel):
 
     The synthetic gradients, targets and losses are computed for every cut at
     every step (the graph is static); `fit` logs the synthesizer loss of a
-    cut over the steps in which it updated.
+    cut over the steps in which it updated. Every stage runs forward at
+    every step, so batch-normalisation statistics (not trainable) follow
+    the forward pass in every stage, drawn or not.
 
     Args:
         network: as for `DecoupledModel`.
@@ -145,10 +147,11 @@ class StochasticUpdateModel(DecoupledModel):
             if id(v) in owner
             for var in (v, *slots.get(id(v), ()))
         ]
-        # Read before the update: inside tf.function, reads and writes of a
-        # variable run in program order.
+        # Read before the update. The update does not depend on these reads
+        # through data, so say so.
         before = [tf.identity(var.value) for _, var in kept]
-        applied = super()._apply(grads)
+        with tf.control_dependencies(before):
+            applied = super()._apply(grads)
         for (drawn, var), old in zip(kept, before, strict=True):
             var.assign(tf.where(drawn, var.value, old))
         return applied

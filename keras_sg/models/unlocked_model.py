@@ -216,8 +216,13 @@ class UnlockedModel(DecoupledModel):
                 zip(map(id, synth.trainable_variables), synth_grads, strict=True)
             )
 
-        # Update weights: one optimizer step over everything.
-        applied = self._apply(grads)
+        # Update weights: one optimizer step over everything, after every
+        # synthetic input is computed. An input synthesizer that reads another
+        # part's weights (an oracle made of the stages below) has no data
+        # path to their update, and TensorFlow was seen to run the update
+        # first (1 run in 4) without this dependency.
+        with tf.control_dependencies(inputs[1:]):
+            applied = self._apply(grads)
         self._track_sg_losses(sg_losses, applied)
         weight = tf.cast(applied, tf.float32)
         for tracker, input_loss in zip(

@@ -103,10 +103,7 @@ def test_oracle_input_synthesizers_give_dni_updates(method, optimizer):
         twin, synthesizers=_synths(num_classes=classes), method=method
     )
     for m in (model, reference):
-        # Eagerly: in a graph, the oracle's reads of the stages' weights were
-        # seen to race with their update (1 run in 4; not with real input
-        # synthesizers, which read only their own weights).
-        m.compile(optimizer=optimizer(), loss=_loss(classes), run_eagerly=True)
+        m.compile(optimizer=optimizer(), loss=_loss(classes))
     x, y = _data(classes=classes)
     start = weights_of(model.stages)
 
@@ -124,7 +121,9 @@ def test_oracle_input_synthesizers_give_dni_updates(method, optimizer):
     for key in ("loss", "cut_1_sg_loss", "cut_2_sg_loss"):
         np.testing.assert_allclose(h_a.history[key], h_b.history[key], rtol=1e-6)
     for key in ("cut_1_input_loss", "cut_2_input_loss"):
-        np.testing.assert_array_equal(h_a.history[key], 0.0)
+        # Zero but for the last bit: the oracle's forward pass is a separate
+        # (identically computed, differently fused) copy of the stages'.
+        np.testing.assert_array_less(h_a.history[key], 1e-12)
 
 
 def _model(input_scale=1.0, **kwargs):
