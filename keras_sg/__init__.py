@@ -27,6 +27,8 @@ from keras_sg.models import (  # noqa: E402
     DecoupledModel,
     GPipeModel,
     PipelinedModel,
+    StochasticUpdateModel,
+    UnlockedModel,
     split_stages,
 )
 
@@ -45,7 +47,9 @@ __all__ = [
     "Interface",
     "LowRankSynthesizer",
     "PipelinedModel",
+    "StochasticUpdateModel",
     "Synthesizer",
+    "UnlockedModel",
     "callbacks",
     "data",
     "layers",

@@ -7,6 +7,8 @@ from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
 from keras_sg.models.pipelined_model import PipelinedModel
 from keras_sg.models.stages import split_stages
+from keras_sg.models.stochastic_update_model import StochasticUpdateModel
+from keras_sg.models.unlocked_model import UnlockedModel
 
 __all__ = [
     "METHODS",
@@ -15,6 +17,8 @@ __all__ = [
     "DecoupledModel",
     "GPipeModel",
     "PipelinedModel",
+    "StochasticUpdateModel",
+    "UnlockedModel",
     "convolutional",
     "costs",
     "fully_connected",

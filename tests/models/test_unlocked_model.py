@@ -1,0 +1,348 @@
+"""The fully unlocked model: oracle inputs give DNI; the synthetic-input step
+against GradientTape; evaluation on the composed network; saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import linear_synth, mlp, weights_of
+
+import keras_sg
+
+B, D, H, OUT, LR = 5, 3, 4, 2, 0.1
+STEPS_PER_EPOCH = 4
+
+
+class _Oracle(keras.layers.Layer):
+    """Returns the true activation at cut k: the model's own stages below it.
+
+    The stages are reached through a closure, so the oracle owns no weights
+    and every step sees the stages' current ones.
+    """
+
+    def __init__(self, holder, k, **kwargs):
+        super().__init__(**kwargs)
+        self._holder = holder
+        self._k = k
+
+    def call(self, x, training=None):
+        for stage in self._holder()[: self._k]:
+            x = stage(x, training=training)
+        return x
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor((x.shape[0], H))
+
+
+def _synths(seed=7, num_classes=None):
+    synths = [linear_synth(num_classes=num_classes) for _ in range(2)]
+    rng = np.random.default_rng(seed)
+    width = H + (num_classes or 0)
+    for synth in synths:
+        synth.build((None, H))
+        synth.head.set_weights(
+            [rng.normal(size=(width, H)) * 0.5, rng.normal(size=(H,)) * 0.3]
+        )
+    return synths
+
+
+def _input_synths(seed=3, scale=1.0):
+    synths = [
+        keras_sg.DenseInputSynthesizer(
+            target_shape=(H,), hidden_layers=0, use_batch_norm=False
+        )
+        for _ in range(2)
+    ]
+    rng = np.random.default_rng(seed)
+    for synth in synths:
+        synth.build((None, D))
+        synth.head.set_weights(
+            [rng.normal(size=(D, H)) * scale, rng.normal(size=(H,)) * 0.1]
+        )
+    return synths
+
+
+def _data(n=STEPS_PER_EPOCH * B, seed=0, classes=None):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype("float32")
+    if classes:
+        return x, rng.integers(0, classes, size=n)
+    return x, rng.normal(size=(n, OUT)).astype("float32")
+
+
+def _loss(classes):
+    if classes:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return "mse"
+
+
+@pytest.mark.parametrize(
+    "method, optimizer",
+    [
+        ("dni", lambda: keras.optimizers.SGD(LR)),
+        ("dni", lambda: keras.optimizers.Adam(0.05)),
+        ("cdni", lambda: keras.optimizers.SGD(LR)),
+    ],
+    ids=["dni-sgd", "dni-adam", "cdni-sgd"],
+)
+def test_oracle_input_synthesizers_give_dni_updates(method, optimizer):
+    classes = OUT if method == "cdni" else None
+    net = mlp([H, H], D, activation="tanh", out_units=OUT)
+    twin = keras.models.clone_model(net)
+    twin.set_weights(net.get_weights())
+    holder = {}
+    oracles = [_Oracle(lambda: holder["model"].stages, k) for k in (1, 2)]
+    model = keras_sg.UnlockedModel(
+        net,
+        synthesizers=_synths(num_classes=classes),
+        input_synthesizers=oracles,
+        method=method,
+    )
+    holder["model"] = model
+    reference = keras_sg.DecoupledModel(
+        twin, synthesizers=_synths(num_classes=classes), method=method
+    )
+    for m in (model, reference):
+        m.compile(optimizer=optimizer(), loss=_loss(classes))
+    x, y = _data(classes=classes)
+    start = weights_of(model.stages)
+
+    h_a = model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    h_b = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+
+    moved = weights_of(model.stages)
+    assert max(np.abs(a - b).max() for a, b in zip(moved, start, strict=True)) > 1e-2
+    for a, b in zip(moved, weights_of(reference.stages), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(
+        weights_of(model.synthesizers), weights_of(reference.synthesizers), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for key in ("loss", "cut_1_sg_loss", "cut_2_sg_loss"):
+        np.testing.assert_allclose(h_a.history[key], h_b.history[key], rtol=1e-6)
+    for key in ("cut_1_input_loss", "cut_2_input_loss"):
+        # Zero but for the last bit: the oracle's forward pass is a separate
+        # (identically computed, differently fused) copy of the stages'.
+        np.testing.assert_array_less(h_a.history[key], 1e-12)
+
+
+def _model(input_scale=1.0, **kwargs):
+    net = mlp([H, H], D, activation="tanh", out_units=OUT)
+    model = keras_sg.UnlockedModel(
+        net,
+        synthesizers=_synths(),
+        input_synthesizers=_input_synths(scale=input_scale),
+        **kwargs,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    return model
+
+
+def _reference_step(model, x, y):
+    """One SGD step of every part, by GradientTape on the weights before it.
+
+    Returns the expected new weights (stages, gradient synthesizers, input
+    synthesizers) and the expected input-synthesizer losses.
+    """
+    stages, synths, inputs = model.stages, model.synthesizers, model.input_synthesizers
+    x = tf.constant(x)
+    n = float(x.shape[0])
+    h_hat = [synth(x) for synth in inputs]  # synthetic inputs of stages 1 and 2
+    stage_in = [x, *h_hat]
+    new = {}
+    outputs, targets = [], [None, None]
+    for k in range(2):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(stage_in[k])
+            out = stages[k](stage_in[k])
+            g = synths[k](out)  # per-example synthetic gradient at cut k+1
+            surrogate = tf.reduce_sum(tf.stop_gradient(g) / n * out)
+        grads = tape.gradient(surrogate, stages[k].trainable_variables)
+        new[id(stages[k])] = [
+            v.numpy() - LR * gr.numpy()
+            for v, gr in zip(stages[k].trainable_variables, grads, strict=True)
+        ]
+        if k == 1:
+            targets[0] = tape.gradient(surrogate, stage_in[1]) * n
+        outputs.append((out, g))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(stage_in[2])
+        loss = tf.reduce_mean(tf.square(stages[2](stage_in[2]) - y))
+    grads = tape.gradient(loss, stages[2].trainable_variables)
+    new[id(stages[2])] = [
+        v.numpy() - LR * gr.numpy()
+        for v, gr in zip(stages[2].trainable_variables, grads, strict=True)
+    ]
+    targets[1] = tape.gradient(loss, stage_in[2]) * n
+    for k in range(2):
+        with tf.GradientTape() as tape:
+            sg_loss = tf.reduce_mean(tf.square(synths[k](outputs[k][0]) - targets[k]))
+        grads = tape.gradient(sg_loss, synths[k].trainable_variables)
+        new[id(synths[k])] = [
+            v.numpy() - LR * gr.numpy()
+            for v, gr in zip(synths[k].trainable_variables, grads, strict=True)
+        ]
+    input_losses = []
+    for k in range(2):
+        true_h = outputs[k][0]  # what stage k produced on its own input
+        with tf.GradientTape() as tape:
+            input_loss = tf.reduce_mean(tf.square(inputs[k](x) - true_h))
+        grads = tape.gradient(input_loss, inputs[k].trainable_variables)
+        new[id(inputs[k])] = [
+            v.numpy() - LR * gr.numpy()
+            for v, gr in zip(inputs[k].trainable_variables, grads, strict=True)
+        ]
+        input_losses.append(float(input_loss))
+    return new, input_losses
+
+
+def test_step_matches_gradient_tape_over_several_steps():
+    model = _model()
+    x, y = _data()
+    parts = [*model.stages, *model.synthesizers, *model.input_synthesizers]
+    moved = 0.0
+    for t in range(STEPS_PER_EPOCH):
+        xb, yb = x[t * B : (t + 1) * B], y[t * B : (t + 1) * B]
+        expected, input_losses = _reference_step(model, xb, yb)
+        for tracker in model.input_loss_trackers:
+            tracker.reset_state()
+        logs = model.train_on_batch(xb, yb, return_dict=True)
+        for part in parts:
+            got = [v.numpy() for v in part.trainable_variables]
+            for a, b in zip(got, expected[id(part)], strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [logs["cut_1_input_loss"], logs["cut_2_input_loss"]],
+            input_losses,
+            rtol=1e-5,
+        )
+        assert min(input_losses) > 1e-2
+        moved = max(moved, *(np.abs(np.array(w)).max() for w in weights_of(parts)))
+    assert moved > 0
+
+
+def test_evaluate_and_predict_run_the_composed_network():
+    model = _model()
+    x, y = _data()
+    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    h = tf.constant(x)
+    for stage in model.stages:
+        h = stage(h)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), h.numpy(), rtol=1e-5, atol=1e-6
+    )
+    logs = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    assert set(logs) == {"loss"}
+    np.testing.assert_allclose(logs["loss"], np.mean((h.numpy() - y) ** 2), rtol=1e-5)
+
+
+def test_keras_round_trip_keeps_input_synthesizers_and_resumes(tmp_path):
+    model = _model()
+    x, y = _data()
+    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "unlocked.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert isinstance(loaded, keras_sg.UnlockedModel)
+    assert [type(s) for s in loaded.input_synthesizers] == [
+        keras_sg.DenseInputSynthesizer
+    ] * 2
+    for a, b in zip(
+        weights_of(model.input_synthesizers),
+        weights_of(loaded.input_synthesizers),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
+    )
+    h_a = model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    h_b = loaded.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    for key in ("loss", "cut_1_input_loss", "cut_2_input_loss"):
+        np.testing.assert_allclose(h_a.history[key], h_b.history[key], rtol=1e-6)
+
+
+def _bad_shape():
+    return [
+        keras_sg.DenseInputSynthesizer(target_shape=(H + 1,), hidden_layers=0),
+        keras_sg.DenseInputSynthesizer(target_shape=(H,), hidden_layers=0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"input_synthesizers": None}, ValueError, "input_synthesizers=None"),
+        (
+            {"input_synthesizers": lambda: _input_synths()[:1]},
+            ValueError,
+            "Received: 1 input synthesizers",
+        ),
+        (
+            {"input_synthesizers": lambda: [_input_synths()[0], "dense"]},
+            TypeError,
+            "Received: str",
+        ),
+        ({"input_synthesizers": _bad_shape}, ValueError, r"output shape \(None, 5\)"),
+        ({"method": "backprop"}, ValueError, "method='backprop'"),
+        ({"sg_target": "backprop"}, ValueError, "sg_target='backprop'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, message):
+    kwargs = {k: v() if callable(v) else v for k, v in kwargs.items()}
+    kwargs.setdefault("input_synthesizers", _input_synths())
+    net = mlp([H, H], D, out_units=OUT)
+    with pytest.raises(error, match=message):
+        keras_sg.UnlockedModel(net, synthesizers=_synths(), **kwargs)
+
+
+def test_one_layer_at_two_cuts_is_refused():
+    synth = _input_synths()[0]
+    net = mlp([H, H], D, out_units=OUT)
+    with pytest.raises(ValueError, match="used twice"):
+        keras_sg.UnlockedModel(
+            net, synthesizers=_synths(), input_synthesizers=[synth, synth]
+        )
+
+
+def test_mixed_float16_updates_match_float32():
+    """Under mixed_float16 (loss-scaled), the updates of every part agree with
+    float32's within 8 float16 unit roundoffs of each variable's update.
+
+    Input synthesizers start small: with weights of unit scale their float16
+    kernel gradients overflow at the first loss scale (32768), and Keras then
+    skips the step (as it should), which float32 does not.
+    """
+    x, y = _data()
+    runs = []
+    for policy in ("float32", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(5)
+            model = _model(input_scale=0.3)
+            parts = [*model.stages, *model.synthesizers, *model.input_synthesizers]
+            start = weights_of(parts)
+            model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+            runs.append((start, weights_of(parts), model.optimizer))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    (start_a, end_a, _), (start_b, end_b, optimizer) = runs
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert float(optimizer.dynamic_scale) == 2.0**15  # no step was skipped
+    for s_a, s_b in zip(start_a, start_b, strict=True):
+        np.testing.assert_array_equal(s_a, s_b)
+    for s, a, b in zip(start_a, end_a, end_b, strict=True):
+        update = np.abs(a - s).max()
+        assert update > 1e-4
+        np.testing.assert_allclose(b, a, rtol=0, atol=8 * 2.0**-11 * update)
+
+
+def test_an_input_synthesizer_in_another_dtype_is_refused():
+    synths = _input_synths()
+    synths[1] = keras_sg.DenseInputSynthesizer(
+        target_shape=(H,), hidden_layers=0, dtype="mixed_float16"
+    )
+    net = mlp([H, H], D, out_units=OUT)
+    with pytest.raises(ValueError, match="dtype policy 'mixed_float16'"):
+        keras_sg.UnlockedModel(net, synthesizers=_synths(), input_synthesizers=synths)
