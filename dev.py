@@ -2,7 +2,7 @@
 """Sets up the project's virtual environment and runs its jobs.
 
     python3 dev.py demo [flags]     # the main job: scripts/demo.py
-    python3 dev.py test [pytest args]
+    python3 dev.py test [pytest args]   # one pytest worker per core, up to 4
 
 Each command first makes `.venv` (if missing) and installs the package with
 its development extras into it (again whenever pyproject.toml changes), so
@@ -56,7 +56,12 @@ def main(argv: list[str]) -> int:
     for variable, folder in SHARED_DATA.items():
         if variable not in env and folder.is_dir():
             env[variable] = str(folder)
-    return subprocess.call([str(python), *JOBS[argv[1]], *argv[2:]], cwd=ROOT, env=env)
+    args = argv[2:]
+    if argv[1] == "test" and not any(a == "-n" or a.startswith("-n") for a in args):
+        # One pytest worker per core (at most 4: each holds a TensorFlow),
+        # through pytest-xdist; `-n 0` runs the suite in one process.
+        args = ["-n", str(min(os.cpu_count() or 1, 4)), *args]
+    return subprocess.call([str(python), *JOBS[argv[1]], *args], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":
