@@ -90,20 +90,8 @@ class BPLambdaModel(DecoupledModel):
         `loss_scale` as `true_grad` does, and the synthesizer losses, lowest
         cut first.
         """
-        grads, sg_losses = {}, []
-        synthetic, synth_pullbacks = [], []
-        for k, (synth, h) in enumerate(
-            zip(self.synthesizers, activations, strict=True)
-        ):
-            with self._on(k):
-                (g,), pullback = steps.vjp(
-                    lambda a, s=synth: (_synthesize(s, a, context),),
-                    h,
-                    synth.trainable_variables,
-                    watch_inputs=False,
-                )
-            synthetic.append(g)
-            synth_pullbacks.append(pullback)
+        grads = {}
+        synthetic, synth_pullbacks = self._synthetic_gradients(activations, context)
 
         # From the top cut down: mix, pull the stage below back with the
         # mixture, and pass what it sends down to the cut below.
@@ -121,24 +109,13 @@ class BPLambdaModel(DecoupledModel):
                 zip(map(id, stage.trainable_variables), stage_grads, strict=True)
             )
 
-        for k, synth in enumerate(self.synthesizers):
-            with self._on(k):
-                sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
-                cotangent = d_synthetic * (self.sg_loss_weight * share * loss_scale)
-                _, synth_grads = synth_pullbacks[k]((cotangent,))
-            sg_losses.append(sg_loss)
-            grads.update(
-                zip(map(id, synth.trainable_variables), synth_grads, strict=True)
-            )
+        synth_grads, sg_losses = self._regress_synthesizers(
+            synthetic, synth_pullbacks, targets, share, loss_scale
+        )
+        grads.update(synth_grads)
         return grads, sg_losses
 
     def get_config(self):
         config = super().get_config()
         config.update({"bp_lambda": self.bp_lambda})
         return config
-
-
-def _synthesize(synth, h, context, training=True):
-    if context is not None:
-        return synth(h, context=context, training=training)
-    return synth(h, training=training)

@@ -496,20 +496,8 @@ class DecoupledModel(keras.Model):
         multiplied by `loss_scale`, which `true_grad` already carries) and the
         list of synthesizer losses, lowest cut first.
         """
-        grads, sg_losses = {}, []
-        synthetic, synth_pullbacks = [], []
-        for k, (synth, h) in enumerate(
-            zip(self.synthesizers, activations, strict=True)
-        ):
-            with self._on(k):
-                (g,), pullback = steps.vjp(
-                    lambda a, s=synth: (_synthesize(s, a, context),),
-                    h,
-                    synth.trainable_variables,
-                    watch_inputs=False,
-                )
-            synthetic.append(g)
-            synth_pullbacks.append(pullback)
+        grads = {}
+        synthetic, synth_pullbacks = self._synthetic_gradients(activations, context)
 
         # Bootstrapped targets: the top stage sends the true gradient to the
         # last cut; stage k sends the pullback of its own synthetic gradient.
@@ -534,11 +522,43 @@ class DecoupledModel(keras.Model):
                     with self._on(k):
                         true_grad, _ = pullbacks[k]((true_grad, None))
 
+        synth_grads, sg_losses = self._regress_synthesizers(
+            synthetic, synth_pullbacks, targets, share, loss_scale
+        )
+        grads.update(synth_grads)
+        return grads, sg_losses
+
+    def _synthetic_gradients(self, activations, context):
+        """Each cut's synthetic gradient, with the pullback to its synthesizer's
+        weights: two lists, lowest cut first."""
+        synthetic, pullbacks = [], []
+        for k, (synth, h) in enumerate(
+            zip(self.synthesizers, activations, strict=True)
+        ):
+            with self._on(k):
+                (g,), pullback = steps.vjp(
+                    lambda a, s=synth: (_synthesize(s, a, context),),
+                    h,
+                    synth.trainable_variables,
+                    watch_inputs=False,
+                )
+            synthetic.append(g)
+            pullbacks.append(pullback)
+        return synthetic, pullbacks
+
+    def _regress_synthesizers(self, synthetic, pullbacks, targets, share, loss_scale):
+        """The synthesizers' gradients from regressing `targets`.
+
+        Returns a dict from `id(variable)` to its gradient (times
+        `sg_loss_weight` and `loss_scale`) and the synthesizer losses, lowest
+        cut first.
+        """
+        grads, sg_losses = {}, []
         for k, synth in enumerate(self.synthesizers):
             with self._on(k):
                 sg_loss, d_synthetic = steps.synthesizer_loss(synthetic[k], targets[k])
                 cotangent = d_synthetic * (self.sg_loss_weight * share * loss_scale)
-                _, synth_grads = synth_pullbacks[k]((cotangent,))
+                _, synth_grads = pullbacks[k]((cotangent,))
             sg_losses.append(sg_loss)
             grads.update(
                 zip(map(id, synth.trainable_variables), synth_grads, strict=True)
