@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_sg._checks import check_int
 from keras_sg.layers.input_synthesizer import InputSynthesizer
+from keras_sg.layers.synthesizer import hidden_stack
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -103,11 +104,7 @@ class ConvInputSynthesizer(InputSynthesizer):
         x = inputs
         if self.pool_size != (1, 1):
             x = ops.average_pool(x, self.pool_size, strides=self.pool_size)
-        for i, conv in enumerate(self.hidden):
-            x = conv(x)
-            if self.norms:
-                x = self.norms[i](x, training=training)
-            x = ops.relu(x)
+        x = hidden_stack(x, self.hidden, self.norms, training)
         return self.head(x)
 
     def get_config(self):

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_sg._checks import check_int
 from keras_sg.layers.input_synthesizer import InputSynthesizer
+from keras_sg.layers.synthesizer import hidden_stack
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -95,11 +96,7 @@ class DenseInputSynthesizer(InputSynthesizer):
 
     def call(self, inputs, training=None):
         x = ops.reshape(inputs, (-1, math.prod(inputs.shape[1:])))
-        for i, dense in enumerate(self.hidden):
-            x = dense(x)
-            if self.norms:
-                x = self.norms[i](x, training=training)
-            x = ops.relu(x)
+        x = hidden_stack(x, self.hidden, self.norms, training)
         return ops.reshape(self.head(x), (-1,) + self.target_shape)
 
     def get_config(self):

@@ -1,10 +1,9 @@
 """A synthesizer made of dense layers, for activations of fully connected nets."""
 
 import keras
-from keras import ops
 
 from keras_sg._checks import check_int
-from keras_sg.layers.synthesizer import Synthesizer, concat_context
+from keras_sg.layers.synthesizer import Synthesizer, concat_context, hidden_stack
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -109,13 +108,7 @@ class DenseSynthesizer(Synthesizer):
         return concat_context(inputs, context)
 
     def predict_gradient(self, inputs, training=None):
-        x = inputs
-        for i, dense in enumerate(self.hidden):
-            x = dense(x)
-            if self.norms:
-                x = self.norms[i](x, training=training)
-            x = ops.relu(x)
-        return self.head(x)
+        return self.head(hidden_stack(inputs, self.hidden, self.norms, training))
 
     def get_config(self):
         config = super().get_config()

@@ -131,3 +131,14 @@ def concat_context(inputs, context):
     context = ops.reshape(context, (-1,) + (1,) * (rank - 2) + (context.shape[-1],))
     context = ops.cast(context, inputs.dtype) * ops.ones_like(inputs[..., :1])
     return ops.concatenate([inputs, context], axis=-1)
+
+
+def hidden_stack(x, hidden, norms, training=None):
+    """Runs `x` through the hidden layers of a synthesizer: each layer, then
+    its batch normalisation (when `norms` is not empty), then a ReLU."""
+    for i, layer in enumerate(hidden):
+        x = layer(x)
+        if norms:
+            x = norms[i](x, training=training)
+        x = ops.relu(x)
+    return x
