@@ -69,9 +69,14 @@ def test_oracle_synthesizer_makes_dni_equal_backprop(optimizer):
     model = keras_sg.DecoupledModel(stages, synthesizers=oracles, method="cdni")
     model.compile(optimizer=keras.optimizers.get(optimizer), loss=LOSS)
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    # Adam divides by sqrt(v): where a gradient entry is near zero, float32
+    # round-off in the oracle's second backward pass moves an update by ~1e-5
+    # (seen on the CI machine). A relative tolerance of 1e-4 absorbs that; a
+    # wrong pairing or a wrong cotangent moves weights by ~1e-3.
+    rtol = 1e-4 if optimizer == "adam" else 1e-7
     for got, want in zip(_stage_weights(model), expected, strict=True):
         for a, b in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5)
     assert np.abs(expected[0][0] - initial[0]).max() > 1e-3  # it did train
 
 
