@@ -1,6 +1,8 @@
 """A decoupled model unlocked forwards too: every stage above the first trains
 on a synthetic input."""
 
+import numbers
+
 import keras
 import tensorflow as tf
 
@@ -15,12 +17,15 @@ class UnlockedModel(DecoupledModel):
     """DNI or cDNI with synthetic inputs: no stage waits for another.
 
     The complete unlock of Jaderberg et al. (2016, arXiv:1608.05343, Section
-    3.4). At each cut k an input synthesizer I_k predicts the activation
-    h_k from the network's input x. In a training step, on one batch:
+    3.4). Cuts are numbered from 1, lowest first; h_k is the activation at
+    cut k and h_0 = x. At each cut k an input synthesizer I_k predicts h_k
+    from its source: x (the default, the paper's complete unlock) or the
+    activation at a lower cut j (`input_sources`). In a training step, on
+    one batch:
 
     - stage 0 runs on x; stage k > 0 runs on its synthetic input
-      hhat_k = I_k(x), computed from x alone, so every stage can start at
-      once;
+      hhat_k = I_k(source), so with x as every source every stage can start
+      at once;
     - stage k below the top updates from the synthetic gradient at its own
       output (the gradient synthesizer at cut k+1 applied to that output);
       the top stage updates from the true loss on hhat_top;
@@ -31,23 +36,52 @@ class UnlockedModel(DecoupledModel):
     - I_k regresses, by mean squared error, the activation that stage k-1
       produced on this batch, stopped: no gradient reaches stage k-1, and
       the stage above does not send gradients into I_k. Stage k-1 itself ran
-      on its synthetic input, so for k > 1 the target is the true h_k only
-      as far as I_{k-1} is right; waiting for the composed forward pass
-      would lock the stages again.
+      on its synthetic input, so for k > 1 the target is the composed
+      network's h_k only as far as I_{k-1} is right; waiting for the composed
+      forward pass would lock the stages again.
 
-    With input synthesizers that return the true h_k, the update is DNI's
-    (cDNI's) exactly. `fit` logs the task loss and metrics of the top stage
-    on its synthetic input, each gradient synthesizer's loss
-    (`<cut>_sg_loss`) and each input synthesizer's (`<cut>_input_loss`).
-    `evaluate` and `predict` run the real composed network, stage on stage.
+    A source j > 0 is, for the same reason, the activation at cut j as stage
+    j-1 produced it in this step, on its own (synthetic) input: what that
+    stage has at hand when it is done, not the composed network's h_j. Stage
+    k then waits for stage j-1's forward pass (and that one for its own
+    source), a partial unlock; no stage ever waits for the composed pass.
+
+    With input synthesizers that return the composed h_k, the update is
+    DNI's (cDNI's) exactly.
+
+    What `fit` logs, per step and averaged over the epoch as Keras does:
+
+    - `loss` and the compiled metrics: the composed network, stage on stage
+      in inference mode (as `evaluate` and `predict` run it), on the weights
+      before the step's update: what `evaluate` would report on that batch
+      just before it. So `fit`'s `loss` and `evaluate`'s measure the same
+      network. This pass (one inference forward of the network per step) is
+      not part of the method: training does not wait for it, but it runs
+      before the step's updates, which must not change the weights it reads;
+    - `synthetic_loss`: the loss the top stage trains on, on its synthetic
+      input, in training mode (regularization penalties included, as in
+      `loss`);
+    - `<cut>_sg_loss`: each gradient synthesizer's regression loss;
+    - `<cut>_input_loss`: each input synthesizer's regression loss (above);
+    - `<cut>_input_drift`: how far the synthetic input at the cut is from
+      the composed network's activation there, sum ||hhat_k - h_k||^2 /
+      sum ||h_k||^2 over the batch (`unlocked_steps.input_drift`); hhat_k
+      as the stage trained on it, h_k from the composed pass above.
+
+    `evaluate` and `predict` run the composed network and log `loss` and
+    the compiled metrics only.
 
     Args:
         network: as for `DecoupledModel`.
         synthesizers: one gradient synthesizer per interface, lowest first.
         input_synthesizers: one Keras layer per interface, lowest first,
-            mapping x to a tensor of that cut's activation shape (for
-            example `keras_sg.DenseInputSynthesizer`).
+            mapping its source to a tensor of that cut's activation shape
+            (for example `keras_sg.DenseInputSynthesizer`).
         method: `"dni"` or `"cdni"`.
+        input_sources: one integer per interface, lowest first: 0 to
+            predict the activation at cut k from x, or j with 1 <= j < k to
+            predict it from the activation at cut j (see above). None (the
+            default) means x for every cut.
         **kwargs: the other arguments of `DecoupledModel`, but
             `sg_target="bootstrap"` only.
 
@@ -70,6 +104,7 @@ class UnlockedModel(DecoupledModel):
         synthesizers=None,
         input_synthesizers=None,
         method: str = "dni",
+        input_sources: list[int] | None = None,
         **kwargs,
     ):
         if method not in ("dni", "cdni"):
@@ -89,8 +124,13 @@ class UnlockedModel(DecoupledModel):
         self.input_synthesizers = _check_input_synthesizers(
             input_synthesizers, cut_names, synthesizers
         )
+        self.input_sources = _check_input_sources(input_sources, cut_names)
+        self.synthetic_loss_tracker = keras.metrics.Mean(name="synthetic_loss")
         self.input_loss_trackers = [
             keras.metrics.Mean(name=f"{name}_input_loss") for name in cut_names
+        ]
+        self.input_drift_trackers = [
+            keras.metrics.Mean(name=f"{name}_input_drift") for name in cut_names
         ]
         super().__init__(network, synthesizers=synthesizers, method=method, **kwargs)
 
@@ -122,24 +162,26 @@ class UnlockedModel(DecoupledModel):
             self.build(tf.nest.map_structure(lambda t: tuple(t.shape), x))
 
     def _build_input_synthesizers(self, input_shape):
-        shape = tuple(input_shape)
-        for k, synth in enumerate(self.input_synthesizers):
-            shape = tuple(
-                self.stages[k].compute_output_spec(keras.KerasTensor(shape)).shape
+        # The shape at every cut, x's first: the sources and the targets.
+        shapes = [tuple(input_shape)]
+        for stage in self.stages[:-1]:
+            shapes.append(
+                tuple(stage.compute_output_spec(keras.KerasTensor(shapes[-1])).shape)
             )
-            name = self.cut_names[k]
+        for k, synth in enumerate(self.input_synthesizers):
+            name, source = self.cut_names[k], shapes[self.input_sources[k]]
             with self._on(k + 1):
                 try:
                     if not synth.built:
-                        synth.build(tuple(input_shape))
-                    out = synth.compute_output_spec(keras.KerasTensor(input_shape))
+                        synth.build(source)
+                    out = synth.compute_output_spec(keras.KerasTensor(source))
                 except ValueError as error:
                     raise ValueError(f"At interface '{name}': {error}") from error
-            if tuple(out.shape[1:]) != shape[1:]:
+            if tuple(out.shape[1:]) != shapes[k + 1][1:]:
                 raise ValueError(
                     f"The input synthesizer '{synth.name}' at interface "
-                    f"'{name}' must predict the activation's shape {shape}. "
-                    f"Received: output shape {tuple(out.shape)}"
+                    f"'{name}' must predict the activation's shape "
+                    f"{shapes[k + 1]}. Received: output shape {tuple(out.shape)}"
                 )
 
     # ----------------------------------------------------------------- train
@@ -154,28 +196,44 @@ class UnlockedModel(DecoupledModel):
         share = steps.replica_fraction()
         loss_scale = self._loss_scale()
         last = len(self.stages) - 1
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
 
-        # Synthetic inputs: every stage above the first gets its input from x
-        # alone, on a tape of the input synthesizer's own.
-        inputs, input_pullbacks = [x], []
-        for k, synth in enumerate(self.input_synthesizers):
-            with self._on(k + 1):
-                (h_hat,), pullback = steps.vjp(
-                    lambda a, s=synth: (s(a, training=True),),
-                    x,
-                    synth.trainable_variables,
-                    watch_inputs=False,
-                )
-            inputs.append(h_hat)
-            input_pullbacks.append(pullback)
+        # The composed network, as `evaluate` runs it, on the weights before
+        # this step: what fit logs as `loss` and metrics, and what the
+        # synthetic inputs drift from. Training reads x only after it, so no
+        # update (batch-norm statistics included) runs before these reads.
+        composed = self._composed_forward(x)
+        composed_loss = self.compute_loss(
+            x=x, y=y, y_pred=composed[-1], sample_weight=sample_weight, training=False
+        )
+        with tf.control_dependencies([composed_loss, *tf.nest.flatten(composed)]):
+            x_step = tf.nest.map_structure(tf.identity, x)
 
-        # Forward pass: each stage on its own input, on a tape of its own.
+        # Forward pass: stage 0 on x, stage k > 0 on its synthetic input,
+        # computed from its source (x, or the activation at a lower cut as
+        # the stage below produced it in this step) on a tape of the input
+        # synthesizer's own. Each stage runs on a tape of its own.
+        inputs, input_pullbacks = [x_step], []
         activations, pullbacks = [], []
-        for k, stage in enumerate(self.stages[:-1]):
-            with self._on(k):
-                h, pullback = _stage_vjp(stage, inputs[k], share, k > 0)
-            activations.append(h)
-            pullbacks.append(pullback)
+        for k, stage in enumerate(self.stages):
+            if k > 0:
+                j = self.input_sources[k - 1]
+                source = x_step if j == 0 else activations[j - 1]
+                synth = self.input_synthesizers[k - 1]
+                with self._on(k):
+                    (h_hat,), pullback = steps.vjp(
+                        lambda a, s=synth: (s(a, training=True),),
+                        source,
+                        synth.trainable_variables,
+                        watch_inputs=False,
+                    )
+                inputs.append(h_hat)
+                input_pullbacks.append(pullback)
+            if k < last:
+                with self._on(k):
+                    h, pullback = _stage_vjp(stage, inputs[k], share, k > 0)
+                activations.append(h)
+                pullbacks.append(pullback)
 
         top = self.stages[last]
 
@@ -187,13 +245,12 @@ class UnlockedModel(DecoupledModel):
             return loss, y_pred
 
         with self._on(last):
-            (loss, y_pred), top_pullback = steps.vjp(
+            (loss, _), top_pullback = steps.vjp(
                 top_loss, inputs[last], top.trainable_variables, watch_inputs=True
             )
             true_grad, top_grads = top_pullback((loss_scale, None))
-        self._loss_tracker.update_state(
-            loss / share, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
-        )
+        self._loss_tracker.update_state(composed_loss / share, sample_weight=batch)
+        self.synthetic_loss_tracker.update_state(loss / share, sample_weight=batch)
 
         # Compute gradients: the stages and gradient synthesizers as in DNI,
         # each stage pulled back at the input it ran on.
@@ -231,15 +288,38 @@ class UnlockedModel(DecoupledModel):
             tracker.update_state(
                 tf.where(weight > 0, input_loss, 0.0), sample_weight=weight
             )
+        for k, tracker in enumerate(self.input_drift_trackers):
+            tracker.update_state(unlocked_steps.input_drift(inputs[k + 1], composed[k]))
 
-        metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        for tracker in [*self.sg_loss_trackers, *self.input_loss_trackers]:
+        # The compiled metrics of the composed network, as `evaluate`'s.
+        metrics = self.compute_metrics(x, y, composed[-1], sample_weight=sample_weight)
+        for tracker in [
+            self.synthetic_loss_tracker,
+            *self.sg_loss_trackers,
+            *self.input_loss_trackers,
+            *self.input_drift_trackers,
+        ]:
             metrics[tracker.name] = tracker.result()
         return metrics
 
+    def _composed_forward(self, x):
+        """The real forward pass, stage on stage, in inference mode, as
+        `predict` runs it: the activation at every cut, lowest first, then
+        the output."""
+        outputs, h = [], x
+        for k, stage in enumerate(self.stages):
+            with self._on(k):
+                h = stage(h, training=False)
+            outputs.append(h)
+        return outputs
+
     def test_step(self, data):
         logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if not k.endswith("_input_loss")}
+        return {
+            k: v
+            for k, v in logs.items()
+            if k != "synthetic_loss" and not k.endswith(("_input_loss", "_input_drift"))
+        }
 
     # ------------------------------------------------------------ serializing
 
@@ -248,6 +328,7 @@ class UnlockedModel(DecoupledModel):
         config["input_synthesizers"] = [
             keras.saving.serialize_keras_object(s) for s in self.input_synthesizers
         ]
+        config["input_sources"] = list(self.input_sources)
         return config
 
     @classmethod
@@ -291,6 +372,31 @@ def _check_input_synthesizers(input_synthesizers, cut_names, synthesizers):
                 "twice in the model; give each cut its own layer."
             )
     return input_synthesizers
+
+
+def _check_input_sources(input_sources, cut_names):
+    """One source per cut: 0 for x, or j for the activation at cut j below."""
+    cuts = len(cut_names)
+    if input_sources is None:
+        return [0] * cuts
+    if not isinstance(input_sources, (list, tuple)) or len(input_sources) != cuts:
+        raise ValueError(
+            f"Expected `input_sources` to be a list of one source per "
+            f"interface ({cuts} interfaces: {cut_names}), each 0 (the "
+            "network's input) or the number of a lower cut. "
+            f"Received: input_sources={input_sources!r}"
+        )
+    sources = []
+    for k, (name, j) in enumerate(zip(cut_names, input_sources, strict=True), 1):
+        if isinstance(j, bool) or not isinstance(j, numbers.Integral) or not 0 <= j < k:
+            raise ValueError(
+                f"The input synthesizer at interface '{name}' (cut {k}) "
+                "predicts that activation from the network's input (source 0) "
+                f"or from the activation at a lower cut j, 1 <= j < {k}. "
+                f"Received: input_sources[{k - 1}]={j!r}"
+            )
+        sources.append(int(j))
+    return sources
 
 
 def _cut_names(stages):

@@ -37,6 +37,40 @@ def input_synthesizer_loss(predicted, true_h):
     return tf.reduce_mean(tf.square(error)), 2.0 * error / count
 
 
+def input_drift(synthetic, composed):
+    """How far a synthetic input is from the composed network's activation.
+
+    The relative squared error over the batch,
+
+        drift = sum_i ||hhat_i - h_i||^2 / sum_i ||h_i||^2,
+
+    summed over every example i and element, in float32: 0 when the
+    synthetic input is exact, 1 when it is as far from h as 0 is. A ratio of
+    sums rather than a mean of per-example ratios, which an example whose
+    activation is near zero (a dead ReLU layer) would dominate. If h is zero
+    on the whole batch, the denominator is 1e-30, so any error shows as a
+    huge drift rather than as 0.
+
+    Args:
+        synthetic: hhat, the input a stage trained on, `(batch, ...)`.
+        composed: h, the activation the composed network produces at that
+            cut on the same batch, of the same shape.
+
+    Returns:
+        A scalar float32 tensor.
+    """
+    synthetic = tf.cast(synthetic, tf.float32)
+    composed = tf.cast(composed, tf.float32)
+    if not synthetic.shape.is_compatible_with(composed.shape):
+        raise ValueError(
+            "The synthetic input and the composed activation must have the "
+            f"same shape. Received: synthetic shape {tuple(synthetic.shape)}, "
+            f"composed shape {tuple(composed.shape)}"
+        )
+    error = tf.reduce_sum(tf.square(synthetic - composed))
+    return error / tf.maximum(tf.reduce_sum(tf.square(composed)), 1e-30)
+
+
 def bp_lambda_mixture(backpropagated, synthetic, bp_lambda, scale):
     """The gradient BP(lambda) sends into the stage below a cut.
 
