@@ -77,6 +77,7 @@ class ConvInputSynthesizer(InputSynthesizer):
                 f"Received: input_shape={input_shape}"
             )
         self.pool_size = (input_shape[1] // height, input_shape[2] // width)
+        self.source_shape = input_shape[1:]
         shape = (input_shape[0], height, width, input_shape[3])
         self.hidden = []
         self.norms = []

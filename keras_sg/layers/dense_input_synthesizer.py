@@ -70,6 +70,7 @@ class DenseInputSynthesizer(InputSynthesizer):
                 ">= 2 with known non-batch dimensions. "
                 f"Received: input_shape={input_shape}"
             )
+        self.source_shape = input_shape[1:]
         shape = (input_shape[0], math.prod(input_shape[1:]))
         self.hidden = []
         self.norms = []

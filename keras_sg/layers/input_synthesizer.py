@@ -30,8 +30,18 @@ class InputSynthesizer(keras.layers.Layer):
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
         self.target_shape = check_shape("target_shape", target_shape)
+        # The source's shape without the batch axis, once built (subclasses
+        # set it in `build`): a built synthesizer refuses another.
+        self.source_shape = None
 
     def compute_output_shape(self, input_shape):
+        source = tuple(input_shape[1:])
+        if self.source_shape is not None and source != self.source_shape:
+            raise ValueError(
+                f"The input synthesizer '{self.name}' was built for sources "
+                f"of shape {(None, *self.source_shape)}. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
         return (input_shape[0],) + self.target_shape
 
     def get_config(self):

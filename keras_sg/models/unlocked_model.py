@@ -176,7 +176,10 @@ class UnlockedModel(DecoupledModel):
                         synth.build(source)
                     out = synth.compute_output_spec(keras.KerasTensor(source))
                 except ValueError as error:
-                    raise ValueError(f"At interface '{name}': {error}") from error
+                    raise ValueError(
+                        f"At interface '{name}' (input source "
+                        f"{self.input_sources[k]}, of shape {source}): {error}"
+                    ) from error
             if tuple(out.shape[1:]) != shapes[k + 1][1:]:
                 raise ValueError(
                     f"The input synthesizer '{synth.name}' at interface "

@@ -552,6 +552,19 @@ def _bad_shape():
         ({"input_synthesizers": _bad_shape}, ValueError, r"output shape \(None, 5\)"),
         ({"method": "backprop"}, ValueError, "method='backprop'"),
         ({"sg_target": "backprop"}, ValueError, "sg_target='backprop'"),
+        ({"input_sources": [0]}, ValueError, r"input_sources=\[0\]"),
+        ({"input_sources": "01"}, ValueError, "input_sources='01'"),
+        ({"input_sources": [0, 2]}, ValueError, r"1 <= j < 2.*input_sources\[1\]=2"),
+        ({"input_sources": [1, 0]}, ValueError, r"input_sources\[0\]=1"),
+        ({"input_sources": [0, -1]}, ValueError, r"input_sources\[1\]=-1"),
+        ({"input_sources": [0, True]}, ValueError, r"input_sources\[1\]=True"),
+        ({"input_sources": [0, 1.0]}, ValueError, r"input_sources\[1\]=1.0"),
+        (
+            {"input_sources": [0, 1]},  # the second reads x's shape, not h_1's
+            ValueError,
+            r"'cut_2' \(input source 1, of shape \(None, 4\)\).*built for "
+            r"sources of shape \(None, 3\)",
+        ),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, message):
