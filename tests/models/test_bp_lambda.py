@@ -222,6 +222,10 @@ def test_keras_round_trip_keeps_bp_lambda_and_resumes(tmp_path):
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, keras_sg.BPLambdaModel)
     assert loaded.bp_lambda == 0.25 and loaded.method == "dni"
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 4
     model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
     loaded.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):

@@ -242,6 +242,9 @@ def test_keras_round_trip_keeps_arguments_and_resumes_the_draws(tmp_path):
     config = loaded.get_config()
     assert config["update_probability"] == 0.4 and config["seed"] == 9
     assert int(loaded.optimizer.iterations) == STEPS_PER_EPOCH
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
     model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
     loaded.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(weights_of(_parts(model)), weights_of(_parts(loaded)), strict=True):
