@@ -3,7 +3,7 @@
 import dataclasses
 from collections.abc import Sequence
 
-KINDS = ("F", "B", "S")
+KINDS = ("F", "B", "S", "I", "R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,10 +15,15 @@ class Event:
         start: start time.
         end: end time (`start` plus the operation's cost).
         kind: "F" (stage forward), "B" (stage backward: input and weight
-            gradients) or "S" (synthesizer forward and backward, DNI only).
+            gradients), "S" (gradient synthesizer: forward and backward in
+            pipelined DNI, its prediction only in "dni" and
+            "fully_unlocked"), "I" (input synthesizer's prediction,
+            "fully_unlocked") or "R" (the regressions of a device's
+            synthesizers, "dni" and "fully_unlocked").
         microbatch: index of the micro-batch the operation works on. For
             pipelined DNI: the index of the batch (each step feeds one new
-            batch into the first stage).
+            batch into the first stage); for "dni" and "fully_unlocked", the
+            step's batch, equal to `step`.
         stage: index of the model stage (for interleaved 1F1B, chunk c of
             device d is stage c * num_devices + d).
         step: training step the operation belongs to (0 for the schedules
