@@ -40,6 +40,7 @@ from keras_sg.schedules.timeline import (
     Event,
     SimulationResult,
     busy_in_window,
+    cross_device_messages,
     idle_fractions,
 )
 
@@ -78,19 +79,20 @@ def unlocked_orders(
 
 def _dependencies(
     op: UnlockedOp,
-    step_ends: Sequence[Sequence[UnlockedOp]],
+    step_ends: Sequence[Sequence[UnlockedOp]] | None,
+    num_devices: int,
     forward_unlocked: bool,
     comm_latency: float,
 ) -> list[tuple[UnlockedOp, float]]:
     """The operations `op` waits for, with the delay after each one's end.
 
-    `step_ends[t]` holds, per device, its last operation of step t.
+    `step_ends[t]` holds, per device, its last operation of step t; None
+    leaves out the end of the step before (the barrier).
     """
     kind, t, k = op
-    num_devices = len(step_ends[0])
     first = "I" if forward_unlocked and k > 0 else "F"
     deps = []
-    if kind == first and t > 0:
+    if kind == first and t > 0 and step_ends is not None:
         # A step starts when every device has ended the step before: Keras
         # waits for a training step's results before it starts the next.
         deps += [(end, 0.0) for end in step_ends[t - 1]]
@@ -159,18 +161,16 @@ def simulate_unlocked(
     placed = list_schedule(
         orders,
         lambda op: costs[op[0]][op[2]],
-        lambda op: _dependencies(op, step_ends, forward_unlocked, comm_latency),
+        lambda op: _dependencies(
+            op, step_ends, num_devices, forward_unlocked, comm_latency
+        ),
     )
-    events = tuple(
-        sorted(
-            (
-                Event(device, start, end, kind, t, k, step=t)
-                for (kind, t, k), (device, start, end) in placed.items()
-                if end > start or kind in ("F", "B")
-            ),
-            key=lambda e: (e.start, e.device),
-        )
-    )
+    by_op = {
+        (kind, t, k): Event(device, start, end, kind, t, k, step=t)
+        for (kind, t, k), (device, start, end) in placed.items()
+        if end > start or kind in ("F", "B")
+    }
+    events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
     makespan = max((e.end for e in events), default=0.0)
     busy = busy_in_window(events, num_devices, 0.0, makespan)
     return SimulationResult(
@@ -183,4 +183,11 @@ def simulate_unlocked(
         step_time=makespan,
         busy_time=busy,
         idle_fraction=idle_fractions(busy, makespan),
+        messages=cross_device_messages(
+            placed,
+            lambda op: _dependencies(
+                op, None, num_devices, forward_unlocked, comm_latency
+            ),
+            by_op,
+        ),
     )

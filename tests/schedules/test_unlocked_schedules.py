@@ -125,3 +125,50 @@ def test_input_synth_forms_and_errors():
         simulate("fully_unlocked", 3, 1, F, B, S, input_synth=-1.0)
     with pytest.raises(ValueError, match="schedule='dni'"):
         simulate("dni", 3, 1, F, B, S, input_synth=IN)
+
+
+def _keys(result):
+    return sorted(
+        ((a.kind, a.step, a.stage), (b.kind, b.step, b.stage))
+        for a, b in result.messages
+    )
+
+
+def test_messages_list_what_each_stage_waits_for():
+    k, m = 3, 2
+    unlocked = simulate("fully_unlocked", k, m, F, B, S, input_synth=IN)
+    # Only the regressions wait for other devices: for the target from above
+    # and for the true activation from below. No forward, no backward waits.
+    assert _keys(unlocked) == sorted(
+        [(("B", t, s + 1), ("R", t, s)) for t in range(m) for s in range(k - 1)]
+        + [(("F", t, s - 1), ("R", t, s)) for t in range(m) for s in range(1, k)]
+    )
+    dni = simulate("dni", k, m, F, B, S)
+    assert _keys(dni) == sorted(
+        [(("B", t, s + 1), ("R", t, s)) for t in range(m) for s in range(k - 1)]
+        + [(("F", t, s - 1), ("F", t, s)) for t in range(m) for s in range(1, k)]
+    )
+    naive = simulate("naive", k, 1, F, B)
+    assert _keys(naive) == sorted(
+        [(("B", 0, s + 1), ("B", 0, s)) for s in range(k - 1)]
+        + [(("F", 0, s - 1), ("F", 0, s)) for s in range(1, k)]
+    )
+    pipelined = simulate("pipelined_dni", k, m, F, B, S)
+    steps = range(k - 1 + m)
+    assert _keys(pipelined) == sorted(
+        [
+            (("F", t - 1, s - 1), ("F", t, s))
+            for t in steps
+            for s in range(1, k)
+            if t >= s
+        ]
+        + [
+            (("B", t - 1, s + 1), ("S", t, s))
+            for t in steps
+            for s in range(k - 1)
+            if t - 1 >= s + 1
+        ]
+    )
+    # In the order of the waiting event's start.
+    starts = [b.start for _, b in pipelined.messages]
+    assert starts == sorted(starts)
