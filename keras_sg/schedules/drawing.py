@@ -94,7 +94,7 @@ def draw_timeline(
     ax.set_ylim(k - 0.5, -0.5)
     ax.set_xlim(0, end)
     ax.set_xlabel("time")
-    kinds = sorted({e.kind for e in result.events}, key="IFSBR".index)
+    kinds = sorted({e.kind for e in result.events}, key="IFBSR".index)
     handles = [Patch(color=COLORS[kind], label=NAMES[kind]) for kind in kinds]
     if result.num_chunks > 1:
         handles = [
