@@ -16,6 +16,14 @@ the measured per-stage forward, backward and synthesizer costs to the
 simulator (keras_sg.schedules) and reports how far its prediction is from
 the measured throughput. Last, on MNIST with two devices, the wall time to
 97.5% test accuracy of backprop model-parallel, GPipe and pipelined cDNI.
+
+The fully unlocked step (`fully_unlocked`) is `UnlockedModel`: every stage
+above the first runs on the prediction of an input synthesizer from x, so all
+stages work on the step's batch at once. To measure a few schedules only,
+several times each, and print their medians without writing the report:
+
+    python scripts/benchmark_pipeline.py --table_only --repeats=3 \
+        --schedules=backprop_mp,dni_unlocked,fully_unlocked --devices=2,4
 """
 
 import json
@@ -50,6 +58,14 @@ flags.DEFINE_bool("skip_cluster", False, "Skip the two-server (cluster) runs.")
 flags.DEFINE_list(
     "cdni_learning_rates", ["3e-4"], "Extra Adam rates for pipelined cDNI to 97.5%."
 )
+flags.DEFINE_bool(
+    "table_only",
+    False,
+    "Measure --schedules on logical devices only, --repeats times each, and "
+    "print the medians; the report is not written.",
+)
+flags.DEFINE_list("schedules", None, "Schedules of --table_only (default: all).")
+flags.DEFINE_integer("repeats", 3, "Runs of each measurement with --table_only.")
 # Internal: one measurement in this process (set by the parent).
 flags.DEFINE_string("worker", None, "JSON spec of one measurement (internal).")
 flags.DEFINE_list("addresses", None, "Cluster workers of a measurement (internal).")
@@ -61,6 +77,7 @@ SCHEDULES = [  # (name, model class, synthesizer)
     ("dni_unlocked", "dni", "low_rank"),
     ("pipelined_dni_linear", "pipelined", "linear"),
     ("pipelined_dni_low_rank", "pipelined", "low_rank"),
+    ("fully_unlocked", "unlocked", "low_rank"),
 ]
 # A name scope entered again in one graph becomes stage_k_1, stage_k_2, ...
 STAGE = re.compile(r"(?:^|/)stage_(\d+)(?:_\d+)?/")
@@ -111,6 +128,25 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
         model = keras_sg.DecoupledModel(
             stages, synthesizers(), method=method, devices=devices
         )
+    elif kind == "unlocked":
+        # Input synthesizers from x, as cheap as the low-rank synthesizers:
+        # one hidden layer of `rank` units, then a dense layer to the cut.
+        inputs = [
+            keras_sg.DenseInputSynthesizer(
+                target_shape=(width,),
+                hidden_layers=1,
+                units=spec["rank"],
+                use_batch_norm=False,
+            )
+            for _ in range(k - 1)
+        ]
+        model = keras_sg.UnlockedModel(
+            stages,
+            synthesizers(),
+            input_synthesizers=inputs,
+            method=method,
+            devices=devices,
+        )
     else:
         model = keras_sg.PipelinedModel(
             stages, synthesizers(), method=method, devices=devices
@@ -154,9 +190,12 @@ def _covered(intervals, begin):
 
 
 def _kind(name):
-    """F, B, S (a stage's forward, backward, synthesizer), U (optimizer update)
-    or C (anything else a device runs: transfers, bookkeeping) for an op."""
+    """F, B, S (a stage's forward, backward, synthesizer), I (an input
+    synthesizer), U (optimizer update) or C (anything else a device runs:
+    transfers, bookkeeping) for an op."""
     if STAGE.search(name):
+        if "input_synthesizer" in name:
+            return "I"
         if "synthesizer" in name:
             return "S"
         return "B" if "gradient" in name.lower() else "F"
@@ -170,7 +209,7 @@ def trace_costs(logdir, num_stages, steps):
     """Per-stage busy fractions, F/B/S/U costs per step and intervals from a trace."""
     path = sorted(Path(logdir).rglob("*.xplane.pb"))[-1]
     intervals = [[] for _ in range(num_stages)]
-    costs = [{"F": 0.0, "B": 0.0, "S": 0.0, "U": 0.0} for _ in range(num_stages)]
+    costs = [dict.fromkeys("FBSIU", 0.0) for _ in range(num_stages)]
     update = 0.0
     for name, start, end in _ops(path):
         kind = _kind(name)
@@ -233,7 +272,7 @@ def trace_servers(logdir, addresses):
     finish = max(max(e for _, e, _ in ivs) for ivs in per_host.values() if ivs)
     busy, shifted, costs = [], [], []
     for host in hosts:
-        cost = dict.fromkeys("FBSUC", 0.0)
+        cost = dict.fromkeys("FBSIUC", 0.0)
         for start, end, kind in per_host[host]:
             cost[kind] += end - start
         costs.append(cost)
@@ -450,6 +489,7 @@ def predict(result):
     # A device's other work (transfers, on the servers) counts as backward.
     backward = [c["B"] + c.get("C", 0.0) for c in costs]
     synth = [c["S"] for c in costs]
+    inputs = [c.get("I", 0.0) for c in costs]
     update = [c.get("U", 0.0) for c in costs]
     # The simulator has no optimizer step: add it where it sits in each
     # schedule. After a backward pass the lowest stage updates last (the
@@ -462,6 +502,11 @@ def predict(result):
         fwd = [f + s for f, s in zip(forward, synth, strict=True)]
         sim = schedules.simulate("naive", k, 1, fwd, backward)
         return batch / (sim.step_time + update[0]) * 1000
+    if spec["model"] == "unlocked":  # every device on the batch at once
+        sim = schedules.simulate(
+            "fully_unlocked", k, 1, forward, backward, synth[:-1], input_synth=inputs
+        )
+        return batch / (sim.step_time + max(update)) * 1000
     if spec["model"] == "gpipe":
         m = spec["micro_batches"]
         sim = schedules.simulate(
@@ -519,6 +564,9 @@ def main(argv):
     del argv
     if FLAGS.worker:
         print(json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
+        return
+    if FLAGS.table_only:
+        print(medians_table())
         return
     base = dict(
         width=FLAGS.width,
@@ -606,6 +654,83 @@ def main(argv):
     print(f"wrote {FLAGS.output}")
 
 
+def medians_table():
+    """Measures --schedules on K logical devices, --repeats times each (in
+    turn, so that a change of the machine's load hits every schedule), and
+    returns a Markdown table of the medians."""
+    import statistics
+
+    chosen = FLAGS.schedules or [name for name, _, _ in SCHEDULES]
+    known = {name: (model, synth) for name, model, synth in SCHEDULES}
+    for name in chosen:
+        if name not in known:
+            raise ValueError(
+                f"`--schedules` must name schedules of {list(known)}. "
+                f"Received: {name!r}"
+            )
+    base = dict(
+        width=FLAGS.width,
+        batch_size=FLAGS.batch_size,
+        micro_batches=FLAGS.micro_batches,
+        rank=FLAGS.rank,
+        steps=FLAGS.steps,
+        profile_steps=FLAGS.profile_steps,
+        autotune=False,
+    )
+    runs = {}
+    for repeat in range(FLAGS.repeats):
+        for k in map(int, FLAGS.devices):
+            for name in chosen:
+                model, synth = known[name]
+                spec = dict(
+                    base,
+                    name=f"{name} (K={k}, run {repeat + 1})",
+                    devices=k,
+                    model=model,
+                    synth=synth,
+                )
+                print(f"[measure] {spec['name']}", flush=True)
+                result = measure(spec)
+                print(f"  {result['examples_per_s']:.0f} examples/s", flush=True)
+                runs.setdefault((name, k), []).append(result)
+    lines = [
+        "| K | schedule | examples/s, median (runs) | vs backprop_mp | busy per "
+        "device | SG overhead per stage | simulator's examples/s (error) |",
+        "| --- " * 7 + "|",
+    ]
+    for k in map(int, FLAGS.devices):
+        medians = {
+            name: statistics.median(r["examples_per_s"] for r in runs[name, k])
+            for name in chosen
+        }
+        for name in chosen:
+            results = sorted(runs[name, k], key=lambda r: r["examples_per_s"])
+            middle = results[(len(results) - 1) // 2]  # the median run (low)
+            speed = medians[name]
+            each = ", ".join(f"{r['examples_per_s']:.0f}" for r in runs[name, k])
+            cells = [
+                str(k),
+                name,
+                f"{speed:.0f} ({each})",
+                f"{speed / medians['backprop_mp']:.2f}x"
+                if "backprop_mp" in medians
+                else "–",
+                ", ".join(f"{b:.0%}" for b in middle["busy"]),
+            ]
+            overhead = "–"
+            if known[name][1]:
+                ratios = [
+                    (c["S"] + c.get("I", 0.0)) / (c["F"] + c["B"])
+                    for c in middle["costs"][:-1]
+                ]
+                overhead = ", ".join(f"{o:.0%}" for o in ratios)
+            predicted = predict(middle)
+            error = (predicted - middle["examples_per_s"]) / middle["examples_per_s"]
+            cells += [overhead, f"{predicted:.0f} ({error:+.0%})"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _table(rows, base, gpipe, with_trace):
     head = "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device "
     head += "| SG overhead per stage | simulator's examples/s (error) |"
@@ -624,7 +749,10 @@ def _table(rows, base, gpipe, with_trace):
         ]
         overhead = "–"
         if synth:
-            ratios = [c["S"] / (c["F"] + c["B"]) for c in r["costs"][:-1]]
+            # Gradient and input synthesizers (I: fully unlocked only).
+            ratios = [
+                (c["S"] + c.get("I", 0.0)) / (c["F"] + c["B"]) for c in r["costs"][:-1]
+            ]
             overhead = ", ".join(f"{o:.0%}" for o in ratios)
         predicted = predict(r)
         error = (predicted - r["examples_per_s"]) / r["examples_per_s"]

@@ -3,13 +3,17 @@ r"""Extrapolates pipeline schedules to scale: when does pipelined DNI pay off?
 Simulates one training step of a 96-block transformer split evenly over K =
 8, 16, 32, 64 devices under naive model parallelism, GPipe (Huang et al.
 2019, arXiv:1811.06965), 1F1B (PipeDream-Flush, Narayanan et al. 2019/2021),
-Megatron-LM's interleaved 1F1B (Narayanan et al. 2021, arXiv:2104.04473) and
-pipelined DNI (Jaderberg et al. 2016, arXiv:1608.05343), with the schedule
-simulator `keras_sg.schedules` (pure Python, no TensorFlow in the simulation).
+Megatron-LM's interleaved 1F1B (Narayanan et al. 2021, arXiv:2104.04473),
+pipelined DNI (Jaderberg et al. 2016, arXiv:1608.05343), DNI one batch per
+step, and the fully unlocked step (synthetic inputs, Section 3.4 of the same
+paper), with the schedule simulator `keras_sg.schedules` (pure Python, no
+TensorFlow in the simulation).
 
 Per block a forward costs 1 and a backward 2 time units; a device's stage
 holds 96 / K blocks. DNI adds a synthesizer (forward and backward) at every
-stage but the last, costing `--sg_overhead` times the stage's compute. It
+stage but the last, costing `--sg_overhead` times the stage's compute; the
+fully unlocked step adds an input synthesizer at every stage but the first,
+costing `--input_overhead` times the stage's compute. It
 prints, for each M and K, the step time (the time to process M micro-batches;
 for pipelined DNI in steady state), the idle fraction and the throughput
 relative to GPipe, then the break-even SG overhead below which pipelined DNI
@@ -42,6 +46,12 @@ flags.DEFINE_float(
     0.1,
     "Synthesizer cost (forward + backward) as a fraction of a stage's compute.",
 )
+flags.DEFINE_float(
+    "input_overhead",
+    0.1,
+    "Input synthesizer cost (forward + backward) of the fully unlocked step, "
+    "as a fraction of a stage's compute.",
+)
 flags.DEFINE_list(
     "sg_overhead_sweep",
     ["0.05", "0.1", "0.2", "0.4"],
@@ -55,7 +65,7 @@ flags.DEFINE_integer("figure_devices", 4, "K of the timeline figures.")
 flags.DEFINE_integer("figure_microbatches", 8, "M of the timeline figures.")
 
 FLUSHED = ("gpipe", "1f1b", "interleaved_1f1b")
-ORDER = ("naive",) + FLUSHED + ("pipelined_dni",)
+ORDER = ("naive",) + FLUSHED + ("pipelined_dni", "dni", "fully_unlocked")
 
 
 def stage_costs(
@@ -107,6 +117,20 @@ def simulate_all(num_devices: int, num_microbatches: int, overhead: float) -> di
             **common,
         )
     results["pipelined_dni"] = dni(num_devices, num_microbatches, overhead)
+    synth = overhead * (forward + backward)
+    results["dni"] = simulate(
+        "dni", num_devices, num_microbatches, forward, backward, synth, **common
+    )
+    results["fully_unlocked"] = simulate(
+        "fully_unlocked",
+        num_devices,
+        num_microbatches,
+        forward,
+        backward,
+        synth,
+        input_synth=FLAGS.input_overhead * (forward + backward),
+        **common,
+    )
     return results
 
 
@@ -302,12 +326,30 @@ def write_figures(folder: str) -> list[tuple[str, str]]:
         "pipelined_dni": simulate(
             "pipelined_dni", k, m, f, b, FLAGS.sg_overhead * (f + b), **common
         ),
+        "dni": simulate("dni", k, m, f, b, FLAGS.sg_overhead * (f + b), **common),
+        "fully_unlocked": simulate(
+            "fully_unlocked",
+            k,
+            m,
+            f,
+            b,
+            FLAGS.sg_overhead * (f + b),
+            input_synth=FLAGS.input_overhead * (f + b),
+            **common,
+        ),
     }
     figures = []
     for name, result in runs.items():
         title = f"{schedule_label(name)}: K={k}, M={m}"
         if name == "pipelined_dni":
             title += f", SG overhead {FLAGS.sg_overhead:g} (dashed: end of warm-up)"
+        elif name == "dni":
+            title += f", SG overhead {FLAGS.sg_overhead:g}, one batch per step"
+        elif name == "fully_unlocked":
+            title += (
+                f", SG overhead {FLAGS.sg_overhead:g}, input synthesizers "
+                f"{FLAGS.input_overhead:g}, one batch per step"
+            )
         path = os.path.join(folder, f"timeline_{name}_K{k}_M{m}.png")
         figures.append((name, draw_timeline(result, path, title=title)))
     return figures
@@ -328,7 +370,9 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
         f"{FLAGS.comm_latency:g}; interleaved 1F1B with v={FLAGS.num_chunks} "
         f"chunks per device; SG overhead s={FLAGS.sg_overhead:g}: each DNI "
         "synthesizer (forward + backward) costs s times its stage's compute "
-        "(the last stage has none).",
+        "(the last stage has none); for the fully unlocked step, each input "
+        f"synthesizer costs {FLAGS.input_overhead:g} times its stage's compute "
+        "(the first stage has none).",
         "",
         "How to read it:",
         "",
@@ -336,7 +380,18 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
         "for naive, GPipe, 1F1B and interleaved 1F1B; for pipelined DNI, M "
         "steps in steady state (one micro-batch enters per step, and each "
         "device updates its weights every step, so DNI makes M updates where "
-        "the others make one).",
+        "the others make one). For DNI one batch per step (`dni`, as "
+        "`DecoupledModel` trains) and the fully unlocked step "
+        "(`fully_unlocked`, as `UnlockedModel` trains: every stage on the "
+        "step's batch at once, from its synthetic input), M steps of one "
+        "micro-batch each, each step ending on every device before the next "
+        "begins; neither has a warm-up. With even stages the fully unlocked "
+        "step takes (1 + s + s_in) times a stage's compute per micro-batch "
+        "(s_in: the input synthesizers' overhead), pipelined DNI (1 + s): "
+        "the fully unlocked step pays for its input synthesizers, and in "
+        "return needs no warm-up and trains every stage on the same batch. "
+        "`dni` still waits for the forward pass below each stage: K forwards "
+        "and one backward per step.",
         "- Idle fraction is the mean over devices of 1 - busy / step time. "
         "Pipelined DNI's warm-up (K - 1 steps, before the last device gets its "
         "first input) is paid once per run and reported apart.",
@@ -347,7 +402,9 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
         "(break-even s* = that bubble / compute, with even stages).",
         "- Not modelled: memory (GPipe holds M micro-batches of activations, "
         "1F1B at most K), the optimizer step, and the effect of synthetic, "
-        "stale gradients on how many steps training needs. The break-even "
+        "stale gradients on how many steps training needs, nor whether an "
+        "input synthesizer can predict a stage's input well enough (a "
+        "question for training, not for the schedule). The break-even "
         "overhead compares time per micro-batch only.",
         "",
     ]

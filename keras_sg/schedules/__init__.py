@@ -1,5 +1,6 @@
 """Pipeline schedule simulator: naive model parallelism, GPipe, 1F1B,
-interleaved 1F1B and pipelined DNI, timed event by event.
+interleaved 1F1B, pipelined DNI, DNI one batch per step and the fully
+unlocked step (synthetic inputs), timed event by event.
 
 Pure Python: no TensorFlow or Keras (matplotlib only inside `draw_timeline`).
 
@@ -27,6 +28,7 @@ from keras_sg.schedules.orders import (
 from keras_sg.schedules.pipelined_dni import dni_orders
 from keras_sg.schedules.simulator import SCHEDULES, simulate
 from keras_sg.schedules.timeline import KINDS, Event, SimulationResult, Warmup
+from keras_sg.schedules.unlocked import unlocked_orders
 
 __all__ = [
     "KINDS",
@@ -42,4 +44,5 @@ __all__ = [
     "naive_orders",
     "one_f_one_b_orders",
     "simulate",
+    "unlocked_orders",
 ]

@@ -5,7 +5,13 @@ from collections.abc import Sequence
 
 from keras_sg._checks import check_int
 
-__all__ = ["check_int", "check_latency", "stage_costs", "synth_costs"]
+__all__ = [
+    "check_int",
+    "check_latency",
+    "input_synth_costs",
+    "stage_costs",
+    "synth_costs",
+]
 
 
 def _is_number(value) -> bool:
@@ -91,6 +97,52 @@ def synth_costs(value, num_stages: int) -> tuple[float, ...]:
     raise ValueError(
         f"`{name}` must have one cost per cut ({num_stages - 1} entries) or per "
         f"stage ({num_stages} entries, the last 0). "
+        f"Received: {name}={value!r} with {len(value)} entries"
+    )
+
+
+def input_synth_costs(value, num_stages: int) -> tuple[float, ...]:
+    """Returns one input synthesizer cost per stage, 0 for the first stage.
+
+    The first stage reads the network's input and has no input synthesizer.
+
+    Args:
+        value: None (no input synthesizers: all 0); a number, the cost of
+            every input synthesizer (the first stage still gets 0); a
+            sequence with one cost per cut (`num_stages - 1` entries, for
+            stages 1 to num_stages - 1); or one per stage (`num_stages`
+            entries, the first one 0).
+        num_stages: the number of pipeline stages.
+
+    Returns:
+        A tuple of `num_stages` floats whose first entry is 0.
+
+    Raises:
+        ValueError: on a wrong length, a bad cost or a non-zero first entry.
+    """
+    name = "input_synth"
+    if value is None:
+        return (0.0,) * num_stages
+    if _is_number(value):
+        return (0.0,) + _check_cost_values(name, value, [value] * (num_stages - 1))
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"`{name}` must be None, a number or a sequence of numbers. "
+            f"Received: {name}={value!r}"
+        )
+    if len(value) == num_stages - 1:
+        return (0.0,) + _check_cost_values(name, value, value)
+    if len(value) == num_stages:
+        costs = _check_cost_values(name, value, value)
+        if costs[0] != 0.0:
+            raise ValueError(
+                "`input_synth` must be 0 for the first stage, which reads the "
+                f"network's input. Received: input_synth={value!r}"
+            )
+        return costs
+    raise ValueError(
+        f"`{name}` must have one cost per cut ({num_stages - 1} entries) or per "
+        f"stage ({num_stages} entries, the first 0). "
         f"Received: {name}={value!r} with {len(value)} entries"
     )
 

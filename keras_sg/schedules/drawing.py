@@ -4,8 +4,20 @@ import os
 
 from keras_sg.schedules.timeline import SimulationResult
 
-COLORS = {"F": "#4c72b0", "B": "#55a868", "S": "#dd8452"}
-NAMES = {"F": "forward", "B": "backward", "S": "synthesizer"}
+COLORS = {
+    "F": "#4c72b0",
+    "B": "#55a868",
+    "S": "#dd8452",
+    "I": "#8172b3",
+    "R": "#c44e52",
+}
+NAMES = {
+    "F": "forward",
+    "B": "backward",
+    "S": "synthesizer",
+    "I": "input synthesizer",
+    "R": "synthesizer regressions",
+}
 
 
 def _lighten(color: str, amount: float) -> tuple[float, float, float]:
@@ -82,7 +94,7 @@ def draw_timeline(
     ax.set_ylim(k - 0.5, -0.5)
     ax.set_xlim(0, end)
     ax.set_xlabel("time")
-    kinds = sorted({e.kind for e in result.events}, key="FBS".index)
+    kinds = sorted({e.kind for e in result.events}, key="IFBSR".index)
     handles = [Patch(color=COLORS[kind], label=NAMES[kind]) for kind in kinds]
     if result.num_chunks > 1:
         handles = [

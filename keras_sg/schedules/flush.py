@@ -8,6 +8,7 @@ from keras_sg.schedules.timeline import (
     Event,
     SimulationResult,
     busy_in_window,
+    cross_device_messages,
     idle_fractions,
 )
 
@@ -64,20 +65,18 @@ def simulate_flush(
     num_devices = len(orders)
     num_stages = len(forward)
     costs = {"F": forward, "B": backward}
+
+    def dependencies(op):
+        return _flush_dependencies(op, num_stages, num_devices, comm_latency)
+
     placed = list_schedule(
-        orders,
-        lambda op: costs[op[0]][op[2]] * cost_scale,
-        lambda op: _flush_dependencies(op, num_stages, num_devices, comm_latency),
+        orders, lambda op: costs[op[0]][op[2]] * cost_scale, dependencies
     )
-    events = tuple(
-        sorted(
-            (
-                Event(device, start, end, kind, m, stage)
-                for (kind, m, stage), (device, start, end) in placed.items()
-            ),
-            key=lambda e: (e.start, e.device),
-        )
-    )
+    by_op = {
+        op: Event(device, start, end, op[0], op[1], op[2])
+        for op, (device, start, end) in placed.items()
+    }
+    events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
     makespan = max((e.end for e in events), default=0.0)
     busy = busy_in_window(events, num_devices, 0.0, makespan)
     return SimulationResult(
@@ -90,4 +89,5 @@ def simulate_flush(
         step_time=makespan,
         busy_time=busy,
         idle_fraction=idle_fractions(busy, makespan),
+        messages=cross_device_messages(placed, dependencies, by_op),
     )

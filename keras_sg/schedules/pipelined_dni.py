@@ -26,6 +26,7 @@ from keras_sg.schedules.timeline import (
     SimulationResult,
     Warmup,
     busy_in_window,
+    cross_device_messages,
     idle_fractions,
 )
 
@@ -95,21 +96,21 @@ def simulate_pipelined_dni(
     warmup_steps = num_devices - 1
     last_step = warmup_steps + num_microbatches  # only its start times are used
     costs = {"F": forward, "S": synth, "B": backward}
+
+    def dependencies(op):
+        return _dni_dependencies(op, num_devices, comm_latency)
+
     placed = list_schedule(
         dni_orders(num_devices, last_step + 1),
         lambda op: costs[op[0]][op[2]],
-        lambda op: _dni_dependencies(op, num_devices, comm_latency),
+        dependencies,
     )
-    events = tuple(
-        sorted(
-            (
-                Event(device, start, end, kind, t - k, k, step=t)
-                for (kind, t, k), (device, start, end) in placed.items()
-                if t < last_step and (end > start or kind != "S")
-            ),
-            key=lambda e: (e.start, e.device),
-        )
-    )
+    by_op = {
+        (kind, t, k): Event(device, start, end, kind, t - k, k, step=t)
+        for (kind, t, k), (device, start, end) in placed.items()
+        if t < last_step and (end > start or kind != "S")
+    }
+    events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
     # Warm-up: until the last device starts its first step (the pipeline is full).
     warmup_end = placed[("F", warmup_steps, num_devices - 1)][1]
     warmup_busy = busy_in_window(events, num_devices, 0.0, warmup_end)
@@ -141,4 +142,5 @@ def simulate_pipelined_dni(
             busy_time=warmup_busy,
             idle_fraction=idle_fractions(warmup_busy, warmup_end),
         ),
+        messages=cross_device_messages(placed, dependencies, by_op),
     )

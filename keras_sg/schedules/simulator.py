@@ -12,8 +12,17 @@ from keras_sg.schedules.orders import (
 )
 from keras_sg.schedules.pipelined_dni import simulate_pipelined_dni
 from keras_sg.schedules.timeline import SimulationResult
+from keras_sg.schedules.unlocked import simulate_unlocked
 
-SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved_1f1b", "pipelined_dni")
+SCHEDULES = (
+    "naive",
+    "gpipe",
+    "1f1b",
+    "interleaved_1f1b",
+    "pipelined_dni",
+    "dni",
+    "fully_unlocked",
+)
 
 Costs = float | Sequence[float]
 
@@ -34,6 +43,7 @@ def simulate(
     backward: Costs,
     synth: Costs | None = None,
     *,
+    input_synth: Costs | None = None,
     num_chunks: int = 1,
     comm_latency: float = 0.0,
     microbatch_size: int = 1,
@@ -57,9 +67,18 @@ def simulate(
       every device on a different batch; see
       `keras_sg.schedules.pipelined_dni`. M is the number of steady-state
       steps measured after the K - 1 warm-up steps; one batch per step.
+    - "dni": DNI one batch per step, as `DecoupledModel` trains it: each
+      stage updates from its synthetic gradient without waiting for the
+      backward pass above, but still waits for the forward pass below. M is
+      the number of steps; see `keras_sg.schedules.unlocked`.
+    - "fully_unlocked": DNI (cDNI) with synthetic inputs, as `UnlockedModel`
+      trains it: every stage starts on the step's batch at once, from its
+      input synthesizer's prediction; only the synthesizers' regressions
+      wait for other devices. No warm-up. M is the number of steps.
 
-    Synthesizer costs only matter to "pipelined_dni"; the other schedules
-    have no synthesizers and ignore them.
+    Gradient synthesizer costs only matter to "pipelined_dni", "dni" and
+    "fully_unlocked"; the other schedules have no synthesizers and ignore
+    them. Input synthesizer costs are taken by "fully_unlocked" only.
 
     Args:
         schedule: one of `SCHEDULES`.
@@ -72,6 +91,10 @@ def simulate(
         synth: synthesizer cost (forward and backward) at each stage's
             output: None (0), a number (every cut), one per cut, or one per
             stage with 0 for the last.
+        input_synth: input synthesizer cost (forward and backward) at each
+            stage's input, "fully_unlocked" only: None (0), a number (every
+            stage but the first), one per cut (for stages 1..K-1), or one
+            per stage with 0 for the first.
         num_chunks: model chunks per device v >= 1; above 1 only with
             "interleaved_1f1b".
         comm_latency: delay of each message between two devices, >= 0.
@@ -106,6 +129,25 @@ def simulate(
     fwd = checks.stage_costs("forward", forward, num_stages)
     bwd = checks.stage_costs("backward", backward, num_stages)
     syn = checks.synth_costs(synth, num_stages)
+    if input_synth is not None and schedule != "fully_unlocked":
+        raise ValueError(
+            "`input_synth` needs schedule='fully_unlocked', the only schedule "
+            f"with input synthesizers. Received: input_synth={input_synth!r} "
+            f"with schedule={schedule!r}"
+        )
+    inp = checks.input_synth_costs(input_synth, num_stages)
+
+    if schedule in ("dni", "fully_unlocked"):
+        return simulate_unlocked(
+            schedule,
+            fwd,
+            bwd,
+            syn,
+            inp,
+            num_microbatches=num_microbatches,
+            microbatch_size=microbatch_size,
+            comm_latency=latency,
+        )
 
     if schedule == "pipelined_dni":
         return simulate_pipelined_dni(

@@ -1,9 +1,9 @@
 """The timeline of a simulated schedule and the numbers measured on it."""
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
-KINDS = ("F", "B", "S")
+KINDS = ("F", "B", "S", "I", "R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,10 +15,15 @@ class Event:
         start: start time.
         end: end time (`start` plus the operation's cost).
         kind: "F" (stage forward), "B" (stage backward: input and weight
-            gradients) or "S" (synthesizer forward and backward, DNI only).
+            gradients), "S" (gradient synthesizer: forward and backward in
+            pipelined DNI, its prediction only in "dni" and
+            "fully_unlocked"), "I" (input synthesizer's prediction,
+            "fully_unlocked") or "R" (the regressions of a device's
+            synthesizers, "dni" and "fully_unlocked").
         microbatch: index of the micro-batch the operation works on. For
             pipelined DNI: the index of the batch (each step feeds one new
-            batch into the first stage).
+            batch into the first stage); for "dni" and "fully_unlocked", the
+            step's batch, equal to `step`.
         stage: index of the model stage (for interleaved 1F1B, chunk c of
             device d is stage c * num_devices + d).
         step: training step the operation belongs to (0 for the schedules
@@ -76,6 +81,11 @@ class SimulationResult:
         busy_time: per-device busy time within `step_time`.
         idle_fraction: per-device `1 - busy_time / step_time`.
         warmup: pipelined DNI's warm-up, None for the other schedules.
+        messages: what the devices wait for: every dependency between two
+            devices, as (the event waited for, the event that waits), in the
+            order of the waiting event's start. The end of a step, which
+            "dni" and "fully_unlocked" wait for on every device, is not
+            listed.
     """
 
     schedule: str
@@ -88,6 +98,7 @@ class SimulationResult:
     busy_time: tuple[float, ...]
     idle_fraction: tuple[float, ...]
     warmup: Warmup | None = None
+    messages: tuple[tuple[Event, Event], ...] = ()
 
     @property
     def makespan(self) -> float:
@@ -135,6 +146,31 @@ def busy_in_window(
     for e in events:
         busy[e.device] += max(0.0, min(e.end, end) - max(e.start, start))
     return tuple(busy)
+
+
+def cross_device_messages(
+    placed: Mapping[Hashable, tuple[int, float, float]],
+    dependencies: Callable[[Hashable], Sequence[tuple[Hashable, float]]],
+    events: Mapping[Hashable, Event],
+) -> tuple[tuple[Event, Event], ...]:
+    """Returns the dependencies between events on two different devices.
+
+    Args:
+        placed: each operation's (device, start, end), from `list_schedule`.
+        dependencies: the operations an operation waits for, with delays.
+        events: the event of each operation kept in the timeline.
+
+    Returns:
+        (the event waited for, the event that waits) pairs, ordered by the
+        waiting event's start, then by device.
+    """
+    pairs = [
+        (events[dep], event)
+        for op, event in events.items()
+        for dep, _ in dependencies(op)
+        if dep in events and placed[dep][0] != placed[op][0]
+    ]
+    return tuple(sorted(pairs, key=lambda p: (p[1].start, p[1].device, p[0].start)))
 
 
 def idle_fractions(busy: Sequence[float], window: float) -> tuple[float, ...]:

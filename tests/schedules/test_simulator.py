@@ -24,8 +24,13 @@ def _kwargs(schedule, num_devices):
     """Chunks for interleaved 1F1B, synthesizers for DNI, nothing otherwise."""
     if schedule == "interleaved_1f1b":
         return {"num_chunks": 2}
-    if schedule == "pipelined_dni":
+    if schedule in ("pipelined_dni", "dni"):
         return {"synth": [0.25 * (k + 1) for k in range(num_devices - 1)]}
+    if schedule == "fully_unlocked":
+        return {
+            "synth": [0.25 * (k + 1) for k in range(num_devices - 1)],
+            "input_synth": [0.4 + 0.3 * k for k in range(num_devices - 1)],
+        }
     return {}
 
 
@@ -175,6 +180,9 @@ def test_dependencies_are_respected(
     if schedule == "pipelined_dni":
         _check_dni_dependencies(r, comm_latency)
         return
+    if schedule in ("dni", "fully_unlocked"):
+        _check_unlocked_dependencies(r, comm_latency, forward, backward, kwargs)
+        return
     stages = num_devices * kwargs.get("num_chunks", 1)
     units = 1 if schedule == "naive" else num_microbatches
     ev = {(e.kind, e.microbatch, e.stage): e for e in r.events}
@@ -205,6 +213,40 @@ def _check_dni_dependencies(r, comm_latency):
             assert ev["F", t, s].end <= before.start + 1e-12 or before.kind == "F"
             assert before.end <= e.start + 1e-12
     assert not any(e.kind == "S" and e.stage == k - 1 for e in r.events)
+
+
+def _check_unlocked_dependencies(r, comm_latency, forward, backward, kwargs):
+    """One batch per step, each step after the last; within a step, only the
+    dependencies of the schedule (see keras_sg.schedules.unlocked)."""
+    k, unlocked = r.num_devices, r.schedule == "fully_unlocked"
+    synth = list(kwargs["synth"]) + [0.0]
+    inputs = [0.0] + list(kwargs.get("input_synth", [0.0] * (k - 1)))
+    ev = {(e.kind, e.step, e.stage): e for e in r.events}
+    steps = r.num_microbatches
+    for t, s in itertools.product(range(steps), range(k)):
+        mine = [e for e in r.events if e.step == t and e.device == s]
+        kinds = [e.kind for e in sorted(mine, key=lambda e: e.start)]
+        expected = ["I"] if unlocked and s > 0 else []
+        expected += ["F", "S", "B", "R"] if s < k - 1 else ["F", "B"]
+        if unlocked and s == k - 1 and k > 1:
+            expected.append("R")
+        assert kinds == expected, (t, s)
+        assert all(e.microbatch == t and e.device == s for e in mine)
+        assert ev["F", t, s].duration == pytest.approx(forward[s])
+        assert ev["B", t, s].duration == pytest.approx(backward[s])
+        if ("R", t, s) in ev:
+            assert ev["R", t, s].duration == pytest.approx((synth[s] + inputs[s]) / 2)
+        if t > 0:  # a step starts after every device ended the step before
+            assert (
+                min(e.start for e in mine)
+                >= max(e.end for e in r.events if e.step == t - 1) - 1e-12
+            )
+        if s > 0 and not unlocked:
+            assert ev["F", t, s - 1].end + comm_latency <= ev["F", t, s].start + 1e-12
+        if s + 1 < k:
+            assert ev["B", t, s + 1].end + comm_latency <= ev["R", t, s].start + 1e-12
+        if s > 0 and unlocked:
+            assert ev["F", t, s - 1].end + comm_latency <= ev["R", t, s].start + 1e-12
 
 
 @pytest.mark.parametrize("schedule,num_devices,num_microbatches", list(_cases()))
