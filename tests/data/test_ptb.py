@@ -121,6 +121,12 @@ def test_bptt_windows_by_hand():
             [[7, 8, 9], [18, 19, 20]],
         ],
     )
+    # 24 ids: L = 12 = 4 T, yet (12 - 1) // 3 = 3 windows: a 4th would need
+    # a target past the end of its stream (ids 9..11 of stream 0 predicting
+    # 10..12, and 12 begins stream 1).
+    x24, y24 = data.bptt_windows(np.arange(24), batch_size=2, seq_len=3)
+    assert x24.shape == (3, 2, 3)
+    np.testing.assert_array_equal(y24[-1], [[7, 8, 9], [19, 20, 21]])
     ds = data.bptt_dataset(np.arange(23), batch_size=2, seq_len=3)
     seen = [(a.numpy(), b.numpy()) for a, b in ds]
     assert len(seen) == 3
