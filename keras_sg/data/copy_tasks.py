@@ -157,7 +157,7 @@ def copy_task_dataset(
     seed: int = 0,
     first_epoch: int = 0,
     bits: int = 8,
-    max_repeats: int = 5,
+    max_repeats: int | None = None,
 ) -> tf.data.Dataset:
     """A tf.data pipeline of Copy or Repeat Copy batches, one epoch per pass.
 
@@ -170,6 +170,10 @@ def copy_task_dataset(
     (`LengthCurriculum`), its `length` read when each pass begins: used as a
     callback of the same `fit`, it grows N between epochs, and every batch
     of an epoch has the same N. The time axis of the element spec is None.
+    Give `fit` no `steps_per_epoch`: with it, Keras keeps one iterator across
+    epochs and neither the epoch nor N would change. A pass counts as an
+    epoch once begun, even if abandoned part way. A validation set is a
+    second dataset with the same curriculum and another seed.
 
     Args:
         task: "copy" or "repeat_copy".
@@ -180,7 +184,9 @@ def copy_task_dataset(
         seed: the data seed.
         first_epoch: the epoch of the first pass (a resumed run's initial
             epoch).
-        bits, max_repeats: as for `copy_task`, `repeat_copy_task`.
+        bits: as for `copy_task`.
+        max_repeats: as for `repeat_copy_task` (5 when None); only for
+            "repeat_copy".
 
     Returns:
         A `tf.data.Dataset` of float32 `(x, y, sample_weight)` batches.
@@ -198,7 +204,12 @@ def copy_task_dataset(
         check_int("length", length, 1)
     extra = {"bits": bits}
     if task == "repeat_copy":
-        extra["max_repeats"] = max_repeats
+        extra["max_repeats"] = 5 if max_repeats is None else max_repeats
+    elif max_repeats is not None:
+        raise ValueError(
+            "`max_repeats` is a setting of the repeat_copy task only. Received: "
+            f"task={task!r}, max_repeats={max_repeats!r}"
+        )
     state = {"epoch": first_epoch}
 
     def one_epoch():  # called by tf.data at the start of each pass

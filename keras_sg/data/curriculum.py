@@ -128,11 +128,12 @@ class LengthCurriculum(keras.callbacks.Callback):
         Raises:
             ValueError: a setting differs, naming it with both values.
         """
-        for name in _SETTINGS:
+        for name in (*_SETTINGS, "length", "solved_length", "history"):
             if name not in state:
                 raise ValueError(
                     f"The curriculum state lacks `{name}`; it holds {sorted(state)}."
                 )
+        for name in _SETTINGS:
             if state[name] != getattr(self, name):
                 raise ValueError(
                     f"The curriculum state was saved with {name}={state[name]!r}, "

@@ -78,6 +78,10 @@ def test_batches_are_functions_of_their_seed():
         (lambda: data.repeat_copy_task(2, 2, max_repeats=0), "max_repeats=0"),
         (lambda: data.task_batch("add", 2, 2), "task='add'"),
         (lambda: data.copy_task_dataset("copy", 2, 2), "length=None"),
+        (
+            lambda: data.copy_task_dataset("copy", 2, 2, length=3, max_repeats=2),
+            "task='copy', max_repeats=2",
+        ),
     ],
 )
 def test_bad_arguments_are_named(call, message):
@@ -218,6 +222,9 @@ def test_curriculum_state_round_trip_resumes_the_same_run(tmp_path):
     other = data.LengthCurriculum(threshold=0.2, max_length=10, monitor="val_bpc")
     with pytest.raises(ValueError, match="threshold=0.15.*threshold=0.2"):
         other.set_state(first.get_state())
+    partial = {k: v for k, v in first.get_state().items() if k != "history"}
+    with pytest.raises(ValueError, match="lacks `history`"):
+        resumed.set_state(partial)
 
 
 def test_fit_logs_bits_per_character_and_grows_the_length_each_epoch():
