@@ -24,6 +24,7 @@ STAMP = VENV / ".keras_sg-installed"
 SHARED_DATA = {
     "KERAS_SG_MNIST_DIR": ROOT.parent / "shared" / "data" / "mnist",
     "KERAS_SG_FASHION_MNIST_DIR": ROOT.parent / "shared" / "data" / "fashion-mnist",
+    "KERAS_SG_PTB_DIR": ROOT.parent / "shared" / "data" / "ptb",
 }
 JOBS = {
     "demo": ["scripts/demo.py"],

@@ -1,5 +1,34 @@
-"""Input pipelines: tensorflow-datasets image sets, offline folders included."""
+"""Input pipelines: tensorflow-datasets image sets, offline folders included;
+the Copy tasks and character-level Penn Treebank for recurrent networks."""
 
+from keras_sg.data.copy_tasks import (
+    TASKS,
+    BitsPerCharacter,
+    bit_errors_per_character,
+    bits_per_character,
+    copy_task,
+    copy_task_dataset,
+    repeat_copy_task,
+    scored_mean,
+    task_batch,
+    task_channels,
+)
+from keras_sg.data.curriculum import LengthCurriculum
+from keras_sg.data.ptb import (
+    PTB_CHAR_SHA256,
+    PTB_DIR_VARIABLE,
+    CharCorpus,
+    bptt_dataset,
+    bptt_windows,
+    char_vocabulary,
+    encode_chars,
+    file_sha256,
+    load_ptb_chars,
+    ptb_dir_from_env,
+    ptb_file,
+    read_char_file,
+    verify_sha256,
+)
 from keras_sg.data.synthetic import synthetic_images
 from keras_sg.data.tfds_images import (
     KNOWN_SPLITS,
@@ -21,17 +50,41 @@ from keras_sg.data.tfds_images import (
 __all__ = [
     "KNOWN_SPLITS",
     "MANUAL_DIR_VARIABLES",
+    "PTB_CHAR_SHA256",
+    "PTB_DIR_VARIABLE",
     "SUPPORTED",
+    "TASKS",
     "batches",
+    "bit_errors_per_character",
+    "bits_per_character",
+    "BitsPerCharacter",
+    "bptt_dataset",
+    "bptt_windows",
+    "char_vocabulary",
+    "CharCorpus",
     "content_digest",
+    "copy_task",
+    "copy_task_dataset",
+    "encode_chars",
     "epoch_permutation",
     "expected_files",
+    "file_sha256",
     "image_dataset",
+    "LengthCurriculum",
+    "load_ptb_chars",
     "load_split",
     "manual_dir_from_env",
     "manual_dir_variable",
     "prepare",
+    "ptb_dir_from_env",
+    "ptb_file",
+    "read_char_file",
+    "repeat_copy_task",
+    "scored_mean",
     "steps_per_epoch",
     "synthetic_images",
+    "task_batch",
+    "task_channels",
+    "verify_sha256",
     "verify_split",
 ]
