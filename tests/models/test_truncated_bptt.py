@@ -163,7 +163,7 @@ def test_oracle_synthesizer_makes_dni_equal_full_bptt():
         net, truncation=t, method="dni", synthesizer=_Oracle(net, x, y, t)
     )
     model.compile(keras.optimizers.SGD(LR), "mse", run_eagerly=True)
-    twin.compile(keras.optimizers.SGD(LR), "mse", jit_compile=False)
+    twin.compile(keras.optimizers.SGD(LR), "mse", run_eagerly=True)
     start = [w.copy() for w in net.get_weights()]
     model.fit(x, y, batch_size=B, epochs=4, shuffle=False, verbose=0)
     twin.fit(x, y, batch_size=B, epochs=4, shuffle=False, verbose=0)
@@ -305,7 +305,7 @@ def test_dni_equals_a_tape_reference_over_several_steps(method):
     )
     ref_synth = _random_synth(8, seed=4)
     ref_aux = _random_synth(8, seed=5) if aux else None
-    model.compile(keras.optimizers.SGD(LR), "mse", jit_compile=False)
+    model.compile(keras.optimizers.SGD(LR), "mse", run_eagerly=True)
     history = model.fit(x, y, batch_size=B, epochs=epochs, verbose=0).history
     for epoch in range(epochs):
         sg_loss, aux_loss = _dni_reference_step(
@@ -342,7 +342,9 @@ def test_bptt_equals_a_tape_truncated_loop_over_several_steps(truncation):
     net = _net(steps)
     twin = _twin(net)
     model = keras_sg.TruncatedBPTTModel(net, truncation=truncation, method="bptt")
-    model.compile(keras.optimizers.SGD(LR), "mse", jit_compile=False)
+    # One case in a tf.function, as fit runs by default; the others eagerly (fast).
+    graph = dict(jit_compile=False) if truncation else dict(run_eagerly=True)
+    model.compile(keras.optimizers.SGD(LR), "mse", **graph)
     history = model.fit(x, y, batch_size=B, shuffle=False, verbose=0).history
 
     ref, t = _Reference(twin), truncation or steps
@@ -376,7 +378,7 @@ def test_a_zero_synthesizer_makes_the_first_update_truncated_bptts():
     bptt = keras_sg.TruncatedBPTTModel(twin, truncation=t, method="bptt")
     start = [w.copy() for w in net.get_weights()]
     for model in (dni, bptt):
-        model.compile(keras.optimizers.SGD(LR), "mse", jit_compile=False)
+        model.compile(keras.optimizers.SGD(LR), "mse", run_eagerly=True)
         model.fit(x, y, batch_size=B, epochs=1, verbose=0)
     for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7)
@@ -459,7 +461,7 @@ def test_save_load_round_trip_resumes(tmp_path):
         sg_loss_weight=0.5,
         aux_weight=0.25,
     )
-    model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=False)
+    model.compile(keras.optimizers.Adam(0.01), "mse", run_eagerly=True)
     model.fit(x, y, batch_size=B, verbose=0)
     path = tmp_path / "rnn.keras"
     model.save(path)
@@ -534,12 +536,12 @@ def test_bad_arguments_name_the_value():
 
 def test_sequences_that_do_not_divide_into_chunks_are_refused():
     model = keras_sg.TruncatedBPTTModel(_net(5), truncation=2, method="bptt")
-    model.compile("sgd", "mse", jit_compile=False)
+    model.compile("sgd", "mse", run_eagerly=True)
     x, y = _data(B, 5)
     with pytest.raises(ValueError, match="truncation=2. Received: sequences of 5"):
         model.fit(x, y, batch_size=B, verbose=0)
     model = keras_sg.TruncatedBPTTModel(_net(6), truncation=2, method="bptt")
-    model.compile("sgd", "mse", jit_compile=False)
+    model.compile("sgd", "mse", run_eagerly=True)
     x, y = _data(B, 6)
     with pytest.raises(ValueError, match=r"one target per step.*Received: y of shape"):
         model.fit(x, y[:, :4], batch_size=B, verbose=0)
