@@ -175,6 +175,25 @@ def test_oracle_synthesizer_makes_dni_equal_full_bptt():
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_boundary_gradients_are_full_bptts_at_every_boundary():
+    steps, t = 6, 2  # three chunks, two boundaries
+    x, y = _data(B, steps, seed=13)
+    net = _net(steps)
+    synth = _random_synth(8, seed=14)
+    model = keras_sg.TruncatedBPTTModel(
+        net, truncation=t, method="dni", synthesizer=synth
+    )
+    model.compile(keras.optimizers.SGD(LR), "mse")
+    synthetic, true = model.boundary_gradients(x, y)
+    oracle = _Oracle(net, x, y, t)
+    states = model.chunked_gradients(tf.constant(x), tf.constant(y))["states"]
+    assert len(true) == len(synthetic) == 2
+    for j in range(2):
+        np.testing.assert_allclose(true[j], oracle(states[j]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(synthetic[j], synth(states[j]), atol=1e-6)
+        assert np.abs(true[j]).max() > 1e-2
+
+
 # --------------------------------------------------------- bootstrapped target
 
 
