@@ -474,6 +474,67 @@ class TruncatedBPTTModel(keras.Model):
         out["loss"] = tf.add_n(losses) / count
         return out
 
+    # ------------------------------------------------------------ diagnostics
+
+    def boundary_gradients(self, x, y, sample_weight=None, training=False):
+        """Synthetic and true gradients at every boundary, on one batch.
+
+        The true gradient at boundary j is full BPTT's: that of the loss of
+        every chunk after it with respect to the state s_j, through all of
+        them (one backward pass over the whole sequence, which training
+        never needs). Both come in the synthesizer's scale (the gradient of
+        the batch-mean loss times B * J) and in float32; compare them with
+        `keras_sg.models.steps.cosine_similarity`.
+
+        Args:
+            x, y, sample_weight: one batch of whole sequences, as `fit` sees it.
+            training: the mode of dropout and batch normalisation.
+
+        Returns:
+            `(synthetic, true)`: two lists with one `(batch, state_size)`
+            tensor per boundary, lowest first. `synthetic` is empty without a
+            synthesizer.
+        """
+        if not self.compiled:
+            raise ValueError(
+                "boundary_gradients needs the loss: call `compile()` before it."
+            )
+        x = tf.convert_to_tensor(x)
+        y = tf.convert_to_tensor(y)
+        if sample_weight is not None:
+            sample_weight = tf.convert_to_tensor(sample_weight)
+        self.build_for(x)
+        xs, ys, ws = self.chunks(x, y, sample_weight)
+        count = len(xs)
+        scale = steps.global_batch_size(x) * count
+        with tf.GradientTape() as tape:
+            state, states, loss = self.initial_state(tf.shape(x)[0]), [], 0.0
+            for j in range(count):
+                if j:
+                    tape.watch(state)
+                    states.append(state)
+                y_pred, state = self.run_chunk(xs[j], state, training=training)
+                chunk_loss = self.compute_loss(
+                    x=xs[j],
+                    y=ys[j],
+                    y_pred=y_pred,
+                    sample_weight=ws[j],
+                    training=training,
+                )
+                loss += chunk_loss / count
+        true = []
+        if states:
+            true = [
+                steps.bootstrapped_target(g, scale) for g in tape.gradient(loss, states)
+            ]
+        synthetic = []
+        if self.synthesizer is not None:
+            synthetic = [
+                tf.cast(self.synthesizer(s, training=training), tf.float32)
+                for s in states
+            ]
+        return synthetic, true
+
     def _apply(self, grads):
         """One optimizer step over the variables in `grads` (keyed by `id`)."""
         if not self.optimizer.built:
@@ -617,8 +678,16 @@ def _concat(tensors):
 
 
 def _accumulate(grads, variables, new):
+    """Adds `new` (one gradient per variable) into `grads`, keyed by `id`.
+
+    Sparse gradients (an Embedding's IndexedSlices) are made dense to be
+    added: a chunk's and the next one's touch different rows.
+    """
     for v, g in zip(variables, new, strict=True):
-        grads[id(v)] = g if id(v) not in grads else grads[id(v)] + g
+        if id(v) not in grads:
+            grads[id(v)] = g
+        else:
+            grads[id(v)] = tf.convert_to_tensor(grads[id(v)]) + tf.convert_to_tensor(g)
 
 
 def _track(tracker, losses):
