@@ -354,6 +354,25 @@ def test_dni_equals_a_tape_reference_over_several_steps(method):
 # ------------------------------------------------------------ truncated BPTT
 
 
+def _tape_bptt(twin, x, y, t, batches):
+    """Truncated BPTT by hand: one tape per batch, the state stopped between
+    chunks, SGD on the mean of the chunks' losses. Returns the losses."""
+    ref, count, losses = _Reference(twin), x.shape[1] // t, []
+    for b in range(batches):
+        xb, yb = x[b * B : (b + 1) * B], y[b * B : (b + 1) * B]
+        with tf.GradientTape() as tape:
+            states, loss = ref.zeros(B), 0.0
+            for j in range(count):
+                states = [[tf.stop_gradient(s) for s in layer] for layer in states]
+                y_pred, states = ref.chunk(xb[:, j * t : (j + 1) * t], states)
+                loss += _mse(yb[:, j * t : (j + 1) * t], y_pred) / count
+        grads = tape.gradient(loss, twin.trainable_variables)
+        for g, v in zip(grads, twin.trainable_variables, strict=True):
+            v.assign_sub(LR * tf.convert_to_tensor(g))
+        losses.append(float(loss))
+    return losses
+
+
 @pytest.mark.parametrize("truncation", [2, None], ids=["T2", "full"])
 def test_bptt_equals_a_tape_truncated_loop_over_several_steps(truncation):
     steps = 6
@@ -365,24 +384,32 @@ def test_bptt_equals_a_tape_truncated_loop_over_several_steps(truncation):
     graph = dict(jit_compile=False) if truncation else dict(run_eagerly=True)
     model.compile(keras.optimizers.SGD(LR), "mse", **graph)
     history = model.fit(x, y, batch_size=B, shuffle=False, verbose=0).history
-
-    ref, t = _Reference(twin), truncation or steps
-    count, losses = steps // t, []
-    for b in range(3):
-        xb, yb = x[b * B : (b + 1) * B], y[b * B : (b + 1) * B]
-        with tf.GradientTape() as tape:
-            states, loss = ref.zeros(B), 0.0
-            for j in range(count):
-                states = [[tf.stop_gradient(s) for s in layer] for layer in states]
-                y_pred, states = ref.chunk(xb[:, j * t : (j + 1) * t], states)
-                loss += _mse(yb[:, j * t : (j + 1) * t], y_pred) / count
-        grads = tape.gradient(loss, twin.trainable_variables)
-        for g, v in zip(grads, twin.trainable_variables, strict=True):
-            v.assign_sub(LR * g)
-        losses.append(float(loss))
+    losses = _tape_bptt(twin, x, y, truncation or steps, batches=3)
     for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(history["loss"][0], np.mean(losses), rtol=1e-5)
+
+
+def test_an_embedding_below_the_rnn_trains_as_in_the_tape_loop():
+    # Its gradients are IndexedSlices, added up over chunks.
+    steps = 6
+    x = np.random.default_rng(15).integers(0, 5, size=(2 * B, steps))
+    _, y = _data(2 * B, steps, seed=15)
+    net = keras.Sequential(
+        [
+            keras.Input((steps,), dtype="int32"),
+            keras.layers.Embedding(5, F),
+            keras.layers.LSTM(3, return_sequences=True),
+            keras.layers.Dense(OUT),
+        ]
+    )
+    twin = _twin(net)
+    model = keras_sg.TruncatedBPTTModel(net, truncation=2, method="bptt")
+    model.compile(keras.optimizers.SGD(LR), "mse", run_eagerly=True)
+    model.fit(x, y, batch_size=B, shuffle=False, verbose=0)
+    _tape_bptt(twin, tf.constant(x), y, 2, batches=2)
+    for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_a_zero_synthesizer_makes_the_first_update_truncated_bptts():
