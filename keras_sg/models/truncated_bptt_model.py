@@ -158,6 +158,7 @@ class TruncatedBPTTModel(keras.Model):
             keras.metrics.Mean(name="aux_loss") if method == "dni_aux" else None
         )
         self._check_policies()
+        self._traced_length = None
         input_shape = _known_input_shape(self.network)
         if input_shape is not None:
             self.build(input_shape)
@@ -230,6 +231,16 @@ class TruncatedBPTTModel(keras.Model):
             return
         self.build(tuple(x.shape))
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        # Keras reuses its traced step across fit calls and, shown sequences
+        # of a second length, relaxes the time axis to None, which the
+        # chunking cannot cut: a new length gets a step of its own.
+        length = _sequence_length(x)
+        if length is None or length != self._traced_length:
+            self.train_function = None
+        self._traced_length = length
+        return super().fit(x, y, *args, **kwargs)
+
     def save(self, filepath, *args, **kwargs):
         check_not_h5(filepath)
         return super().save(filepath, *args, **kwargs)
@@ -297,7 +308,9 @@ class TruncatedBPTTModel(keras.Model):
         if time is None:
             raise ValueError(
                 "TruncatedBPTTModel needs sequences with a static time axis, "
-                f"(batch, time, ...). Received: x of shape {tuple(x.shape)}"
+                "(batch, time, ...): feed sequences of one length per `fit` "
+                "call (a dataset without padded_batch to varying lengths). "
+                f"Received: x of shape {tuple(x.shape)}"
             )
         steps_ = time if self.truncation is None else self.truncation
         if time % steps_:
@@ -660,6 +673,19 @@ def _state_sizes(layer):
                 f"state_size={layer.cell.state_size!r}"
             )
     return sizes
+
+
+def _sequence_length(x):
+    """The time axis of `fit`'s input when it can be read without iterating
+    (arrays, tensors, a tf.data.Dataset); None otherwise."""
+    if isinstance(x, tf.data.Dataset):
+        spec = tf.nest.flatten(x.element_spec)[0]
+        shape = spec.shape
+    else:
+        shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[1]
 
 
 def _known_input_shape(network):

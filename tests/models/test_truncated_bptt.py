@@ -380,14 +380,35 @@ def test_bptt_equals_a_tape_truncated_loop_over_several_steps(truncation):
     net = _net(steps)
     twin = _twin(net)
     model = keras_sg.TruncatedBPTTModel(net, truncation=truncation, method="bptt")
-    # One case in a tf.function, as fit runs by default; the others eagerly (fast).
-    graph = dict(jit_compile=False) if truncation else dict(run_eagerly=True)
-    model.compile(keras.optimizers.SGD(LR), "mse", **graph)
+    model.compile(keras.optimizers.SGD(LR), "mse", run_eagerly=True)
     history = model.fit(x, y, batch_size=B, shuffle=False, verbose=0).history
     losses = _tape_bptt(twin, x, y, truncation or steps, batches=3)
     for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(history["loss"][0], np.mean(losses), rtol=1e-5)
+
+
+def test_fit_on_sequences_of_a_new_length_traces_a_step_for_it():
+    # Keras would relax a reused step's time axis to None; fit gives each
+    # length its own step. The one test in a tf.function, as fit runs by
+    # default (the others run eagerly, several times faster).
+    net = keras.Sequential(
+        [
+            keras.Input((None, F)),
+            keras.layers.LSTM(3, return_sequences=True),
+            keras.layers.Dense(OUT),
+        ]
+    )
+    twin = _twin(net)
+    model = keras_sg.TruncatedBPTTModel(net, truncation=2, method="bptt")
+    model.compile(keras.optimizers.SGD(LR), "mse", jit_compile=False)
+    for steps in (4, 6):
+        x, y = _data(B, steps, seed=steps)
+        loss = model.fit(x, y, batch_size=B, verbose=0).history["loss"][0]
+        (want,) = _tape_bptt(twin, x, y, 2, batches=1)
+        np.testing.assert_allclose(loss, want, rtol=1e-5)
+    for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_an_embedding_below_the_rnn_trains_as_in_the_tape_loop():
