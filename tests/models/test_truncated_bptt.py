@@ -593,6 +593,12 @@ def test_bad_arguments_name_the_value():
         keras_sg.TruncatedBPTTModel(
             net, truncation=2, method="dni", synthesizer=keras.layers.Dense(2)
         )
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with pytest.raises(ValueError, match="'float32' dtype policy only"):
+            keras_sg.TruncatedBPTTModel(_net(4), truncation=2, method="bptt")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     inputs = keras.Input((4, F))
     functional = keras.Model(
         inputs, keras.layers.LSTM(2, return_sequences=True)(inputs)
