@@ -28,6 +28,7 @@ from keras_sg.models import (  # noqa: E402
     GPipeModel,
     PipelinedModel,
     StochasticUpdateModel,
+    TruncatedBPTTModel,
     UnlockedModel,
     split_stages,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "PipelinedModel",
     "StochasticUpdateModel",
     "Synthesizer",
+    "TruncatedBPTTModel",
     "UnlockedModel",
     "callbacks",
     "data",

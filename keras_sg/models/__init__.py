@@ -8,6 +8,7 @@ from keras_sg.models.networks import convolutional, fully_connected
 from keras_sg.models.pipelined_model import PipelinedModel
 from keras_sg.models.stages import split_stages
 from keras_sg.models.stochastic_update_model import StochasticUpdateModel
+from keras_sg.models.truncated_bptt_model import TIME_METHODS, TruncatedBPTTModel
 from keras_sg.models.unlocked_model import UnlockedModel
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "GPipeModel",
     "PipelinedModel",
     "StochasticUpdateModel",
+    "TIME_METHODS",
+    "TruncatedBPTTModel",
     "UnlockedModel",
     "convolutional",
     "costs",
