@@ -129,6 +129,8 @@ def build_model(config, input_shape, num_classes, devices=None):
             filters=m.filters,
             kernel_size=m.kernel_size,
             batch_norm=m.batch_norm,
+            head=m.get("head", "flatten"),
+            pooling=m.get("pooling") or None,
         )
     else:
         raise ValueError(f"Expected model.kind 'fcn' or 'cnn'. Received: {m.kind!r}")

@@ -43,6 +43,10 @@ def fully_connected(
     return keras.Sequential(layers, name=name or f"fcn_{depth}")
 
 
+HEADS = ("flatten", "global_average")
+POOLINGS = (None, "max", "average")
+
+
 def convolutional(
     input_shape: tuple,
     num_classes: int,
@@ -50,18 +54,59 @@ def convolutional(
     filters: int = 64,
     kernel_size: int = 5,
     batch_norm: bool = True,
+    head: str = "flatten",
+    pooling: str | None = None,
     name: str | None = None,
 ) -> keras.Sequential:
-    """A resolution-preserving convolutional classifier cut after every conv.
+    """A convolutional classifier cut after every conv.
 
-    `depth - 1` convolutions ('same' padding, stride 1; batch norm, ReLU, then
-    an `Interface`), then the feature map is flattened into a linear output
-    layer. Every cut sees a full-resolution feature map, the home of
-    `ConvSynthesizer`. (Global average pooling instead of flattening was tried
-    first: with no downsampling the pooled features of a 2-conv net learn
-    MNIST far too slowly, 27% test accuracy after 470 steps.)
+    `depth - 1` convolutions ('same' padding, stride 1; batch norm, ReLU,
+    then an optional 2x2 pooling of stride 2, then an `Interface`), and a
+    head that turns the last feature map into `num_classes` logits:
+
+    - `head="flatten"`: flatten the map into a linear layer. Its weight at
+      each pixel is its own, so the gradient at a cut depends on where in
+      the image a feature sits: a conv synthesizer, which is translation
+      equivariant, cannot predict it (see "Conv synthesizers and the
+      network's head" in docs/training.md).
+    - `head="global_average"`: average the map over height and width into a
+      linear layer. The gradient at the last cut is the same at every pixel
+      of an image, a linear function of its softmax error.
+
+    Global average pooling over full-resolution maps learns MNIST slowly (a
+    2-conv net: 27% test accuracy after 470 steps); `pooling="max"` or
+    `"average"` halves height and width in every stage, before its cut, so
+    that the averaged features see more of the digit.
+
+    Example:
+
+    ```python
+    net = keras_sg.models.convolutional(
+        (28, 28, 1), 10, depth=3, head="global_average", pooling="max"
+    )  # 2 interfaces, on 14x14 and 7x7 maps
+    ```
     """
     check_int("depth", depth, 2)
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}"
+        )
+    if len(input_shape) != 3:
+        raise ValueError(
+            "convolutional() needs an image shape (height, width, channels). "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
+    if pooling is not None:
+        side = min(input_shape[:2])
+        if side is not None and side < 2 ** (depth - 1):
+            raise ValueError(
+                f"pooling={pooling!r} halves height and width {depth - 1} times, "
+                f"which needs images of at least {2 ** (depth - 1)} pixels a "
+                f"side. Received: input_shape={tuple(input_shape)}, depth={depth}"
+            )
+    pool = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D}
     layers = [keras.Input(input_shape)]
     for i in range(depth - 1):
         layers.append(
@@ -76,7 +121,12 @@ def convolutional(
         if batch_norm:
             layers.append(keras.layers.BatchNormalization(name=f"norm_{i}"))
         layers.append(keras.layers.ReLU(name=f"relu_{i}"))
+        if pooling is not None:
+            layers.append(pool[pooling](2, name=f"pool_{i}"))
         layers.append(Interface(name=f"cut_{i + 1}"))
-    layers.append(keras.layers.Flatten())
+    if head == "flatten":
+        layers.append(keras.layers.Flatten())
+    else:
+        layers.append(keras.layers.GlobalAveragePooling2D(name="global_average"))
     layers.append(keras.layers.Dense(num_classes, name="logits"))
     return keras.Sequential(layers, name=name or f"cnn_{depth}")
