@@ -394,3 +394,18 @@ def test_clocked_digits_targets_value_by_value():
     np.testing.assert_array_equal(again[1], y)
     with pytest.raises(ValueError, match="length=4"):
         clocked_digits(images, labels, 3, 4, 2, lag=2)
+
+
+def test_traced_dni_step_equals_the_eager_one():
+    x, y = _data(seed=9)
+    eager, traced = _randomized(_model("dni")), _randomized(_model("dni"))
+    traced.set_weights(eager.get_weights())
+    eager.compile(keras.optimizers.SGD(LR), _loss(), run_eagerly=True)
+    traced.compile(keras.optimizers.SGD(LR), _loss())
+    for _ in range(2):
+        a = eager.train_on_batch(x, y, return_dict=True)
+        b = traced.train_on_batch(x, y, return_dict=True)
+        np.testing.assert_allclose(a["state_sg_loss"], b["state_sg_loss"], rtol=1e-5)
+    assert a["message_sg_loss"] > 0
+    for got, want in zip(traced.get_weights(), eager.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
