@@ -197,6 +197,7 @@ class ClockedPairModel(keras.Model):
             keras.metrics.Mean(name="state_sg_loss") if needed else None
         )
         self._input_shape = None
+        self._traced_length = None
 
     # ------------------------------------------------------------------ setup
 
@@ -272,6 +273,16 @@ class ClockedPairModel(keras.Model):
                 f"that the fast network reads). Received: time={time}"
             )
         return time // self.period
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        # Keras reuses its traced step across fit calls and, shown sequences
+        # of a second length, relaxes the time axis to None, which the
+        # unrolled schedule cannot follow: a new length gets a step of its own.
+        length = _time_axis(x)
+        if length is None or length != self._traced_length:
+            self.train_function = None
+        self._traced_length = length
+        return super().fit(x, y, *args, **kwargs)
 
     def save(self, filepath, *args, **kwargs):
         check_not_h5(filepath)
@@ -603,6 +614,18 @@ class ClockedPairModel(keras.Model):
         if input_shape is not None:
             model.build(tuple(input_shape))
         return model
+
+
+def _time_axis(x):
+    """The time axis of `fit`'s input when it can be read without iterating
+    (arrays, tensors, a tf.data.Dataset); None otherwise."""
+    if isinstance(x, tf.data.Dataset):
+        shape = tf.nest.flatten(x.element_spec)[0].shape
+    else:
+        shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[1]
 
 
 def _as_float(value):

@@ -322,6 +322,10 @@ def test_fit_evaluate_predict_smoke():
     logs = model.evaluate(x, y, verbose=0, return_dict=True)
     assert set(logs) == {"loss", "accuracy"}
     assert model.predict(x, verbose=0).shape == (8, T, 4)
+    # A second length gets a traced step of its own.
+    x, y = synthetic_clocked_digits(8, 2 * T, K, features=F)
+    history = model.fit(x, y % 4, batch_size=B, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
 
 
 # ------------------------------------------------------------------- errors
