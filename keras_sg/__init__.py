@@ -24,6 +24,7 @@ from keras_sg.layers import (  # noqa: E402
 from keras_sg.models import (  # noqa: E402
     METHODS,
     BPLambdaModel,
+    ClockedPairModel,
     DecoupledModel,
     GPipeModel,
     PipelinedModel,
@@ -51,6 +52,7 @@ __all__ = [
     "StochasticUpdateModel",
     "Synthesizer",
     "TruncatedBPTTModel",
+    "ClockedPairModel",
     "UnlockedModel",
     "callbacks",
     "data",

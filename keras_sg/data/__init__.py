@@ -1,6 +1,7 @@
 """Input pipelines: tensorflow-datasets image sets, offline folders included;
 the Copy tasks and character-level Penn Treebank for recurrent networks."""
 
+from keras_sg.data.clocked_digits import clocked_digits, synthetic_clocked_digits
 from keras_sg.data.copy_tasks import (
     TASKS,
     BitsPerCharacter,
@@ -61,6 +62,7 @@ __all__ = [
     "bptt_dataset",
     "bptt_windows",
     "char_vocabulary",
+    "clocked_digits",
     "CharCorpus",
     "content_digest",
     "copy_task",
@@ -82,6 +84,7 @@ __all__ = [
     "repeat_copy_task",
     "scored_mean",
     "steps_per_epoch",
+    "synthetic_clocked_digits",
     "synthetic_images",
     "task_batch",
     "task_channels",

@@ -2,6 +2,12 @@
 
 from keras_sg.models import costs, steps, unlocked_steps
 from keras_sg.models.bp_lambda_model import BPLambdaModel
+from keras_sg.models.clocked_pair_model import (
+    CLOCK_METHODS,
+    ClockedPairModel,
+    tick_schedule,
+    update_dependencies,
+)
 from keras_sg.models.decoupled_model import METHODS, SG_TARGETS, DecoupledModel
 from keras_sg.models.gpipe_model import GPipeModel
 from keras_sg.models.networks import convolutional, fully_connected
@@ -15,6 +21,8 @@ __all__ = [
     "METHODS",
     "SG_TARGETS",
     "BPLambdaModel",
+    "CLOCK_METHODS",
+    "ClockedPairModel",
     "DecoupledModel",
     "GPipeModel",
     "PipelinedModel",
@@ -26,6 +34,8 @@ __all__ = [
     "costs",
     "fully_connected",
     "split_stages",
+    "tick_schedule",
+    "update_dependencies",
     "steps",
     "unlocked_steps",
 ]
