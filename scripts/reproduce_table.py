@@ -250,14 +250,14 @@ def history(workdir: Path) -> list[dict]:
 
 def cosines(workdir: Path) -> dict[str, list[tuple[int, float]]]:
     """SG-vs-true-gradient cosine per cut, over training steps."""
+    folder = workdir / "tb" / "diagnostics"
+    if not folder.exists():
+        return {}
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import (
         EventAccumulator,
     )
 
-    folder = workdir / "tb" / "diagnostics"
-    if not folder.exists():
-        return {}
     events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     events.Reload()
     out = {}
@@ -648,13 +648,17 @@ def reading(rows: dict[str, Row], settings) -> list[str]:
             + "."
         )
     for name, what, bound in (
-        ("extra_fcn4_unlocked", "The complete unlock (synthetic inputs + cDNI)", 2.5),
-        ("extra_fcn4_dni_p0.2", "Stochastic DNI updates at p = 0.2", 3.0),
+        (
+            "extra_fcn4_unlocked",
+            "The complete unlock (synthetic inputs + cDNI) reaches",
+            2.5,
+        ),
+        ("extra_fcn4_dni_p0.2", "Stochastic DNI updates at p = 0.2 reach", 3.0),
     ):
         r = row(name)
         if r:
             text.append(
-                f"{what} reaches {r.mean:.2f}% on FCN-4, "
+                f"{what} {r.mean:.2f}% on FCN-4, "
                 + ("meeting" if r.mean <= bound else "missing")
                 + f" its target of {bound:.1f}%."
             )
