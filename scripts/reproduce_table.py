@@ -18,6 +18,11 @@ report from the workdirs without training.
 
 Every run follows the paper's schedule shape: the learning rate divided by 10
 after 60% and after 80% of its steps (`--schedule=constant` to turn it off).
+
+Run the FCN part first, then the rest (finished cells are skipped):
+
+    python scripts/reproduce_table.py --fcn_epochs=10 --skip_cnn --only=fcn,extra
+    python scripts/reproduce_table.py --fcn_epochs=10
 """
 
 import csv
