@@ -572,6 +572,17 @@ def targets(rows: dict[str, Row], settings) -> list[tuple[str, bool | None, str]
     if breaks:
         numbers += "; out of order: " + "; ".join(breaks)
     out.append(("The BP(λ) sweep ordered between DNI and backprop", ordered, numbers))
+    finished = sum(r.n for r in rows.values())
+    wanted = sum(r.wanted for r in rows.values())
+    hours = sum(r.seconds for r in rows.values()) / 3600
+    out.append(
+        (
+            "The whole grid within about 2.5 hours",
+            (hours <= 2.5) if finished == wanted else None,
+            f"{hours:.2f} h over {finished} of {wanted} runs"
+            + ("" if finished == wanted else " (not all finished)"),
+        )
+    )
     return out
 
 
@@ -623,6 +634,34 @@ def reading(rows: dict[str, Row], settings) -> list[str]:
             f"{d6.mean:.2f}%, {ratio:.2f}× ("
             + ("within" if ratio <= 2.5 else "beyond")
             + " the target of 2.5×)."
+        )
+    depths = [int(d) for d in settings.fcn_depths]
+    gaps = {
+        d: row(f"fcn{d}_cdni").mean - row(f"fcn{d}_backprop").mean
+        for d in depths
+        if row(f"fcn{d}_cdni") and row(f"fcn{d}_backprop")
+    }
+    if gaps:
+        worst = max(gaps, key=gaps.get)
+        text.append(
+            "cDNI against backprop: "
+            + ", ".join(f"FCN-{d} {g:+.2f}" for d, g in gaps.items())
+            + " points; "
+            + (
+                "within 0.2 points at every depth."
+                if all(g <= 0.2 for g in gaps.values())
+                else f"the widest gap is FCN-{worst}'s, beyond 0.2 points."
+            )
+        )
+    ratios = {
+        d: row(f"fcn{d}_no_bprop").mean / row(f"fcn{d}_backprop").mean
+        for d in depths
+        if row(f"fcn{d}_no_bprop") and row(f"fcn{d}_backprop")
+    }
+    if ratios:
+        text.append(
+            f"No Bprop (only the top layer learns) has {min(ratios.values()):.1f}× "
+            f"to {max(ratios.values()):.1f}× backprop's error."
         )
     c3, c6 = row("fcn3_cdni"), row("fcn6_cdni")
     if c3 and c6:

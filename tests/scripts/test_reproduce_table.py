@@ -234,6 +234,10 @@ def test_targets_and_reading_follow_the_numbers(table, tmp_path):
     assert "Bprop is the best method at every FCN depth." in text
     assert "reaches 2.40% on FCN-4, meeting its target of 2.5%" in text
     assert "reach 3.50% on FCN-4, missing its target of 3.0%" in text
+    assert "cDNI against backprop: FCN-3 +0.10, FCN-4 +0.10, FCN-5 +0.10, FCN-6" in text
+    assert "within 0.2 points at every depth." in text
+    grid_line = lines["The whole grid within about 2.5 hours"]
+    assert "**not checkable**" in grid_line and "14 of 38 runs" in grid_line
 
     # One backprop run better: the ratio and the bound move with the numbers.
     (tmp_path / "fcn6_dni_s0" / "metrics.json").write_text(
@@ -260,3 +264,15 @@ def test_unfinished_runs_are_left_out_and_named(table, tmp_path):
     assert rows["fcn3_backprop"].n == 2 and rows["fcn3_backprop"].wanted == 3
     assert "2.00 ± 0.71 (n=2)" in text
     assert "fewer finished runs than asked: fcn3_no_bprop, fcn3_backprop," in text
+
+
+def test_grid_time_target_is_checked_once_every_run_finished(table, tmp_path):
+    for seed in (0, 1, 2):
+        fabricate(tmp_path, f"fcn3_backprop_s{seed}", 1.5, epochs=10)  # 70 s each
+    text, _, _ = report(table, tmp_path, only=["fcn3_backprop"])
+    assert (
+        "| The whole grid within about 2.5 hours | **met** | 0.06 h over 3 of 3 runs |"
+        in text
+    )
+    assert "Wall time, the sum of the 3 finished runs' own epoch timings" in text
+    assert "3.5 min" in text
