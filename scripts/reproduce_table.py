@@ -208,14 +208,22 @@ def epochs_of(cell: Cell, settings) -> int:
     return settings.fcn_epochs if cell.family == "fcn" else settings.cnn_epochs
 
 
-def train(cell: Cell, settings) -> None:
+def train(cell: Cell, settings) -> bool:
+    """Runs the cell unless it finished (or diverged) with these epochs.
+
+    Returns:
+        False if train.py failed (its train.log says why), else True.
+    """
     workdir = run_dir(cell, settings)
     epochs = epochs_of(cell, settings)
     done = workdir / "metrics.json"
     metrics = json.loads(done.read_text()) if done.exists() else {}
-    if metrics.get("status") == "finished" and metrics.get("epochs") == epochs:
-        print(f"[skip] {workdir.name}: done", flush=True)
-        return
+    if metrics.get("epochs") == epochs and metrics.get("status") in (
+        "finished",
+        "diverged",  # it would diverge again, from the same checkpoint
+    ):
+        print(f"[skip] {workdir.name}: {metrics['status']}", flush=True)
+        return metrics["status"] == "finished"
     args = [
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
@@ -237,11 +245,16 @@ def train(cell: Cell, settings) -> None:
     print(f"[run] {workdir.name}", flush=True)
     with open(workdir / "train.log", "a") as log:
         code = subprocess.call(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    seconds = time.perf_counter() - start
     if code:
-        raise RuntimeError(
-            f"{workdir.name} failed (exit {code}); see {workdir}/train.log"
+        print(
+            f"[fail] {workdir.name} (exit {code}) after {seconds:.0f}s; see "
+            f"{workdir}/train.log",
+            flush=True,
         )
-    print(f"[done] {workdir.name} in {time.perf_counter() - start:.0f}s", flush=True)
+        return False
+    print(f"[done] {workdir.name} in {seconds:.0f}s", flush=True)
+    return True
 
 
 def history(workdir: Path) -> list[dict]:
@@ -747,6 +760,11 @@ def report(cells, results, settings) -> str:
         json.dumps(r.get("learning_rate_schedule", {}).get("kind")) for r in runs
     }
     seeded_rows = [n for n, r in rows.items() if r.wanted >= 3]
+    diverged = []
+    for cell in cells:
+        path = run_dir(cell, settings) / "metrics.json"
+        if path.exists() and json.loads(path.read_text()).get("status") == "diverged":
+            diverged.append(cell.name)
     missing = [r.cell.row for r in rows.values() if r.n < r.wanted]
 
     def steps_text(family):
@@ -801,6 +819,8 @@ def report(cells, results, settings) -> str:
         + " (those one seed each, extra rows included). Cells with fewer "
         "finished runs than asked: "
         + (", ".join(missing) if missing else "none")
+        + ". Runs that diverged (left out): "
+        + (", ".join(diverged) if diverged else "none")
         + ".",
         "- FCN: 256 units, batch norm, ReLU. DNI synthesizers: 2 hidden layers of 1024 "
         "with batch norm; cDNI: linear on the activation and the one-hot label.",
@@ -938,13 +958,19 @@ def main(argv):
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cells = grid(FLAGS)
+    failed = []
     if not FLAGS.report_only:
-        for cell in cells:
-            train(cell, FLAGS)
+        # A cell that fails does not stop the grid; the report leaves it out.
+        failed = [cell.name for cell in cells if not train(cell, FLAGS)]
     results = collect(cells, FLAGS)
     figures(group(cells, results), Path(FLAGS.figures))
     Path(FLAGS.output).write_text(report(cells, results, FLAGS))
     print(f"wrote {FLAGS.output} ({len(results)} runs)")
+    if failed:
+        raise SystemExit(
+            f"reproduce_table.py: {len(failed)} cells did not finish: "
+            f"{', '.join(failed)}; see their train.log"
+        )
 
 
 if __name__ == "__main__":

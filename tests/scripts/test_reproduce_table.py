@@ -296,3 +296,23 @@ def test_grid_time_is_the_span_of_the_runs_own_clocks(table, tmp_path):
         "| The whole grid within about 2.5 hours | **met** | 1.50 h from first start "
         "to last end over 3 of 3 runs |" in text
     )
+
+
+def test_a_failed_cell_does_not_stop_the_grid(table, tmp_path, monkeypatch):
+    calls = []
+
+    def call(args, **kwargs):
+        calls.append(next(a for a in args if a.startswith("--workdir=")))
+        return 1 if len(calls) == 1 else 0
+
+    monkeypatch.setattr(table.subprocess, "call", call)
+    s = settings(tmp_path, only=["fcn3_backprop_s0", "fcn3_cdni_s0"])
+    assert [table.train(cell, s) for cell in table.grid(s)] == [False, True]
+    assert len(calls) == 2
+    # A diverged cell is not run again, and the report names it.
+    (tmp_path / "fcn3_backprop_s0" / "metrics.json").write_text(
+        json.dumps({"status": "diverged", "epochs": 10})
+    )
+    assert table.train(table.grid(s)[0], s) is False and len(calls) == 2
+    text, _, _ = report(table, tmp_path, only=["fcn3_backprop_s0"])
+    assert "Runs that diverged (left out): fcn3_backprop_s0." in text
