@@ -503,36 +503,43 @@ def targets(rows: dict[str, Row], settings) -> list[tuple[str, bool | None, str]
 
     out = []
     depths = [int(d) for d in settings.fcn_depths]
-    bp = {d: row(f"fcn{d}_backprop") for d in depths}
-    if all(bp.values()):
-        worst = max(bp.values(), key=lambda r: r.mean)
-        out.append(
-            (
-                "Backprop FCN-3…6 ≤ 2.0% (mean over seeds)",
-                worst.mean <= 2.0,
-                ", ".join(f"FCN-{d} {r.mean:.2f}%" for d, r in bp.items()),
-            )
-        )
-    else:
-        out.append(("Backprop FCN-3…6 ≤ 2.0% (mean over seeds)", None, "cells missing"))
-    cdni = {d: row(f"fcn{d}_cdni") for d in depths}
-    if all(bp.values()) and all(cdni.values()):
-        gaps = {d: cdni[d].mean - bp[d].mean for d in depths}
-        out.append(
-            (
-                "cDNI within 0.2 points of backprop at every FCN depth",
-                all(g <= 0.2 for g in gaps.values()),
-                ", ".join(f"FCN-{d} {g:+.2f}" for d, g in gaps.items()),
-            )
-        )
-    else:
-        out.append(
-            (
-                "cDNI within 0.2 points of backprop at every FCN depth",
-                None,
-                "cells missing",
-            )
-        )
+
+    def every_depth(what, values, ok, fmt, prefix=""):
+        """A target over every FCN depth: not met as soon as one measured
+        depth misses it; met once every depth is measured and meets it."""
+        have = {d: v for d, v in values.items() if v is not None}
+        lacking = [f"FCN-{d}" for d, v in values.items() if v is None]
+        if any(not ok(v) for v in have.values()):
+            verdict_ = False
+        else:
+            verdict_ = None if lacking or not have else True
+        numbers = prefix + ", ".join(f"FCN-{d} {fmt(v)}" for d, v in have.items())
+        if lacking:
+            numbers += f"; not measured: {', '.join(lacking)}"
+        out.append((what, verdict_, numbers))
+
+    def mean(name):
+        r = row(name)
+        return r.mean if r else None
+
+    every_depth(
+        "Backprop FCN-3…6 ≤ 2.0% (mean over seeds)",
+        {d: mean(f"fcn{d}_backprop") for d in depths},
+        lambda v: v <= 2.0,
+        lambda v: f"{v:.2f}%",
+    )
+    gaps = {
+        d: None
+        if mean(f"fcn{d}_cdni") is None or mean(f"fcn{d}_backprop") is None
+        else mean(f"fcn{d}_cdni") - mean(f"fcn{d}_backprop")
+        for d in depths
+    }
+    every_depth(
+        "cDNI within 0.2 points of backprop at every FCN depth",
+        gaps,
+        lambda v: v <= 0.2,
+        lambda v: f"{v:+.2f}",
+    )
     d3, d6 = row("fcn3_dni"), row("fcn6_dni")
     if d3 and d6:
         ratio = d6.mean / d3.mean
@@ -544,20 +551,17 @@ def targets(rows: dict[str, Row], settings) -> list[tuple[str, bool | None, str]
             )
         )
     else:
-        out.append(("DNI: FCN-6 error ≤ 2.5× FCN-3's", None, "cells missing"))
-    dni = {d: row(f"fcn{d}_dni") for d in depths}
-    lows = {d: r.min_cosine for d, r in dni.items() if r and r.min_cosine is not None}
-    if lows and len(lows) == len(depths):
-        out.append(
-            (
-                "DNI: every cut's final cosine > 0.1",
-                all(v > 0.1 for v in lows.values()),
-                "lowest cut, any seed: "
-                + ", ".join(f"FCN-{d} {v:.3f}" for d, v in lows.items()),
-            )
-        )
-    else:
-        out.append(("DNI: every cut's final cosine > 0.1", None, "cells missing"))
+        out.append(("DNI: FCN-6 error ≤ 2.5× FCN-3's", None, "not measured"))
+    every_depth(
+        "DNI: every cut's final cosine > 0.1",
+        {
+            d: row(f"fcn{d}_dni").min_cosine if row(f"fcn{d}_dni") else None
+            for d in depths
+        },
+        lambda v: v > 0.1,
+        lambda v: f"{v:.3f}",
+        prefix="lowest cut, any seed: ",
+    )
     for depth, bound in ((3, 1.0), (4, 0.9)):
         r = row(f"cnn{depth}_cdni")
         out.append(
@@ -652,7 +656,8 @@ def reading(rows: dict[str, Row], settings) -> list[str]:
         if ranked:
             winners[(family, depth)] = ranked[0][1]
     fcn_winners = {w for (f, _), w in winners.items() if f == "fcn"}
-    if len(fcn_winners) == 1 and sum(f == "fcn" for f, _ in winners) > 1:
+    every = sum(f == "fcn" for f, _ in winners) == len(settings.fcn_depths) > 1
+    if len(fcn_winners) == 1 and every:
         text.append(
             f"{LABELS[fcn_winners.pop()]} is the best method at every FCN depth."
         )
@@ -679,9 +684,11 @@ def reading(rows: dict[str, Row], settings) -> list[str]:
             + ", ".join(f"FCN-{d} {g:+.2f}" for d, g in gaps.items())
             + " points; "
             + (
-                "within 0.2 points at every depth."
-                if all(g <= 0.2 for g in gaps.values())
-                else f"the widest gap is FCN-{worst}'s, beyond 0.2 points."
+                f"the widest gap is FCN-{worst}'s, beyond 0.2 points."
+                if gaps[worst] > 0.2
+                else "within 0.2 points at every depth."
+                if len(gaps) == len(depths)
+                else "within 0.2 points at the depths measured so far."
             )
         )
     ratios = {
@@ -814,10 +821,10 @@ def report(cells, results, settings) -> str:
         + ", FCN-".join(settings.seeded_depths)
         + f"; seed {settings.seeds[0]} only for every other cell. Each cell: mean"
         " ± sample standard deviation (n − 1) over its finished seeds, n shown.",
-        "- Cells with fewer than 3 seeds: every cell but "
+        "- Cells with 3 seeds or more: "
         + (", ".join(seeded_rows) if seeded_rows else "none")
-        + " (those one seed each, extra rows included). Cells with fewer "
-        "finished runs than asked: "
+        + "; every other cell, the extra rows included, has fewer (one seed). "
+        "Cells with fewer finished runs than asked: "
         + (", ".join(missing) if missing else "none")
         + ". Runs that diverged (left out): "
         + (", ".join(diverged) if diverged else "none")
@@ -897,7 +904,7 @@ def report(cells, results, settings) -> str:
         cos = ", ".join(f"{c:.3f}" for c in r.cosines) if r.cosines else "–"
         out.append(
             f"| {r.cell.label} | {r.cell.family.upper()}-{r.cell.depth} | {fmt(r)} "
-            f"| {cos} | {r.seconds:.0f} |"
+            f"| {cos} | {f'{r.seconds:.0f}' if r.runs else '–'} |"
         )
     drift = [
         (name, r.runs[0]["final_input_relative_error"])

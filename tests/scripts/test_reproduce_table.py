@@ -316,3 +316,29 @@ def test_a_failed_cell_does_not_stop_the_grid(table, tmp_path, monkeypatch):
     assert table.train(table.grid(s)[0], s) is False and len(calls) == 2
     text, _, _ = report(table, tmp_path, only=["fcn3_backprop_s0"])
     assert "Runs that diverged (left out): fcn3_backprop_s0." in text
+
+
+@pytest.mark.parametrize(
+    "errors, verdict",
+    [
+        ({3: 1.9}, "**not checkable**"),  # the others not measured yet
+        ({3: 2.1}, "**not met**"),  # one measured depth misses: not met already
+        ({3: 1.9, 4: 1.8, 5: 2.0, 6: 1.7}, "**met**"),
+        ({3: 1.9, 4: 1.8, 5: 2.01, 6: 1.7}, "**not met**"),
+    ],
+)
+def test_a_target_over_every_depth_with_partial_results(
+    table, tmp_path, errors, verdict
+):
+    for d, e in errors.items():
+        fabricate(tmp_path, f"fcn{d}_backprop_s0", e)
+        fabricate(tmp_path, f"fcn{d}_cdni_s0", e + 0.1)
+    text, _, _ = report(table, tmp_path)
+    line = next(x for x in text.splitlines() if x.startswith("| Backprop FCN-3…6"))
+    assert f"| {verdict} |" in line
+    if len(errors) < 4:
+        assert "not measured: FCN-4, FCN-5, FCN-6" in line
+        assert "within 0.2 points at the depths measured so far." in text
+        assert "at every FCN depth." not in text
+    else:
+        assert "within 0.2 points at every depth." in text
