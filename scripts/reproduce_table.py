@@ -701,6 +701,27 @@ def reading(rows: dict[str, Row], settings) -> list[str]:
             f"No Bprop (only the top layer learns) has {min(ratios.values()):.1f}× "
             f"to {max(ratios.values()):.1f}× backprop's error."
         )
+    lowest = {}
+    for d in depths:
+        r = row(f"fcn{d}_dni")
+        if r and r.cosines:
+            k = min(range(len(r.cosines)), key=r.cosines.__getitem__)
+            lowest[d] = (k + 1, r.cosines[k], r.cosines[-1])
+    if lowest:
+        below = [d for d, (_, c, _) in lowest.items() if c <= 0.1]
+        text.append(
+            "DNI's final cosine (mean over seeds) at its weakest cut: "
+            + ", ".join(
+                f"FCN-{d} cut {k} {c:.3f} (top cut {top:.3f})"
+                for d, (k, c, top) in lowest.items()
+            )
+            + "; "
+            + (
+                f"at or below 0.1 on FCN-{', FCN-'.join(map(str, below))}."
+                if below
+                else "above 0.1 everywhere."
+            )
+        )
     c3, c6 = row("fcn3_cdni"), row("fcn6_cdni")
     if c3 and c6:
         text.append(

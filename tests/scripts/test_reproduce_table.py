@@ -232,6 +232,11 @@ def test_targets_and_reading_follow_the_numbers(table, tmp_path):
     )
     assert "FCN-3: Bprop 1.80% (then cDNI 1.90%)" in text
     assert "Bprop is the best method at every FCN depth." in text
+    assert (
+        "DNI's final cosine (mean over seeds) at its weakest cut: FCN-3 cut 1 0.050"
+        in text
+    )
+    assert "at or below 0.1 on FCN-3, FCN-4, FCN-5, FCN-6." in text
     assert "reaches 2.40% on FCN-4, meeting its target of 2.5%" in text
     assert "reach 3.50% on FCN-4, missing its target of 3.0%" in text
     assert "cDNI against backprop: FCN-3 +0.10, FCN-4 +0.10, FCN-5 +0.10, FCN-6" in text
