@@ -306,6 +306,8 @@ def collect(cells, settings) -> dict[str, dict]:
             (int(r["epoch"]) + 1, 100 * (1 - r["val_accuracy"])) for r in rows
         ]
         metrics["cosine"] = cosines(workdir)
+        config = workdir / "config.json"
+        metrics["config"] = json.loads(config.read_text()) if config.exists() else {}
         # When the run's last session ended (metrics.json is written last)
         # and began (its own session_seconds before).
         metrics["ended_at"] = (workdir / "metrics.json").stat().st_mtime
@@ -790,6 +792,17 @@ def report(cells, results, settings) -> str:
         json.dumps(r.get("learning_rate_schedule", {}).get("kind")) for r in runs
     }
     seeded_rows = [n for n, r in rows.items() if r.wanted >= 3]
+    cnn_model = sorted(
+        {
+            ", ".join(
+                f"{k}={v}"
+                for k, v in results[c.name].get("config", {}).get("model", {}).items()
+                if k not in ("kind", "depth")
+            )
+            for c in cells
+            if c.family == "cnn" and c.name in results
+        }
+    )
     diverged = []
     for cell in cells:
         path = run_dir(cell, settings) / "metrics.json"
@@ -857,7 +870,12 @@ def report(cells, results, settings) -> str:
         f"- CNN: resolution-preserving 5x5 convolutions of {settings.cnn_filters} "
         "filters (batch norm, ReLU). DNI conv synthesizers: 2 hidden 5x5 "
         f"convolutions of {settings.cnn_synth_filters} filters; cDNI: one linear "
-        "5x5 conv over the activation and the label planes.",
+        "5x5 conv over the activation and the label planes."
+        + (
+            f" CNN model fields as the runs recorded them: {'; '.join(cnn_model)}."
+            if cnn_model
+            else ""
+        ),
         f"- Wall time, the sum of the {len(runs)} finished runs' own epoch timings "
         f"(training and per-epoch test evaluation): {total / 60:.1f} min "
         f"({total / 3600:.2f} h)"
