@@ -20,7 +20,9 @@ give the former network.
     python scripts/train.py --config=configs/mnist_cnn.py:cdni,depth=3 \
         --workdir=workdirs/cnn3_cdni
 
-Variants: a method (backprop, dni, cdni, no_bprop), depth=3..4, `smoke`.
+Variants: a method (backprop, dni, cdni, no_bprop, bp_lambda, unlocked; see
+configs/mnist_fcn.py), depth=3..4, bp_lambda=..., update_probability=...,
+`smoke`.
 """
 
 import ml_collections
@@ -29,8 +31,17 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, method="dni", depth=3, smoke=False)
-    config = common.base_config(arg.method, arg.smoke)
+    arg = common.parse_arg(
+        arg,
+        method="dni",
+        depth=3,
+        smoke=False,
+        bp_lambda=0.5,
+        update_probability=1.0,
+    )
+    config = common.base_config(
+        arg.method, arg.smoke, arg.bp_lambda, arg.update_probability
+    )
 
     config.model = ml_collections.ConfigDict()
     config.model.kind = "cnn"
@@ -43,9 +54,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.synthesizer = ml_collections.ConfigDict()
     config.synthesizer.kind = "conv"
-    linear = arg.method == "cdni"
+    linear = common.SG_KIND.get(arg.method) == "cdni"
     config.synthesizer.hidden_layers = 0 if linear else 2
     config.synthesizer.filters = 8 if arg.smoke else 128
     config.synthesizer.kernel_size = 3 if arg.smoke else 5
     config.synthesizer.batch_norm = not linear
+
+    # Method "unlocked": at each cut, a conv net predicting the activation from x.
+    config.input_synthesizer = ml_collections.ConfigDict()
+    config.input_synthesizer.hidden_layers = 2
+    config.input_synthesizer.filters = 8 if arg.smoke else 128
+    config.input_synthesizer.kernel_size = 3 if arg.smoke else 5
+    config.input_synthesizer.batch_norm = True
     return config

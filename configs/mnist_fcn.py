@@ -8,7 +8,14 @@ norm, cDNI synthesizers linear on the activation and the one-hot label.
         --workdir=workdirs/fcn4_cdni
 
 Variants (after the colon, comma-separated): a method (backprop, dni, cdni,
-no_bprop), depth=3..6, and `smoke` for seconds-long runs on synthetic data.
+no_bprop; bp_lambda: BP(lambda) on DNI synthesizers; unlocked: the complete
+unlock, synthetic inputs from x with cDNI), depth=3..6, bp_lambda=0.25 (for
+bp_lambda), update_probability=0.2 (stochastic updates of dni or cdni), and
+`smoke` for seconds-long runs on synthetic data.
+
+    python scripts/train.py --config=configs/mnist_fcn.py:unlocked,depth=4 ...
+    python scripts/train.py --config=configs/mnist_fcn.py:dni,update_probability=0.2 ...
+    python scripts/train.py --config=configs/mnist_fcn.py:bp_lambda,bp_lambda=0.25 ...
 Override single values with e.g. `--config.optimizer.learning_rate=1e-4`.
 """
 
@@ -18,8 +25,17 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, method="dni", depth=3, smoke=False)
-    config = common.base_config(arg.method, arg.smoke)
+    arg = common.parse_arg(
+        arg,
+        method="dni",
+        depth=3,
+        smoke=False,
+        bp_lambda=0.5,
+        update_probability=1.0,
+    )
+    config = common.base_config(
+        arg.method, arg.smoke, arg.bp_lambda, arg.update_probability
+    )
 
     config.model = ml_collections.ConfigDict()
     config.model.kind = "fcn"
@@ -29,8 +45,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.synthesizer = ml_collections.ConfigDict()
     config.synthesizer.kind = "dense"
-    linear = arg.method == "cdni"
+    linear = common.SG_KIND.get(arg.method) == "cdni"
     config.synthesizer.hidden_layers = 0 if linear else 2
     config.synthesizer.units = 64 if arg.smoke else 1024
     config.synthesizer.batch_norm = not linear
+
+    # Method "unlocked": at each cut, an MLP predicting the activation from x.
+    config.input_synthesizer = ml_collections.ConfigDict()
+    config.input_synthesizer.hidden_layers = 2
+    config.input_synthesizer.units = 64 if arg.smoke else 1024
+    config.input_synthesizer.batch_norm = True
     return config

@@ -104,10 +104,11 @@ def load_data(config):
     return train, test
 
 
-def build_model(config, input_shape, num_classes, devices=None):
+def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=None):
     """The network, its synthesizers and the decoupled model, from plain values.
 
-    `devices`: None, or devices to deal the stages onto, round-robin."""
+    `devices`: None, or devices to deal the stages onto, round-robin.
+    `steps_per_epoch`: needed by the paper's learning-rate schedule."""
     import keras
 
     import keras_sg
@@ -134,11 +135,12 @@ def build_model(config, input_shape, num_classes, devices=None):
         )
     else:
         raise ValueError(f"Expected model.kind 'fcn' or 'cnn'. Received: {m.kind!r}")
-    num_stages = len(keras_sg.split_stages(net))
+    stages = keras_sg.split_stages(net)
+    sg_kind = common.SG_KIND.get(config.method)  # "dni", "cdni" or None
     synthesizers = None
-    if config.method in ("dni", "cdni"):
-        classes = num_classes if config.method == "cdni" else None
-        cuts = num_stages - 1
+    if sg_kind:
+        classes = num_classes if sg_kind == "cdni" else None
+        cuts = len(stages) - 1
         if s.kind == "dense":
             make = lambda: keras_sg.DenseSynthesizer(  # noqa: E731
                 hidden_layers=s.hidden_layers,
@@ -156,18 +158,37 @@ def build_model(config, input_shape, num_classes, devices=None):
             )
         synthesizers = [make() for _ in range(cuts)]
     if devices:
-        devices = [devices[k % len(devices)] for k in range(num_stages)]
-    model = keras_sg.DecoupledModel(
-        net,
-        synthesizers,
-        method=config.method,
-        sg_loss_weight=config.sg_loss_weight,
-        devices=devices or None,
-    )
+        devices = [devices[k % len(devices)] for k in range(len(stages))]
+    common_args = dict(sg_loss_weight=config.sg_loss_weight, devices=devices or None)
+    if config.method == "bp_lambda":
+        model = keras_sg.BPLambdaModel(
+            net, synthesizers, bp_lambda=config.bp_lambda, method=sg_kind, **common_args
+        )
+    elif config.method == "unlocked":
+        inputs = [
+            make_input_synthesizer(config, shape)
+            for shape in cut_shapes(stages, input_shape)
+        ]
+        model = keras_sg.UnlockedModel(
+            net, synthesizers, input_synthesizers=inputs, method=sg_kind, **common_args
+        )
+    elif config.update_probability < 1.0:
+        model = keras_sg.StochasticUpdateModel(
+            net,
+            synthesizers,
+            update_probability=config.update_probability,
+            seed=config.seed,
+            method=config.method,
+            **common_args,
+        )
+    else:
+        model = keras_sg.DecoupledModel(
+            net, synthesizers, method=config.method, **common_args
+        )
     optimizer = keras.optimizers.get(
         {
             "class_name": config.optimizer.name,
-            "config": {"learning_rate": config.optimizer.learning_rate},
+            "config": {"learning_rate": learning_rate(config, steps_per_epoch)},
         }
     )
     model.compile(
@@ -176,6 +197,64 @@ def build_model(config, input_shape, num_classes, devices=None):
         metrics=["accuracy"],
     )
     return model
+
+
+def cut_shapes(stages, input_shape) -> list[tuple]:
+    """The activation shape at each cut (without the batch axis)."""
+    import keras
+
+    shapes, shape = [], (None, *input_shape)
+    for stage in stages[:-1]:
+        shape = tuple(stage.compute_output_spec(keras.KerasTensor(shape)).shape)
+        shapes.append(shape[1:])
+    return shapes
+
+
+def make_input_synthesizer(config, target_shape):
+    """The complete unlock's input synthesizer at one cut: predicts the
+    activation of shape `target_shape` from the network's input."""
+    import keras_sg
+
+    i = config.input_synthesizer
+    if config.model.kind == "fcn":
+        return keras_sg.DenseInputSynthesizer(
+            target_shape,
+            hidden_layers=i.hidden_layers,
+            units=i.units,
+            use_batch_norm=i.batch_norm,
+        )
+    return keras_sg.ConvInputSynthesizer(
+        target_shape,
+        hidden_layers=i.hidden_layers,
+        filters=i.filters,
+        kernel_size=i.kernel_size,
+        use_batch_norm=i.batch_norm,
+    )
+
+
+def learning_rate(config, steps_per_epoch):
+    """The optimizer's learning rate: a number, or the paper's schedule shape.
+
+    With `optimizer.schedule="paper"`, the rate is divided by 10 after 60% and
+    again after 80% of the run's `epochs * steps_per_epoch` steps. The
+    schedule reads the optimizer's `iterations`, which a checkpoint restores,
+    so a resumed run follows it from where it stopped.
+    """
+    import keras
+
+    rate = config.optimizer.learning_rate
+    if config.optimizer.schedule == "constant":
+        return rate
+    if not steps_per_epoch:
+        raise ValueError(
+            "The paper's schedule needs the number of steps per epoch. "
+            f"Received: steps_per_epoch={steps_per_epoch!r}"
+        )
+    total = config.epochs * steps_per_epoch
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries=[int(0.6 * total), int(0.8 * total)],
+        values=[rate, rate / 10, rate / 100],
+    )
 
 
 def epoch_timer():
@@ -338,6 +417,47 @@ def write_metrics(workdir: Path, metrics: dict):
     )
 
 
+def schedule_summary(config, steps_per_epoch) -> dict:
+    """The learning rate of the run, as plain values for metrics.json."""
+    rate = learning_rate(config, steps_per_epoch)
+    if isinstance(rate, float | int):
+        return {"kind": "constant", "values": [float(rate)], "boundaries": []}
+    return {
+        "kind": config.optimizer.schedule,
+        "values": [float(v) for v in rate.values],
+        "boundaries": [int(b) for b in rate.boundaries],
+    }
+
+
+def final_diagnostics(model, probe) -> dict:
+    """Each cut's synthetic-vs-true gradient cosine at the end of training, on
+    the probe batch (`SyntheticGradientMonitor`'s measure), and for a model
+    with synthetic inputs how far they are from the composed network's
+    activations."""
+    import numpy as np
+
+    from keras_sg.callbacks.sg_monitor import gradient_diagnostics
+
+    x, y = probe
+    report = gradient_diagnostics(model, x, y)
+    out = {
+        "cut_names": list(model.cut_names),
+        "final_cut_cosines": [report[f"{n}/cosine"] for n in model.cut_names],
+        "final_cut_norm_ratios": [report[f"{n}/norm_ratio"] for n in model.cut_names],
+    }
+    if getattr(model, "input_synthesizers", None):
+        # ||I_k(x) - h_k||^2 / ||h_k||^2, h_k from the composed network, both
+        # in inference mode.
+        drift, h = [], x
+        for k, synth in enumerate(model.input_synthesizers):
+            h = model.stages[k](h, training=False)
+            h_hat = np.asarray(synth(x, training=False), dtype=np.float64)
+            true = np.asarray(h, dtype=np.float64)
+            drift.append(float(np.sum((h_hat - true) ** 2) / np.sum(true**2)))
+        out["final_input_relative_error"] = drift
+    return out
+
+
 def main(argv):
     del argv
     config = FLAGS.config
@@ -390,12 +510,18 @@ def main(argv):
             f"Checkpoint {path} is {reason}; falling back to the one before", flush=True
         )
 
+    steps = keras_sg.data.steps_per_epoch(len(x_train), config.batch_size)
     model, initial_epoch = checkpoint.load_latest(ckpt_dir, on_skip=skipped)
     if model is None:
-        model = build_model(config, tuple(input_shape), num_classes, devices)
+        model = build_model(
+            config, tuple(input_shape), num_classes, devices, steps_per_epoch=steps
+        )
     else:
         logging.info("Resuming from epoch %d", initial_epoch)
         print(f"Resuming {workdir} from epoch {initial_epoch}", flush=True)
+        if config.optimizer.schedule != "constant":
+            # The same schedule, from the config: `epochs` may have changed.
+            model.optimizer.learning_rate = learning_rate(config, steps)
 
     train = keras_sg.data.batches(
         x_train,
@@ -407,6 +533,13 @@ def main(argv):
         first_epoch=initial_epoch,
     )
     test = keras_sg.data.batches(x_test, y_test, 1000, flatten=flat)
+    if flat:
+        # The flattened batches have an unknown feature size; an input
+        # synthesizer (method "unlocked") needs it known.
+        def known(x, y):
+            return tf.ensure_shape(x, (None, *input_shape)), y
+
+        train, test = train.map(known), test.map(known)
     probe_n = config.log.probe_examples
     probe_x = x_test[:probe_n].astype("float32") / 255.0
     probe = (
@@ -427,7 +560,8 @@ def main(argv):
         keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
         keras_sg.callbacks.FiniteCheckpoint(ckpt_dir, keep=config.keep_checkpoints),
     ]
-    if config.method in ("dni", "cdni") and config.log.diagnostics_every_steps:
+    has_synthesizers = common.SG_KIND.get(config.method) is not None
+    if has_synthesizers and config.log.diagnostics_every_steps:
         callbacks.append(
             keras_sg.callbacks.SyntheticGradientMonitor(
                 str(workdir / "tb" / "diagnostics"),
@@ -477,7 +611,10 @@ def main(argv):
         test_accuracy=logs["accuracy"],
         test_error_percent=100 * (1 - logs["accuracy"]),
         test_loss=logs["loss"],
+        learning_rate_schedule=schedule_summary(config, steps),
     )
+    if has_synthesizers:
+        metrics.update(final_diagnostics(model, probe))
     write_metrics(workdir, metrics)
     print(
         f"{config.method}: test error {metrics['test_error_percent']:.2f}% "
