@@ -218,6 +218,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in sizes:
         _int(config, f"model.{field}", 1)
     _bool(config, "model.batch_norm")
+    if config.model.kind == "cnn":
+        if "head" in config.model:
+            _choice(config, "model.head", ("flatten", "global_average"))
+        if "pooling" in config.model:
+            _choice(config, "model.pooling", ("", None, "average", "max"))
 
     _choice(config, "synthesizer.kind", (MODELS[config.model.kind],))
     _int(config, "synthesizer.hidden_layers", 0)

@@ -37,6 +37,8 @@ BAD = [
     ("mnist_fcn", "dni,smoke", "model.units", 0),
     ("mnist_cnn", "dni,smoke", "model.filters", -8),
     ("mnist_cnn", "dni,smoke", "model.kernel_size", 0),
+    ("mnist_cnn", "dni,smoke", "model.head", "gap"),
+    ("mnist_cnn", "dni,smoke", "model.pooling", "min"),
     ("mnist_fcn", "dni,smoke", "seed", -1),
     ("mnist_fcn", "dni,smoke", "method", "dnii"),
     ("mnist_fcn", "dni,smoke", "data.name", "mnst"),
