@@ -867,7 +867,7 @@ def report(cells, results, settings) -> str:
         + ".",
         "- FCN: 256 units, batch norm, ReLU. DNI synthesizers: 2 hidden layers of 1024 "
         "with batch norm; cDNI: linear on the activation and the one-hot label.",
-        f"- CNN: resolution-preserving 5x5 convolutions of {settings.cnn_filters} "
+        f"- CNN: 5x5 'same' convolutions of {settings.cnn_filters} "
         "filters (batch norm, ReLU). DNI conv synthesizers: 2 hidden 5x5 "
         f"convolutions of {settings.cnn_synth_filters} filters; cDNI: one linear "
         "5x5 conv over the activation and the label planes."
