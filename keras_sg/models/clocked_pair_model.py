@@ -4,8 +4,9 @@ interfaces."""
 import keras
 import tensorflow as tf
 
-from keras_sg._checks import check_int, check_not_h5
+from keras_sg._checks import check_int
 from keras_sg.models import steps
+from keras_sg.models._sequences import SequenceModel, accumulate, check_weight
 
 CLOCK_METHODS = ("bptt", "dni")
 
@@ -71,7 +72,7 @@ def update_dependencies(method: str) -> dict[str, tuple[str, ...]]:
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
-class ClockedPairModel(keras.Model):
+class ClockedPairModel(SequenceModel):
     """A fast and a slow recurrent network, joined by decoupled interfaces.
 
     Both are Keras RNN cells (`LSTMCell`, `GRUCell`, `SimpleRNNCell`, any
@@ -165,15 +166,9 @@ class ClockedPairModel(keras.Model):
                 f"Received: method={method!r}"
             )
         check_int("period", period, 1)
-        weight = _as_float(sg_loss_weight)
-        if not 0.0 <= weight < float("inf"):
-            raise ValueError(
-                "`sg_loss_weight` must be a finite number >= 0. "
-                f"Received: sg_loss_weight={sg_loss_weight!r}"
-            )
         self.period = period
         self.method = method
-        self.sg_loss_weight = weight
+        self.sg_loss_weight = check_weight("sg_loss_weight", sg_loss_weight)
         self.fast_cell = _check_cell("fast_cell", fast_cell)
         self.slow_cell = _check_cell("slow_cell", slow_cell)
         if not isinstance(output, keras.layers.Layer):
@@ -197,7 +192,6 @@ class ClockedPairModel(keras.Model):
             keras.metrics.Mean(name="state_sg_loss") if needed else None
         )
         self._input_shape = None
-        self._traced_length = None
 
     # ------------------------------------------------------------------ setup
 
@@ -273,20 +267,6 @@ class ClockedPairModel(keras.Model):
                 f"that the fast network reads). Received: time={time}"
             )
         return time // self.period
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        # Keras reuses its traced step across fit calls and, shown sequences
-        # of a second length, relaxes the time axis to None, which the
-        # unrolled schedule cannot follow: a new length gets a step of its own.
-        length = _time_axis(x)
-        if length is None or length != self._traced_length:
-            self.train_function = None
-        self._traced_length = length
-        return super().fit(x, y, *args, **kwargs)
-
-    def save(self, filepath, *args, **kwargs):
-        check_not_h5(filepath)
-        return super().save(filepath, *args, **kwargs)
 
     # ---------------------------------------------------------------- forward
 
@@ -511,7 +491,7 @@ class ClockedPairModel(keras.Model):
             ):
                 sg_loss, d = steps.synthesizer_loss(g, target)
                 _, synth_grads = pull((d * weight,))
-                _accumulate(grads, synth.trainable_variables, synth_grads)
+                accumulate(grads, synth.trainable_variables, synth_grads)
                 losses.append(sg_loss)
             result[f"{kind}_sg_losses"] = losses
         result["gradients"] = grads
@@ -555,17 +535,6 @@ class ClockedPairModel(keras.Model):
             [steps.bootstrapped_target(g, scale) for g in messages],
             [steps.bootstrapped_target(g, scale) for g in states],
         )
-
-    def _apply(self, grads):
-        """One optimizer step over the variables in `grads` (keyed by `id`)."""
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
 
     def test_step(self, data):
         logs = super().test_step(data)
@@ -614,27 +583,6 @@ class ClockedPairModel(keras.Model):
         if input_shape is not None:
             model.build(tuple(input_shape))
         return model
-
-
-def _time_axis(x):
-    """The time axis of `fit`'s input when it can be read without iterating
-    (arrays, tensors, a tf.data.Dataset); None otherwise."""
-    if isinstance(x, tf.data.Dataset):
-        shape = tf.nest.flatten(x.element_spec)[0].shape
-    else:
-        shape = getattr(x, "shape", None)
-    if shape is None or len(shape) < 2:
-        return None
-    return shape[1]
-
-
-def _as_float(value):
-    if isinstance(value, bool):
-        return float("nan")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _check_cell(name, cell):
@@ -686,8 +634,3 @@ def _check_synth(name, synth, needed, method):
 
 def _by_id(variables, grads):
     return {id(v): g for v, g in zip(variables, grads, strict=True)}
-
-
-def _accumulate(grads, variables, new):
-    for v, g in zip(variables, new, strict=True):
-        grads[id(v)] = g if id(v) not in grads else grads[id(v)] + g
