@@ -325,6 +325,20 @@ class ClockedPairModel(SequenceModel):
         out["y_pred"] = self.output_layer(hs, training=training)
         return out
 
+    def _unrolled_loss(self, x, y, sample_weight=None, training=None, **kwargs):
+        """`unroll(x, training, **kwargs)` and the compiled loss on its
+        predictions: `(outputs, loss)`. Run it under the tapes that need
+        the loss."""
+        out = self.unroll(x, training=training, **kwargs)
+        loss = self.compute_loss(
+            x=x,
+            y=y,
+            y_pred=out["y_pred"],
+            sample_weight=sample_weight,
+            training=training,
+        )
+        return out, loss
+
     # ----------------------------------------------------------------- train
 
     @property
@@ -372,14 +386,7 @@ class ClockedPairModel(SequenceModel):
         loss_scale = steps.loss_scale(self.optimizer)
         variables = self.fast_variables + self.slow_variables
         with tf.GradientTape() as tape:
-            out = self.unroll(x, training=True)
-            loss = self.compute_loss(
-                x=x,
-                y=y,
-                y_pred=out["y_pred"],
-                sample_weight=sample_weight,
-                training=True,
-            )
+            out, loss = self._unrolled_loss(x, y, sample_weight, training=True)
             scaled = loss * loss_scale
         grads = tape.gradient(scaled, variables)
         return {
@@ -424,13 +431,8 @@ class ClockedPairModel(SequenceModel):
         with fast_tape, slow_tape:
             fast_tape.watch(fast_vars)
             slow_tape.watch(slow_vars)
-            out = self.unroll(x, training=True, cut=True, watch=watch)
-            loss = self.compute_loss(
-                x=x,
-                y=y,
-                y_pred=out["y_pred"],
-                sample_weight=sample_weight,
-                training=True,
+            out, loss = self._unrolled_loss(
+                x, y, sample_weight, training=True, cut=True, watch=watch
             )
         ticks, messages, read = out["ticks"], out["messages"], out["messages_read"]
 
@@ -521,13 +523,12 @@ class ClockedPairModel(SequenceModel):
         self.build_for(x)
         scale = steps.global_batch_size(x) * self.blocks(tuple(x.shape))
         with tf.GradientTape(persistent=True) as tape:
-            out = self.unroll(x, training=training, watch=lambda kind, t: tape.watch(t))
-            loss = self.compute_loss(
-                x=x,
-                y=y,
-                y_pred=out["y_pred"],
-                sample_weight=sample_weight,
+            out, loss = self._unrolled_loss(
+                x,
+                y,
+                sample_weight,
                 training=training,
+                watch=lambda kind, t: tape.watch(t),
             )
         messages = tape.gradient(loss, out["messages_read"])
         states = tape.gradient(loss, out["ticks"])
