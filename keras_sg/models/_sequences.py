@@ -84,3 +84,15 @@ def accumulate(grads, variables, new):
             grads[id(v)] = g
         else:
             grads[id(v)] = tf.convert_to_tensor(grads[id(v)]) + tf.convert_to_tensor(g)
+
+
+def deserialize_layers(config, keys, custom_objects=None):
+    """A copy of a `get_config` dict with the layers under `keys` rebuilt;
+    an entry that is None or missing stays as it is."""
+    config = dict(config)
+    for key in keys:
+        if config.get(key) is not None:
+            config[key] = keras.saving.deserialize_keras_object(
+                config[key], custom_objects=custom_objects
+            )
+    return config

@@ -6,7 +6,12 @@ import tensorflow as tf
 
 from keras_sg._checks import check_int
 from keras_sg.models import steps
-from keras_sg.models._sequences import SequenceModel, accumulate, check_weight
+from keras_sg.models._sequences import (
+    SequenceModel,
+    accumulate,
+    check_weight,
+    deserialize_layers,
+)
 
 CLOCK_METHODS = ("bptt", "dni")
 
@@ -553,12 +558,8 @@ class ClockedPairModel(SequenceModel):
                 "period": self.period,
                 "output": serialize(self.output_layer),
                 "method": self.method,
-                "message_synthesizer": serialize(self.message_synthesizer)
-                if self.message_synthesizer is not None
-                else None,
-                "state_synthesizer": serialize(self.state_synthesizer)
-                if self.state_synthesizer is not None
-                else None,
+                "message_synthesizer": serialize(self.message_synthesizer),
+                "state_synthesizer": serialize(self.state_synthesizer),
                 "sg_loss_weight": self.sg_loss_weight,
                 "input_shape": self._input_shape,
             }
@@ -567,18 +568,14 @@ class ClockedPairModel(SequenceModel):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        for key in (
+        keys = (
             "fast_cell",
             "slow_cell",
             "output",
             "message_synthesizer",
             "state_synthesizer",
-        ):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
-                )
+        )
+        config = deserialize_layers(config, keys, custom_objects)
         input_shape = config.pop("input_shape", None)
         model = cls(**config)
         if input_shape is not None:

@@ -8,7 +8,12 @@ import tensorflow as tf
 from keras_sg._checks import check_int
 from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
-from keras_sg.models._sequences import SequenceModel, accumulate, check_weight
+from keras_sg.models._sequences import (
+    SequenceModel,
+    accumulate,
+    check_weight,
+    deserialize_layers,
+)
 
 TIME_METHODS = ("bptt", "dni", "dni_aux")
 
@@ -548,12 +553,8 @@ class TruncatedBPTTModel(SequenceModel):
                 "network": serialize(self.network),
                 "truncation": self.truncation,
                 "method": self.method,
-                "synthesizer": serialize(self.synthesizer)
-                if self.synthesizer is not None
-                else None,
-                "aux_synthesizer": serialize(self.aux_synthesizer)
-                if self.aux_synthesizer is not None
-                else None,
+                "synthesizer": serialize(self.synthesizer),
+                "aux_synthesizer": serialize(self.aux_synthesizer),
                 "sg_loss_weight": self.sg_loss_weight,
                 "aux_weight": self.aux_weight,
             }
@@ -562,13 +563,8 @@ class TruncatedBPTTModel(SequenceModel):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        for key in ("network", "synthesizer", "aux_synthesizer"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
-                )
-        return cls(**config)
+        keys = ("network", "synthesizer", "aux_synthesizer")
+        return cls(**deserialize_layers(config, keys, custom_objects))
 
 
 def _check_network(network):
