@@ -96,3 +96,16 @@ def deserialize_layers(config, keys, custom_objects=None):
                 config[key], custom_objects=custom_objects
             )
     return config
+
+
+def build_synthesizer(name, synth, shape, what="its input's shape"):
+    """Builds `synth` on `shape`, `(batch, size)`, if unbuilt, and checks that
+    it returns a tensor of that shape (a gradient of `what`)."""
+    if not synth.built:
+        synth.build(shape)
+    out = synth.compute_output_spec(keras.KerasTensor(shape))
+    if tuple(out.shape[1:]) != tuple(shape[1:]):
+        raise ValueError(
+            f"The `{name}` '{synth.name}' must return a gradient of {what} "
+            f"{shape}. Received: output shape {tuple(out.shape)}"
+        )

@@ -9,6 +9,7 @@ from keras_sg.models import steps
 from keras_sg.models._sequences import (
     SequenceModel,
     accumulate,
+    build_synthesizer,
     check_weight,
     deserialize_layers,
 )
@@ -232,16 +233,7 @@ class ClockedPairModel(SequenceModel):
             synth = getattr(self, name)
             if synth is None:
                 continue
-            shape = (batch, size)
-            if not synth.built:
-                synth.build(shape)
-            out = synth.compute_output_spec(keras.KerasTensor(shape))
-            if tuple(out.shape[1:]) != (size,):
-                raise ValueError(
-                    f"The `{name}` '{synth.name}' must return a gradient of its "
-                    f"input's shape {shape}. Received: output shape "
-                    f"{tuple(out.shape)}"
-                )
+            build_synthesizer(name, synth, (batch, size))
         self.built = True
 
     def build_for(self, x):

@@ -11,6 +11,7 @@ from keras_sg.models import steps
 from keras_sg.models._sequences import (
     SequenceModel,
     accumulate,
+    build_synthesizer,
     check_weight,
     deserialize_layers,
 )
@@ -218,15 +219,7 @@ class TruncatedBPTTModel(SequenceModel):
             if synth is None:
                 continue
             shape = (batch, self.state_size)
-            if not synth.built:
-                synth.build(shape)
-            out = synth.compute_output_spec(keras.KerasTensor(shape))
-            if tuple(out.shape[1:]) != (self.state_size,):
-                raise ValueError(
-                    f"The `{name}` '{synth.name}' must return a gradient of the "
-                    f"state's shape {shape}. Received: output shape "
-                    f"{tuple(out.shape)}"
-                )
+            build_synthesizer(name, synth, shape, what="the state's shape")
         self.built = True
 
     def build_for(self, x):
