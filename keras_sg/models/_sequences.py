@@ -109,3 +109,13 @@ def build_synthesizer(name, synth, shape, what="its input's shape"):
             f"The `{name}` '{synth.name}' must return a gradient of {what} "
             f"{shape}. Received: output shape {tuple(out.shape)}"
         )
+
+
+def check_method(method, methods):
+    """Returns `method` if it is one of `methods`; raises ValueError otherwise."""
+    if method not in methods:
+        raise ValueError(
+            f"Unknown training method. Expected one of {methods}. "
+            f"Received: method={method!r}"
+        )
+    return method

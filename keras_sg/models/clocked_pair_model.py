@@ -10,6 +10,7 @@ from keras_sg.models._sequences import (
     SequenceModel,
     accumulate,
     build_synthesizer,
+    check_method,
     check_weight,
     deserialize_layers,
 )
@@ -59,22 +60,17 @@ def update_dependencies(method: str) -> dict[str, tuple[str, ...]]:
     that is what `ClockedPairModel.train_step` computes (tested numerically:
     a different loss leaves the slow network's gradient unchanged).
     """
-    if method == "bptt":
+    if check_method(method, CLOCK_METHODS) == "bptt":
         return {
             "fast": ("fast_forward", "slow_forward", "fast_loss", "slow_backward"),
             "slow": ("fast_forward", "slow_forward", "fast_loss", "fast_backward"),
         }
-    if method == "dni":
-        return {
-            "fast": ("fast_forward", "messages", "fast_loss", "state_synthesizer"),
-            "slow": ("slow_forward", "fast_states_at_ticks", "message_synthesizer"),
-            "message_synthesizer": ("messages", "fast_backward"),
-            "state_synthesizer": ("fast_states_at_ticks", "slow_backward"),
-        }
-    raise ValueError(
-        f"Unknown training method. Expected one of {CLOCK_METHODS}. "
-        f"Received: method={method!r}"
-    )
+    return {
+        "fast": ("fast_forward", "messages", "fast_loss", "state_synthesizer"),
+        "slow": ("slow_forward", "fast_states_at_ticks", "message_synthesizer"),
+        "message_synthesizer": ("messages", "fast_backward"),
+        "state_synthesizer": ("fast_states_at_ticks", "slow_backward"),
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
@@ -166,11 +162,7 @@ class ClockedPairModel(SequenceModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if method not in CLOCK_METHODS:
-            raise ValueError(
-                f"Unknown training method. Expected one of {CLOCK_METHODS}. "
-                f"Received: method={method!r}"
-            )
+        check_method(method, CLOCK_METHODS)
         check_int("period", period, 1)
         self.period = period
         self.method = method

@@ -12,6 +12,7 @@ from keras_sg.models._sequences import (
     SequenceModel,
     accumulate,
     build_synthesizer,
+    check_method,
     check_weight,
     deserialize_layers,
 )
@@ -132,11 +133,7 @@ class TruncatedBPTTModel(SequenceModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if method not in TIME_METHODS:
-            raise ValueError(
-                f"Unknown training method. Expected one of {TIME_METHODS}. "
-                f"Received: method={method!r}"
-            )
+        check_method(method, TIME_METHODS)
         if truncation is not None:
             check_int("truncation", truncation, 1)
         self.method = method
