@@ -1,6 +1,7 @@
-"""What the models trained over whole sequences share: one traced step per
-sequence length, saving to `.keras` only, and one optimizer step over
-gradients gathered by hand."""
+"""What the models trained over whole sequences (`TruncatedBPTTModel`,
+`ClockedPairModel`) share: one traced step per sequence length, saving to
+`.keras` only, one optimizer step over gradients gathered by hand, and the
+checks and (de)serialization of their arguments and synthesizers."""
 
 import keras
 import tensorflow as tf
