@@ -109,6 +109,32 @@ def base_config(
     return config
 
 
+def table1_config(arg: str | None):
+    """The variants that the MNIST nets of Table 1 (configs/mnist_fcn.py and
+    configs/mnist_cnn.py) take after the colon, and the base config they give.
+
+    Returns:
+        `(variants, config)`: `arg` parsed over method="dni", depth=3,
+        smoke=False, bp_lambda=0.5, update_probability=1.0, and
+        `base_config` of them.
+    """
+    variants = parse_arg(
+        arg,
+        method="dni",
+        depth=3,
+        smoke=False,
+        bp_lambda=0.5,
+        update_probability=1.0,
+    )
+    config = base_config(
+        variants.method,
+        variants.smoke,
+        variants.bp_lambda,
+        variants.update_probability,
+    )
+    return variants, config
+
+
 DATASETS = ("synthetic", "mnist", "fashion_mnist", "cifar10")
 MODELS = {"fcn": "dense", "cnn": "conv"}  # model kind: its synthesizer kind
 

@@ -31,17 +31,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(
-        arg,
-        method="dni",
-        depth=3,
-        smoke=False,
-        bp_lambda=0.5,
-        update_probability=1.0,
-    )
-    config = common.base_config(
-        arg.method, arg.smoke, arg.bp_lambda, arg.update_probability
-    )
+    arg, config = common.table1_config(arg)
 
     config.model = ml_collections.ConfigDict()
     config.model.kind = "cnn"

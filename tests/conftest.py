@@ -1,6 +1,9 @@
 """Shared helpers for the keras_sg tests."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -10,6 +13,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import keras_sg  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "scripts" / "train.py"
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +52,26 @@ def classification_data(n=64, dim=6, classes=3, seed=0):
 
 def weights_of(layers):
     return [np.array(w) for layer in layers for w in layer.get_weights()]
+
+
+def run_train(args, timeout=300):
+    """Runs scripts/train.py with `args` from the repository root, in a
+    subprocess with a timeout; returns it finished, its output as text."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def set_field(config, field, value):
+    """Sets a dotted field of a ConfigDict: `set_field(c, "log.update_freq", 5)`."""
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value

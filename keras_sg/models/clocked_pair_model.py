@@ -4,8 +4,16 @@ interfaces."""
 import keras
 import tensorflow as tf
 
-from keras_sg._checks import check_int, check_not_h5
+from keras_sg._checks import check_int
 from keras_sg.models import steps
+from keras_sg.models._sequences import (
+    SequenceModel,
+    accumulate,
+    build_synthesizer,
+    check_method,
+    check_weight,
+    deserialize_layers,
+)
 
 CLOCK_METHODS = ("bptt", "dni")
 
@@ -52,26 +60,21 @@ def update_dependencies(method: str) -> dict[str, tuple[str, ...]]:
     that is what `ClockedPairModel.train_step` computes (tested numerically:
     a different loss leaves the slow network's gradient unchanged).
     """
-    if method == "bptt":
+    if check_method(method, CLOCK_METHODS) == "bptt":
         return {
             "fast": ("fast_forward", "slow_forward", "fast_loss", "slow_backward"),
             "slow": ("fast_forward", "slow_forward", "fast_loss", "fast_backward"),
         }
-    if method == "dni":
-        return {
-            "fast": ("fast_forward", "messages", "fast_loss", "state_synthesizer"),
-            "slow": ("slow_forward", "fast_states_at_ticks", "message_synthesizer"),
-            "message_synthesizer": ("messages", "fast_backward"),
-            "state_synthesizer": ("fast_states_at_ticks", "slow_backward"),
-        }
-    raise ValueError(
-        f"Unknown training method. Expected one of {CLOCK_METHODS}. "
-        f"Received: method={method!r}"
-    )
+    return {
+        "fast": ("fast_forward", "messages", "fast_loss", "state_synthesizer"),
+        "slow": ("slow_forward", "fast_states_at_ticks", "message_synthesizer"),
+        "message_synthesizer": ("messages", "fast_backward"),
+        "state_synthesizer": ("fast_states_at_ticks", "slow_backward"),
+    }
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
-class ClockedPairModel(keras.Model):
+class ClockedPairModel(SequenceModel):
     """A fast and a slow recurrent network, joined by decoupled interfaces.
 
     Both are Keras RNN cells (`LSTMCell`, `GRUCell`, `SimpleRNNCell`, any
@@ -159,21 +162,11 @@ class ClockedPairModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if method not in CLOCK_METHODS:
-            raise ValueError(
-                f"Unknown training method. Expected one of {CLOCK_METHODS}. "
-                f"Received: method={method!r}"
-            )
+        check_method(method, CLOCK_METHODS)
         check_int("period", period, 1)
-        weight = _as_float(sg_loss_weight)
-        if not 0.0 <= weight < float("inf"):
-            raise ValueError(
-                "`sg_loss_weight` must be a finite number >= 0. "
-                f"Received: sg_loss_weight={sg_loss_weight!r}"
-            )
         self.period = period
         self.method = method
-        self.sg_loss_weight = weight
+        self.sg_loss_weight = check_weight("sg_loss_weight", sg_loss_weight)
         self.fast_cell = _check_cell("fast_cell", fast_cell)
         self.slow_cell = _check_cell("slow_cell", slow_cell)
         if not isinstance(output, keras.layers.Layer):
@@ -197,7 +190,6 @@ class ClockedPairModel(keras.Model):
             keras.metrics.Mean(name="state_sg_loss") if needed else None
         )
         self._input_shape = None
-        self._traced_length = None
 
     # ------------------------------------------------------------------ setup
 
@@ -233,16 +225,7 @@ class ClockedPairModel(keras.Model):
             synth = getattr(self, name)
             if synth is None:
                 continue
-            shape = (batch, size)
-            if not synth.built:
-                synth.build(shape)
-            out = synth.compute_output_spec(keras.KerasTensor(shape))
-            if tuple(out.shape[1:]) != (size,):
-                raise ValueError(
-                    f"The `{name}` '{synth.name}' must return a gradient of its "
-                    f"input's shape {shape}. Received: output shape "
-                    f"{tuple(out.shape)}"
-                )
+            build_synthesizer(name, synth, (batch, size))
         self.built = True
 
     def build_for(self, x):
@@ -273,20 +256,6 @@ class ClockedPairModel(keras.Model):
                 f"that the fast network reads). Received: time={time}"
             )
         return time // self.period
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        # Keras reuses its traced step across fit calls and, shown sequences
-        # of a second length, relaxes the time axis to None, which the
-        # unrolled schedule cannot follow: a new length gets a step of its own.
-        length = _time_axis(x)
-        if length is None or length != self._traced_length:
-            self.train_function = None
-        self._traced_length = length
-        return super().fit(x, y, *args, **kwargs)
-
-    def save(self, filepath, *args, **kwargs):
-        check_not_h5(filepath)
-        return super().save(filepath, *args, **kwargs)
 
     # ---------------------------------------------------------------- forward
 
@@ -345,6 +314,20 @@ class ClockedPairModel(keras.Model):
         out["y_pred"] = self.output_layer(hs, training=training)
         return out
 
+    def _unrolled_loss(self, x, y, sample_weight=None, training=None, **kwargs):
+        """`unroll(x, training, **kwargs)` and the compiled loss on its
+        predictions: `(outputs, loss)`. Run it under the tapes that need
+        the loss."""
+        out = self.unroll(x, training=training, **kwargs)
+        loss = self.compute_loss(
+            x=x,
+            y=y,
+            y_pred=out["y_pred"],
+            sample_weight=sample_weight,
+            training=training,
+        )
+        return out, loss
+
     # ----------------------------------------------------------------- train
 
     @property
@@ -392,14 +375,7 @@ class ClockedPairModel(keras.Model):
         loss_scale = steps.loss_scale(self.optimizer)
         variables = self.fast_variables + self.slow_variables
         with tf.GradientTape() as tape:
-            out = self.unroll(x, training=True)
-            loss = self.compute_loss(
-                x=x,
-                y=y,
-                y_pred=out["y_pred"],
-                sample_weight=sample_weight,
-                training=True,
-            )
+            out, loss = self._unrolled_loss(x, y, sample_weight, training=True)
             scaled = loss * loss_scale
         grads = tape.gradient(scaled, variables)
         return {
@@ -444,13 +420,8 @@ class ClockedPairModel(keras.Model):
         with fast_tape, slow_tape:
             fast_tape.watch(fast_vars)
             slow_tape.watch(slow_vars)
-            out = self.unroll(x, training=True, cut=True, watch=watch)
-            loss = self.compute_loss(
-                x=x,
-                y=y,
-                y_pred=out["y_pred"],
-                sample_weight=sample_weight,
-                training=True,
+            out, loss = self._unrolled_loss(
+                x, y, sample_weight, training=True, cut=True, watch=watch
             )
         ticks, messages, read = out["ticks"], out["messages"], out["messages_read"]
 
@@ -511,7 +482,7 @@ class ClockedPairModel(keras.Model):
             ):
                 sg_loss, d = steps.synthesizer_loss(g, target)
                 _, synth_grads = pull((d * weight,))
-                _accumulate(grads, synth.trainable_variables, synth_grads)
+                accumulate(grads, synth.trainable_variables, synth_grads)
                 losses.append(sg_loss)
             result[f"{kind}_sg_losses"] = losses
         result["gradients"] = grads
@@ -541,13 +512,12 @@ class ClockedPairModel(keras.Model):
         self.build_for(x)
         scale = steps.global_batch_size(x) * self.blocks(tuple(x.shape))
         with tf.GradientTape(persistent=True) as tape:
-            out = self.unroll(x, training=training, watch=lambda kind, t: tape.watch(t))
-            loss = self.compute_loss(
-                x=x,
-                y=y,
-                y_pred=out["y_pred"],
-                sample_weight=sample_weight,
+            out, loss = self._unrolled_loss(
+                x,
+                y,
+                sample_weight,
                 training=training,
+                watch=lambda kind, t: tape.watch(t),
             )
         messages = tape.gradient(loss, out["messages_read"])
         states = tape.gradient(loss, out["ticks"])
@@ -555,17 +525,6 @@ class ClockedPairModel(keras.Model):
             [steps.bootstrapped_target(g, scale) for g in messages],
             [steps.bootstrapped_target(g, scale) for g in states],
         )
-
-    def _apply(self, grads):
-        """One optimizer step over the variables in `grads` (keyed by `id`)."""
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
 
     def test_step(self, data):
         logs = super().test_step(data)
@@ -583,12 +542,8 @@ class ClockedPairModel(keras.Model):
                 "period": self.period,
                 "output": serialize(self.output_layer),
                 "method": self.method,
-                "message_synthesizer": serialize(self.message_synthesizer)
-                if self.message_synthesizer is not None
-                else None,
-                "state_synthesizer": serialize(self.state_synthesizer)
-                if self.state_synthesizer is not None
-                else None,
+                "message_synthesizer": serialize(self.message_synthesizer),
+                "state_synthesizer": serialize(self.state_synthesizer),
                 "sg_loss_weight": self.sg_loss_weight,
                 "input_shape": self._input_shape,
             }
@@ -597,44 +552,19 @@ class ClockedPairModel(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        for key in (
+        keys = (
             "fast_cell",
             "slow_cell",
             "output",
             "message_synthesizer",
             "state_synthesizer",
-        ):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
-                )
+        )
+        config = deserialize_layers(config, keys, custom_objects)
         input_shape = config.pop("input_shape", None)
         model = cls(**config)
         if input_shape is not None:
             model.build(tuple(input_shape))
         return model
-
-
-def _time_axis(x):
-    """The time axis of `fit`'s input when it can be read without iterating
-    (arrays, tensors, a tf.data.Dataset); None otherwise."""
-    if isinstance(x, tf.data.Dataset):
-        shape = tf.nest.flatten(x.element_spec)[0].shape
-    else:
-        shape = getattr(x, "shape", None)
-    if shape is None or len(shape) < 2:
-        return None
-    return shape[1]
-
-
-def _as_float(value):
-    if isinstance(value, bool):
-        return float("nan")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _check_cell(name, cell):
@@ -686,8 +616,3 @@ def _check_synth(name, synth, needed, method):
 
 def _by_id(variables, grads):
     return {id(v): g for v, g in zip(variables, grads, strict=True)}
-
-
-def _accumulate(grads, variables, new):
-    for v, g in zip(variables, new, strict=True):
-        grads[id(v)] = g if id(v) not in grads else grads[id(v)] + g

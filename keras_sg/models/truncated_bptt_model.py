@@ -5,15 +5,23 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from keras_sg._checks import check_int, check_not_h5
+from keras_sg._checks import check_int
 from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
+from keras_sg.models._sequences import (
+    SequenceModel,
+    accumulate,
+    build_synthesizer,
+    check_method,
+    check_weight,
+    deserialize_layers,
+)
 
 TIME_METHODS = ("bptt", "dni", "dni_aux")
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
-class TruncatedBPTTModel(keras.Model):
+class TruncatedBPTTModel(SequenceModel):
     """A recurrent network trained over long sequences in chunks of T steps.
 
     Each batch of `fit` holds whole sequences, `(batch, time, ...)`, with one
@@ -125,17 +133,13 @@ class TruncatedBPTTModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if method not in TIME_METHODS:
-            raise ValueError(
-                f"Unknown training method. Expected one of {TIME_METHODS}. "
-                f"Received: method={method!r}"
-            )
+        check_method(method, TIME_METHODS)
         if truncation is not None:
             check_int("truncation", truncation, 1)
         self.method = method
         self.truncation = truncation
-        self.sg_loss_weight = _check_weight("sg_loss_weight", sg_loss_weight)
-        self.aux_weight = _check_weight("aux_weight", aux_weight)
+        self.sg_loss_weight = check_weight("sg_loss_weight", sg_loss_weight)
+        self.aux_weight = check_weight("aux_weight", aux_weight)
         self.network = _check_network(network)
         self.rnn_layers = [
             layer
@@ -158,7 +162,6 @@ class TruncatedBPTTModel(keras.Model):
             keras.metrics.Mean(name="aux_loss") if method == "dni_aux" else None
         )
         self._check_policies()
-        self._traced_length = None
         input_shape = _known_input_shape(self.network)
         if input_shape is not None:
             self.build(input_shape)
@@ -213,15 +216,7 @@ class TruncatedBPTTModel(keras.Model):
             if synth is None:
                 continue
             shape = (batch, self.state_size)
-            if not synth.built:
-                synth.build(shape)
-            out = synth.compute_output_spec(keras.KerasTensor(shape))
-            if tuple(out.shape[1:]) != (self.state_size,):
-                raise ValueError(
-                    f"The `{name}` '{synth.name}' must return a gradient of the "
-                    f"state's shape {shape}. Received: output shape "
-                    f"{tuple(out.shape)}"
-                )
+            build_synthesizer(name, synth, shape, what="the state's shape")
         self.built = True
 
     def build_for(self, x):
@@ -230,20 +225,6 @@ class TruncatedBPTTModel(keras.Model):
         if self.built and all(p.built for p in parts if p is not None):
             return
         self.build(tuple(x.shape))
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        # Keras reuses its traced step across fit calls and, shown sequences
-        # of a second length, relaxes the time axis to None, which the
-        # chunking cannot cut: a new length gets a step of its own.
-        length = _sequence_length(x)
-        if length is None or length != self._traced_length:
-            self.train_function = None
-        self._traced_length = length
-        return super().fit(x, y, *args, **kwargs)
-
-    def save(self, filepath, *args, **kwargs):
-        check_not_h5(filepath)
-        return super().save(filepath, *args, **kwargs)
 
     # ---------------------------------------------------------------- forward
 
@@ -418,7 +399,7 @@ class TruncatedBPTTModel(keras.Model):
                     out["synthetic"][i], scale, loss_scale
                 )
             input_grad, chunk_grads = pullback((loss_weight, None, sg_cotangent))
-            _accumulate(grads, network_vars, chunk_grads)
+            accumulate(grads, network_vars, chunk_grads)
             if aux and i + 1 < count - 1:
                 # The auxiliary loss at s_i: its target is the synthetic
                 # gradient one boundary ahead, known once chunk i+1 has run.
@@ -427,9 +408,9 @@ class TruncatedBPTTModel(keras.Model):
                 )
                 weight = self.aux_weight * share * loss_scale / (count - 2)
                 aux_state_grad, aux_grads = aux_pullbacks[i]((d_aux * weight,))
-                _accumulate(grads, self.aux_synthesizer.trainable_variables, aux_grads)
+                accumulate(grads, self.aux_synthesizer.trainable_variables, aux_grads)
                 _, extra = pullback((None, None, aux_state_grad))
-                _accumulate(grads, network_vars, extra)
+                accumulate(grads, network_vars, extra)
                 out["aux_targets"].append(out["synthetic"][i + 1])
                 out["aux_losses"].append(aux_loss)
             if decoupled and i > 0:
@@ -439,7 +420,7 @@ class TruncatedBPTTModel(keras.Model):
                 )
                 weight = self.sg_loss_weight * share * loss_scale / (count - 1)
                 _, synth_grads = synth_pullbacks[i - 1]((d_synthetic * weight,))
-                _accumulate(grads, self.synthesizer.trainable_variables, synth_grads)
+                accumulate(grads, self.synthesizer.trainable_variables, synth_grads)
                 out["targets"].append(target)
                 out["sg_losses"].append(sg_loss)
 
@@ -548,17 +529,6 @@ class TruncatedBPTTModel(keras.Model):
             ]
         return synthetic, true
 
-    def _apply(self, grads):
-        """One optimizer step over the variables in `grads` (keyed by `id`)."""
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
-        self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
-
     def test_step(self, data):
         logs = super().test_step(data)
         return {k: v for k, v in logs.items() if k not in ("sg_loss", "aux_loss")}
@@ -573,12 +543,8 @@ class TruncatedBPTTModel(keras.Model):
                 "network": serialize(self.network),
                 "truncation": self.truncation,
                 "method": self.method,
-                "synthesizer": serialize(self.synthesizer)
-                if self.synthesizer is not None
-                else None,
-                "aux_synthesizer": serialize(self.aux_synthesizer)
-                if self.aux_synthesizer is not None
-                else None,
+                "synthesizer": serialize(self.synthesizer),
+                "aux_synthesizer": serialize(self.aux_synthesizer),
                 "sg_loss_weight": self.sg_loss_weight,
                 "aux_weight": self.aux_weight,
             }
@@ -587,25 +553,8 @@ class TruncatedBPTTModel(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        for key in ("network", "synthesizer", "aux_synthesizer"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key], custom_objects=custom_objects
-                )
-        return cls(**config)
-
-
-def _check_weight(name, value):
-    try:
-        weight = float(value)
-    except (TypeError, ValueError):
-        weight = float("nan")
-    if isinstance(value, bool) or not 0.0 <= weight < float("inf"):
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0. Received: {name}={value!r}"
-        )
-    return weight
+        keys = ("network", "synthesizer", "aux_synthesizer")
+        return cls(**deserialize_layers(config, keys, custom_objects))
 
 
 def _check_network(network):
@@ -675,19 +624,6 @@ def _state_sizes(layer):
     return sizes
 
 
-def _sequence_length(x):
-    """The time axis of `fit`'s input when it can be read without iterating
-    (arrays, tensors, a tf.data.Dataset); None otherwise."""
-    if isinstance(x, tf.data.Dataset):
-        spec = tf.nest.flatten(x.element_spec)[0]
-        shape = spec.shape
-    else:
-        shape = getattr(x, "shape", None)
-    if shape is None or len(shape) < 2:
-        return None
-    return shape[1]
-
-
 def _known_input_shape(network):
     try:
         inputs = network.inputs
@@ -701,19 +637,6 @@ def _known_input_shape(network):
 def _concat(tensors):
     tensors = [tf.cast(t, tf.float32) for t in tensors]
     return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=-1)
-
-
-def _accumulate(grads, variables, new):
-    """Adds `new` (one gradient per variable) into `grads`, keyed by `id`.
-
-    Sparse gradients (an Embedding's IndexedSlices) are made dense to be
-    added: a chunk's and the next one's touch different rows.
-    """
-    for v, g in zip(variables, new, strict=True):
-        if id(v) not in grads:
-            grads[id(v)] = g
-        else:
-            grads[id(v)] = tf.convert_to_tensor(grads[id(v)]) + tf.convert_to_tensor(g)
 
 
 def _track(tracker, losses):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import set_field
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -74,11 +75,7 @@ def _config(name, variant):
 )
 def test_out_of_range_value_is_named(name, variant, field, value):
     config = _config(name, variant)
-    *parents, leaf = field.split(".")
-    node = config
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+    set_field(config, field, value)
     with pytest.raises(ValueError) as caught:
         common.validate(config)
     assert f"Received: {field}={value!r}" in str(caught.value)

@@ -12,25 +12,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import TRAIN, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ROOT / "scripts" / "train.py"
 CONFIGS = ("mnist_fcn", "mnist_cnn")
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 sys.path.insert(0, str(ROOT))
-
-
-def _run(args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    return subprocess.run(
-        [sys.executable, str(TRAIN), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def _tags(folder: Path):
@@ -61,7 +49,9 @@ def test_unknown_variant_token_is_named():
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("method", METHODS)
 def test_smoke_variant_trains_and_writes_logs(tmp_path, name, method):
-    done = _run([f"--config=configs/{name}.py:{method},smoke", f"--workdir={tmp_path}"])
+    done = run_train(
+        [f"--config=configs/{name}.py:{method},smoke", f"--workdir={tmp_path}"]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["steps"] == 16
@@ -85,7 +75,7 @@ def test_smoke_variant_trains_and_writes_logs(tmp_path, name, method):
 
 
 def test_misspelled_override_is_named(tmp_path):
-    done = _run(
+    done = run_train(
         [
             "--config=configs/mnist_fcn.py:dni,smoke",
             f"--workdir={tmp_path}",
@@ -109,7 +99,7 @@ def test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
         "--config.data.train_examples=4096",
     ]
     straight = tmp_path / "straight"
-    done = _run([*args, f"--workdir={straight}"])
+    done = run_train([*args, f"--workdir={straight}"])
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
@@ -133,7 +123,7 @@ def test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     assert process.returncode == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
 
-    resumed = _run([*args, f"--workdir={killed}"])
+    resumed = run_train([*args, f"--workdir={killed}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     start = json.loads((killed / "metrics.json").read_text())["resumed_from_epoch"]
     assert 2 <= start < epochs

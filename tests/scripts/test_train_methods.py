@@ -4,35 +4,21 @@ each cut's final cosine in metrics.json."""
 
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_train, set_field
 
 import keras_sg
 from keras_sg.callbacks.sg_monitor import gradient_diagnostics
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ROOT / "scripts" / "train.py"
 sys.path.insert(0, str(ROOT))
 
 from configs import common  # noqa: E402
-
-
-def _run(args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    return subprocess.run(
-        [sys.executable, str(TRAIN), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def _config(variant, name="mnist_fcn"):
@@ -54,7 +40,7 @@ KINDS = [
 def test_smoke_new_method_trains_and_reports_final_cosines(
     tmp_path, variant, cls, attribute, value
 ):
-    done = _run(
+    done = run_train(
         [f"--config=configs/mnist_fcn.py:{variant},smoke", f"--workdir={tmp_path}"]
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,7 +65,9 @@ def test_smoke_new_method_trains_and_reports_final_cosines(
 def test_final_cosines_are_those_of_the_final_model_on_the_probe(tmp_path):
     """metrics.json's cosines equal gradient_diagnostics recomputed from the
     last checkpoint on the same probe batch."""
-    done = _run(["--config=configs/mnist_fcn.py:dni,smoke", f"--workdir={tmp_path}"])
+    done = run_train(
+        ["--config=configs/mnist_fcn.py:dni,smoke", f"--workdir={tmp_path}"]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     config = _config("dni,smoke")
@@ -99,7 +87,7 @@ def test_final_cosines_are_those_of_the_final_model_on_the_probe(tmp_path):
 def test_paper_schedule_divides_by_ten_at_60_and_80_percent(tmp_path):
     """The checkpoint's optimizer holds the schedule: rate, rate/10, rate/100
     at 60% and 80% of epochs * steps per epoch (2 * 8 = 16 steps here)."""
-    done = _run(
+    done = run_train(
         [
             "--config=configs/mnist_fcn.py:backprop,smoke",
             f"--workdir={tmp_path}",
@@ -121,7 +109,7 @@ def test_paper_schedule_divides_by_ten_at_60_and_80_percent(tmp_path):
 
 
 def test_constant_schedule_keeps_the_rate(tmp_path):
-    done = _run(
+    done = run_train(
         [
             "--config=configs/mnist_fcn.py:backprop,smoke",
             f"--workdir={tmp_path}",
@@ -146,7 +134,7 @@ def test_constant_schedule_keeps_the_rate(tmp_path):
 )
 def test_bad_method_value_is_named_before_training(tmp_path, variant, message):
     workdir = tmp_path / "run"
-    done = _run(
+    done = run_train(
         [f"--config=configs/mnist_fcn.py:{variant},smoke", f"--workdir={workdir}"]
     )
     assert done.returncode == 1
@@ -166,11 +154,7 @@ def test_bad_method_value_is_named_before_training(tmp_path, variant, message):
 )
 def test_validate_names_bad_method_values(field, value, expected):
     config = _config("dni,smoke")
-    *parents, leaf = field.split(".")
-    node = config
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+    set_field(config, field, value)
     with pytest.raises(ValueError) as caught:
         common.validate(config)
     assert str(caught.value).startswith(expected)
