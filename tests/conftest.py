@@ -1,5 +1,7 @@
 """Shared helpers for the keras_sg tests."""
 
+import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -75,3 +77,26 @@ def set_field(config, field, value):
     for part in parents:
         node = node[part]
     node[leaf] = value
+
+
+@contextlib.contextmanager
+def script_module(path, name):
+    """Runs the script at `path` as module `name` and yields it; the absl flags
+    it defined are removed afterwards, even when it failed to load.
+
+    Scripts define their flags on the global `absl.flags.FLAGS`, and two
+    scripts may both define `--workdir` or `--learning_rate`: a flag left
+    behind makes the next script's import fail (pytest-xdist runs tests of
+    several files in one process, in any order).
+    """
+    from absl import flags
+
+    before = set(flags.FLAGS)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for flag in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, flag)

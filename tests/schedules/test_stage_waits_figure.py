@@ -1,11 +1,11 @@
 """scripts/draw_stage_waits.py in process: the four timelines of the figure
 in docs/method.md, their time per batch by hand, and the PNG."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from absl import flags
+from conftest import script_module
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "draw_stage_waits.py"
 
@@ -20,16 +20,11 @@ def _seed():
 def figure():
     """The script as a module, its flags parsed; its absl flags are removed
     afterwards, so that other scripts' tests can define their own."""
-    before = set(flags.FLAGS)
-    spec = importlib.util.spec_from_file_location("keras_sg_stage_waits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["draw_stage_waits.py"])
-    yield module
-    flags.FLAGS.unparse_flags()
-    for name in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, name)
+    with script_module(SCRIPT, "keras_sg_stage_waits") as module:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["draw_stage_waits.py"])
+        yield module
+        flags.FLAGS.unparse_flags()
 
 
 def test_time_per_batch_of_each_panel(figure):

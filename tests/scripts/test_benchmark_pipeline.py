@@ -1,11 +1,11 @@
 """scripts/benchmark_pipeline.py in process: the fully unlocked schedule's
 prediction and the table of medians, without measuring anything."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from absl import flags
+from conftest import script_module
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_pipeline.py"
 
@@ -14,13 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_pipeline.p
 def bench():
     """The script as a module; its absl flags are removed afterwards, so that
     other scripts' tests can define their own."""
-    before = set(flags.FLAGS)
-    spec = importlib.util.spec_from_file_location("keras_sg_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    for name in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, name)
+    with script_module(SCRIPT, "keras_sg_benchmark") as module:
+        yield module
 
 
 @pytest.fixture

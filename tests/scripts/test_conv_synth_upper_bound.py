@@ -1,13 +1,12 @@
 """scripts/conv_synth_upper_bound.py: the least-squares conv fit, on cases with a
 known answer."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
+from conftest import script_module
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "conv_synth_upper_bound.py"
 
@@ -16,13 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "conv_synth_upper_bou
 def ub():
     """The script as a module; its absl flags are removed afterwards, so that
     other scripts' tests can define their own."""
-    before = set(flags.FLAGS)
-    spec = importlib.util.spec_from_file_location("conv_synth_upper_bound", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    for name in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, name)
+    with script_module(SCRIPT, "conv_synth_upper_bound") as module:
+        yield module
 
 
 def _inputs(seed=0, shape=(6, 9, 8, 3)):

@@ -1,9 +1,9 @@
 """Smoke test of the quick-start demo on mock MNIST."""
 
-import importlib.util
 from pathlib import Path
 
 import tensorflow_datasets as tfds
+from conftest import script_module
 
 from keras_sg.data import tfds_images
 
@@ -15,12 +15,13 @@ def test_demo_smoke_prints_a_row_per_method(capsys, monkeypatch):
     # and needs no download server.
     monkeypatch.setattr(tfds_images, "verify_split", lambda *args: None)
     monkeypatch.setattr(tfds_images, "_reachable", lambda url: True)
-    spec = importlib.util.spec_from_file_location("keras_sg_demo", DEMO)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    demo.FLAGS(["demo", "--epochs=1", "--batch_size=16", "--verbose=0", "--mnist_dir="])
-    with tfds.testing.mock_data(num_examples=64):
-        demo.main([])
+    with script_module(DEMO, "keras_sg_demo") as demo:
+        demo.FLAGS(
+            ["demo", "--epochs=1", "--batch_size=16", "--verbose=0", "--mnist_dir="]
+        )
+        with tfds.testing.mock_data(num_examples=64):
+            demo.main([])
+        demo.FLAGS.unparse_flags()
     out = capsys.readouterr().out
     rows = [
         line.split()

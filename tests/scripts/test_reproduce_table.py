@@ -1,14 +1,13 @@
 """scripts/reproduce_table.py: the grid's cells and the report's numbers and
 text, on fabricated workdirs."""
 
-import importlib.util
 import json
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from absl import flags
+from conftest import script_module
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_table.py"
 
@@ -23,13 +22,8 @@ def _seed():
 def table():
     """The script as a module; its absl flags are removed afterwards, so that
     other scripts' tests can define theirs (train.py's --workdir)."""
-    before = set(flags.FLAGS)
-    spec = importlib.util.spec_from_file_location("keras_sg_reproduce_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    for name in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, name)
+    with script_module(SCRIPT, "keras_sg_reproduce_table") as module:
+        yield module
 
 
 def settings(workdir, **overrides):

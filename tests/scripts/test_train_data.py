@@ -1,11 +1,11 @@
 """scripts/train.py hands each dataset its own folder of original files."""
 
-import importlib.util
 import time
 from pathlib import Path
 
 import ml_collections
 import pytest
+from conftest import script_module
 
 from keras_sg.data import tfds_images
 
@@ -14,12 +14,8 @@ TRAIN = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location("keras_sg_train", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines its absl flags
-    yield module
-    for name in ("config", "workdir"):  # other scripts' tests parse the flags
-        delattr(module.FLAGS, name)
+    with script_module(TRAIN, "keras_sg_train") as module:
+        yield module
 
 
 def _config(name, data_dir):

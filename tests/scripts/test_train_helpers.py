@@ -1,13 +1,12 @@
 """scripts/train.py helpers in process: strict metrics JSON, config diffs."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import ml_collections
 import pytest
-from absl import flags
+from conftest import script_module
 
 TRAIN = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 
@@ -16,12 +15,8 @@ TRAIN = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 def train():
     """The script as a module; its required absl flags are removed afterwards,
     so that other scripts' tests can parse their own flags."""
-    spec = importlib.util.spec_from_file_location("keras_sg_train", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    for name in ("config", "workdir"):
-        delattr(flags.FLAGS, name)
+    with script_module(TRAIN, "keras_sg_train") as module:
+        yield module
 
 
 def test_metrics_json_is_strict_with_null_for_nan_and_inf(train, tmp_path):
