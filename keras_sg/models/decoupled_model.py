@@ -214,6 +214,30 @@ class DecoupledModel(keras.Model):
                 raise
             raise lost from error
 
+    def _top_vjp(self, a, x, y, sample_weight, loss_scale, watch_inputs):
+        """The top stage on `a`, its loss, and the loss's pullback.
+
+        Returns `(loss, y_pred, grad_a, top_grads)`: the gradient of
+        `loss_scale * loss` at `a` (None unless `watch_inputs`) and at the
+        top stage's trainable variables.
+        """
+        last = len(self.stages) - 1
+        top = self.stages[last]
+
+        def top_loss(inputs):
+            y_pred = top(inputs, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            return loss, y_pred
+
+        with self._on(last):
+            (loss, y_pred), pullback = steps.vjp(
+                top_loss, a, top.trainable_variables, watch_inputs=watch_inputs
+            )
+            grad_a, top_grads = pullback((loss_scale, None))
+        return loss, y_pred, grad_a, top_grads
+
     @contextlib.contextmanager
     def _on(self, k):
         """The scope of stage k's work and its synthesizer's: its device, if
@@ -385,19 +409,9 @@ class DecoupledModel(keras.Model):
             pullbacks.append(pullback)
 
         top = self.stages[last]
-
-        def top_loss(a):
-            y_pred = top(a, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            return loss, y_pred
-
-        with self._on(last):
-            (loss, y_pred), top_pullback = steps.vjp(
-                top_loss, h, top.trainable_variables, watch_inputs=last > 0
-            )
-            true_grad, top_grads = top_pullback((loss_scale, None))
+        loss, y_pred, true_grad, top_grads = self._top_vjp(
+            h, x, y, sample_weight, loss_scale, watch_inputs=last > 0
+        )
         self._loss_tracker.update_state(
             loss / share, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
         )

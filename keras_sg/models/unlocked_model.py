@@ -239,19 +239,9 @@ class UnlockedModel(DecoupledModel):
                 pullbacks.append(pullback)
 
         top = self.stages[last]
-
-        def top_loss(a):
-            y_pred = top(a, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            return loss, y_pred
-
-        with self._on(last):
-            (loss, _), top_pullback = steps.vjp(
-                top_loss, inputs[last], top.trainable_variables, watch_inputs=True
-            )
-            true_grad, top_grads = top_pullback((loss_scale, None))
+        loss, _, true_grad, top_grads = self._top_vjp(
+            inputs[last], x, y, sample_weight, loss_scale, watch_inputs=True
+        )
         self._loss_tracker.update_state(composed_loss / share, sample_weight=batch)
         self.synthetic_loss_tracker.update_state(loss / share, sample_weight=batch)
 
