@@ -46,13 +46,6 @@ flags.DEFINE_float("synth", 0.3, "Cost of a synthesizer's prediction, or regress
 
 METHODS = ("bptt", "dni")
 ROWS = ("fast", "slow")
-KINDS = {
-    "forward": "F",
-    "backward": "B",
-    "synthesizer": "S",
-    "regression": "R",
-    "update": "U",
-}
 COLOR = dict(COLORS, U="#555555")
 LABELS = {
     "F": "forward",
@@ -108,7 +101,8 @@ def work(method: str, time: int, period: int) -> dict[tuple, tuple[tuple, ...]]:
     fast_reads_slow = "slow_backward" in deps["fast"]
     slow_reads_fast = "fast_backward" in deps["slow"]
     synthesizers = "message_synthesizer" in deps
-    steps_, slow = ticks(time, period)["fast"], ticks(time, period)["slow"]
+    who = ticks(time, period)
+    steps_, slow = who["fast"], who["slow"]
     tick_of = {t: b for b, t in enumerate(slow)}
     # The message the fast network reads at step t: the last tick before t.
     message_at = {
