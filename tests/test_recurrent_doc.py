@@ -6,6 +6,7 @@ import inspect
 import re
 from pathlib import Path
 
+import keras
 import pytest
 
 import keras_sg
@@ -53,7 +54,7 @@ def _resolve(dotted):
         "keras_sg": keras_sg,
         "steps": steps,
         "model": models.TruncatedBPTTModel,
-        "optimizer": __import__("keras").optimizers.Optimizer,
+        "optimizer": keras.optimizers.Optimizer,
     }
     first, *rest = dotted.split(".")
     candidates = [heads[first]] if first in heads else []
