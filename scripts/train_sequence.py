@@ -65,6 +65,7 @@ base.PROGRAM = "train_sequence.py"
 base.SAFE_TO_CHANGE = sequence.SAFE_TO_CHANGE
 FLAGS = flags.FLAGS
 fail = base.fail
+parse_flags = base.parse_flags
 LOSS_KEYS = ("loss", "sg_loss", "aux_loss", "message_sg_loss", "state_sg_loss")
 
 
@@ -531,4 +532,4 @@ def run(config, workdir: Path):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=base.parse_flags)
+    app.run(main, flags_parser=parse_flags)
