@@ -5,6 +5,8 @@ import csv
 import importlib
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -181,3 +183,32 @@ def test_config_variants_parse():
     config = ptb.get_config("bptt,truncation=4,eval_every=100")
     assert config.steps_per_epoch == 100 and config.data.sequence_length == 32
     assert not config.data.generated and ptb.get_config("smoke").data.generated
+
+
+def test_command_line_smoke_and_bad_value_exit_status(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=ROOT,
+        )
+
+    done = run("--config=configs/clocks.py:dni,smoke", f"--workdir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["status"] == "finished"
+    bad = run(
+        "--config=configs/clocks.py:dni,smoke",
+        f"--workdir={tmp_path}/b",
+        "--config.steps=0",
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "train_sequence.py: bad config: `steps` must be an integer >= 1. "
+        "Received: steps=0"
+    )
