@@ -384,7 +384,7 @@ def report(cells, results, settings, sessions, pictures) -> str:
         BEGIN,
         "",
         f"_Written by `scripts/reproduce_recurrent.py` from {len(results)} of "
-        f"{len(cells)} runs under `{settings.workdir}` "
+        f"{len(cells)} runs under `{shown(settings.workdir)}` "
         f"({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC); "
         "regenerate it with `--report_only`, do not edit it by hand._",
         "",
@@ -545,6 +545,14 @@ def report(cells, results, settings, sessions, pictures) -> str:
         out += [""] + [f"![{p[:-4]}](figures/{p})" for p in pictures]
     out += ["", END]
     return "\n".join(out)
+
+
+def shown(path) -> str:
+    """`path` relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def fmt_load(load):
