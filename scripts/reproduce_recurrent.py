@@ -315,6 +315,7 @@ def figures(cells, results, folder: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -343,6 +344,7 @@ def figures(cells, results, folder: Path) -> list[str]:
                         label=f"{NAMES[c['method']]}, T={c['truncation']}",
                     )
             ax.set(title=family, xlabel="training steps", ylabel="largest N solved")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(folder / "recurrent_copy.png", dpi=100)
