@@ -212,3 +212,22 @@ def test_command_line_smoke_and_bad_value_exit_status(tmp_path):
         "train_sequence.py: bad config: `steps` must be an integer >= 1. "
         "Received: steps=0"
     )
+
+
+def test_wall_clock_cap_and_max_length_stop_a_run(script, tmp_path):
+    capped = train(
+        script, "copy.py:bptt,smoke", tmp_path / "a", "--config.max_seconds=1e-9"
+    )
+    # The cap is read at epoch ends: one epoch of 3 steps, then a stop.
+    assert capped["stopped"] == "wall_clock" and capped["status"] == "finished"
+    assert capped["steps"] == 3 and capped["epochs"] == 1
+    solved = train(
+        script,
+        "copy.py:bptt,smoke",
+        tmp_path / "b",
+        "--config.curriculum.max_length=2",
+        "--config.steps=30",
+    )
+    # N = 1 and N = 2 solved (the smoke threshold), then nothing left to grow.
+    assert solved["stopped"] == "max_length" and solved["largest_n"] == 2
+    assert solved["steps"] == 6 and solved["n_curve"] == [[3, 1], [6, 2]]
