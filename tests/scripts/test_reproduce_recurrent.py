@@ -2,7 +2,6 @@
 tables hold the numbers put there, and the verdicts follow them."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -188,6 +187,3 @@ def test_a_report_without_markers_is_refused(script, tmp_path):
     assert created.read_text().endswith(
         "<!-- results:begin -->\nT\n<!-- results:end -->\n"
     )
-
-
-sys.path.insert(0, str(ROOT))
