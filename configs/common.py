@@ -19,17 +19,18 @@ SG_KIND = {"dni": "dni", "cdni": "cdni", "bp_lambda": "dni", "unlocked": "cdni"}
 SCHEDULES = ("paper", "constant")
 
 
-def parse_arg(arg: str | None, **defaults):
+def parse_arg(arg: str | None, methods=METHODS, **defaults):
     """Parses `"cdni,depth=4,smoke"` over `defaults` into a ConfigDict.
 
-    A bare method name sets `method`; a bare word that is a boolean default
-    sets it True; `key=value` is converted to the type of the default.
+    A bare method name (one of `methods`) sets `method`; a bare word that is
+    a boolean default sets it True; `key=value` is converted to the type of
+    the default.
     """
     parsed = ml_collections.ConfigDict(defaults)
     for token in filter(None, (arg or "").split(",")):
         key, sep, value = token.partition("=")
         if not sep:
-            if key in METHODS:
+            if key in methods:
                 parsed.method = key
                 continue
             if isinstance(defaults.get(key), bool):
@@ -37,7 +38,7 @@ def parse_arg(arg: str | None, **defaults):
                 continue
             raise ValueError(
                 f"Unknown config variant token {token!r}; expected a method "
-                f"{METHODS}, a flag among "
+                f"{methods}, a flag among "
                 f"{[k for k, v in defaults.items() if isinstance(v, bool)]}, or "
                 f"key=value with key in {sorted(defaults)}"
             )
@@ -50,9 +51,9 @@ def parse_arg(arg: str | None, **defaults):
         parsed[key] = (
             (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
         )
-    if parsed.method not in METHODS:
+    if parsed.method not in methods:
         raise ValueError(
-            f"Expected method in {METHODS}. Received: method={parsed.method!r}"
+            f"Expected method in {methods}. Received: method={parsed.method!r}"
         )
     return parsed
 

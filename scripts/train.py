@@ -55,11 +55,12 @@ SAFE_TO_CHANGE = (
     "data.data_dir",
 )
 _LOCK = []  # the open lock file: held for the life of the process
+PROGRAM = "train.py"  # the name errors start with (train_sequence.py reuses fail)
 
 
 def fail(message: str):
     """Ends the run with a one-line error on stderr and exit status 1."""
-    raise SystemExit(f"train.py: {message}")
+    raise SystemExit(f"{PROGRAM}: {message}")
 
 
 def parse_flags(argv):
