@@ -81,6 +81,9 @@ def base_config(
     config.data.data_dir = config_dict.placeholder(str)  # tensorflow-datasets folder
     config.data.train_examples = 512 if smoke else 0  # 0: the whole split
     config.data.test_examples = 256 if smoke else 0
+    # > 0: hold out the last this many training examples and evaluate on them
+    # instead of the test split (tuning without looking at the test set).
+    config.data.validation_examples = 0
 
     config.batch_size = 64 if smoke else 256  # as cited from the paper
     config.epochs = 2 if smoke else 20
@@ -217,6 +220,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     minimum = 1 if config.data.name == "synthetic" else 0  # 0: the whole split
     _int(config, "data.train_examples", minimum)
     _int(config, "data.test_examples", minimum)
+    _int(config, "data.validation_examples", 0)
     _int(config, "batch_size", 1)
     _int(config, "epochs", 1)
     if not config.optimizer.name or not isinstance(config.optimizer.name, str):
