@@ -40,6 +40,12 @@ flags.DEFINE_integer("validation_examples", 10000, "Training images held out.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
 flags.DEFINE_enum("schedule", "paper", ["paper", "constant"], "As in the table.")
 flags.DEFINE_list("only", [], "Run only the runs whose names start so.")
+flags.DEFINE_multi_string(
+    "override",
+    [],
+    "Config override passed to every run, as reproduce_table.py would pass it: "
+    "--override=model.filters=32.",
+)
 flags.DEFINE_bool("report_only", False, "Only collect the workdirs into the report.")
 
 FAMILIES = ("fcn", "cnn")
@@ -102,6 +108,7 @@ def train(run: dict, settings) -> bool:
         f"--config.optimizer.schedule={settings.schedule}",
         f"--config.data.validation_examples={settings.validation_examples}",
         "--config.log.diagnostics_every_steps=0",
+        *(f"--config.{item}" for item in settings.override),
     ]
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"[run] {run['name']}", flush=True)
@@ -185,7 +192,8 @@ def report(all_runs, errors, chosen, settings, load) -> str:
         f"--nets={','.join(settings.nets)} --methods={','.join(settings.methods)} "
         f"--rates={','.join(settings.rates)} --epochs={settings.epochs} "
         f"--validation_examples={settings.validation_examples} "
-        f"--seed={settings.seed} --schedule={settings.schedule}",
+        f"--seed={settings.seed} --schedule={settings.schedule}"
+        + "".join(f" --override={item}" for item in settings.override),
         "```",
         "",
         f"Budget: {settings.epochs} epochs per run, Adam, schedule "
