@@ -248,6 +248,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in sizes:
         _int(config, f"model.{field}", 1)
     _bool(config, "model.batch_norm")
+    if "norm_momentum" in config.model:
+        _number(config, "model.norm_momentum", 0, inclusive=True)
+        if not config.model.norm_momentum < 1:
+            _refuse("model.norm_momentum", config.model.norm_momentum, "in [0, 1)")
     if config.model.kind == "cnn":
         if "head" in config.model:
             _choice(config, "model.head", ("flatten", "global_average"))

@@ -146,6 +146,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
             depth=m.depth,
             units=m.units,
             batch_norm=m.batch_norm,
+            norm_momentum=m.get("norm_momentum", 0.99),
         )
     elif m.kind == "cnn":
         net = keras_sg.models.convolutional(
@@ -157,6 +158,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
             batch_norm=m.batch_norm,
             head=m.get("head", "flatten"),
             pooling=m.get("pooling") or None,
+            norm_momentum=m.get("norm_momentum", 0.99),
         )
     else:
         raise ValueError(f"Expected model.kind 'fcn' or 'cnn'. Received: {m.kind!r}")
