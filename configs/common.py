@@ -82,6 +82,9 @@ def base_config(
     config.data.data_dir = config_dict.placeholder(str)  # tensorflow-datasets folder
     config.data.train_examples = 512 if smoke else 0  # 0: the whole split
     config.data.test_examples = 256 if smoke else 0
+    # > 0: hold out the last this many training examples and evaluate on them
+    # instead of the test split (tuning without looking at the test set).
+    config.data.validation_examples = 0
 
     config.batch_size = 64 if smoke else 256  # as cited from the paper
     config.epochs = 2 if smoke else 20
@@ -218,6 +221,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     minimum = 1 if config.data.name == "synthetic" else 0  # 0: the whole split
     _int(config, "data.train_examples", minimum)
     _int(config, "data.test_examples", minimum)
+    _int(config, "data.validation_examples", 0)
     _int(config, "batch_size", 1)
     _int(config, "epochs", 1)
     if not config.optimizer.name or not isinstance(config.optimizer.name, str):
@@ -245,6 +249,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in sizes:
         _int(config, f"model.{field}", 1)
     _bool(config, "model.batch_norm")
+    if "norm_momentum" in config.model:
+        _number(config, "model.norm_momentum", 0, inclusive=True)
+        if not config.model.norm_momentum < 1:
+            _refuse("model.norm_momentum", config.model.norm_momentum, "in [0, 1)")
     if config.model.kind == "cnn":
         if "head" in config.model:
             _choice(config, "model.head", ("flatten", "global_average"))

@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.filters = 8 if arg.smoke else 64
     config.model.kernel_size = 3 if arg.smoke else 5
     config.model.batch_norm = True
+    # Moving statistics over ~10 steps: Keras's 0.99 lags behind the weights
+    # in runs of a few hundred steps (keras_sg.models.convolutional).
+    config.model.norm_momentum = 0.9
     config.model.head = "global_average"  # or "flatten"
     config.model.pooling = "average"  # 2x2 per stage: "average", "max", "" for none
 

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.depth = arg.depth
     config.model.units = 32 if arg.smoke else 256
     config.model.batch_norm = True
+    config.model.norm_momentum = 0.99  # Keras's default
 
     config.synthesizer = ml_collections.ConfigDict()
     config.synthesizer.kind = "dense"

@@ -45,6 +45,15 @@ flags.DEFINE_string("figures", str(ROOT / "docs" / "figures"), "Folder of the PN
 flags.DEFINE_integer("fcn_epochs", 10, "Epochs of each FCN run (235 steps each).")
 flags.DEFINE_integer("cnn_epochs", 2, "Epochs of each CNN run.")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate of every run.")
+flags.DEFINE_list(
+    "learning_rates",
+    [],
+    "Per-method Adam rates that override --learning_rate, as key:rate with key "
+    "a method (backprop, dni, cdni, no_bprop, bp_lambda, unlocked), a family "
+    "(fcn, cnn) or both (cnn_cdni); the most specific key wins. Stochastic "
+    "rows take their method's rate. scripts/tune_table.py prints such a list, "
+    "chosen on a validation split.",
+)
 flags.DEFINE_enum(
     "schedule",
     "paper",
@@ -200,6 +209,36 @@ def grid(settings) -> list[Cell]:
     return sorted(cells, key=lambda c: order.get(c.seed, len(order)))
 
 
+def parse_rates(items) -> dict[str, float]:
+    """`["dni:3e-4", "cnn:1e-3"]` as `{"dni": 3e-4, "cnn": 1e-3}`."""
+    keys = set(LABELS) | {"fcn", "cnn"}
+    keys |= {f"{f}_{m}" for f in ("fcn", "cnn") for m in LABELS}
+    rates = {}
+    for item in items:
+        key, _, value = item.partition(":")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if key not in keys or not rate > 0:
+            raise ValueError(
+                "--learning_rates takes key:rate items, key a method, a family "
+                "(fcn, cnn) or family_method, rate a positive number. "
+                f"Received: {item!r}"
+            )
+        rates[key] = rate
+    return rates
+
+
+def learning_rate(cell: Cell, settings) -> float:
+    """The cell's rate: --learning_rates' most specific key, else --learning_rate."""
+    rates = parse_rates(settings.learning_rates)
+    for key in (f"{cell.family}_{cell.method}", cell.method, cell.family):
+        if key in rates:
+            return rates[key]
+    return settings.learning_rate
+
+
 def run_dir(cell: Cell, settings) -> Path:
     return Path(settings.workdir) / cell.name
 
@@ -218,6 +257,17 @@ def train(cell: Cell, settings) -> bool:
     epochs = epochs_of(cell, settings)
     done = workdir / "metrics.json"
     metrics = json.loads(done.read_text()) if done.exists() else {}
+    rate = learning_rate(cell, settings)
+    config = workdir / "config.json"
+    if config.exists():
+        recorded = json.loads(config.read_text())["optimizer"]["learning_rate"]
+        if recorded != rate:
+            raise ValueError(
+                f"{workdir} holds a run at learning rate {recorded}, and this grid "
+                f"asks {rate} for {cell.name}: use another --workdir, or remove "
+                "the run. Received: "
+                f"learning_rate={rate}"
+            )
     if metrics.get("epochs") == epochs and metrics.get("status") in (
         "finished",
         "diverged",  # it would diverge again, from the same checkpoint
@@ -231,7 +281,7 @@ def train(cell: Cell, settings) -> bool:
         f"--workdir={workdir}",
         f"--config.epochs={epochs}",
         f"--config.seed={cell.seed}",
-        f"--config.optimizer.learning_rate={settings.learning_rate}",
+        f"--config.optimizer.learning_rate={rate}",
         f"--config.optimizer.schedule={settings.schedule}",
         f"--config.log.diagnostics_every_steps={settings.diagnostics_every}",
     ]
@@ -300,6 +350,12 @@ def collect(cells, settings) -> dict[str, dict]:
         metrics = json.loads((workdir / "metrics.json").read_text())
         if metrics.get("status") != "finished":
             continue  # diverged: train.py said so and exited with status 1
+        if metrics.get("evaluated_on", "test") != "test":
+            raise ValueError(
+                f"{workdir} was evaluated on its {metrics['evaluated_on']} split, "
+                "not the test split: a tuning run does not belong in the table. "
+                f"Received: evaluated_on={metrics['evaluated_on']!r}"
+            )
         rows = history(workdir) if (workdir / "history.csv").exists() else []
         metrics["seconds"] = sum(r.get("epoch_seconds", 0.0) for r in rows)
         metrics["curve"] = [
@@ -777,6 +833,27 @@ def reading(rows: dict[str, Row], settings) -> list[str]:
     return text
 
 
+def rates_text(rows: dict[str, "Row"], settings) -> str:
+    """The learning rates the finished runs recorded, by rate, with their rows."""
+    by_rate = {}
+    for name, row in rows.items():
+        for run in row.runs:
+            rate = run.get("config", {}).get("optimizer", {}).get("learning_rate")
+            by_rate.setdefault(rate, set()).add(name)
+    if not by_rate:
+        return f"{settings.learning_rate} (no run finished)"
+    if len(by_rate) == 1:
+        return f"{next(iter(by_rate))} for every run"
+    return "; ".join(
+        f"{rate} for {', '.join(sorted(names))}"
+        for rate, names in sorted(by_rate.items(), key=lambda kv: str(kv[0]))
+    ) + (
+        " (chosen per method on a validation split: docs/tuning.md)"
+        if settings.learning_rates
+        else ""
+    )
+
+
 def report(cells, results, settings) -> str:
     rows = group(cells, results)
     nets = [("fcn", int(d)) for d in settings.fcn_depths]
@@ -817,7 +894,13 @@ def report(cells, results, settings) -> str:
     command = (
         "python scripts/reproduce_table.py "
         f"--fcn_epochs={settings.fcn_epochs} --cnn_epochs={settings.cnn_epochs} "
-        f"--learning_rate={settings.learning_rate} --schedule={settings.schedule} "
+        f"--learning_rate={settings.learning_rate} "
+        + (
+            f"--learning_rates={','.join(settings.learning_rates)} "
+            if settings.learning_rates
+            else ""
+        )
+        + f"--schedule={settings.schedule} "
         f"--cnn_filters={settings.cnn_filters} "
         f"--cnn_synth_filters={settings.cnn_synth_filters} "
         f"--seeds={','.join(settings.seeds)} "
@@ -845,7 +928,9 @@ def report(cells, results, settings) -> str:
         f"- FCN runs: {settings.fcn_epochs} epochs, steps per run: "
         f"{steps_text('fcn')} (batch 256; the issue cites 500k for the paper); CNN "
         f"runs: {settings.cnn_epochs} epochs, steps per run: {steps_text('cnn')}.",
-        f"- Adam, learning rate {settings.learning_rate} for every method, "
+        "- Adam, learning rate "
+        + rates_text(rows, settings)
+        + ", "
         + (
             "divided by 10 after 60% and again after 80% of each run's steps "
             "(the paper's schedule shape, as the issue cites it)"

@@ -81,7 +81,32 @@ def parse_flags(argv):
 
 
 def load_data(config):
-    """Train and test arrays, as the config asks."""
+    """Train and evaluation arrays, as the config asks.
+
+    The evaluation arrays are the test split, or, with
+    `data.validation_examples` > 0, the last that many examples of the
+    training split, which training then leaves out.
+    """
+    train, test = _load_splits(config)
+    held = config.data.validation_examples
+    if not held:
+        return train, test
+    if held >= len(train[0]):
+        raise ValueError(
+            "`data.validation_examples` must leave training examples: the "
+            f"training split has {len(train[0])}. Received: "
+            f"data.validation_examples={held}"
+        )
+    cut = len(train[0]) - held
+    return tuple(a[:cut] for a in train), tuple(a[cut:] for a in train)
+
+
+def evaluated_split(config) -> str:
+    """What `load_data`'s evaluation arrays are: "validation" or "test"."""
+    return "validation" if config.data.validation_examples else "test"
+
+
+def _load_splits(config):
     import keras_sg
 
     if config.data.name == "synthetic":
@@ -122,6 +147,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
             depth=m.depth,
             units=m.units,
             batch_norm=m.batch_norm,
+            norm_momentum=m.get("norm_momentum", 0.99),
         )
     elif m.kind == "cnn":
         net = keras_sg.models.convolutional(
@@ -133,6 +159,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
             batch_norm=m.batch_norm,
             head=m.get("head", "flatten"),
             pooling=m.get("pooling") or None,
+            norm_momentum=m.get("norm_momentum", 0.99),
         )
     else:
         raise ValueError(f"Expected model.kind 'fcn' or 'cnn'. Received: {m.kind!r}")
@@ -608,17 +635,22 @@ def main(argv):
         write_metrics(workdir, metrics)
         fail(f"{guard.message} Newest finite checkpoint: {kept or 'none'}")
     logs = model.evaluate(test, verbose=0, return_dict=True)
+    split = evaluated_split(config)
     metrics.update(
-        test_accuracy=logs["accuracy"],
-        test_error_percent=100 * (1 - logs["accuracy"]),
-        test_loss=logs["loss"],
+        {
+            "evaluated_on": split,
+            f"{split}_examples": int(len(y_test)),
+            f"{split}_accuracy": logs["accuracy"],
+            f"{split}_error_percent": 100 * (1 - logs["accuracy"]),
+            f"{split}_loss": logs["loss"],
+        },
         learning_rate_schedule=schedule_summary(config, steps),
     )
     if has_synthesizers:
         metrics.update(final_diagnostics(model, probe))
     write_metrics(workdir, metrics)
     print(
-        f"{config.method}: test error {metrics['test_error_percent']:.2f}% "
+        f"{config.method}: {split} error {metrics[split + '_error_percent']:.2f}% "
         f"after {metrics['steps']} steps ({config.epochs} epochs) in "
         f"{session_seconds:.0f}s; results in {workdir}",
         flush=True,

@@ -119,3 +119,30 @@ def test_convolutional_with_global_average_head_survives_a_keras_round_trip(
     np.testing.assert_allclose(loaded(x), net(x), rtol=1e-6)
     names = [layer.name for layer in loaded.layers]
     assert "global_average" in names and "pool_1" in names
+
+
+@pytest.mark.parametrize("kind", ["fcn", "cnn"])
+def test_norm_momentum_sets_how_fast_moving_statistics_follow(kind):
+    """One training-mode call moves the first batch norm's moving mean from 0
+    to (1 - momentum) times the batch mean of its input."""
+    rng = np.random.default_rng(0)
+    if kind == "fcn":
+        net = keras_sg.models.fully_connected((6,), 3, depth=2, norm_momentum=0.9)
+        x = rng.normal(size=(8, 6)).astype("float32")
+    else:
+        net = keras_sg.models.convolutional(
+            (4, 4, 1), 3, depth=2, filters=2, kernel_size=3, norm_momentum=0.9
+        )
+        x = rng.normal(size=(8, 4, 4, 1)).astype("float32")
+    pre = net.layers[0](x)  # the first dense or conv, before its batch norm
+    net(x, training=True)
+    norm = net.get_layer("norm_0")
+    axes = tuple(range(len(pre.shape) - 1))
+    expected = 0.1 * np.mean(np.asarray(pre), axis=axes)
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "0.9", True])
+def test_norm_momentum_out_of_range_is_named(value):
+    with pytest.raises(ValueError, match="norm_momentum="):
+        keras_sg.models.convolutional((8, 8, 1), 3, depth=2, norm_momentum=value)

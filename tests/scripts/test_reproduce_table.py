@@ -32,6 +32,7 @@ def settings(workdir, **overrides):
         fcn_epochs=10,
         cnn_epochs=2,
         learning_rate=3e-4,
+        learning_rates=[],
         schedule="paper",
         cnn_filters=32,
         cnn_synth_filters=32,
