@@ -268,6 +268,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in sizes:
         _int(config, f"synthesizer.{field}", 1)
     _bool(config, "synthesizer.batch_norm")
+    if "output_scale" in config.synthesizer:
+        scale = config.synthesizer.output_scale
+        ok = isinstance(scale, int | float) and not isinstance(scale, bool)
+        if scale != "per_position" and not (ok and math.isfinite(scale) and scale > 0):
+            _refuse("synthesizer.output_scale", scale, "a number > 0 or 'per_position'")
 
     _int(config, "input_synthesizer.hidden_layers", 0)
     for field in sizes:

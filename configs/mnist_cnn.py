@@ -52,6 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.synthesizer.filters = 8 if arg.smoke else 128
     config.synthesizer.kernel_size = 3 if arg.smoke else 5
     config.synthesizer.batch_norm = not linear
+    # Predictions over height * width: the weights learn a per-feature
+    # gradient, so Adam's first steps do not overshoot the tiny per-pixel one
+    # (keras_sg.Synthesizer, "Output scale").
+    config.synthesizer.output_scale = "per_position"
 
     # Method "unlocked": at each cut, a conv net predicting the activation from x.
     config.input_synthesizer = ml_collections.ConfigDict()

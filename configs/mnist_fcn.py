@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.synthesizer.hidden_layers = 0 if linear else 2
     config.synthesizer.units = 64 if arg.smoke else 1024
     config.synthesizer.batch_norm = not linear
+    config.synthesizer.output_scale = 1.0
 
     # Method "unlocked": at each cut, an MLP predicting the activation from x.
     config.input_synthesizer = ml_collections.ConfigDict()

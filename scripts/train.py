@@ -175,6 +175,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
                 units=s.units,
                 use_batch_norm=s.batch_norm,
                 num_classes=classes,
+                output_scale=s.get("output_scale", 1.0),
             )
         else:
             make = lambda: keras_sg.ConvSynthesizer(  # noqa: E731
@@ -183,6 +184,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
                 kernel_size=s.kernel_size,
                 use_batch_norm=s.batch_norm,
                 num_classes=classes,
+                output_scale=s.get("output_scale", 1.0),
             )
         synthesizers = [make() for _ in range(cuts)]
     if devices:

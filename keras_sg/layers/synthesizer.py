@@ -1,5 +1,7 @@
 """Base class of the layers that predict synthetic gradients."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -31,17 +33,61 @@ class Synthesizer(keras.layers.Layer):
     global policy is when it is built. The model regresses its output in
     float32.
 
+    Output scale: the prediction is multiplied by `output_scale`. Under Adam
+    a weight moves by about the learning rate at every step whatever the
+    size of its gradient, so a synthesizer whose last layer starts at zero
+    predicts, after a few steps, values of the size of the learning rate
+    times its fan-in, whatever the size of its target. At a cut of a conv
+    net with an averaging head the true gradient at each position is about
+    1 / (height * width) of the gradient of the averaged feature, and such
+    early predictions are far too large (a CNN-3 cDNI synthesizer, Adam
+    3e-3: 121 times the true gradient's norm after one step, 37 times after
+    50). `output_scale="per_position"` divides the prediction by the number
+    of positions (the product of the axes between batch and channels), so
+    that the weights learn a per-feature quantity; a number scales by that
+    number. It changes what the weights must learn, not what the
+    synthesizer can represent.
+
     Args:
         num_classes: size of the context vector; None (the default) for an
             unconditioned synthesizer that takes no context.
+        output_scale: a positive number, or `"per_position"`; 1.0 by default.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
     """
 
-    def __init__(self, num_classes: int | None = None, **kwargs):
+    def __init__(self, num_classes: int | None = None, output_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         if num_classes is not None:
             check_int("num_classes", num_classes, 1)
         self.num_classes = num_classes
+        number = isinstance(output_scale, int | float) and not isinstance(
+            output_scale, bool
+        )
+        if not (
+            output_scale == "per_position"
+            if isinstance(output_scale, str)
+            else number and math.isfinite(output_scale) and output_scale > 0
+        ):
+            raise ValueError(
+                "`output_scale` must be a positive number or 'per_position'. "
+                f"Received: output_scale={output_scale!r}"
+            )
+        self.output_scale = output_scale
+
+    def scale_of(self, shape) -> float:
+        """The factor on the prediction for an activation of `shape`."""
+        if self.output_scale != "per_position":
+            return float(self.output_scale)
+        positions = 1
+        for size in shape[1:-1]:
+            if size is None:
+                raise ValueError(
+                    f"Synthesizer '{self.name}' has output_scale='per_position' "
+                    "and needs the activation's positions known. Received: "
+                    f"shape={tuple(shape)}"
+                )
+            positions *= size
+        return 1.0 / positions
 
     @property
     def conditioned(self) -> bool:
@@ -64,7 +110,9 @@ class Synthesizer(keras.layers.Layer):
                 "`num_classes` to condition it on labels. Received a context "
                 f"of shape {tuple(context.shape)}"
             )
-        return self.predict_gradient(inputs, training=training)
+        scale = self.scale_of(inputs.shape)
+        out = self.predict_gradient(inputs, training=training)
+        return out if scale == 1.0 else out * ops.cast(scale, out.dtype)
 
     def encode_context(self, context):
         """Turns a context into a float matrix of `num_classes` columns."""
@@ -116,7 +164,9 @@ class Synthesizer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_classes": self.num_classes})
+        config.update(
+            {"num_classes": self.num_classes, "output_scale": self.output_scale}
+        )
         return config
 
 

@@ -159,3 +159,42 @@ def test_low_rank_synthesizer_is_a_rank_r_affine_map_starting_at_zero():
     np.testing.assert_allclose(synth(h, context=labels), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="rank=0"):
         keras_sg.LowRankSynthesizer(rank=0)
+
+
+def test_per_position_output_scale_divides_by_height_times_width():
+    """A 1x1 linear conv synthesizer with output_scale='per_position', against
+    NumPy: the per-pixel affine map over [h, label planes], over H * W."""
+    synth = keras_sg.ConvSynthesizer(
+        hidden_layers=0, kernel_size=1, num_classes=3, output_scale="per_position"
+    )
+    h = np.random.default_rng(6).normal(size=(2, 4, 5, 2)).astype("float32")
+    labels = np.array([2, 0])
+    synth(h, context=labels)
+    _randomize(synth)
+    kernel, bias = synth.head.get_weights()
+    planes = np.broadcast_to(np.eye(3)[labels][:, None, None, :], (2, 4, 5, 3))
+    expected = (np.concatenate([h, planes], axis=-1) @ kernel[0, 0] + bias) / 20
+    np.testing.assert_allclose(synth(h, context=labels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_numeric_output_scale_and_its_round_trip(tmp_path):
+    synth = keras_sg.DenseSynthesizer(hidden_layers=0, output_scale=0.25)
+    h = np.random.default_rng(7).normal(size=(5, 4)).astype("float32")
+    synth(h)
+    _randomize(synth)
+    kernel, bias = synth.head.get_weights()
+    np.testing.assert_allclose(
+        synth(h), 0.25 * (h @ kernel + bias), rtol=1e-5, atol=1e-6
+    )
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, synth(inputs))
+    model.save(tmp_path / "s.keras")
+    loaded = keras.models.load_model(tmp_path / "s.keras")
+    assert loaded.layers[-1].output_scale == 0.25
+    np.testing.assert_allclose(loaded(h), synth(h), rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "per_pixel", True, float("inf")])
+def test_bad_output_scale_is_named(value):
+    with pytest.raises(ValueError, match="output_scale="):
+        keras_sg.ConvSynthesizer(output_scale=value)
