@@ -66,7 +66,6 @@ base.SAFE_TO_CHANGE = sequence.SAFE_TO_CHANGE
 FLAGS = flags.FLAGS
 fail = base.fail
 parse_flags = base.parse_flags
-LOSS_KEYS = ("loss", "sg_loss", "aux_loss", "message_sg_loss", "state_sg_loss")
 
 
 # ------------------------------------------------------------------- data
@@ -246,29 +245,6 @@ def callbacks_module():
     """The callbacks of this script (they need keras, imported late)."""
     import keras
 
-    class Divergence(keras.callbacks.Callback):
-        """Stops `fit` at the first batch whose task, synthesizer or
-        auxiliary loss is not finite, and remembers where."""
-
-        def __init__(self):
-            super().__init__()
-            self.diverged = None
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            bad = {
-                k: str(v)
-                for k, v in (logs or {}).items()
-                if k in LOSS_KEYS and not math.isfinite(float(v))
-            }
-            if bad and self.diverged is None:
-                self.diverged = {"epoch": self.epoch + 1, "batch": batch + 1}
-                self.diverged["losses"] = bad
-                self.model.stop_training = True
-
     class CurriculumStep(keras.callbacks.Callback):
         """Runs the curriculum at the epoch's end, puts N into the logs and
         saves the curriculum's state beside the epoch's checkpoint."""
@@ -284,7 +260,7 @@ def callbacks_module():
             logs["solved_length"] = self.curriculum.solved_length
             self.curriculum.save(str(self.folder / f"curriculum-{epoch + 1:04d}.json"))
 
-    return Divergence, CurriculumStep
+    return CurriculumStep
 
 
 # ------------------------------------------------------------------- main
@@ -377,8 +353,10 @@ def run(config, workdir: Path):
     else:
         print(f"Resuming {workdir} from epoch {initial_epoch}", flush=True)
 
-    Divergence, CurriculumStep = callbacks_module()
-    guard = Divergence()
+    CurriculumStep = callbacks_module()
+    # Stops at the first non-finite loss the model logs: the task loss and
+    # every synthesizer and auxiliary loss.
+    guard = keras_sg.callbacks.StopOnDivergence()
     stop = {"reason": "budget"}
     session_start = time.perf_counter()
 
@@ -482,12 +460,17 @@ def run(config, workdir: Path):
     }
     if guard.diverged:
         finite = checkpoint.checkpoint_files(ckpt_dir)
-        metrics.update(status="diverged", diverged=guard.diverged)
+        epoch, batch = guard.diverged["epoch"], guard.diverged["batch"]
+        losses = {k: str(v) for k, v in guard.diverged["losses"].items()}
+        metrics.update(
+            status="diverged",
+            diverged=dict(guard.diverged, losses=losses, message=guard.message),
+        )
         metrics["newest_finite_checkpoint"] = str(finite[-1][1]) if finite else None
         base.write_metrics(workdir, metrics)
+        where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else "")
         fail(
-            f"training diverged at epoch {guard.diverged['epoch']}, batch "
-            f"{guard.diverged['batch']}: non-finite {guard.diverged['losses']}. "
+            f"training diverged at {where}: non-finite {losses}. "
             f"Newest finite checkpoint: {metrics['newest_finite_checkpoint']}"
         )
     if curriculum is not None:

@@ -146,6 +146,30 @@ def test_divergence_exits_nonzero_with_status_diverged(script, tmp_path, monkeyp
     assert metrics["newest_finite_checkpoint"] is None
 
 
+def test_a_nan_synthesizer_loss_alone_stops_the_run(script, tmp_path, monkeypatch):
+    """The library's StopOnDivergence watches `sg_loss` (the script has no
+    check of its own): a synthesizer of NaN weights makes the first step's
+    synthesizer loss NaN while its task loss, computed before the update,
+    is finite."""
+    real = script.build_model
+
+    def poisoned(config, vocabulary_size=None):
+        model = real(config, vocabulary_size)
+        synth = model.synthesizer
+        synth.set_weights([np.full_like(w, np.nan) for w in synth.get_weights()])
+        return model
+
+    monkeypatch.setattr(script, "build_model", poisoned)
+    with pytest.raises(SystemExit, match=r"diverged at epoch 1, batch 1"):
+        train(script, "ptb_char.py:dni,smoke", tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["steps"] == 1
+    assert metrics["diverged"]["losses"] == {"sg_loss": "nan"}
+    assert "the synthesizer loss (sg_loss=nan)" in metrics["diverged"]["message"]
+    assert metrics["newest_finite_checkpoint"] is None
+    assert not list((tmp_path / "ckpt").glob("*.keras"))
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
