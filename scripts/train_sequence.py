@@ -21,7 +21,13 @@ seconds (summed over every session's epochs) and the result:
 - copy, repeat_copy: `largest_n` (the largest sequence length N solved
   below the curriculum's threshold) and `n_curve`, [(step, N solved)];
 - ptb_char: `test_bpc_curve`, [(step, test bits per character)], and
-  `final_test_bpc`;
+  `final_test_bpc`: over the whole test stream, in `batch_size` parallel
+  streams scored window by window with the state carried from one window
+  to the next (reset only where each stream starts;
+  `keras_sg.data.stream_bits_per_character`). `test_bpc_window_curve` is
+  the number `evaluate` gives, with the state reset at every window of
+  `data.sequence_length` characters: what the network makes of that much
+  context alone;
 - clocks: `test_accuracy`, the accuracy on the steps that need the digit
   `lag` slow ticks back (`test_accuracy_later`) and `test_accuracy_curve`.
 
@@ -260,7 +266,27 @@ def callbacks_module():
             logs["solved_length"] = self.curriculum.solved_length
             self.curriculum.save(str(self.folder / f"curriculum-{epoch + 1:04d}.json"))
 
-    return CurriculumStep
+    class StreamBits(keras.callbacks.Callback):
+        """Puts the test bits per character into the epoch's logs:
+        `test_bpc` over the whole stream, the state carried across windows,
+        and `test_bpc_window`, with the state reset at every window (the
+        validation loss divided by ln 2)."""
+
+        def __init__(self, ids, batch_size, seq_len):
+            super().__init__()
+            self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+
+        def on_epoch_end(self, epoch, logs=None):
+            from keras_sg.data import stream_bits_per_character
+
+            logs = logs if logs is not None else {}
+            logs["test_bpc"] = stream_bits_per_character(
+                self.model, self.ids, self.batch_size, self.seq_len
+            )
+            if "val_loss" in logs:
+                logs["test_bpc_window"] = logs["val_loss"] / math.log(2.0)
+
+    return CurriculumStep, StreamBits
 
 
 # ------------------------------------------------------------------- main
@@ -280,6 +306,24 @@ def history_rows(workdir: Path) -> list[dict]:
                 k: float(v) for k, v in row.items() if v and v != "NA"
             }
     return [rows[k] for k in sorted(rows)]
+
+
+def check_stream_history(workdir: Path):
+    """Ends the run if the workdir's history.csv predates the `test_bpc`
+    column: appending rows with one more column would shift every value
+    after it under the wrong name."""
+    path = workdir / "history.csv"
+    if not path.exists() or not path.stat().st_size:
+        return
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+    if "test_bpc" not in header:
+        fail(
+            f"{path} was written before the test bits per character over the "
+            "whole stream were logged (no `test_bpc` column); resume it with "
+            f"the script that started it, or start a new workdir. Received: "
+            f"columns {header}"
+        )
 
 
 def main(argv):
@@ -333,6 +377,7 @@ def run(config, workdir: Path):
             test = keras_sg.data.bptt_dataset(test_ids, config.batch_size, length)
         except ValueError as error:
             fail(f"bad config: {error}")
+        check_stream_history(workdir)
     elif config.task == "clocks":
         (x, y), (x_test, y_test) = clock_data(config)
         wanted = -(-len(x) // config.batch_size)
@@ -353,7 +398,7 @@ def run(config, workdir: Path):
     else:
         print(f"Resuming {workdir} from epoch {initial_epoch}", flush=True)
 
-    CurriculumStep = callbacks_module()
+    CurriculumStep, StreamBits = callbacks_module()
     # Stops at the first non-finite loss the model logs: the task loss and
     # every synthesizer and auxiliary loss.
     guard = keras_sg.callbacks.StopOnDivergence()
@@ -378,6 +423,9 @@ def run(config, workdir: Path):
         keras.callbacks.LambdaCallback(on_epoch_end=cap),
     ]
     verbose = 1 if sys.stdout.isatty() else 2
+    if config.task == "ptb_char":
+        # Before the CSV logger: the test BPC goes into the logs.
+        callbacks.insert(1, StreamBits(test_ids, config.batch_size, length))
     curriculum = None
     if config.task in ("copy", "repeat_copy"):
         c = config.curriculum
@@ -485,12 +533,15 @@ def run(config, workdir: Path):
             curriculum=curriculum.get_state(),
         )
     elif config.task == "ptb_char":
-        curve = [
-            [(int(r["epoch"]) + 1) * spe, r["val_loss"] / math.log(2.0)] for r in rows
-        ]
+        curve = [[(int(r["epoch"]) + 1) * spe, r["test_bpc"]] for r in rows]
+        windows = keras_sg.data.bptt_windows(test_ids, config.batch_size, length)[1]
         metrics.update(
             test_bpc_curve=curve,
             final_test_bpc=curve[-1][1] if curve else None,
+            test_bpc_window_curve=[
+                [(int(r["epoch"]) + 1) * spe, r["test_bpc_window"]] for r in rows
+            ],
+            test_characters_scored=int(windows.size),
             train_bpc_last_epoch=rows[-1]["loss"] / math.log(2.0) if rows else None,
             test_characters=int(len(test_ids)),
             vocabulary_size=vocabulary_size,

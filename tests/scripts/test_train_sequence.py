@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import script_module
 
+import keras_sg
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_sequence.py"
 sys.path.insert(0, str(ROOT))
@@ -80,6 +82,44 @@ def test_ptb_smoke_records_a_test_bpc_curve(script, tmp_path):
     assert all(0.8 * ceiling < b < 1.1 * ceiling for b in bpc), (bpc, ceiling)
     assert metrics["final_test_bpc"] == bpc[-1]
     assert metrics["test_characters"] == 800
+    # 8 streams of 100 characters, 3 windows of 32: 96 scored a stream.
+    assert metrics["test_characters_scored"] == 8 * 96
+    window_steps, window_bpc = zip(*metrics["test_bpc_window_curve"], strict=True)
+    assert window_steps == (2, 4)
+
+    # The curve is the stream's: the last model, run by Keras's own layers
+    # over each of the 8 test streams in one unrolled pass of 96 steps.
+    config = importlib.import_module("configs.ptb_char").get_config("dni_aux,smoke")
+    test = script.ptb_corpus(config).test
+    model, epoch = keras_sg.callbacks.load_latest(tmp_path / "ckpt")
+    assert epoch == 2
+    rows = test.reshape(8, 100)
+    h = rows[:, :96]
+    for layer in model.network.layers:
+        h = layer(h)
+    unrolled = _numpy_bits(np.asarray(h), rows[:, 1:97]).mean()
+    np.testing.assert_allclose(bpc[-1], unrolled, rtol=0, atol=1e-5)
+    # The per-window curve resets the state at each window of 32.
+    windows = [
+        _numpy_bits(
+            np.asarray(model.network(rows[:, w : w + 32])), rows[:, w + 1 : w + 33]
+        )
+        for w in (0, 32, 64)
+    ]
+    np.testing.assert_allclose(window_bpc[-1], np.mean(windows), rtol=0, atol=1e-5)
+
+
+def _numpy_bits(logits, targets):
+    """−log₂ softmax(logits)[target], in NumPy."""
+    logits = np.asarray(logits, np.float64)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return -np.log2(np.take_along_axis(p, targets[..., None], -1)[..., 0])
+
+
+def test_ptb_resume_refuses_a_history_without_the_stream_measure(script, tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,3.0,3.1\n")
+    with pytest.raises(SystemExit, match=r"no `test_bpc` column"):
+        train(script, "ptb_char.py:bptt,smoke,truncation=4", tmp_path)
 
 
 def test_clocks_smoke_records_accuracies(script, tmp_path):
