@@ -5,9 +5,12 @@ Each training batch holds `batch_size` windows of `data.sequence_length`
 characters, consecutive in the stream (`keras_sg.data.bptt_dataset`); the
 state starts at zero in every window and is carried across its chunks of
 `truncation` steps. Every `steps_per_epoch` steps (an epoch here) the run
-measures the test bits per character over windows of the same length (state
-reset at each window), the first `data.test_characters` characters of the
-test split (0: all of it), so metrics.json holds a learning curve.
+measures the test bits per character on the first `data.test_characters`
+characters of the test split (0: all of it), so metrics.json holds a
+learning curve: over the whole stream, cut into `batch_size` parallel
+streams scored in windows of the same length with the state carried from
+one window to the next (`test_bpc_curve`), and with the state reset at
+each window (`test_bpc_window_curve`).
 
     python scripts/train_sequence.py --config=configs/ptb_char.py:dni,truncation=8 \
         --workdir=workdirs/ptb_T8_dni

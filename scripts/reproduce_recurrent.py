@@ -475,8 +475,9 @@ def report(cells, results, settings, sessions, pictures) -> str:
         out += [
             "",
             "Test bits per character at the last step every run of the row "
-            "reached, over windows of the training sequence length (state reset "
-            "at each window); a dash in the steps column: the BPC was not reached "
+            "reached, over the whole test stream in windows of the training "
+            "sequence length, the state carried from one window to the next; "
+            "a dash in the steps column: the BPC was not reached "
             f"within the budget. Measured: {'; '.join(text)}.",
             "",
         ]

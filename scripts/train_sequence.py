@@ -21,7 +21,13 @@ seconds (summed over every session's epochs) and the result:
 - copy, repeat_copy: `largest_n` (the largest sequence length N solved
   below the curriculum's threshold) and `n_curve`, [(step, N solved)];
 - ptb_char: `test_bpc_curve`, [(step, test bits per character)], and
-  `final_test_bpc`;
+  `final_test_bpc`: over the whole test stream, in `batch_size` parallel
+  streams scored window by window with the state carried from one window
+  to the next (reset only where each stream starts;
+  `keras_sg.data.stream_bits_per_character`). `test_bpc_window_curve` is
+  the number `evaluate` gives, with the state reset at every window of
+  `data.sequence_length` characters: what the network makes of that much
+  context alone;
 - clocks: `test_accuracy`, the accuracy on the steps that need the digit
   `lag` slow ticks back (`test_accuracy_later`) and `test_accuracy_curve`.
 
@@ -66,7 +72,6 @@ base.SAFE_TO_CHANGE = sequence.SAFE_TO_CHANGE
 FLAGS = flags.FLAGS
 fail = base.fail
 parse_flags = base.parse_flags
-LOSS_KEYS = ("loss", "sg_loss", "aux_loss", "message_sg_loss", "state_sg_loss")
 
 
 # ------------------------------------------------------------------- data
@@ -246,29 +251,6 @@ def callbacks_module():
     """The callbacks of this script (they need keras, imported late)."""
     import keras
 
-    class Divergence(keras.callbacks.Callback):
-        """Stops `fit` at the first batch whose task, synthesizer or
-        auxiliary loss is not finite, and remembers where."""
-
-        def __init__(self):
-            super().__init__()
-            self.diverged = None
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            bad = {
-                k: str(v)
-                for k, v in (logs or {}).items()
-                if k in LOSS_KEYS and not math.isfinite(float(v))
-            }
-            if bad and self.diverged is None:
-                self.diverged = {"epoch": self.epoch + 1, "batch": batch + 1}
-                self.diverged["losses"] = bad
-                self.model.stop_training = True
-
     class CurriculumStep(keras.callbacks.Callback):
         """Runs the curriculum at the epoch's end, puts N into the logs and
         saves the curriculum's state beside the epoch's checkpoint."""
@@ -284,7 +266,27 @@ def callbacks_module():
             logs["solved_length"] = self.curriculum.solved_length
             self.curriculum.save(str(self.folder / f"curriculum-{epoch + 1:04d}.json"))
 
-    return Divergence, CurriculumStep
+    class StreamBits(keras.callbacks.Callback):
+        """Puts the test bits per character into the epoch's logs:
+        `test_bpc` over the whole stream, the state carried across windows,
+        and `test_bpc_window`, with the state reset at every window (the
+        validation loss divided by ln 2)."""
+
+        def __init__(self, ids, batch_size, seq_len):
+            super().__init__()
+            self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+
+        def on_epoch_end(self, epoch, logs=None):
+            from keras_sg.data import stream_bits_per_character
+
+            logs = logs if logs is not None else {}
+            logs["test_bpc"] = stream_bits_per_character(
+                self.model, self.ids, self.batch_size, self.seq_len
+            )
+            if "val_loss" in logs:
+                logs["test_bpc_window"] = logs["val_loss"] / math.log(2.0)
+
+    return CurriculumStep, StreamBits
 
 
 # ------------------------------------------------------------------- main
@@ -304,6 +306,24 @@ def history_rows(workdir: Path) -> list[dict]:
                 k: float(v) for k, v in row.items() if v and v != "NA"
             }
     return [rows[k] for k in sorted(rows)]
+
+
+def check_stream_history(workdir: Path):
+    """Ends the run if the workdir's history.csv predates the `test_bpc`
+    column: appending rows with one more column would shift every value
+    after it under the wrong name."""
+    path = workdir / "history.csv"
+    if not path.exists() or not path.stat().st_size:
+        return
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+    if "test_bpc" not in header:
+        fail(
+            f"{path} was written before the test bits per character over the "
+            "whole stream were logged (no `test_bpc` column); resume it with "
+            f"the script that started it, or start a new workdir. Received: "
+            f"columns {header}"
+        )
 
 
 def main(argv):
@@ -357,6 +377,7 @@ def run(config, workdir: Path):
             test = keras_sg.data.bptt_dataset(test_ids, config.batch_size, length)
         except ValueError as error:
             fail(f"bad config: {error}")
+        check_stream_history(workdir)
     elif config.task == "clocks":
         (x, y), (x_test, y_test) = clock_data(config)
         wanted = -(-len(x) // config.batch_size)
@@ -377,8 +398,10 @@ def run(config, workdir: Path):
     else:
         print(f"Resuming {workdir} from epoch {initial_epoch}", flush=True)
 
-    Divergence, CurriculumStep = callbacks_module()
-    guard = Divergence()
+    CurriculumStep, StreamBits = callbacks_module()
+    # Stops at the first non-finite loss the model logs: the task loss and
+    # every synthesizer and auxiliary loss.
+    guard = keras_sg.callbacks.StopOnDivergence()
     stop = {"reason": "budget"}
     session_start = time.perf_counter()
 
@@ -400,6 +423,9 @@ def run(config, workdir: Path):
         keras.callbacks.LambdaCallback(on_epoch_end=cap),
     ]
     verbose = 1 if sys.stdout.isatty() else 2
+    if config.task == "ptb_char":
+        # Before the CSV logger: the test BPC goes into the logs.
+        callbacks.insert(1, StreamBits(test_ids, config.batch_size, length))
     curriculum = None
     if config.task in ("copy", "repeat_copy"):
         c = config.curriculum
@@ -482,12 +508,17 @@ def run(config, workdir: Path):
     }
     if guard.diverged:
         finite = checkpoint.checkpoint_files(ckpt_dir)
-        metrics.update(status="diverged", diverged=guard.diverged)
+        epoch, batch = guard.diverged["epoch"], guard.diverged["batch"]
+        losses = {k: str(v) for k, v in guard.diverged["losses"].items()}
+        metrics.update(
+            status="diverged",
+            diverged=dict(guard.diverged, losses=losses, message=guard.message),
+        )
         metrics["newest_finite_checkpoint"] = str(finite[-1][1]) if finite else None
         base.write_metrics(workdir, metrics)
+        where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else "")
         fail(
-            f"training diverged at epoch {guard.diverged['epoch']}, batch "
-            f"{guard.diverged['batch']}: non-finite {guard.diverged['losses']}. "
+            f"training diverged at {where}: non-finite {losses}. "
             f"Newest finite checkpoint: {metrics['newest_finite_checkpoint']}"
         )
     if curriculum is not None:
@@ -502,12 +533,15 @@ def run(config, workdir: Path):
             curriculum=curriculum.get_state(),
         )
     elif config.task == "ptb_char":
-        curve = [
-            [(int(r["epoch"]) + 1) * spe, r["val_loss"] / math.log(2.0)] for r in rows
-        ]
+        curve = [[(int(r["epoch"]) + 1) * spe, r["test_bpc"]] for r in rows]
+        windows = keras_sg.data.bptt_windows(test_ids, config.batch_size, length)[1]
         metrics.update(
             test_bpc_curve=curve,
             final_test_bpc=curve[-1][1] if curve else None,
+            test_bpc_window_curve=[
+                [(int(r["epoch"]) + 1) * spe, r["test_bpc_window"]] for r in rows
+            ],
+            test_characters_scored=int(windows.size),
             train_bpc_last_epoch=rows[-1]["loss"] / math.log(2.0) if rows else None,
             test_characters=int(len(test_ids)),
             vocabulary_size=vocabulary_size,

@@ -126,8 +126,9 @@ def all_finite(model: keras.Model) -> bool:
 class FiniteCheckpoint(keras.callbacks.Callback):
     """Saves `epoch-<n>.keras` after each epoch, atomically, if it is finite.
 
-    Unlike `keras.callbacks.ModelCheckpoint`, an epoch whose task or
-    synthesizer loss, weights or optimizer state are not finite is not saved
+    Unlike `keras.callbacks.ModelCheckpoint`, an epoch whose weights,
+    optimizer state or any logged training loss (task, synthesizer, auxiliary:
+    each key `is_loss_key` accepts) are not finite is not saved
     (a warning says so), and pruning keeps the newest `keep` files: since only
     finite models are ever written, a run that diverges late still holds its
     last finite checkpoints. Files are written by `save_atomically`.

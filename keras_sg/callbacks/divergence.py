@@ -6,25 +6,43 @@ import keras
 
 
 def is_loss_key(key: str) -> bool:
-    """True for the task loss (`loss`) and a cut's synthesizer loss
-    (`<cut>_sg_loss`), the training logs that `StopOnDivergence` watches."""
-    return key == "loss" or key.endswith("_sg_loss")
+    """True for every training loss a model logs: `loss` and each key ending
+    in `_loss`, the logs that `StopOnDivergence` and `FiniteCheckpoint` watch.
+
+    That covers the task loss, a cut's synthesizer loss (`<cut>_sg_loss`,
+    `DecoupledModel`), `sg_loss` and `aux_loss` (`TruncatedBPTTModel`),
+    `message_sg_loss` and `state_sg_loss` (`ClockedPairModel`),
+    `synthetic_loss` and `<cut>_input_loss` (`UnlockedModel`). Validation
+    logs (`val_...`) are left out: they measure held-out data, not the
+    state of training.
+    """
+    if key.startswith("val_"):
+        return False
+    return key == "loss" or key.endswith("_loss")
 
 
 def describe_loss(key: str) -> str:
-    """`"the task loss"` or `"the synthesizer loss at cut_1"`, for messages."""
+    """The loss a log key names, for messages: `"the task loss"`,
+    `"the synthesizer loss at cut_1"`, `"the auxiliary loss"`, ..."""
+    if key == "loss":
+        return "the task loss"
+    if key == "sg_loss":
+        return "the synthesizer loss"
+    if key == "aux_loss":
+        return "the auxiliary loss"
     if key.endswith("_sg_loss"):
         return f"the synthesizer loss at {key[: -len('_sg_loss')]}"
-    return "the task loss"
+    return f"the loss {key}"
 
 
 class StopOnDivergence(keras.callbacks.Callback):
-    """Stops `fit` at the first batch whose task or synthesizer loss is not finite.
+    """Stops `fit` at the first batch where a logged loss is not finite.
 
-    Like `keras.callbacks.TerminateOnNaN`, but it also watches the loss of
-    every synthesizer (logged by `DecoupledModel` as `<cut>_sg_loss`) and
-    remembers which loss went first, so that a script can say where training
-    diverged and exit with an error instead of writing NaN checkpoints.
+    Like `keras.callbacks.TerminateOnNaN`, but it also watches every other
+    training loss the model logs (each key `is_loss_key` accepts: the
+    synthesizer losses of every model, `TruncatedBPTTModel`'s auxiliary
+    loss) and remembers which loss went first, so that a script can say
+    where training diverged and exit with an error instead of writing NaN checkpoints.
     A synthesizer whose regression blows up poisons the stage below it one step
     later, so its loss is often the first to go (Jaderberg et al. 2016,
     arXiv:1608.05343, train synthesizers and stages at once).
@@ -82,7 +100,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         where = f"epoch {self._epoch + 1}"
         if batch is not None:
             where += f", batch {batch}"
-        # Synthesizer losses first: they usually break before the task loss.
+        # The task loss last: a synthesizer's loss usually breaks before it.
         keys = sorted(bad, key=lambda k: (k == "loss", k))
         named = [f"{describe_loss(k)} ({k}={bad[k]})" for k in keys]
         self.message = f"Training diverged in {where}: {named[0]} is not finite"

@@ -21,6 +21,7 @@ from keras_sg.data.ptb import (
     CharCorpus,
     bptt_dataset,
     bptt_windows,
+    char_bits,
     char_vocabulary,
     encode_chars,
     file_sha256,
@@ -28,6 +29,7 @@ from keras_sg.data.ptb import (
     ptb_dir_from_env,
     ptb_file,
     read_char_file,
+    stream_bits_per_character,
     verify_sha256,
 )
 from keras_sg.data.synthetic import synthetic_images
@@ -61,6 +63,7 @@ __all__ = [
     "BitsPerCharacter",
     "bptt_dataset",
     "bptt_windows",
+    "char_bits",
     "char_vocabulary",
     "clocked_digits",
     "CharCorpus",
@@ -84,6 +87,7 @@ __all__ = [
     "repeat_copy_task",
     "scored_mean",
     "steps_per_epoch",
+    "stream_bits_per_character",
     "synthetic_clocked_digits",
     "synthetic_images",
     "task_batch",

@@ -10,7 +10,9 @@ The vocabulary is the sorted set of characters of the training text (50 for
 PTB: 49 symbols and `\\n`); valid and test use only these.
 
 The DNI paper (Jaderberg et al. 2016, arXiv:1608.05343, Section 3.2) trains
-an LSTM on this stream with truncated BPTT and reports bits per character.
+an LSTM on this stream with truncated BPTT and reports bits per character:
+`stream_bits_per_character` measures them over a whole stream, the state
+carried from one window to the next.
 """
 
 import dataclasses
@@ -229,3 +231,85 @@ def bptt_dataset(ids: np.ndarray, batch_size: int, seq_len: int) -> tf.data.Data
     One pass is one epoch over the stream."""
     inputs, targets = bptt_windows(ids, batch_size, seq_len)
     return tf.data.Dataset.from_tensor_slices((inputs, targets))
+
+
+def char_bits(logits, targets) -> np.ndarray:
+    """The bits each character costs a model: −log₂ p(target), p the softmax
+    of `logits`.
+
+    Args:
+        logits: `(..., vocabulary)`, the model's scores of the next character.
+        targets: the next characters' ids, the shape of `logits` without its
+            last axis.
+
+    Returns:
+        float64 of the shape of `targets`.
+
+    Raises:
+        ValueError: the shapes do not pair, or an id is outside the
+            vocabulary.
+    """
+    logits = np.asarray(logits, np.float64)
+    targets = np.asarray(targets)
+    if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            "Expected logits of shape targets.shape + (vocabulary,). Received: "
+            f"logits of shape {logits.shape}, targets of shape {targets.shape}"
+        )
+    vocabulary = logits.shape[-1]
+    if targets.size and (targets.min() < 0 or targets.max() >= vocabulary):
+        raise ValueError(
+            f"Expected target ids in [0, {vocabulary}), the logits' vocabulary. "
+            f"Received: ids from {targets.min()} to {targets.max()}"
+        )
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=-1))
+    picked = np.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    return (log_norm - picked) / np.log(2.0)
+
+
+def stream_bits_per_character(
+    model, ids: np.ndarray, batch_size: int, seq_len: int, carry_state: bool = True
+) -> float:
+    """Bits per character of a character model over a whole stream.
+
+    The stream is laid out by `bptt_windows(ids, batch_size, seq_len)`:
+    `batch_size` parallel streams, scored window by window with the state
+    carried from one window to the next and reset only where each stream
+    starts (`model.run_stream`). This is the usual measure on Penn Treebank
+    (Zaremba et al. 2014, arXiv:1409.2329; Jaderberg et al. 2016,
+    arXiv:1608.05343, Section 3.2): it credits what the network carries
+    over more than `seq_len` characters. `carry_state=False` resets the state
+    at every window instead, the number `evaluate` gives on `bptt_dataset`
+    (its loss divided by ln 2).
+
+    Args:
+        model: a `keras_sg.TruncatedBPTTModel` (anything with its
+            `run_stream`) whose network maps character ids to logits over
+            the vocabulary.
+        ids: the stream, int, `(characters,)`.
+        batch_size: the number of parallel streams.
+        seq_len: the characters per window.
+        carry_state: carry the state across windows (True, the usual
+            measure) or reset it at each window.
+
+    Returns:
+        The mean over the scored characters of −log₂ p(next character).
+        The scored characters are `bptt_windows`' targets: windows *
+        batch_size * seq_len of them (a stream's last few are dropped).
+
+    Raises:
+        ValueError: the stream is too short for one window, or the logits
+            do not pair with the targets.
+    """
+    inputs, targets = bptt_windows(ids, batch_size, seq_len)
+    if not callable(getattr(model, "run_stream", None)):
+        raise TypeError(
+            "stream_bits_per_character needs a model with `run_stream`, such "
+            f"as keras_sg.TruncatedBPTTModel. Received: {type(model).__name__}"
+        )
+    total = 0.0
+    outputs = model.run_stream(inputs, carry_state=carry_state)
+    for logits, window_targets in zip(outputs, targets, strict=True):
+        total += float(char_bits(np.asarray(logits), window_targets).sum())
+    return total / targets.size

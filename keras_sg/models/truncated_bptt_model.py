@@ -71,7 +71,9 @@ class TruncatedBPTTModel(SequenceModel):
     `keras_sg.models.steps`). With an oracle synthesizer that returns this
     true future gradient, `"dni"` updates exactly as full BPTT (tested).
 
-    `evaluate` and `predict` run the network over whole sequences. `fit`
+    `evaluate` and `predict` run the network over whole sequences;
+    `run_stream` runs it over a stream longer than a batch's sequences, in
+    windows, the state carried from one window to the next. `fit`
     logs `loss` (the mean of the chunks' losses, before the step), the
     compiled metrics on the chunks' predictions joined in time, `sg_loss`
     (the synthesizer loss, mean over boundaries) and, for `"dni_aux"`,
@@ -269,6 +271,55 @@ class TruncatedBPTTModel(SequenceModel):
                 h, *states = layer(h, initial_state=initial, training=training)
             finals.extend(keras.tree.flatten(states))
         return h, _concat(finals)
+
+    def run_stream(self, windows, carry_state: bool = True):
+        """Runs the network over parallel streams cut into windows, in order.
+
+        This is how a long text is scored (Zaremba et al. 2014,
+        arXiv:1409.2329; the DNI paper's PTB bits per character): row r of
+        window w + 1 continues row r of window w, as
+        `keras_sg.data.bptt_windows` lays a stream out, so the state after
+        window w (every state tensor of every recurrent layer, as
+        `run_chunk` carries it) is the state window w + 1 starts from. Each
+        row starts from `initial_state` once, at window 0, the start of its
+        stream. With `carry_state=False` every window starts afresh instead,
+        as `evaluate` treats a window: a measure of what the network does
+        with `steps` characters of context only.
+
+        Args:
+            windows: `(windows, batch, steps, ...)`: the inputs of each
+                window, e.g. the first array `bptt_windows` returns.
+            carry_state: carry the state from one window to the next (True),
+                or reset it at every window (False).
+
+        Returns:
+            An iterator over the network's outputs on each window,
+            `(batch, steps, ...)`, in order (inference mode), computed as it
+            is read.
+
+        Raises:
+            ValueError: `windows` has fewer than three axes.
+        """
+        shape = tuple(getattr(windows, "shape", ()))
+        if len(shape) < 3:
+            raise ValueError(
+                "run_stream expects windows of shape (windows, batch, steps, "
+                f"...), as bptt_windows returns them. Received: windows of "
+                f"shape {shape}"
+            )
+        self.build_for(tf.convert_to_tensor(windows[0]))
+        return self._stream(windows, carry_state)
+
+    def _stream(self, windows, carry_state):
+        run = tf.function(
+            lambda x, s: self.run_chunk(x, s, training=False), reduce_retracing=True
+        )
+        fresh = self.initial_state(windows.shape[1])
+        state = fresh
+        for w in range(windows.shape[0]):
+            outputs, final = run(tf.convert_to_tensor(windows[w]), state)
+            state = final if carry_state else fresh
+            yield outputs
 
     # ----------------------------------------------------------------- train
 

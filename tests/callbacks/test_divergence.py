@@ -1,13 +1,18 @@
-"""StopOnDivergence: which loss it names, and where fit stops."""
+"""StopOnDivergence and FiniteCheckpoint: which losses they watch, which
+loss the guard names, and where fit stops."""
 
 import math
 import types
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import linear_synth, mlp
 
 import keras_sg
+from keras_sg.callbacks import checkpoint
+from keras_sg.callbacks.divergence import is_loss_key
 
 
 def _guard():
@@ -75,3 +80,138 @@ def test_fit_stops_at_the_first_non_finite_batch():
     assert set(guard.diverged["losses"]) == {"loss", "cut_1_sg_loss"}
     assert int(model.optimizer.iterations.numpy()) == 10 + 4
     assert len(history.history["loss"]) == 1  # no epoch after the NaN one
+
+
+# ------------------------------------- the losses of the recurrent models
+
+
+def _recurrent_model(method, steps=6):
+    net = keras.Sequential(
+        [
+            keras.Input((steps, 2)),
+            keras.layers.LSTM(3, return_sequences=True),
+            keras.layers.Dense(2),
+        ]
+    )
+    synths = {}
+    if method != "bptt":
+        synths["synthesizer"] = linear_synth()
+    if method == "dni_aux":
+        synths["aux_synthesizer"] = linear_synth()
+    return net, synths
+
+
+@keras.saving.register_keras_serializable(package="keras_sg_tests")
+class _PoisonedLog(keras_sg.TruncatedBPTTModel):
+    """Adds NaN to the mean it logs as `poison_key` (`sg_loss`, `aux_loss`)
+    from optimizer step `poison_from` on, as a synthesizer that blew up would;
+    the weights stay finite, so only the watch of that log can stop the run."""
+
+    poison_key = None
+    poison_from = 0
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        tracker = getattr(self, self.poison_key + "_tracker")
+        step = self.optimizer.iterations  # after this batch's update
+        poison = tf.where(step >= self.poison_from, math.nan, 0.0)
+        tracker.update_state(poison, sample_weight=tf.cast(poison != 0.0, "float32"))
+        logs[self.poison_key] = tracker.result()
+        return logs
+
+
+def _sequences(n=12, steps=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, steps, 2)).astype("float32")
+    y = rng.normal(size=(n, steps, 2)).astype("float32")
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "method, logged",
+    [
+        ("dni", {"loss", "sg_loss"}),
+        ("dni_aux", {"loss", "sg_loss", "aux_loss"}),
+    ],
+)
+def test_every_loss_truncated_bptt_logs_is_watched(method, logged):
+    net, synths = _recurrent_model(method)
+    model = keras_sg.TruncatedBPTTModel(net, truncation=2, method=method, **synths)
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    x, y = _sequences()
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    watched = {k for k in history.history if is_loss_key(k)}
+    assert watched == logged  # not `mae`
+
+
+def test_every_loss_clocked_pair_logs_is_watched():
+    init = {"kernel_initializer": keras.initializers.GlorotUniform(0)}
+    model = keras_sg.ClockedPairModel(
+        keras.layers.LSTMCell(3, **init),
+        keras.layers.GRUCell(2, **init),
+        period=2,
+        output=keras.layers.Dense(4, **init),
+        method="dni",
+        message_synthesizer=linear_synth(),
+        state_synthesizer=linear_synth(),
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6, 3)).astype("float32")
+    y = rng.integers(0, 4, size=(4, 6))
+    history = model.fit(x, y, batch_size=4, epochs=1, validation_data=(x, y), verbose=0)
+    watched = {k for k in history.history if is_loss_key(k)}
+    assert watched == {"loss", "message_sg_loss", "state_sg_loss"}
+    assert "val_loss" in history.history  # logged, left to validation
+
+
+@pytest.mark.parametrize(
+    "logs, named",
+    [
+        ({"loss": 0.5, "sg_loss": math.nan}, "the synthesizer loss (sg_loss=nan)"),
+        ({"loss": 0.5, "aux_loss": math.inf}, "the auxiliary loss (aux_loss=inf)"),
+        (
+            {"loss": 0.5, "message_sg_loss": math.nan},
+            "the synthesizer loss at message (message_sg_loss=nan)",
+        ),
+        (
+            {"loss": 0.5, "synthetic_loss": math.nan},
+            "the loss synthetic_loss (synthetic_loss=nan)",
+        ),
+    ],
+)
+def test_names_the_recurrent_models_losses(logs, named):
+    guard = _guard()
+    guard.on_train_batch_end(0, logs)
+    assert guard.model.stop_training and named in guard.message
+
+
+@pytest.mark.parametrize("method, key", [("dni", "sg_loss"), ("dni_aux", "aux_loss")])
+def test_nan_sg_or_aux_loss_stops_fit_without_its_checkpoint(tmp_path, method, key):
+    net, synths = _recurrent_model(method)
+    model = _PoisonedLog(net, truncation=2, method=method, **synths)
+    model.poison_key, model.poison_from = key, 5  # epoch 2, batch 2 of 3
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _sequences()
+    guard = keras_sg.callbacks.StopOnDivergence()
+    saver = keras_sg.callbacks.FiniteCheckpoint(tmp_path, keep=5)
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[guard, saver],
+    )
+    assert guard.diverged["epoch"] == 2 and guard.diverged["batch"] == 2
+    assert set(guard.diverged["losses"]) == {key}
+    assert int(model.optimizer.iterations.numpy()) == 5
+    assert len(history.history["loss"]) == 2  # the NaN epoch ends the run
+    assert math.isnan(history.history[key][-1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.keras"]
+    assert checkpoint.all_finite(model)  # only the log was NaN

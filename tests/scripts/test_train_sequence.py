@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import script_module
 
+import keras_sg
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_sequence.py"
 sys.path.insert(0, str(ROOT))
@@ -80,6 +82,44 @@ def test_ptb_smoke_records_a_test_bpc_curve(script, tmp_path):
     assert all(0.8 * ceiling < b < 1.1 * ceiling for b in bpc), (bpc, ceiling)
     assert metrics["final_test_bpc"] == bpc[-1]
     assert metrics["test_characters"] == 800
+    # 8 streams of 100 characters, 3 windows of 32: 96 scored a stream.
+    assert metrics["test_characters_scored"] == 8 * 96
+    window_steps, window_bpc = zip(*metrics["test_bpc_window_curve"], strict=True)
+    assert window_steps == (2, 4)
+
+    # The curve is the stream's: the last model, run by Keras's own layers
+    # over each of the 8 test streams in one unrolled pass of 96 steps.
+    config = importlib.import_module("configs.ptb_char").get_config("dni_aux,smoke")
+    test = script.ptb_corpus(config).test
+    model, epoch = keras_sg.callbacks.load_latest(tmp_path / "ckpt")
+    assert epoch == 2
+    rows = test.reshape(8, 100)
+    h = rows[:, :96]
+    for layer in model.network.layers:
+        h = layer(h)
+    unrolled = _numpy_bits(np.asarray(h), rows[:, 1:97]).mean()
+    np.testing.assert_allclose(bpc[-1], unrolled, rtol=0, atol=1e-5)
+    # The per-window curve resets the state at each window of 32.
+    windows = [
+        _numpy_bits(
+            np.asarray(model.network(rows[:, w : w + 32])), rows[:, w + 1 : w + 33]
+        )
+        for w in (0, 32, 64)
+    ]
+    np.testing.assert_allclose(window_bpc[-1], np.mean(windows), rtol=0, atol=1e-5)
+
+
+def _numpy_bits(logits, targets):
+    """−log₂ softmax(logits)[target], in NumPy."""
+    logits = np.asarray(logits, np.float64)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return -np.log2(np.take_along_axis(p, targets[..., None], -1)[..., 0])
+
+
+def test_ptb_resume_refuses_a_history_without_the_stream_measure(script, tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,3.0,3.1\n")
+    with pytest.raises(SystemExit, match=r"no `test_bpc` column"):
+        train(script, "ptb_char.py:bptt,smoke,truncation=4", tmp_path)
 
 
 def test_clocks_smoke_records_accuracies(script, tmp_path):
@@ -144,6 +184,30 @@ def test_divergence_exits_nonzero_with_status_diverged(script, tmp_path, monkeyp
     assert metrics["status"] == "diverged" and metrics["steps"] == 1
     assert metrics["diverged"]["losses"]["loss"] == "nan"
     assert metrics["newest_finite_checkpoint"] is None
+
+
+def test_a_nan_synthesizer_loss_alone_stops_the_run(script, tmp_path, monkeypatch):
+    """The library's StopOnDivergence watches `sg_loss` (the script has no
+    check of its own): a synthesizer of NaN weights makes the first step's
+    synthesizer loss NaN while its task loss, computed before the update,
+    is finite."""
+    real = script.build_model
+
+    def poisoned(config, vocabulary_size=None):
+        model = real(config, vocabulary_size)
+        synth = model.synthesizer
+        synth.set_weights([np.full_like(w, np.nan) for w in synth.get_weights()])
+        return model
+
+    monkeypatch.setattr(script, "build_model", poisoned)
+    with pytest.raises(SystemExit, match=r"diverged at epoch 1, batch 1"):
+        train(script, "ptb_char.py:dni,smoke", tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["steps"] == 1
+    assert metrics["diverged"]["losses"] == {"sg_loss": "nan"}
+    assert "the synthesizer loss (sg_loss=nan)" in metrics["diverged"]["message"]
+    assert metrics["newest_finite_checkpoint"] is None
+    assert not list((tmp_path / "ckpt").glob("*.keras"))
 
 
 @pytest.mark.parametrize(
