@@ -221,9 +221,17 @@ def report(all_runs, errors, chosen, settings, load) -> str:
     if chosen:
         for (family, method), rate in sorted(chosen.items()):
             over = ", ".join(n.upper() for n in nets if n.startswith(family))
+            tried = sorted(r["rate"] for r in all_runs if r["method"] == method)
+            edge = ""
+            if len(set(tried)) > 1 and rate in (tried[0], tried[-1]):
+                side = "lowest" if rate == tried[0] else "highest"
+                edge = (
+                    f"; the {side} rate tried, so a better one may lie beyond "
+                    "the tried range"
+                )
             out.append(
                 f"- {family.upper()} {method}: {rate:g} (lowest mean validation "
-                f"error over {over})"
+                f"error over {over}{edge})"
             )
         out += [
             "",

@@ -132,6 +132,13 @@ def test_tuning_chooses_the_lowest_mean_validation_error(tune, tmp_path):
     assert "| FCN3 | backprop | 3.00 | 2.20 | 1.50 |" in text
     assert "--learning_rates=fcn_backprop:0.001,fcn_dni:0.0003" in text
     assert "first 50,000" in text and "last 10,000" in text
+    assert (
+        "- FCN backprop: 0.001 (lowest mean validation error over FCN3, FCN6)" in text
+    )
+    assert (
+        "- FCN dni: 0.0003 (lowest mean validation error over FCN3, FCN6; the " in text
+    )
+    assert "lowest rate tried" in text and "highest rate tried" not in text
 
 
 def test_tuning_refuses_a_run_scored_on_the_test_split(tune, tmp_path):
