@@ -34,6 +34,9 @@ def base_config(task: str, method: str, smoke: bool) -> ml_collections.ConfigDic
     config.optimizer.learning_rate = 1e-3
     config.optimizer.clipnorm = 0.0  # 0: no clipping
     config.sg_loss_weight = 1.0
+    # TruncatedBPTTModel's `sg_scale`: the factor on the synthetic gradient
+    # where a chunk uses it, a discount on the bootstrapped target (1: none).
+    config.sg_scale = 1.0
     config.synthesizer = ml_collections.ConfigDict()
     # Linear synthesizers (zero-initialised): the first update is
     # truncated BPTT's; hidden layers are an option, not the paper's n/c.
@@ -105,6 +108,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         return config
     check._int(config, "truncation", 1)
     check._number(config, "aux_weight", 0, inclusive=True)
+    check._number(config, "sg_scale", 0, inclusive=True)
+    if config.sg_scale > 1:
+        check._refuse("sg_scale", config.sg_scale, "a number in [0, 1]")
     check._int(config, "model.units", 1)
     if config.task == "ptb_char":
         check._int(config, "model.embedding", 1)

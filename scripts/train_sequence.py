@@ -239,6 +239,7 @@ def build_model(config, vocabulary_size=None):
         aux_synthesizer=synth() if config.method == "dni_aux" else None,
         sg_loss_weight=config.sg_loss_weight,
         aux_weight=config.aux_weight,
+        sg_scale=config.sg_scale,
     )
     model.compile(optimizer, loss, **compile_args)
     return model

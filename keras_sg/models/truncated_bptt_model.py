@@ -51,8 +51,8 @@ class TruncatedBPTTModel(SequenceModel):
       synthesizer at the boundary before chunk j regresses (mean squared
       error) the bootstrapped target: the gradient of chunk j's loss with
       respect to its initial state plus the pullback through chunk j of the
-      (stopped) synthetic gradient at its end; before the last chunk, of its
-      loss alone.
+      (stopped) synthetic gradient at its end, times `sg_scale`; before the
+      last chunk, of its loss alone.
     - `"dni_aux"`: `"dni"` plus an auxiliary task (the paper's DNI + Aux; its
       text could not be read here, this is our reading). At every boundary
       j that has a boundary after it, `aux_synthesizer` predicts, from the
@@ -104,6 +104,16 @@ class TruncatedBPTTModel(SequenceModel):
         aux_synthesizer: the same kind of layer, for `"dni_aux"`.
         sg_loss_weight: factor on the synthesizer loss; >= 0.
         aux_weight: factor on the auxiliary loss; >= 0.
+        sg_scale: c in [0, 1], the factor on the synthetic gradient where
+            chunk j uses it: its cotangent is c M(s_j), so the bootstrapped
+            target before it is discounted by c too, and the synthesizer
+            learns the future gradient with chunk k's term weighted by
+            c^(k-j-1). At 1 (the default) an oracle synthesizer makes the
+            update full BPTT's. A shared synthesizer bootstrapping through
+            the chunks' Jacobians can diverge at 1 (its predictions grow
+            far past the true gradient); c < 1 damps that loop. The
+            public implementation mtanghu/DNI-RNN uses 0.1 and attributes it
+            to the paper (n/c here).
         **kwargs: base model arguments (`name`).
 
     Example:
@@ -132,6 +142,7 @@ class TruncatedBPTTModel(SequenceModel):
         aux_synthesizer=None,
         sg_loss_weight: float = 1.0,
         aux_weight: float = 1.0,
+        sg_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -142,6 +153,12 @@ class TruncatedBPTTModel(SequenceModel):
         self.truncation = truncation
         self.sg_loss_weight = check_weight("sg_loss_weight", sg_loss_weight)
         self.aux_weight = check_weight("aux_weight", aux_weight)
+        self.sg_scale = check_weight("sg_scale", sg_scale)
+        if self.sg_scale > 1.0:
+            raise ValueError(
+                "`sg_scale` is a discount on the synthetic gradient, in [0, 1]. "
+                f"Received: sg_scale={sg_scale!r}"
+            )
         self.network = _check_network(network)
         self.rnn_layers = [
             layer
@@ -404,8 +421,9 @@ class TruncatedBPTTModel(SequenceModel):
         once the next chunk has run (the auxiliary task needs the synthetic
         gradient one boundary ahead): with cotangent 1/J on its loss and,
         for the synthesizer methods, `steps.stage_cotangent` of the
-        synthetic gradient on its final state. The input gradient of that
-        pullback is the bootstrapped target of the boundary before it.
+        synthetic gradient times `sg_scale` on its final state. The input
+        gradient of that pullback is the bootstrapped target of the boundary
+        before it.
 
         Returns:
             A dict: `gradients` (from `id(variable)` to its gradient, times
@@ -447,7 +465,7 @@ class TruncatedBPTTModel(SequenceModel):
             sg_cotangent = None
             if decoupled and not last:
                 sg_cotangent = steps.stage_cotangent(
-                    out["synthetic"][i], scale, loss_scale
+                    self.sg_scale * out["synthetic"][i], scale, loss_scale
                 )
             input_grad, chunk_grads = pullback((loss_weight, None, sg_cotangent))
             accumulate(grads, network_vars, chunk_grads)
@@ -598,6 +616,7 @@ class TruncatedBPTTModel(SequenceModel):
                 "aux_synthesizer": serialize(self.aux_synthesizer),
                 "sg_loss_weight": self.sg_loss_weight,
                 "aux_weight": self.aux_weight,
+                "sg_scale": self.sg_scale,
             }
         )
         return config

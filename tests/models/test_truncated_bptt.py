@@ -236,11 +236,12 @@ def test_bootstrapped_targets_equal_a_tape_of_the_next_chunk():
 # ------------------------------------------------- DNI and DNI + Aux, per step
 
 
-def _dni_reference_step(net, synth, aux, x, y, t, sg_weight, aux_weight):
+def _dni_reference_step(net, synth, aux, x, y, t, sg_weight, aux_weight, sg_scale=1.0):
     """One DNI (+ Aux) step as one surrogate objective on one GradientTape.
 
     Chunk j starts from the stopped state s_{j-1}. The network's gradient is
-    that of sum_j L_j / J + sum_j <stop(g_j), s_j> / (B J) (+ the aux loss);
+    that of sum_j L_j / J + sum_j <stop(c g_j), s_j> / (B J) (+ the aux
+    loss), with c = `sg_scale`;
     the target at boundary j-1 is B J times the gradient of chunk j's terms
     at s_{j-1}; the synthesizer regresses it, the aux synthesizer regresses
     stop(g_{j+1}) from s_j.
@@ -263,7 +264,7 @@ def _dni_reference_step(net, synth, aux, x, y, t, sg_weight, aux_weight):
         synthetic = [synth(finals[j]) for j in range(count - 1)]
         for j in range(count - 1):
             chunk_terms[j] += tf.reduce_sum(
-                tf.stop_gradient(synthetic[j]) * finals[j]
+                tf.stop_gradient(sg_scale * synthetic[j]) * finals[j]
             ) / (B * count)
         surrogate = tf.add_n(chunk_terms)
         aux_losses = []
@@ -306,14 +307,18 @@ def _dni_reference_step(net, synth, aux, x, y, t, sg_weight, aux_weight):
     return float(sg_loss), float(aux_loss) if aux is not None else None
 
 
-@pytest.mark.parametrize("method", ["dni", "dni_aux"])
-def test_dni_equals_a_tape_reference_over_several_steps(method):
+@pytest.mark.parametrize(
+    "method, sg_scale", [("dni", 1.0), ("dni_aux", 1.0), ("dni", 0.4), ("dni_aux", 0.4)]
+)
+def test_dni_equals_a_tape_reference_over_several_steps(method, sg_scale):
+    # sg_scale < 1 scales the synthetic gradient where a chunk uses it, and
+    # so discounts the bootstrapped target (not the aux target).
     steps, t, epochs = 8, 2, 3  # four chunks: two aux terms per step
     x, y = _data(B, steps, seed=3)
     net = _net(steps)
     twin = _twin(net)
     aux = method == "dni_aux"
-    kwargs = dict(sg_loss_weight=0.5, aux_weight=2.0)
+    kwargs = dict(sg_loss_weight=0.5, aux_weight=2.0, sg_scale=sg_scale)
     model = keras_sg.TruncatedBPTTModel(
         net,
         truncation=t,
@@ -336,6 +341,7 @@ def test_dni_equals_a_tape_reference_over_several_steps(method):
             t,
             kwargs["sg_loss_weight"],
             kwargs["aux_weight"],
+            sg_scale,
         )
         np.testing.assert_allclose(history["sg_loss"][epoch], sg_loss, rtol=1e-5)
         if aux:
@@ -579,6 +585,9 @@ def test_bad_arguments_name_the_value():
         keras_sg.TruncatedBPTTModel(net, truncation=0, method="bptt")
     with pytest.raises(ValueError, match="Received: method='cdni'"):
         keras_sg.TruncatedBPTTModel(net, truncation=2, method="cdni")
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=f"Received: sg_scale={bad}"):
+            keras_sg.TruncatedBPTTModel(net, truncation=2, method="bptt", sg_scale=bad)
     with pytest.raises(ValueError, match="Received: synthesizer=None"):
         keras_sg.TruncatedBPTTModel(net, truncation=2, method="dni")
     with pytest.raises(ValueError, match="Received: aux_synthesizer=None"):

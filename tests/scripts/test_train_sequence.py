@@ -215,6 +215,7 @@ def test_a_nan_synthesizer_loss_alone_stops_the_run(script, tmp_path, monkeypatc
     [
         ("--config.truncation=0", "Received: truncation=0"),
         ("--config.curriculum.threshold=-1.0", "curriculum.threshold=-1.0"),
+        ("--config.sg_scale=1.5", "Received: sg_scale=1.5"),
         ("--config.method=dni_aux", None),  # valid: no error
     ],
 )
@@ -238,6 +239,7 @@ def test_config_variants_parse():
         "repeat_copy",
     )
     assert config.curriculum.threshold == 0.15 and config.model.units == 64
+    assert config.sg_scale == 0.5  # the discount measured on Copy
     with pytest.raises(ValueError, match="task='ptb_char'"):
         copy.get_config("task=ptb_char")
     clocks = importlib.import_module("configs.clocks")
