@@ -342,3 +342,27 @@ def test_a_target_over_every_depth_with_partial_results(
         assert "at every FCN depth." not in text
     else:
         assert "within 0.2 points at every depth." in text
+
+
+def test_runs_carried_over_leave_the_span_and_the_time_target(table, tmp_path):
+    """The same three runs, the first copied in from an earlier grid: the span
+    covers the other two (1 h), and the 2.5 h target is not checkable."""
+    import os
+
+    for seed, (began, seconds) in enumerate([(0, 3600), (1800, 1800), (3600, 1800)]):
+        fabricate(tmp_path, f"fcn3_backprop_s{seed}", 1.5)
+        path = tmp_path / f"fcn3_backprop_s{seed}" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["session_seconds"] = seconds
+        path.write_text(json.dumps(metrics))
+        os.utime(path, (1e9 + began + seconds, 1e9 + began + seconds))
+    (tmp_path / "fcn3_backprop_s0" / "carried_over.txt").write_text("old/grid\n")
+    text, _, _ = report(table, tmp_path, only=["fcn3_backprop"])
+    assert "by the runs' own clocks: 1.00 h." in text
+    assert "carried over from an earlier grid with the same settings" in text
+    assert "fcn3_backprop_s0 (old/grid)" in text
+    assert (
+        "| The whole grid within about 2.5 hours | **not checkable** | 1.00 h from "
+        "first start to last end over 3 of 3 runs, not counting 1 runs carried over "
+        "from an earlier grid (0.02 h of their own run time)" in text
+    )
