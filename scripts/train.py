@@ -183,6 +183,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
                 kernel_size=s.kernel_size,
                 use_batch_norm=s.batch_norm,
                 num_classes=classes,
+                dilation_rate=s.get("dilation_rate", 1),
             )
         synthesizers = [make() for _ in range(cuts)]
     if devices:
