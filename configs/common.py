@@ -267,6 +267,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         sizes = ("filters", "kernel_size")
     for field in sizes:
         _int(config, f"synthesizer.{field}", 1)
+    if "dilation_rate" in config.synthesizer:
+        _int(config, "synthesizer.dilation_rate", 1)
     _bool(config, "synthesizer.batch_norm")
     if "output_scale" in config.synthesizer:
         scale = config.synthesizer.output_scale

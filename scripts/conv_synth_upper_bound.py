@@ -67,6 +67,10 @@ flags.DEFINE_integer("steps", 200, "Backprop steps of batch 256 before the probe
 flags.DEFINE_integer("filters", 32, "Filters of the network's convolutions.")
 flags.DEFINE_integer("kernel_size", 5, "Kernel side of the network's convolutions.")
 flags.DEFINE_integer("synth_kernel_size", 5, "Kernel side of the fitted conv.")
+flags.DEFINE_list(
+    "synth_dilation_rates", ["1"], "Dilation rates of the fitted conv, each measured."
+)
+flags.DEFINE_float("norm_momentum", 0.99, "The network's batch norm momentum.")
 flags.DEFINE_integer("probe", 256, "Test images whose gradients are fitted.")
 flags.DEFINE_integer("max_rows", 16384, "Most (example, pixel) rows per fit.")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam's learning rate.")
@@ -92,13 +96,16 @@ def label_planes(labels: np.ndarray, num_classes: int, height: int, width: int):
     )
 
 
-def patch_rows(inputs: np.ndarray, kernel_size: int, index) -> np.ndarray:
+def patch_rows(
+    inputs: np.ndarray, kernel_size: int, index, dilation_rate: int = 1
+) -> np.ndarray:
     """Rows of the design matrix of a 'same' k x k conv with a bias.
 
     Args:
         inputs: (batch, height, width, channels).
         kernel_size: odd side k of the kernel.
         index: a triple of integer arrays (example, row, column), one per row.
+        dilation_rate: spacing of the kernel's taps, as in a Keras `Conv2D`.
 
     Returns:
         (rows, k * k * channels + 1) float64: the zero-padded k x k patch
@@ -110,13 +117,12 @@ def patch_rows(inputs: np.ndarray, kernel_size: int, index) -> np.ndarray:
             f"Expected an odd kernel side, so that 'same' is centred. "
             f"Received: kernel_size={kernel_size}"
         )
-    r = kernel_size // 2
+    r = (kernel_size // 2) * dilation_rate
     padded = np.pad(inputs, ((0, 0), (r, r), (r, r), (0, 0)))
-    windows = np.lib.stride_tricks.sliding_window_view(
-        padded, (kernel_size, kernel_size), axis=(1, 2)
-    )  # (batch, height, width, channels, k, k), a view
-    b, i, j = (np.asarray(a) for a in index)
-    patches = windows[b, i, j].transpose(0, 2, 3, 1)  # (rows, k, k, channels)
+    b, i, j = (np.asarray(a)[:, None, None] for a in index)
+    taps = np.arange(kernel_size) * dilation_rate
+    patches = padded[b, i + taps[:, None], j + taps[None, :]]  # (rows, k, k, channels)
+    b = b[:, 0, 0]
     rows = patches.reshape(len(b), -1).astype("float64")
     return np.concatenate([rows, np.ones((len(b), 1))], axis=1)
 
@@ -132,7 +138,7 @@ def _pixels(examples, height, width, max_rows, rng):
     return b, i, j
 
 
-def fit_linear_conv(inputs, target, kernel_size, index, chunk=4096):
+def fit_linear_conv(inputs, target, kernel_size, index, chunk=4096, dilation_rate=1):
     """Least-squares weights of a linear 'same' conv (with bias) from
     `inputs` to `target` at the pixels `index`.
 
@@ -149,7 +155,7 @@ def fit_linear_conv(inputs, target, kernel_size, index, chunk=4096):
     gram = xty = None
     for start in range(0, len(b), chunk):
         part = slice(start, start + chunk)
-        x = patch_rows(inputs, kernel_size, (b[part], i[part], j[part]))
+        x = patch_rows(inputs, kernel_size, (b[part], i[part], j[part]), dilation_rate)
         y = np.asarray(target[b[part], i[part], j[part]], "float64")
         gram = x.T @ x if gram is None else gram + x.T @ x
         xty = x.T @ y if xty is None else xty + x.T @ y
@@ -157,14 +163,19 @@ def fit_linear_conv(inputs, target, kernel_size, index, chunk=4096):
     return np.linalg.solve(gram + ridge * np.eye(len(gram)), xty)
 
 
-def conv_cosine(inputs, target, weights, kernel_size, index, chunk=4096):
+def conv_cosine(
+    inputs, target, weights, kernel_size, index, chunk=4096, dilation_rate=1
+):
     """Cosine between the conv's prediction and `target` at the pixels `index`,
     over every row and channel."""
     b, i, j = index
     dot = pred_sq = true_sq = 0.0
     for start in range(0, len(b), chunk):
         part = slice(start, start + chunk)
-        pred = patch_rows(inputs, kernel_size, (b[part], i[part], j[part])) @ weights
+        rows = patch_rows(
+            inputs, kernel_size, (b[part], i[part], j[part]), dilation_rate
+        )
+        pred = rows @ weights
         true = np.asarray(target[b[part], i[part], j[part]], "float64")
         dot += float(np.sum(pred * true))
         pred_sq += float(np.sum(pred**2))
@@ -172,7 +183,9 @@ def conv_cosine(inputs, target, weights, kernel_size, index, chunk=4096):
     return dot / max(np.sqrt(pred_sq * true_sq), 1e-300)
 
 
-def upper_bound_cosine(inputs, target, kernel_size, max_rows=None, seed=0):
+def upper_bound_cosine(
+    inputs, target, kernel_size, max_rows=None, seed=0, dilation_rate=1
+):
     """The best linear conv from `inputs` to `target`: its in-sample cosine.
 
     Args:
@@ -182,6 +195,7 @@ def upper_bound_cosine(inputs, target, kernel_size, max_rows=None, seed=0):
         kernel_size: odd side of the conv.
         max_rows: most (example, pixel) rows to fit on (None: all).
         seed: which rows, when there are more.
+        dilation_rate: spacing of the conv's taps.
 
     Returns:
         `(fit, held_out)`: the cosine on the rows fitted, from the first half
@@ -199,12 +213,13 @@ def upper_bound_cosine(inputs, target, kernel_size, max_rows=None, seed=0):
     rng = np.random.default_rng(seed)
     half = max(batch // 2, 1)
     fit_index = _pixels(np.arange(half), height, width, max_rows, rng)
-    weights = fit_linear_conv(inputs, target, kernel_size, fit_index)
-    fit = conv_cosine(inputs, target, weights, kernel_size, fit_index)
+    conv = dict(kernel_size=kernel_size, dilation_rate=dilation_rate)
+    weights = fit_linear_conv(inputs, target, index=fit_index, **conv)
+    fit = conv_cosine(inputs, target, weights, index=fit_index, **conv)
     if half == batch:
         return fit, None
     test_index = _pixels(np.arange(half, batch), height, width, max_rows, rng)
-    return fit, conv_cosine(inputs, target, weights, kernel_size, test_index)
+    return fit, conv_cosine(inputs, target, weights, index=test_index, **conv)
 
 
 def cut_gradients(net, x, y):
@@ -227,7 +242,7 @@ def cut_gradients(net, x, y):
     return [a.numpy() for a in acts], [g.numpy() for g in grads]
 
 
-def measure(net, x, y, coords):
+def measure(net, x, y, coords, dilation_rate=1):
     """(fit, held-out) cosines at every cut, lowest cut first."""
     acts, grads = cut_gradients(net, x, y)
     out = []
@@ -239,10 +254,23 @@ def measure(net, x, y, coords):
         inputs = np.concatenate(planes, axis=-1)
         out.append(
             upper_bound_cosine(
-                inputs, g, FLAGS.synth_kernel_size, FLAGS.max_rows, FLAGS.seed
+                inputs,
+                g,
+                FLAGS.synth_kernel_size,
+                FLAGS.max_rows,
+                FLAGS.seed,
+                dilation_rate,
             )
         )
     return out
+
+
+def measure_rates(net, x, y, coords):
+    """`measure` for each of `--synth_dilation_rates`: {rate: cosines}."""
+    return {
+        rate: measure(net, x, y, coords, rate)
+        for rate in map(int, FLAGS.synth_dilation_rates)
+    }
 
 
 def batch_stat_accuracy(net, x, y, batch=1000):
@@ -288,7 +316,9 @@ def main(argv):
     print(
         f"steps={FLAGS.steps} (batch {BATCH}, Adam {FLAGS.learning_rate}), "
         f"filters={FLAGS.filters}, network kernel {FLAGS.kernel_size}, fitted "
-        f"kernel {FLAGS.synth_kernel_size}, probe={FLAGS.probe} test images, "
+        f"kernel {FLAGS.synth_kernel_size} (dilation rates "
+        f"{','.join(FLAGS.synth_dilation_rates)}), norm momentum "
+        f"{FLAGS.norm_momentum}, probe={FLAGS.probe} test images, "
         f"max_rows={FLAGS.max_rows}"
     )
     print(
@@ -311,13 +341,14 @@ def main(argv):
                     kernel_size=FLAGS.kernel_size,
                     head=head,
                     pooling=pooling,
+                    norm_momentum=FLAGS.norm_momentum,
                 )
                 net.compile(
                     keras.optimizers.Adam(FLAGS.learning_rate),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=["accuracy"],
                 )
-                at_init = measure(net, xp, yp, coords)
+                at_init = measure_rates(net, xp, yp, coords)
                 net.fit(
                     x[order], y[order], batch_size=BATCH, epochs=1, shuffle=False,
                     verbose=0,
@@ -338,15 +369,25 @@ def main(argv):
                     kernel_size=FLAGS.kernel_size,
                     head=head,
                     pooling=pooling,
+                    norm_momentum=FLAGS.norm_momentum,
                 )
-                at_init = measure(init, xp, yp, coords)
-            trained = measure(net, xp, yp, coords)
-            for when, cos, shown in (("init", at_init, "-"), ("trained", trained, acc)):
-                cells = "  ".join(
-                    f"cut_{k + 1} {f:.3f} / {h:.3f}" for k, (f, h) in enumerate(cos)
-                )
-                acc_text = shown if shown == "-" else "{:.4f} / {:.4f}".format(*shown)
-                print(f"{name} | {depth} | {when} | {acc_text} | {cells}", flush=True)
+                at_init = measure_rates(init, xp, yp, coords)
+            trained = measure_rates(net, xp, yp, coords)
+            for rate in at_init:
+                label = name if rate == 1 else f"{name} (dilation {rate})"
+                for when, cos, shown in (
+                    ("init", at_init[rate], "-"),
+                    ("trained", trained[rate], acc),
+                ):
+                    cells = "  ".join(
+                        f"cut_{k + 1} {f:.3f} / {h:.3f}" for k, (f, h) in enumerate(cos)
+                    )
+                    acc_text = (
+                        shown if shown == "-" else "{:.4f} / {:.4f}".format(*shown)
+                    )
+                    print(
+                        f"{label} | {depth} | {when} | {acc_text} | {cells}", flush=True
+                    )
             print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 

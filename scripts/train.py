@@ -185,6 +185,7 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
                 use_batch_norm=s.batch_norm,
                 num_classes=classes,
                 output_scale=s.get("output_scale", 1.0),
+                dilation_rate=s.get("dilation_rate", 1),
             )
         synthesizers = [make() for _ in range(cuts)]
     if devices:

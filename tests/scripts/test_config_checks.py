@@ -52,6 +52,7 @@ BAD = [
     ("mnist_fcn", "dni,smoke", "synthesizer.units", 0),
     ("mnist_cnn", "dni,smoke", "synthesizer.filters", 0),
     ("mnist_cnn", "dni,smoke", "synthesizer.kernel_size", -3),
+    ("mnist_cnn", "cdni,smoke", "synthesizer.dilation_rate", 0),
     ("mnist_fcn", "dni,smoke", "log.diagnostics_every_steps", -1),
     ("mnist_fcn", "dni,smoke", "log.probe_examples", 0),
     ("mnist_fcn", "dni,smoke", "log.profile_batch", -1),

@@ -92,3 +92,19 @@ def test_upper_bound_names_mismatched_shapes(ub):
         ub.upper_bound_cosine(np.zeros((2, 4, 4, 1)), np.zeros((2, 4, 3, 1)), 3)
     with pytest.raises(ValueError, match="kernel_size=4"):
         ub.patch_rows(np.zeros((1, 4, 4, 1)), 4, ([0], [0], [0]))
+
+
+def test_a_dilated_conv_target_is_fitted_exactly_at_its_rate_only(ub):
+    x = _inputs(6, shape=(6, 11, 10, 3))
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(size=(3, 3, 3, 2)).astype("float32")
+    target = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2).numpy() + 0.5
+    fit, held_out = ub.upper_bound_cosine(x, target, 3, dilation_rate=2)
+    assert fit == pytest.approx(1.0, abs=1e-9)
+    assert held_out == pytest.approx(1.0, abs=1e-9)
+    index = ub._pixels(np.arange(3), 11, 10, None, rng)
+    weights = ub.fit_linear_conv(x, target, 3, index, dilation_rate=2)
+    np.testing.assert_allclose(weights[:-1], kernel.reshape(-1, 2), atol=1e-5)
+    # A plain 3x3 kernel sees other pixels: it explains part of the target.
+    plain, _ = ub.upper_bound_cosine(x, target, 3)
+    assert plain < 0.6

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TRAIN, run_train
+from conftest import TRAIN, run_train, script_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,3 +134,13 @@ def test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     assert got_steps == want_steps == epochs * 64
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_config_dilation_rate_reaches_the_conv_synthesizers():
+    config = importlib.import_module("configs.mnist_cnn").get_config("cdni,smoke")
+    config.synthesizer.dilation_rate = 2
+    with script_module(TRAIN, "train_for_dilation") as train:
+        model = train.build_model(config, (28, 28, 1), 10, steps_per_epoch=4)
+    rates = [s.dilation_rate for s in model.synthesizers]
+    assert rates == [2] * (config.model.depth - 1)
+    assert all(s.head.dilation_rate == (2, 2) for s in model.synthesizers)
