@@ -872,16 +872,19 @@ def rates_text(rows: dict[str, "Row"], settings) -> str:
 
 def carried_text(cells, results) -> str:
     """The runs copied in from an earlier grid, and from where."""
-    carried = [
-        f"{c.name} ({results[c.name]['carried_over']})"
-        for c in cells
-        if c.name in results and "carried_over" in results[c.name]
-    ]
-    if not carried:
+    by_source = {}
+    for c in cells:
+        if c.name in results and "carried_over" in results[c.name]:
+            by_source.setdefault(results[c.name]["carried_over"], []).append(c.name)
+    if not by_source:
         return ""
     return (
         " Runs carried over from an earlier grid with the same settings (left "
-        "out of the first-start-to-last-end span): " + ", ".join(carried) + "."
+        "out of the first-start-to-last-end span): "
+        + "; ".join(
+            f"from {source}: {', '.join(names)}" for source, names in by_source.items()
+        )
+        + "."
     )
 
 

@@ -360,7 +360,7 @@ def test_runs_carried_over_leave_the_span_and_the_time_target(table, tmp_path):
     text, _, _ = report(table, tmp_path, only=["fcn3_backprop"])
     assert "by the runs' own clocks: 1.00 h." in text
     assert "carried over from an earlier grid with the same settings" in text
-    assert "fcn3_backprop_s0 (old/grid)" in text
+    assert "span): from old/grid: fcn3_backprop_s0." in text
     assert (
         "| The whole grid within about 2.5 hours | **not checkable** | 1.00 h from "
         "first start to last end over 3 of 3 runs, not counting 1 runs carried over "
