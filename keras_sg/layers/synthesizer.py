@@ -40,10 +40,11 @@ class Synthesizer(keras.layers.Layer):
     times its fan-in, whatever the size of its target. At a cut of a conv
     net with an averaging head the true gradient at each position is about
     1 / (height * width) of the gradient of the averaged feature, and such
-    early predictions are far too large (a CNN-3 cDNI synthesizer, Adam
-    3e-3: 121 times the true gradient's norm after one step, 37 times after
-    50). `output_scale="per_position"` divides the prediction by the number
-    of positions (the product of the axes between batch and channels), so
+    early predictions are far too large (CNN-3 cDNI, Adam 3e-3: 121 times
+    the true gradient's norm at the top cut after one step, 37 times at the
+    lower cut after 50). `output_scale="per_position"` divides the
+    prediction by the number of positions (the product of the axes between
+    batch and channels), so
     that the weights learn a per-feature quantity; a number scales by that
     number. It changes what the weights must learn, not what the
     synthesizer can represent.
