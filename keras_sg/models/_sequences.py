@@ -120,3 +120,26 @@ def check_method(method, methods):
             f"Received: method={method!r}"
         )
     return method
+
+
+def check_synthesizer(owner: str, name: str, synth, needed: bool, method, expects):
+    """A synthesizer argument of `owner`: None unless `needed`, else an
+    unconditioned Keras layer (these models give their synthesizers no
+    context). `expects` says what the layer maps, for the error."""
+    if synth is None:
+        if needed:
+            raise ValueError(
+                f"method={method!r} needs `{name}`: {expects}. Received: {name}=None"
+            )
+        return None
+    if not isinstance(synth, keras.layers.Layer):
+        raise TypeError(
+            f"`{name}` must be a Keras layer. Received: {type(synth).__name__}"
+        )
+    if getattr(synth, "conditioned", False):
+        raise ValueError(
+            f"{owner}'s synthesizers take no context. The `{name}` "
+            f"'{synth.name}' is conditioned (num_classes={synth.num_classes}); "
+            "create it with num_classes=None."
+        )
+    return synth

@@ -11,6 +11,7 @@ from keras_sg.models._sequences import (
     accumulate,
     build_synthesizer,
     check_method,
+    check_synthesizer,
     check_weight,
     deserialize_layers,
 )
@@ -595,23 +596,14 @@ def _output_size(cell):
 
 
 def _check_synth(name, synth, needed, method):
-    if synth is None:
-        if needed:
-            raise ValueError(
-                f"method={method!r} needs `{name}`: a layer that maps the "
-                f"interface's tensor to a gradient of its shape. Received: {name}=None"
-            )
-        return None
-    if not isinstance(synth, keras.layers.Layer):
-        raise TypeError(
-            f"`{name}` must be a Keras layer. Received: {type(synth).__name__}"
-        )
-    if getattr(synth, "conditioned", False):
-        raise ValueError(
-            f"ClockedPairModel's synthesizers take no context. The `{name}` "
-            f"'{synth.name}' is conditioned (num_classes={synth.num_classes})."
-        )
-    return synth
+    return check_synthesizer(
+        "ClockedPairModel",
+        name,
+        synth,
+        needed,
+        method,
+        "a layer that maps the interface's tensor to a gradient of its shape",
+    )
 
 
 def _by_id(variables, grads):

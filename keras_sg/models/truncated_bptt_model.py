@@ -6,13 +6,13 @@ import keras
 import tensorflow as tf
 
 from keras_sg._checks import check_int
-from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
 from keras_sg.models._sequences import (
     SequenceModel,
     accumulate,
     build_synthesizer,
     check_method,
+    check_synthesizer,
     check_weight,
     deserialize_layers,
 )
@@ -192,26 +192,15 @@ class TruncatedBPTTModel(SequenceModel):
         return self.method in ("dni", "dni_aux")
 
     def _check_synthesizer(self, name, synth, needed):
-        if synth is None:
-            if needed:
-                raise ValueError(
-                    f"method={self.method!r} needs `{name}`: a layer that maps "
-                    f"the state, shape (batch, {self.state_size}), to a tensor "
-                    f"of its shape. Received: {name}=None"
-                )
-            return None
-        if not isinstance(synth, keras.layers.Layer):
-            raise TypeError(
-                f"`{name}` must be a Keras layer. Received: {type(synth).__name__}"
-            )
-        if isinstance(synth, Synthesizer) and synth.conditioned:
-            raise ValueError(
-                f"TruncatedBPTTModel's synthesizers take no context. The "
-                f"`{name}` '{synth.name}' is conditioned "
-                f"(num_classes={synth.num_classes}); create it with "
-                "num_classes=None."
-            )
-        return synth
+        return check_synthesizer(
+            "TruncatedBPTTModel",
+            name,
+            synth,
+            needed,
+            self.method,
+            f"a layer that maps the state, shape (batch, {self.state_size}), to "
+            "a tensor of its shape",
+        )
 
     def _check_policies(self):
         parts = [self, self.network, self.synthesizer, self.aux_synthesizer]

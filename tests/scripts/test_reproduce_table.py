@@ -278,18 +278,24 @@ def test_grid_time_target_is_checked_once_every_run_finished(table, tmp_path):
     assert "3.5 min" in text
 
 
-def test_grid_time_is_the_span_of_the_runs_own_clocks(table, tmp_path):
-    """Three runs that overlap: 2 h of run time, but 1.5 h from the first
-    start to the last end."""
+def _three_overlapping_runs(workdir):
+    """fcn3_backprop seeds 0-2, started at 0, 0.5 h and 1 h, running 1 h,
+    0.5 h and 0.5 h by their own clocks (metrics.json's mtime is the end)."""
     import os
 
     for seed, (began, seconds) in enumerate([(0, 3600), (1800, 1800), (3600, 1800)]):
-        fabricate(tmp_path, f"fcn3_backprop_s{seed}", 1.5)
-        path = tmp_path / f"fcn3_backprop_s{seed}" / "metrics.json"
+        fabricate(workdir, f"fcn3_backprop_s{seed}", 1.5)
+        path = workdir / f"fcn3_backprop_s{seed}" / "metrics.json"
         metrics = json.loads(path.read_text())
         metrics["session_seconds"] = seconds
         path.write_text(json.dumps(metrics))
         os.utime(path, (1e9 + began + seconds, 1e9 + began + seconds))
+
+
+def test_grid_time_is_the_span_of_the_runs_own_clocks(table, tmp_path):
+    """Three runs that overlap: 2 h of run time, but 1.5 h from the first
+    start to the last end."""
+    _three_overlapping_runs(tmp_path)
     text, _, _ = report(table, tmp_path, only=["fcn3_backprop"])
     assert "by the runs' own clocks: 1.50 h." in text
     assert (
@@ -347,15 +353,7 @@ def test_a_target_over_every_depth_with_partial_results(
 def test_runs_carried_over_leave_the_span_and_the_time_target(table, tmp_path):
     """The same three runs, the first copied in from an earlier grid: the span
     covers the other two (1 h), and the 2.5 h target is not checkable."""
-    import os
-
-    for seed, (began, seconds) in enumerate([(0, 3600), (1800, 1800), (3600, 1800)]):
-        fabricate(tmp_path, f"fcn3_backprop_s{seed}", 1.5)
-        path = tmp_path / f"fcn3_backprop_s{seed}" / "metrics.json"
-        metrics = json.loads(path.read_text())
-        metrics["session_seconds"] = seconds
-        path.write_text(json.dumps(metrics))
-        os.utime(path, (1e9 + began + seconds, 1e9 + began + seconds))
+    _three_overlapping_runs(tmp_path)
     (tmp_path / "fcn3_backprop_s0" / "carried_over.txt").write_text("old/grid\n")
     text, _, _ = report(table, tmp_path, only=["fcn3_backprop"])
     assert "by the runs' own clocks: 1.00 h." in text
