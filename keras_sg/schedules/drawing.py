@@ -99,12 +99,15 @@ def draw_timeline(
     ax.set_xlim(0, end)
     ax.set_xlabel("time")
     kinds = sorted({e.kind for e in result.events}, key="IFBWSUR".index)
-    handles = [Patch(color=COLORS[kind], label=NAMES[kind]) for kind in kinds]
+    names = dict(NAMES)
+    if "W" in kinds:  # ZB-H1: B is the input gradient only
+        names["B"] = "backward (input gradient)"
+    handles = [Patch(color=COLORS[kind], label=names[kind]) for kind in kinds]
     if result.num_chunks > 1:
         handles = [
             Patch(
                 color=_shade(kind, c, result.num_chunks),
-                label=f"{NAMES[kind]}, chunk {c}",
+                label=f"{names[kind]}, chunk {c}",
             )
             for kind in kinds
             for c in range(result.num_chunks)
