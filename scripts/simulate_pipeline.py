@@ -4,10 +4,14 @@ Simulates one training step of a 96-block transformer split evenly over K =
 8, 16, 32, 64 devices under naive model parallelism, GPipe (Huang et al.
 2019, arXiv:1811.06965), 1F1B (PipeDream-Flush, Narayanan et al. 2019/2021),
 Megatron-LM's interleaved 1F1B (Narayanan et al. 2021, arXiv:2104.04473),
-pipelined DNI (Jaderberg et al. 2016, arXiv:1608.05343), DNI one batch per
-step, and the fully unlocked step (synthetic inputs, Section 3.4 of the same
-paper), with the schedule simulator `keras_sg.schedules` (pure Python, no
-TensorFlow in the simulation).
+Zero Bubble ZB-H1 (Qi et al. 2023, arXiv:2401.10241), pipelined DNI
+(Jaderberg et al. 2016, arXiv:1608.05343), DNI one batch per step, the fully
+unlocked step (synthetic inputs, Section 3.4 of the same paper) and
+asynchronous DNI stages linked by queues, with the schedule simulator
+`keras_sg.schedules` (pure Python, no TensorFlow in the simulation). It also
+writes the simulator's errors against the schedules measured in
+docs/benchmarks.md (`keras_sg.schedules.validation`) and extrapolates the
+time to 97.5% MNIST accuracy from the measured epochs to accuracy.
 
 Per block a forward costs 1 and a backward 2 time units; a device's stage
 holds 96 / K blocks. DNI adds a synthesizer (forward and backward) at every
@@ -31,7 +35,7 @@ from absl import app, flags
 # Importing keras_sg loads TensorFlow (the simulator itself does not use it).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_sg.schedules import draw_timeline, simulate  # noqa: E402
+from keras_sg.schedules import draw_timeline, simulate, validation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("blocks", 96, "Transformer blocks in the model.")
@@ -58,14 +62,33 @@ flags.DEFINE_list(
     "SG overheads of the sweep table.",
 )
 flags.DEFINE_integer("num_chunks", 2, "Model chunks per device v of interleaved 1F1B.")
+flags.DEFINE_float(
+    "weight_grad_fraction", 0.5, "ZB-H1: the weight gradient's share W / (B + W)."
+)
+flags.DEFINE_integer("queue_capacity", 1, "Queue capacity C of the async stages.")
+flags.DEFINE_list(
+    "update_overheads",
+    ["0", "0.43"],
+    "Optimizer update costs of the time-to-accuracy table, as a fraction of a "
+    "stage's compute per micro-batch (0.43: Adam at 30% of a device's work, "
+    "as measured in docs/benchmarks.md).",
+)
+flags.DEFINE_integer(
+    "epochs_backprop", 3, "Epochs to 97.5% of backprop_mp (docs/benchmarks.md)."
+)
+flags.DEFINE_integer(
+    "epochs_dni",
+    4,
+    "Epochs to 97.5% of pipelined cDNI, Adam 3e-4 (docs/benchmarks.md).",
+)
 flags.DEFINE_float("comm_latency", 0.0, "Latency of each message between devices.")
 flags.DEFINE_string("output_md", "docs/simulation.md", "Markdown report to write.")
 flags.DEFINE_string("figures", "docs/figures", "Folder of the timeline PNGs.")
 flags.DEFINE_integer("figure_devices", 4, "K of the timeline figures.")
 flags.DEFINE_integer("figure_microbatches", 8, "M of the timeline figures.")
 
-FLUSHED = ("gpipe", "1f1b", "interleaved_1f1b")
-ORDER = ("naive",) + FLUSHED + ("pipelined_dni", "dni", "fully_unlocked")
+FLUSHED = ("gpipe", "1f1b", "interleaved_1f1b", "zb_h1")
+ORDER = ("naive",) + FLUSHED + ("pipelined_dni", "dni", "fully_unlocked", "async")
 
 
 def stage_costs(
@@ -86,13 +109,18 @@ def stage_costs(
     return share * block_forward, share * block_backward
 
 
-def simulate_all(num_devices: int, num_microbatches: int, overhead: float) -> dict:
+def simulate_all(
+    num_devices: int, num_microbatches: int, overhead: float, update: float = 0.0
+) -> dict:
     """Simulates every schedule of the scenario for one K and M.
 
     Args:
         num_devices: pipeline size K.
         num_microbatches: micro-batches per step M.
         overhead: synthesizer cost as a fraction of a stage's compute.
+        update: optimizer update cost of a stage, as a fraction of its
+            compute for one micro-batch (once per step: per micro-batch for
+            the DNI schedules, per M micro-batches for the flushed ones).
 
     Returns:
         A dict from schedule name to SimulationResult; interleaved 1F1B is
@@ -100,11 +128,20 @@ def simulate_all(num_devices: int, num_microbatches: int, overhead: float) -> di
     """
     args = (FLAGS.blocks, num_devices, FLAGS.block_forward, FLAGS.block_backward)
     forward, backward = stage_costs(*args)
-    common = dict(comm_latency=FLAGS.comm_latency)
+    common = dict(comm_latency=FLAGS.comm_latency, update=update * (forward + backward))
     results = {
         name: simulate(name, num_devices, num_microbatches, forward, backward, **common)
         for name in ("naive", "gpipe", "1f1b")
     }
+    results["zb_h1"] = simulate(
+        "zb_h1",
+        num_devices,
+        num_microbatches,
+        forward,
+        backward,
+        weight_grad_fraction=FLAGS.weight_grad_fraction,
+        **common,
+    )
     if num_microbatches % num_devices == 0:
         v = FLAGS.num_chunks
         chunk = stage_costs(FLAGS.blocks, num_devices * v, *args[2:])
@@ -114,9 +151,10 @@ def simulate_all(num_devices: int, num_microbatches: int, overhead: float) -> di
             num_microbatches,
             *chunk,
             num_chunks=v,
-            **common,
+            comm_latency=FLAGS.comm_latency,
+            update=update * sum(chunk),  # per chunk: v of them make a stage's
         )
-    results["pipelined_dni"] = dni(num_devices, num_microbatches, overhead)
+    results["pipelined_dni"] = dni(num_devices, num_microbatches, overhead, update)
     synth = overhead * (forward + backward)
     results["dni"] = simulate(
         "dni", num_devices, num_microbatches, forward, backward, synth, **common
@@ -131,16 +169,27 @@ def simulate_all(num_devices: int, num_microbatches: int, overhead: float) -> di
         input_synth=FLAGS.input_overhead * (forward + backward),
         **common,
     )
+    results["async"] = simulate(
+        "async",
+        num_devices,
+        num_microbatches,
+        forward,
+        backward,
+        synth,
+        queue_capacity=FLAGS.queue_capacity,
+        **common,
+    )
     return results
 
 
-def dni(num_devices: int, num_microbatches: int, overhead: float):
+def dni(num_devices: int, num_microbatches: int, overhead: float, update: float = 0.0):
     """Simulates pipelined DNI with synthesizers costing `overhead` of a stage.
 
     Args:
         num_devices: pipeline size K.
         num_microbatches: steady-state steps (micro-batches) measured M.
         overhead: synthesizer cost as a fraction of a stage's compute.
+        update: update cost as a fraction of a stage's compute, every step.
 
     Returns:
         The SimulationResult of pipelined DNI.
@@ -156,6 +205,7 @@ def dni(num_devices: int, num_microbatches: int, overhead: float):
         backward,
         overhead * (forward + backward),
         comm_latency=FLAGS.comm_latency,
+        update=update * (forward + backward),
     )
 
 
@@ -205,9 +255,11 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def schedule_label(name: str) -> str:
     """Returns a schedule's display name."""
-    return (
-        f"interleaved_1f1b (v={FLAGS.num_chunks})" if name.startswith("inter") else name
-    )
+    if name.startswith("inter"):
+        return f"interleaved_1f1b (v={FLAGS.num_chunks})"
+    if name == "async":
+        return f"async (C={FLAGS.queue_capacity})"
+    return name
 
 
 def results_table(num_microbatches: int, all_results: dict) -> str:
@@ -320,6 +372,15 @@ def write_figures(folder: str) -> list[tuple[str, str]]:
         "naive": simulate("naive", k, m, f, b, **common),
         "gpipe": simulate("gpipe", k, m, f, b, **common),
         "1f1b": simulate("1f1b", k, m, f, b, **common),
+        "zb_h1": simulate(
+            "zb_h1",
+            k,
+            m,
+            f,
+            b,
+            weight_grad_fraction=FLAGS.weight_grad_fraction,
+            **common,
+        ),
         "interleaved_1f1b": simulate(
             "interleaved_1f1b", k, m, f / v, b / v, num_chunks=v, **common
         ),
@@ -337,6 +398,16 @@ def write_figures(folder: str) -> list[tuple[str, str]]:
             input_synth=FLAGS.input_overhead * (f + b),
             **common,
         ),
+        "async": simulate(
+            "async",
+            k,
+            m,
+            f,
+            b,
+            FLAGS.sg_overhead * (f + b),
+            queue_capacity=FLAGS.queue_capacity,
+            **common,
+        ),
     }
     figures = []
     for name, result in runs.items():
@@ -345,6 +416,13 @@ def write_figures(folder: str) -> list[tuple[str, str]]:
             title += f", SG overhead {FLAGS.sg_overhead:g} (dashed: end of warm-up)"
         elif name == "dni":
             title += f", SG overhead {FLAGS.sg_overhead:g}, one batch per step"
+        elif name == "zb_h1":
+            title += f", W = {FLAGS.weight_grad_fraction:g} of the backward"
+        elif name == "async":
+            title += (
+                f", SG overhead {FLAGS.sg_overhead:g}, queue capacity "
+                f"{FLAGS.queue_capacity} (dashed: last device's first batch)"
+            )
         elif name == "fully_unlocked":
             title += (
                 f", SG overhead {FLAGS.sg_overhead:g}, input synthesizers "
@@ -353,6 +431,126 @@ def write_figures(folder: str) -> list[tuple[str, str]]:
         path = os.path.join(folder, f"timeline_{name}_K{k}_M{m}.png")
         figures.append((name, draw_timeline(result, path, title=title)))
     return figures
+
+
+def per_microbatch(result) -> float:
+    """Returns a result's time per micro-batch (per batch for the DNI schedules)."""
+    return result.step_time / result.num_microbatches
+
+
+def zero_bubble_section(devices: list[int], microbatches: list[int]) -> list[str]:
+    """Returns the ZB-H1 section: its step against 1F1B's and the paper's bubble."""
+    rows = []
+    for m in microbatches:
+        for k in devices:
+            results = simulate_all(k, m, FLAGS.sg_overhead)
+            zb, base = results["zb_h1"], results["1f1b"]
+            f, b = stage_costs(
+                FLAGS.blocks, k, FLAGS.block_forward, FLAGS.block_backward
+            )
+            w = FLAGS.weight_grad_fraction * b
+            closed = (k - 1) * (f + (b - w) - w)
+            rows.append(
+                [
+                    str(m),
+                    str(k),
+                    f"{base.step_time:.2f}",
+                    f"{zb.step_time:.2f}",
+                    f"{base.step_time / zb.step_time:.2f}x",
+                    f"{zb.bubble_time:.2f}",
+                    f"{closed:.2f}" if m >= k else "n/a (M < K)",
+                ]
+            )
+    headers = [
+        "M",
+        "K",
+        "1F1B step",
+        "ZB-H1 step",
+        "ZB-H1 vs 1F1B",
+        "ZB-H1 bubble",
+        "(K-1)(F+B-W)",
+    ]
+    return [markdown_table(headers, rows)]
+
+
+def validation_section() -> tuple[list[str], dict]:
+    """Returns the validation table against docs/benchmarks.md and the fitted
+    per-step overheads (one per setting)."""
+    fitted = {
+        setting: validation.fit_per_step_overhead(
+            [r for r in validation.MEASURED if r.setting == setting]
+        )
+        for setting in ("servers", "logical")
+    }
+    rows = []
+    for row, without, with_h in validation.validation_table(fitted):
+        h = fitted.get(row.setting, 0.0)
+        rows.append(
+            [
+                row.setting,
+                str(row.num_devices),
+                row.schedule,
+                f"{row.examples_per_s:g}",
+                f"{row.predicted:g} ({without:+.0%})",
+                f"{h:.2f}",
+                f"{validation.with_overhead(row, h):.0f} ({with_h:+.1%})",
+                "yes" if abs(with_h) <= 0.10 else "no",
+            ]
+        )
+    headers = [
+        "setting",
+        "K",
+        "schedule",
+        "measured examples/s",
+        "simulated, no per-step overhead (error)",
+        "per-step overhead (ms)",
+        "simulated with it (error)",
+        "within 10%",
+    ]
+    return [markdown_table(headers, rows)], fitted
+
+
+def time_to_accuracy_section(devices: list[int], microbatches: list[int]) -> list[str]:
+    """Returns the time-to-accuracy extrapolation tables, one per update cost."""
+    ratio = FLAGS.epochs_dni / FLAGS.epochs_backprop
+    text = []
+    for update in (float(u) for u in FLAGS.update_overheads):
+        rows = []
+        for m in microbatches:
+            for k in devices:
+                results = simulate_all(k, m, FLAGS.sg_overhead, update)
+                name = best_flushed(results)
+                best = per_microbatch(results[name])
+                naive = per_microbatch(results["naive"])
+                cells = [str(m), str(k), schedule_label(name)]
+                for dni_name in ("pipelined_dni", "async"):
+                    t = per_microbatch(results[dni_name])
+                    cells += [
+                        f"{best / t:.2f}x",
+                        f"{ratio * t / best:.2f}",
+                        f"{ratio * t / naive:.2f}",
+                    ]
+                rows.append(cells)
+        headers = [
+            "M",
+            "K",
+            "best flushed",
+            "pipelined DNI: throughput vs best flushed",
+            "time to 97.5% vs best flushed",
+            "vs naive",
+            f"async (C={FLAGS.queue_capacity}): throughput vs best flushed",
+            "time to 97.5% vs best flushed",
+            "vs naive",
+        ]
+        text += [
+            f"Update cost {update:g} of a stage's compute per micro-batch "
+            "(paid once per step: every micro-batch for the DNI schedules, "
+            "once per M micro-batches for the flushed ones):",
+            "",
+            markdown_table(headers, rows),
+            "",
+        ]
+    return text
 
 
 def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
@@ -368,16 +566,21 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
         f"per block forward {FLAGS.block_forward:g} and backward "
         f"{FLAGS.block_backward:g} time units; message latency "
         f"{FLAGS.comm_latency:g}; interleaved 1F1B with v={FLAGS.num_chunks} "
-        f"chunks per device; SG overhead s={FLAGS.sg_overhead:g}: each DNI "
+        "chunks per device; ZB-H1 with the weight gradient W = "
+        f"{FLAGS.weight_grad_fraction:g} of each backward; SG overhead "
+        f"s={FLAGS.sg_overhead:g}: each DNI "
         "synthesizer (forward + backward) costs s times its stage's compute "
         "(the last stage has none); for the fully unlocked step, each input "
         f"synthesizer costs {FLAGS.input_overhead:g} times its stage's compute "
-        "(the first stage has none).",
+        "(the first stage has none); asynchronous stages with queues of "
+        f"capacity {FLAGS.queue_capacity}. No optimizer update, transfer or "
+        "per-step overhead in the first tables (see "
+        "[Costs beyond compute](#costs-beyond-compute)).",
         "",
         "How to read it:",
         "",
         "- Step time is the time to process M micro-batches: one flushed step "
-        "for naive, GPipe, 1F1B and interleaved 1F1B; for pipelined DNI, M "
+        "for naive, GPipe, 1F1B, interleaved 1F1B and ZB-H1; for pipelined DNI, M "
         "steps in steady state (one micro-batch enters per step, and each "
         "device updates its weights every step, so DNI makes M updates where "
         "the others make one). For DNI one batch per step (`dni`, as "
@@ -385,9 +588,12 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
         "(`fully_unlocked`, as `UnlockedModel` trains: every stage on the "
         "step's batch at once, from its synthetic input), M steps of one "
         "micro-batch each, each step ending on every device before the next "
-        "begins; neither has a warm-up. With even stages the fully unlocked "
+        "begins; neither has a warm-up. For `async` (asynchronous stages, no "
+        "step shared by the devices: the runtime issue 12 asks for), M batches "
+        "in steady state, after enough batches to fill the queues. With even "
+        "stages the fully unlocked "
         "step takes (1 + s + s_in) times a stage's compute per micro-batch "
-        "(s_in: the input synthesizers' overhead), pipelined DNI (1 + s): "
+        "(s_in: the input synthesizers' overhead), pipelined DNI and async (1 + s): "
         "the fully unlocked step pays for its input synthesizers, and in "
         "return needs no warm-up and trains every stage on the same batch. "
         "`dni` still waits for the forward pass below each stage: K forwards "
@@ -401,10 +607,13 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
         "compute, shrinks and so does the SG overhead DNI can afford "
         "(break-even s* = that bubble / compute, with even stages).",
         "- Not modelled: memory (GPipe holds M micro-batches of activations, "
-        "1F1B at most K), the optimizer step, and the effect of synthetic, "
-        "stale gradients on how many steps training needs, nor whether an "
+        "1F1B and ZB-H1 at most K), "
+        "and whether an "
         "input synthesizer can predict a stage's input well enough (a "
-        "question for training, not for the schedule). The break-even "
+        "question for training, not for the schedule). The effect of "
+        "synthetic, stale gradients on how many epochs training needs is not "
+        "simulated but taken from a measurement in "
+        "[Time to accuracy at scale](#time-to-accuracy-at-scale). The break-even "
         "overhead compares time per micro-batch only.",
         "",
     ]
@@ -416,12 +625,20 @@ def report(sections: list[str], figures: list[tuple[str, str]]) -> str:
     return "\n".join(text)
 
 
+def figure_link(figures: list[tuple[str, str]], name: str) -> str:
+    """Returns the Markdown image of one schedule's figure."""
+    base = os.path.dirname(os.path.abspath(FLAGS.output_md))
+    path = dict(figures)[name]
+    return f"![{name}]({os.path.relpath(os.path.abspath(path), base)})"
+
+
 def main(argv):
     del argv
     devices = [int(k) for k in FLAGS.devices]
+    microbatches = [int(x) for x in FLAGS.microbatches]
     overheads = [float(s) for s in FLAGS.sg_overhead_sweep]
     sections = []
-    for m in (int(x) for x in FLAGS.microbatches):
+    for m in microbatches:
         all_results = {k: simulate_all(k, m, FLAGS.sg_overhead) for k in devices}
         table = results_table(m, all_results)
         sweep = sweep_table(m, devices, overheads)
@@ -439,8 +656,8 @@ def main(argv):
             "",
             table,
             "",
-            "Pipelined DNI's throughput relative to the best of GPipe, 1F1B and "
-            "interleaved 1F1B, for several SG overheads:",
+            "Pipelined DNI's throughput relative to the best of GPipe, 1F1B, "
+            "interleaved 1F1B and ZB-H1, for several SG overheads:",
             "",
             sweep,
             "",
@@ -450,10 +667,204 @@ def main(argv):
         ]
         sections += [f"- {line}" for line in lines] + [""]
     figures = write_figures(FLAGS.figures)
+    zero_bubble = zero_bubble_section(devices, microbatches)
+    w = FLAGS.weight_grad_fraction * FLAGS.block_backward
+    zb_bubble_per_block = FLAGS.block_forward + (FLAGS.block_backward - w) - w
+    print("\n== ZB-H1 against 1F1B\n")
+    print("\n".join(zero_bubble))
+    sections += [
+        "## Zero Bubble (ZB-H1) against 1F1B",
+        "",
+        "Zero Bubble pipeline parallelism (Qi et al. 2023, arXiv:2401.10241) "
+        "splits each backward into B, the gradient with respect to the stage's "
+        "input, which the stage below waits for, and W, the gradient with "
+        "respect to the weights, which nothing waits for until the update. "
+        "ZB-H1 keeps 1F1B's warm-up, so it holds at most K micro-batches of "
+        "activations on a device, like 1F1B, and moves W's into the bubbles: "
+        "device d delays its W's by d micro-batches and runs its last d at the "
+        "end, where 1F1B's cool-down idles. The per-device order is the "
+        "authors' hand schedule (`get_hand_schedule` in the Hugging Face space "
+        "sail/zero-bubble-pipeline-parallellism); with even stages and M >= K "
+        "its bubble is (K - 1)(F + B - W) against 1F1B's (K - 1)(F + B + W), "
+        "the paper's formula, a bubble rate of (K - 1) / 3M of the compute when "
+        'F = B = W (the authors\' README: "(p-1)/3m", against "(p-1)/m" for '
+        '1F1B). `simulate("zb_h1", ..., weight_grad_fraction=w)` takes W = w '
+        "times each stage's backward (default 0.5: for a dense layer the two "
+        "gradients are two matrix products of the same size). The tests check "
+        "the formula, timelines by hand, that ZB-H1 is never slower than 1F1B "
+        "at equal costs, and that it holds no more activations. Here W = "
+        f"{FLAGS.weight_grad_fraction:g} of the backward, so F + B - W = "
+        f"{zb_bubble_per_block:g} per block:",
+        "",
+    ]
+    sections += zero_bubble
+    sections += [
+        "",
+        "ZB-H1 is the fastest flushed schedule in every row of this scenario, "
+        "interleaved 1F1B (v=2) included, so the tables above compare DNI with "
+        "it. Its gain over 1F1B here (1.14x to 1.49x) is larger than the "
+        "authors report on GPUs (up to 30% at similar memory, in the README of "
+        "sail-sg/zero-bubble-pipeline-parallelism; issue 12 quotes 23% for "
+        "ZB-H1): with F = 1 and B + W = 2 per block and W half the backward, "
+        "F + B - W is a third of F + B + W, and at M close to K the bubble is "
+        "a large share of 1F1B's step. The simulator has no communication "
+        "cost here and no optimizer step, which the paper's measured runs "
+        "pay.",
+        "",
+        f"{figure_link(figures, '1f1b')} {figure_link(figures, 'zb_h1')}",
+        "",
+    ]
+    validation_text, fitted = validation_section()
+    print("\n== The simulator against docs/benchmarks.md\n")
+    print("\n".join(validation_text))
+    sections += COSTS_TEXT
+    sections += [
+        "## The simulator against the measured schedules",
+        "",
+        "`keras_sg.schedules.validation` holds every schedule measured in "
+        "docs/benchmarks.md: its measured examples/s and the simulator's "
+        "prediction printed beside it, which `scripts/benchmark_pipeline.py` "
+        "made from the run's own per-stage costs (forward, backward, "
+        "synthesizers, transfers, the optimizer update; the per-stage costs "
+        "themselves are not in the document, only the prediction). The term "
+        "the prediction lacks is the per-step overhead; each benchmarked "
+        "schedule runs one training step per batch, so `simulate` with "
+        "`per_step_overhead=h` adds h per batch. One h is fitted per setting "
+        "(least squares of the log ratio, h >= 0): one for the two servers, "
+        "one for the logical devices (K = 2 and 4 together), never one per "
+        "schedule. The loaded-machine rows (the fully unlocked table, measured "
+        "at a load average of 5 to 10 on 2 cores) get no overhead and are not "
+        "fitted.",
+        "",
+    ]
+    sections += validation_text
+    servers = [r for r in validation.MEASURED if r.setting == "servers"]
+    logical = [r for r in validation.MEASURED if r.setting == "logical"]
+    within = sum(
+        abs(validation.relative_error(r, fitted["servers"])) <= 0.10 for r in servers
+    )
+    errors_logical = [validation.relative_error(r) for r in logical]
+    within_logical = sum(abs(e) <= 0.10 for e in errors_logical)
+    too_slow = sum(e < -0.10 for e in errors_logical)
+    sections += [
+        "",
+        f"- Servers: one per-step overhead of {fitted['servers']:.1f} ms (the "
+        "timelines show a gap of about 10 ms per step in which both servers "
+        f"wait) brings {within} of the {len(servers)} schedules within 10%, "
+        "from errors of +23% to +42% without it. The target of issue 12, "
+        "within 10% of every measured schedule, is not met: GPipe stays "
+        "above it. GPipe runs 8 micro-batches a step (16 messages between the "
+        "servers where backprop sends 2); a cost per micro-batch that the "
+        "trace does not give to any stage would explain it, but we have not "
+        "checked.",
+        "- Logical devices: the simulator is more than 10% too slow for "
+        f"{too_slow} of the {len(logical)} schedules (errors down to "
+        f"{min(errors_logical):+.0%}; {within_logical} within 10%), and a "
+        "per-step overhead can only slow it further: the fit gives 0. Logical "
+        "devices share one pool of inter-op threads, so a device runs two ops "
+        "at once (backprop's weight and input gradients, for example), while "
+        "the simulator runs one op at a time per device and sums their costs. "
+        "The simulator models devices that run one thing at a time; the "
+        "servers are such devices, logical devices are not.",
+        "- The loaded-machine rows are listed because they are the only "
+        "measurement of the fully unlocked step; their medians move by up to "
+        "2x between runs, which no cost model predicts.",
+        "",
+    ]
+    tta = time_to_accuracy_section(devices, microbatches)
+    print("\n== Time to accuracy\n")
+    print("\n".join(tta))
+    sections += [
+        "## Time to accuracy at scale",
+        "",
+        "What users pay is the time to reach an accuracy, not throughput. "
+        'Measured (docs/benchmarks.md, "Wall time to 97.5% MNIST test '
+        'accuracy", K = 2 on two servers): backprop model-parallel reached '
+        f"97.5% after {FLAGS.epochs_backprop} epochs (Adam 1e-3), pipelined "
+        f"cDNI after {FLAGS.epochs_dni} (Adam 3e-4; at 1e-3 it did not reach "
+        "it in 8). Time to accuracy relative to a backprop schedule is then "
+        f"({FLAGS.epochs_dni}/{FLAGS.epochs_backprop}) x (its time per "
+        "micro-batch / the backprop schedule's); below 1, DNI gets there "
+        f"first. DNI must be {FLAGS.epochs_dni / FLAGS.epochs_backprop:.2f}x "
+        "faster per micro-batch to break even.",
+        "",
+        "Assumptions, none of them measured at scale: the ratio of epochs "
+        "carries over from a 2-stage MLP on MNIST to a 96-block model on 8 to "
+        "64 devices (with more stages, more synthetic gradients are chained "
+        "and staler, so it may well grow); every flushed schedule needs "
+        "backprop's epochs (they compute the same gradients; GPipe reached "
+        "97.5% in 2 epochs in the same table, which shows the 1-epoch "
+        "granularity and the noise of one run per number); and the batch per "
+        "update does not matter: in the measurement every schedule updated "
+        "once per batch of 256, while here the DNI schedules update once per "
+        "micro-batch and the flushed ones once per M micro-batches, a "
+        "difference the measurement does not cover. The pipelined DNI and "
+        "async columns use the same SG overhead, "
+        f"{FLAGS.sg_overhead:g}.",
+        "",
+    ]
+    sections += tta
+    sections += [
+        "Read with those assumptions: without an update cost, the DNI "
+        "schedules reach 97.5% before the best flushed schedule (ZB-H1 in every "
+        "row) only where their throughput gain passes "
+        f"{FLAGS.epochs_dni / FLAGS.epochs_backprop:.2f}x: at M = 8 from K = 16 "
+        "on, at M = 32 only at K = 64. The update changes this: the DNI "
+        "schedules update after every micro-batch, the flushed ones once per M. "
+        "With the update at 0.43 of a stage's compute per micro-batch (Adam at "
+        "30% of each device's work, measured at batch 256 on a 1024-wide MLP; "
+        "in a large model, where a micro-batch holds many tokens, the update "
+        "is a much smaller share), DNI only gets there first at M = 8 from K = "
+        "32 on. Against naive model parallelism, the baseline measured on two "
+        "servers, DNI gets there first in every row. With even stages and "
+        "no per-step costs, async and pipelined DNI run at the same rate (the "
+        "slowest stage's); async pays no step shared by the devices, which is "
+        "what the servers lose per step to the client (the fitted per-step "
+        "overhead above), and that is where it should gain in practice.",
+        "",
+    ]
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_md)), exist_ok=True)
     with open(FLAGS.output_md, "w") as f:
         f.write(report(sections, figures))
     print(f"\nWrote {FLAGS.output_md} and {len(figures)} figures in {FLAGS.figures}")
+
+
+COSTS_TEXT = [
+    "## Costs beyond compute",
+    "",
+    "`simulate` takes four costs besides the stages' compute, all 0 by "
+    "default (which gives the tables above):",
+    "",
+    "- `comm_latency`: the delay of each message between two devices; it "
+    "holds no device.",
+    "- `transfer`: per cut and per message, the time the receiving device "
+    "spends taking a message in (a gRPC receive on TensorFlow servers): busy "
+    "time, one number or one per cut.",
+    "- `update`: each stage's optimizer update, once per step: for the "
+    "flushed schedules after the device's last backward of the step (each "
+    "device as soon as its own backwards are done), for pipelined DNI, "
+    "`dni`, `fully_unlocked` and `async` after every backward, since every "
+    "step updates.",
+    "- `per_step_overhead`: a fixed time per training step in which the "
+    "devices wait (the client ending one step and starting the next: about "
+    "10 ms on the two servers of docs/benchmarks.md). Flushed schedules "
+    "pay it once per step of M micro-batches; `dni` and `fully_unlocked` "
+    "once per step, every device waiting; pipelined DNI and `async` after "
+    "each step of each device.",
+    "",
+    "The asynchronous schedule `async` is the runtime issue 12 asks for: "
+    "every stage runs forward, synthesizer, backward and update per batch at "
+    "its own pace, blocks when its output queue (capacity C) is full or its "
+    "input queue is empty, and never waits for the synthesizers' targets "
+    "(they are stale by design). In steady state it runs at the slowest "
+    "stage's F + S + B + U + per-step overhead (+ transfers), whatever C; C "
+    "bounds how far a fast stage runs ahead (the activations' staleness and "
+    "memory), not the rate. Unlike pipelined DNI as `PipelinedModel` runs "
+    "it, nothing joins the devices at every step, so a per-step overhead "
+    "paid by each stage's own loop is not the ~10 ms the servers lose per "
+    "step to the client, which is a join of all devices.",
+    "",
+]
 
 
 if __name__ == "__main__":

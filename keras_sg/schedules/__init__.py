@@ -1,6 +1,7 @@
 """Pipeline schedule simulator: naive model parallelism, GPipe, 1F1B,
-interleaved 1F1B, pipelined DNI, DNI one batch per step and the fully
-unlocked step (synthetic inputs), timed event by event.
+interleaved 1F1B, Zero Bubble ZB-H1, pipelined DNI, DNI one batch per step,
+the fully unlocked step (synthetic inputs) and asynchronous DNI stages,
+timed event by event.
 
 Pure Python: no TensorFlow or Keras (matplotlib only inside `draw_timeline`).
 
@@ -13,10 +14,12 @@ Pure Python: no TensorFlow or Keras (matplotlib only inside `draw_timeline`).
 
 References: GPipe (Huang et al. 2019, arXiv:1811.06965); PipeDream and
 PipeDream-Flush 1F1B (Narayanan et al. 2019, 2021); Megatron-LM interleaved
-1F1B (Narayanan et al. 2021, arXiv:2104.04473); DNI (Jaderberg et al. 2016,
+1F1B (Narayanan et al. 2021, arXiv:2104.04473); Zero Bubble pipeline
+parallelism (Qi et al. 2023, arXiv:2401.10241); DNI (Jaderberg et al. 2016,
 arXiv:1608.05343).
 """
 
+from keras_sg.schedules.async_stages import async_orders
 from keras_sg.schedules.drawing import draw_timeline
 from keras_sg.schedules.engine import list_schedule
 from keras_sg.schedules.orders import (
@@ -24,6 +27,7 @@ from keras_sg.schedules.orders import (
     interleaved_orders,
     naive_orders,
     one_f_one_b_orders,
+    zb_h1_orders,
 )
 from keras_sg.schedules.pipelined_dni import dni_orders
 from keras_sg.schedules.simulator import SCHEDULES, simulate
@@ -36,6 +40,7 @@ __all__ = [
     "Event",
     "SimulationResult",
     "Warmup",
+    "async_orders",
     "dni_orders",
     "draw_timeline",
     "gpipe_orders",
@@ -45,4 +50,5 @@ __all__ = [
     "one_f_one_b_orders",
     "simulate",
     "unlocked_orders",
+    "zb_h1_orders",
 ]

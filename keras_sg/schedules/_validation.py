@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from keras_sg._checks import check_int
 
 __all__ = [
+    "check_fraction",
     "check_int",
     "check_latency",
+    "check_nonnegative",
+    "cut_costs",
     "input_synth_costs",
     "stage_costs",
     "synth_costs",
@@ -149,9 +152,53 @@ def input_synth_costs(value, num_stages: int) -> tuple[float, ...]:
 
 def check_latency(value) -> float:
     """Returns the per-message latency as a float; raises ValueError if bad."""
+    return check_nonnegative("comm_latency", value)
+
+
+def check_nonnegative(name: str, value) -> float:
+    """Returns `value` as a float; raises ValueError unless finite and >= 0."""
     if not (_is_number(value) and math.isfinite(value) and value >= 0):
         raise ValueError(
-            "`comm_latency` must be a finite, non-negative number. "
-            f"Received: comm_latency={value!r}"
+            f"`{name}` must be a finite, non-negative number. "
+            f"Received: {name}={value!r}"
         )
     return float(value)
+
+
+def check_fraction(name: str, value) -> float:
+    """Returns `value` as a float; raises ValueError unless 0 <= value <= 1."""
+    if not (_is_number(value) and 0.0 <= value <= 1.0):
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def cut_costs(name: str, value, num_stages: int) -> tuple[float, ...]:
+    """Returns one cost per cut (between stages s and s + 1).
+
+    Args:
+        name: the argument's name, for the error message.
+        value: a non-negative number (every cut) or a sequence of
+            `num_stages - 1` of them.
+        num_stages: the number of pipeline stages.
+
+    Returns:
+        A tuple of `num_stages - 1` floats.
+
+    Raises:
+        ValueError: on a wrong length, a negative, non-finite or non-numeric cost.
+    """
+    if _is_number(value):
+        return _check_cost_values(name, value, [value] * (num_stages - 1))
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"`{name}` must be a number or a sequence of numbers. "
+            f"Received: {name}={value!r}"
+        )
+    if len(value) != num_stages - 1:
+        raise ValueError(
+            f"`{name}` must have one cost per cut ({num_stages - 1} entries). "
+            f"Received: {name}={value!r} with {len(value)} entries"
+        )
+    return _check_cost_values(name, value, value)

@@ -7,6 +7,8 @@ from keras_sg.schedules.timeline import SimulationResult
 COLORS = {
     "F": "#4c72b0",
     "B": "#55a868",
+    "W": "#8c8c3c",
+    "U": "#937860",
     "S": "#dd8452",
     "I": "#8172b3",
     "R": "#c44e52",
@@ -14,6 +16,8 @@ COLORS = {
 NAMES = {
     "F": "forward",
     "B": "backward",
+    "W": "weight gradient",
+    "U": "update",
     "S": "synthesizer",
     "I": "input synthesizer",
     "R": "synthesizer regressions",
@@ -94,13 +98,16 @@ def draw_timeline(
     ax.set_ylim(k - 0.5, -0.5)
     ax.set_xlim(0, end)
     ax.set_xlabel("time")
-    kinds = sorted({e.kind for e in result.events}, key="IFBSR".index)
-    handles = [Patch(color=COLORS[kind], label=NAMES[kind]) for kind in kinds]
+    kinds = sorted({e.kind for e in result.events}, key="IFBWSUR".index)
+    names = dict(NAMES)
+    if "W" in kinds:  # ZB-H1: B is the input gradient only
+        names["B"] = "backward (input gradient)"
+    handles = [Patch(color=COLORS[kind], label=names[kind]) for kind in kinds]
     if result.num_chunks > 1:
         handles = [
             Patch(
                 color=_shade(kind, c, result.num_chunks),
-                label=f"{NAMES[kind]}, chunk {c}",
+                label=f"{names[kind]}, chunk {c}",
             )
             for kind in kinds
             for c in range(result.num_chunks)

@@ -59,3 +59,41 @@ def list_schedule(
             ]
             raise RuntimeError(f"The schedule deadlocks; waiting operations: {stuck}")
     return placed
+
+
+def with_transfers(
+    duration: Callable[[Hashable], float],
+    messages: Callable[[Hashable], Sequence[Dependency]],
+    device_of: Callable[[int], int],
+    transfer: Sequence[float],
+) -> Callable[[Hashable], float]:
+    """Adds the cost of receiving messages to the operations that receive them.
+
+    A message between stages s and s + 1 crosses cut s. When the two stages
+    sit on different devices, the receiving operation also spends
+    `transfer[s]` of its device's time on the message (copying it in: a
+    gRPC receive on TensorFlow servers), on top of the delay `comm_latency`,
+    which holds no device.
+
+    Args:
+        duration: the cost of an operation without transfers.
+        messages: the operations an operation waits for (keys whose third
+            item is the stage), with their delays; only the messages, not
+            the end of a step.
+        device_of: the device of a stage.
+        transfer: per cut, the receiving device's time per message.
+
+    Returns:
+        The cost of an operation with its transfers.
+    """
+
+    def total(op):
+        stage = op[2]
+        extra = sum(
+            transfer[min(stage, dep[2])]
+            for dep, _ in messages(op)
+            if device_of(dep[2]) != device_of(stage)
+        )
+        return duration(op) + extra
+
+    return total

@@ -126,3 +126,43 @@ def interleaved_orders(
         order += [_interleaved_op(k, "B", *args) for k in range(total - warmup, total)]
         orders.append(order)
     return orders
+
+
+def zb_h1_orders(num_devices: int, num_microbatches: int) -> list[list[OpKey]]:
+    """Returns the order of ZB-H1 (Qi et al. 2023, arXiv:2401.10241).
+
+    Zero Bubble pipeline parallelism splits each backward into B, the
+    gradient with respect to the stage's input (which the stage below waits
+    for), and W, the gradient with respect to its weights (which nothing
+    waits for until the update). ZB-H1 keeps 1F1B's warm-up, so its memory
+    is 1F1B's (at most K micro-batches in flight on device 0), and postpones
+    W: device d starts running W one micro-batch after each B only after its
+    first d backwards, and runs its last d W's at the end, where 1F1B's
+    cool-down bubble was. This is the per-rank order of the authors' hand
+    schedule (`get_hand_schedule` in the Hugging Face space
+    sail/zero-bubble-pipeline-parallellism): (K - d - 1) warm-up forwards,
+    then per micro-batch i a forward (while any remain), B(i) and, from
+    i = d on, W(i - d); then W(M - d .. M - 1).
+
+    Args:
+        num_devices: number of devices K, one stage each.
+        num_microbatches: micro-batches per step M.
+
+    Returns:
+        Per device, its operations ("F", "B" or "W", micro-batch, stage).
+    """
+    orders = []
+    for d in range(num_devices):
+        warmup = min(num_devices - d - 1, num_microbatches)
+        order: list[OpKey] = [("F", m, d) for m in range(warmup)]
+        pending = 0  # the next micro-batch whose W is still to run
+        for i in range(num_microbatches):
+            if warmup + i < num_microbatches:
+                order.append(("F", warmup + i, d))
+            order.append(("B", i, d))
+            if i >= d:
+                order.append(("W", pending, d))
+                pending += 1
+        order += [("W", m, d) for m in range(pending, num_microbatches)]
+        orders.append(order)
+    return orders

@@ -6,8 +6,9 @@ k + 1 of the current step: it reads the activation stage k - 1 produced one
 step earlier, and its synthesizer, which predicts the gradient at its output,
 is trained on the gradient stage k + 1 sent one step earlier (the bootstrapped
 target). So in step t device k runs, on batch t - k: F_k (forward), S_k
-(synthesizer forward and backward, absent on the last stage) and B_k
-(backward from the synthetic gradient, then update). The only cross-device
+(synthesizer forward and backward, absent on the last stage), B_k
+(backward from the synthetic gradient) and U_k (the optimizer update, when
+its cost is given). The only cross-device
 dependencies go from one step to the next:
 
 - F_k at step t waits for F_{k-1} at step t - 1 (its input activation);
@@ -20,7 +21,7 @@ result reports the warm-up apart from the steady state that follows it.
 
 from collections.abc import Sequence
 
-from keras_sg.schedules.engine import list_schedule
+from keras_sg.schedules.engine import list_schedule, with_transfers
 from keras_sg.schedules.timeline import (
     Event,
     SimulationResult,
@@ -41,24 +42,30 @@ def dni_orders(num_devices: int, num_steps: int) -> list[list[DniOp]]:
         num_steps: number of global steps simulated; device k runs steps k and on.
 
     Returns:
-        Per device k: F, S (not on the last device) and B of steps k..num_steps-1.
+        Per device k: F, S (not on the last device), B and U of steps
+        k..num_steps-1.
     """
     orders = []
     for k in range(num_devices):
-        kinds = ("F", "B") if k == num_devices - 1 else ("F", "S", "B")
+        kinds = ("F", "B", "U") if k == num_devices - 1 else ("F", "S", "B", "U")
         orders.append([(kind, t, k) for t in range(k, num_steps) for kind in kinds])
     return orders
 
 
 def _dni_dependencies(
-    op: DniOp, num_devices: int, comm_latency: float
+    op: DniOp, num_devices: int, comm_latency: float, per_step_overhead=None
 ) -> list[tuple[DniOp, float]]:
+    """The operations `op` waits for. `per_step_overhead` None leaves out
+    the wait after the device's own step before (not a message)."""
     kind, t, k = op
+    deps = []
+    if kind == "F" and per_step_overhead is not None and t > k:
+        deps.append((("U", t - 1, k), per_step_overhead))
     if kind == "F" and k > 0:
-        return [(("F", t - 1, k - 1), comm_latency)]
+        deps.append((("F", t - 1, k - 1), comm_latency))
     if kind == "S" and k + 1 <= t - 1:  # device k + 1 has run step t - 1
-        return [(("B", t - 1, k + 1), comm_latency)]
-    return []
+        deps.append((("B", t - 1, k + 1), comm_latency))
+    return deps
 
 
 def simulate_pipelined_dni(
@@ -69,6 +76,9 @@ def simulate_pipelined_dni(
     num_microbatches: int,
     microbatch_size: int = 1,
     comm_latency: float = 0.0,
+    update: Sequence[float] | None = None,
+    transfer: Sequence[float] | None = None,
+    per_step_overhead: float = 0.0,
 ) -> SimulationResult:
     """Times the warm-up and `num_microbatches` steady-state steps of pipelined DNI.
 
@@ -81,6 +91,10 @@ def simulate_pipelined_dni(
             each device updates its weights once per step.
         microbatch_size: examples per batch.
         comm_latency: delay of every message between two devices.
+        update: per-stage optimizer update cost U_k, every step.
+        transfer: per cut, the receiving device's time per message.
+        per_step_overhead: time each device waits after each of its steps
+            before the next (counted as idle).
 
     Returns:
         The SimulationResult. Its timeline holds the K - 1 warm-up steps and
@@ -95,20 +109,25 @@ def simulate_pipelined_dni(
     num_devices = len(forward)
     warmup_steps = num_devices - 1
     last_step = warmup_steps + num_microbatches  # only its start times are used
-    costs = {"F": forward, "S": synth, "B": backward}
+    zeros = [0.0] * num_devices
+    update = zeros if update is None else update
+    transfer = zeros[1:] if transfer is None else transfer
+    costs = {"F": forward, "S": synth, "B": backward, "U": update}
 
     def dependencies(op):
         return _dni_dependencies(op, num_devices, comm_latency)
 
     placed = list_schedule(
         dni_orders(num_devices, last_step + 1),
-        lambda op: costs[op[0]][op[2]],
-        dependencies,
+        with_transfers(
+            lambda op: costs[op[0]][op[2]], dependencies, lambda s: s, transfer
+        ),
+        lambda op: _dni_dependencies(op, num_devices, comm_latency, per_step_overhead),
     )
     by_op = {
         (kind, t, k): Event(device, start, end, kind, t - k, k, step=t)
         for (kind, t, k), (device, start, end) in placed.items()
-        if t < last_step and (end > start or kind != "S")
+        if t < last_step and (end > start or kind not in ("S", "U"))
     }
     events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
     # Warm-up: until the last device starts its first step (the pipeline is full).

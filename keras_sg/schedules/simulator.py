@@ -3,12 +3,14 @@
 from collections.abc import Sequence
 
 from keras_sg.schedules import _validation as checks
+from keras_sg.schedules.async_stages import simulate_async
 from keras_sg.schedules.flush import simulate_flush
 from keras_sg.schedules.orders import (
     gpipe_orders,
     interleaved_orders,
     naive_orders,
     one_f_one_b_orders,
+    zb_h1_orders,
 )
 from keras_sg.schedules.pipelined_dni import simulate_pipelined_dni
 from keras_sg.schedules.timeline import SimulationResult
@@ -19,10 +21,14 @@ SCHEDULES = (
     "gpipe",
     "1f1b",
     "interleaved_1f1b",
+    "zb_h1",
     "pipelined_dni",
     "dni",
     "fully_unlocked",
+    "async",
 )
+DEFAULT_WEIGHT_GRAD_FRACTION = 0.5
+DEFAULT_QUEUE_CAPACITY = 1
 
 Costs = float | Sequence[float]
 
@@ -47,6 +53,11 @@ def simulate(
     num_chunks: int = 1,
     comm_latency: float = 0.0,
     microbatch_size: int = 1,
+    update: Costs | None = None,
+    transfer: Costs = 0.0,
+    per_step_overhead: float = 0.0,
+    weight_grad_fraction: float | None = None,
+    queue_capacity: int | None = None,
 ) -> SimulationResult:
     """Simulates one training step of a pipeline schedule.
 
@@ -63,6 +74,12 @@ def simulate(
     - "interleaved_1f1b": Megatron-LM's interleaved 1F1B (Narayanan et al.
       2021, arXiv:2104.04473) with `num_chunks` chunks per device; M must be
       a multiple of K.
+    - "zb_h1": Zero Bubble pipeline parallelism's ZB-H1 (Qi et al. 2023,
+      arXiv:2401.10241): 1F1B with each backward split into B (input
+      gradient) and W (weight gradient), the W's postponed into 1F1B's
+      bubbles; 1F1B's memory, bubble (K - 1)(F + B - W) instead of
+      (K - 1)(F + B + W) with even stages and W <= F + B. See
+      `keras_sg.schedules.orders.zb_h1_orders`.
     - "pipelined_dni": DNI (Jaderberg et al. 2016, arXiv:1608.05343) with
       every device on a different batch; see
       `keras_sg.schedules.pipelined_dni`. M is the number of steady-state
@@ -75,6 +92,31 @@ def simulate(
       trains it: every stage starts on the step's batch at once, from its
       input synthesizer's prediction; only the synthesizers' regressions
       wait for other devices. No warm-up. M is the number of steps.
+    - "async": asynchronous DNI stages, each training at its own pace and
+      linked by activation queues of capacity `queue_capacity`, with no
+      step shared by the devices; see `keras_sg.schedules.async_stages`. M
+      is the number of batches measured in steady state, after a warm-up
+      long enough to fill the queues; the time per batch is the slowest
+      stage's F + S + B + U + per-step overhead (+ transfers).
+
+    Costs beyond the stages' compute (all 0 by default, which gives the
+    results of the bare model):
+
+    - `update`: the optimizer update of each stage, once per step: after
+      the stage's last backward for the flushed schedules (naive, GPipe,
+      1F1B, interleaved, ZB-H1; each device as soon as its own backwards
+      are done), after every backward for the DNI schedules (every step,
+      every batch for "async").
+    - `transfer`: per cut and per message (one micro-batch's activation or
+      gradient), the time the receiving device spends taking the message
+      in; it is busy time, unlike `comm_latency`, a delay that holds no
+      device.
+    - `per_step_overhead`: a fixed time per training step in which every
+      device waits (for the client to start the next step, for example: 10
+      ms on the two TensorFlow servers of docs/benchmarks.md). Flushed
+      schedules add it once per step; "dni" and "fully_unlocked" between
+      steps (all devices wait) and after the last; "pipelined_dni" and
+      "async" after each step of each device.
 
     Gradient synthesizer costs only matter to "pipelined_dni", "dni" and
     "fully_unlocked"; the other schedules have no synthesizers and ignore
@@ -99,6 +141,20 @@ def simulate(
             "interleaved_1f1b".
         comm_latency: delay of each message between two devices, >= 0.
         microbatch_size: examples per micro-batch, for `examples_per_time`.
+        update: optimizer update cost of each stage per step: None (0), a
+            number (every stage) or one per stage (with "naive" it is not
+            scaled by M: one update per step).
+        transfer: time the receiving device spends per message across a cut
+            between two devices: a number (every cut) or one per cut
+            (`num_devices * num_chunks - 1` entries); scaled by M for
+            "naive", whose unit is the whole batch.
+        per_step_overhead: time per training step in which the devices wait.
+        weight_grad_fraction: "zb_h1" only: the share W / (B + W) of each
+            stage's `backward` that is the weight gradient, in [0, 1]; None
+            gives 0.5 (for a dense layer the two gradients are two matrix
+            products of the same size).
+        queue_capacity: "async" only: capacity C >= 1 of each activation
+            queue; None gives 1.
 
     Returns:
         The SimulationResult: timeline, step time, per-device busy time and
@@ -136,28 +192,52 @@ def simulate(
             f"with schedule={schedule!r}"
         )
     inp = checks.input_synth_costs(input_synth, num_stages)
+    extra = dict(
+        update=None
+        if update is None
+        else checks.stage_costs("update", update, num_stages),
+        transfer=checks.cut_costs("transfer", transfer, num_stages),
+        per_step_overhead=checks.check_nonnegative(
+            "per_step_overhead", per_step_overhead
+        ),
+    )
+    if weight_grad_fraction is not None and schedule != "zb_h1":
+        raise ValueError(
+            "`weight_grad_fraction` needs schedule='zb_h1', the only schedule "
+            "that splits the backward pass. "
+            f"Received: weight_grad_fraction={weight_grad_fraction!r} with "
+            f"schedule={schedule!r}"
+        )
+    if queue_capacity is not None and schedule != "async":
+        raise ValueError(
+            "`queue_capacity` needs schedule='async', the only schedule with "
+            f"queues. Received: queue_capacity={queue_capacity!r} with "
+            f"schedule={schedule!r}"
+        )
+    common = dict(
+        num_microbatches=num_microbatches,
+        microbatch_size=microbatch_size,
+        comm_latency=latency,
+        **extra,
+    )
 
     if schedule in ("dni", "fully_unlocked"):
-        return simulate_unlocked(
-            schedule,
-            fwd,
-            bwd,
-            syn,
-            inp,
-            num_microbatches=num_microbatches,
-            microbatch_size=microbatch_size,
-            comm_latency=latency,
-        )
-
+        return simulate_unlocked(schedule, fwd, bwd, syn, inp, **common)
     if schedule == "pipelined_dni":
-        return simulate_pipelined_dni(
-            fwd,
-            bwd,
-            syn,
-            num_microbatches=num_microbatches,
-            microbatch_size=microbatch_size,
-            comm_latency=latency,
+        return simulate_pipelined_dni(fwd, bwd, syn, **common)
+    if schedule == "async":
+        capacity = DEFAULT_QUEUE_CAPACITY if queue_capacity is None else queue_capacity
+        checks.check_int("queue_capacity", capacity, 1)
+        return simulate_async(fwd, bwd, syn, queue_capacity=capacity, **common)
+    weight_grad = None
+    if schedule == "zb_h1":
+        fraction = checks.check_fraction(
+            "weight_grad_fraction",
+            DEFAULT_WEIGHT_GRAD_FRACTION
+            if weight_grad_fraction is None
+            else weight_grad_fraction,
         )
+        weight_grad = [fraction * b for b in bwd]
     orders = {
         "naive": lambda: naive_orders(num_devices),
         "gpipe": lambda: gpipe_orders(num_devices, num_microbatches),
@@ -165,15 +245,15 @@ def simulate(
         "interleaved_1f1b": lambda: interleaved_orders(
             num_devices, num_microbatches, num_chunks
         ),
+        "zb_h1": lambda: zb_h1_orders(num_devices, num_microbatches),
     }[schedule]()
     return simulate_flush(
         schedule,
         orders,
         fwd,
         bwd,
-        num_microbatches=num_microbatches,
         num_chunks=num_chunks,
-        microbatch_size=microbatch_size,
-        comm_latency=latency,
         cost_scale=float(num_microbatches) if schedule == "naive" else 1.0,
+        weight_grad=weight_grad,
+        **common,
     )

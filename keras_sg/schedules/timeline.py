@@ -3,7 +3,7 @@
 import dataclasses
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
-KINDS = ("F", "B", "S", "I", "R")
+KINDS = ("F", "B", "W", "U", "S", "I", "R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,7 +15,9 @@ class Event:
         start: start time.
         end: end time (`start` plus the operation's cost).
         kind: "F" (stage forward), "B" (stage backward: input and weight
-            gradients), "S" (gradient synthesizer: forward and backward in
+            gradients; the input gradient only in "zb_h1"), "W" (the weight
+            gradient, "zb_h1"), "U" (a stage's optimizer update, when its
+            cost is given), "S" (gradient synthesizer: forward and backward in
             pipelined DNI, its prediction only in "dni" and
             "fully_unlocked"), "I" (input synthesizer's prediction,
             "fully_unlocked") or "R" (the regressions of a device's

@@ -13,6 +13,8 @@ synthesizers that live with it:
   there (k < K - 1);
 - "B": stage k's backward pass from that synthetic gradient (the top stage:
   from the loss), which also gives the bootstrapped target of the cut below;
+- "U": the optimizer update of stage k's weights (when its cost is given),
+  right after its backward: it waits for no other device;
 - "R": the regressions of the device's synthesizers: the gradient
   synthesizer's on the target that stage k + 1 sent down, and the input
   synthesizer's on the activation that stage k - 1 produced.
@@ -35,7 +37,7 @@ gradient, so its backward pass costs about what its forward pass does.
 
 from collections.abc import Sequence
 
-from keras_sg.schedules.engine import list_schedule
+from keras_sg.schedules.engine import list_schedule, with_transfers
 from keras_sg.schedules.timeline import (
     Event,
     SimulationResult,
@@ -54,7 +56,7 @@ def unlocked_orders(
     """Returns per device its (kind, step, stage) operations, step by step.
 
     Within a step device k runs I (fully unlocked, k > 0), F, S (k < K - 1),
-    B, and R (if the device has a synthesizer).
+    B, U, and R (if the device has a synthesizer).
 
     Args:
         num_devices: number of devices K, one stage each.
@@ -70,7 +72,7 @@ def unlocked_orders(
         has_input = forward_unlocked and k > 0
         has_synth = k < num_devices - 1
         kinds = ["I"] if has_input else []
-        kinds += ["F", "S", "B"] if has_synth else ["F", "B"]
+        kinds += ["F", "S", "B", "U"] if has_synth else ["F", "B", "U"]
         if has_input or has_synth:
             kinds.append("R")
         orders.append([(kind, t, k) for t in range(num_steps) for kind in kinds])
@@ -83,6 +85,7 @@ def _dependencies(
     num_devices: int,
     forward_unlocked: bool,
     comm_latency: float,
+    per_step_overhead: float = 0.0,
 ) -> list[tuple[UnlockedOp, float]]:
     """The operations `op` waits for, with the delay after each one's end.
 
@@ -95,7 +98,7 @@ def _dependencies(
     if kind == first and t > 0 and step_ends is not None:
         # A step starts when every device has ended the step before: Keras
         # waits for a training step's results before it starts the next.
-        deps += [(end, 0.0) for end in step_ends[t - 1]]
+        deps += [(end, per_step_overhead) for end in step_ends[t - 1]]
     if kind == "F" and k > 0 and not forward_unlocked:
         deps.append((("F", t, k - 1), comm_latency))
     if kind == "R":
@@ -116,6 +119,9 @@ def simulate_unlocked(
     num_microbatches: int,
     microbatch_size: int = 1,
     comm_latency: float = 0.0,
+    update: Sequence[float] | None = None,
+    transfer: Sequence[float] | None = None,
+    per_step_overhead: float = 0.0,
 ) -> SimulationResult:
     """Times `num_microbatches` steps of "dni" or "fully_unlocked".
 
@@ -132,11 +138,17 @@ def simulate_unlocked(
             each; every device updates its weights once per step.
         microbatch_size: examples per batch.
         comm_latency: delay of every message between two devices.
+        update: per-stage optimizer update cost U_k, every step.
+        transfer: per cut, the receiving device's time per message.
+        per_step_overhead: time every device waits between two steps, after
+            the last device ends one and before any starts the next, and
+            after the last step (counted as idle).
 
     Returns:
         The SimulationResult. `step_time` is the makespan of the M steps
-        (there is no warm-up: step 0 is a full step), `busy_time` and
-        `idle_fraction` are over it.
+        (there is no warm-up: step 0 is a full step) plus one
+        `per_step_overhead` per step; `busy_time` and `idle_fraction` are
+        over it.
     """
     if schedule not in SCHEDULE_NAMES:
         raise ValueError(
@@ -145,11 +157,15 @@ def simulate_unlocked(
         )
     forward_unlocked = schedule == "fully_unlocked"
     num_devices = len(forward)
+    zeros = [0.0] * num_devices
+    update = zeros if update is None else update
+    transfer = zeros[1:] if transfer is None else transfer
     costs = {
         "I": [c / 2 for c in input_synth],
         "F": forward,
         "S": [c / 2 for c in synth],
         "B": backward,
+        "U": update,
         "R": [(s + i) / 2 for s, i in zip(synth, input_synth, strict=True)],
     }
     orders = unlocked_orders(num_devices, num_microbatches, forward_unlocked)
@@ -158,11 +174,20 @@ def simulate_unlocked(
         [order[n * (t + 1) - 1] for order, n in zip(orders, per_step, strict=True)]
         for t in range(num_microbatches)
     ]
+
+    def messages(op):
+        return _dependencies(op, None, num_devices, forward_unlocked, comm_latency)
+
     placed = list_schedule(
         orders,
-        lambda op: costs[op[0]][op[2]],
+        with_transfers(lambda op: costs[op[0]][op[2]], messages, lambda s: s, transfer),
         lambda op: _dependencies(
-            op, step_ends, num_devices, forward_unlocked, comm_latency
+            op,
+            step_ends,
+            num_devices,
+            forward_unlocked,
+            comm_latency,
+            per_step_overhead,
         ),
     )
     by_op = {
@@ -171,7 +196,7 @@ def simulate_unlocked(
         if end > start or kind in ("F", "B")
     }
     events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
-    makespan = max((e.end for e in events), default=0.0)
+    makespan = max((e.end for e in events), default=0.0) + per_step_overhead
     busy = busy_in_window(events, num_devices, 0.0, makespan)
     return SimulationResult(
         schedule=schedule,
@@ -183,11 +208,5 @@ def simulate_unlocked(
         step_time=makespan,
         busy_time=busy,
         idle_fraction=idle_fractions(busy, makespan),
-        messages=cross_device_messages(
-            placed,
-            lambda op: _dependencies(
-                op, None, num_devices, forward_unlocked, comm_latency
-            ),
-            by_op,
-        ),
+        messages=cross_device_messages(placed, messages, by_op),
     )

@@ -26,6 +26,13 @@ def _kwargs(schedule, num_devices):
         return {"num_chunks": 2}
     if schedule in ("pipelined_dni", "dni"):
         return {"synth": [0.25 * (k + 1) for k in range(num_devices - 1)]}
+    if schedule == "async":
+        return {
+            "synth": [0.25 * (k + 1) for k in range(num_devices - 1)],
+            "queue_capacity": 2,
+        }
+    if schedule == "zb_h1":
+        return {"weight_grad_fraction": 0.4}
     if schedule == "fully_unlocked":
         return {
             "synth": [0.25 * (k + 1) for k in range(num_devices - 1)],
@@ -183,10 +190,22 @@ def test_dependencies_are_respected(
     if schedule in ("dni", "fully_unlocked"):
         _check_unlocked_dependencies(r, comm_latency, forward, backward, kwargs)
         return
+    if schedule == "async":
+        _check_async_dependencies(r, comm_latency, kwargs["queue_capacity"])
+        return
+    _check_flush_dependencies(r, comm_latency, forward, backward, kwargs)
+
+
+def _check_flush_dependencies(r, comm_latency, forward, backward, kwargs):
+    """F, B (and W for ZB-H1) of every micro-batch and stage, each once,
+    on its device, after what it depends on, with its cost."""
+    num_devices, schedule = r.num_devices, r.schedule
     stages = num_devices * kwargs.get("num_chunks", 1)
-    units = 1 if schedule == "naive" else num_microbatches
+    units = 1 if schedule == "naive" else r.num_microbatches
+    fraction = kwargs.get("weight_grad_fraction", 0.0)
+    kinds = 3 if schedule == "zb_h1" else 2
     ev = {(e.kind, e.microbatch, e.stage): e for e in r.events}
-    assert len(ev) == len(r.events) == 2 * units * stages
+    assert len(ev) == len(r.events) == kinds * units * stages
     for m, s in itertools.product(range(units), range(stages)):
         assert ev["F", m, s].device == s % num_devices
         assert ev["F", m, s].end <= ev["B", m, s].start + 1e-12
@@ -194,9 +213,35 @@ def test_dependencies_are_respected(
             lag = comm_latency if num_devices > 1 else 0.0
             assert ev["F", m, s].end + lag <= ev["F", m, s + 1].start + 1e-12
             assert ev["B", m, s + 1].end + lag <= ev["B", m, s].start + 1e-12
-        scale = num_microbatches if schedule == "naive" else 1
+        scale = r.num_microbatches if schedule == "naive" else 1
         assert ev["F", m, s].duration == pytest.approx(forward[s] * scale)
-        assert ev["B", m, s].duration == pytest.approx(backward[s] * scale)
+        assert ev["B", m, s].duration == pytest.approx(
+            backward[s] * scale * (1 - fraction)
+        )
+        if schedule == "zb_h1":
+            assert ev["W", m, s].device == s % num_devices
+            assert ev["B", m, s].end <= ev["W", m, s].start + 1e-12
+            assert ev["W", m, s].duration == pytest.approx(backward[s] * fraction)
+
+
+def _check_async_dependencies(r, comm_latency, capacity):
+    """Each stage takes its batches in order, F S B per batch; a forward
+    waits for the same batch's forward below; a stage goes on after F only
+    when the stage above has read the batch C before."""
+    k = r.num_devices
+    ev = {(e.kind, e.step, e.stage): e for e in r.events}
+    for (kind, b, s), e in ev.items():
+        assert e.device == s and e.microbatch == b
+        if kind == "F" and s > 0:
+            assert ev["F", b, s - 1].end + comm_latency <= e.start + 1e-12
+        if kind == "S" and b >= capacity:
+            assert ev["F", b - capacity, s + 1].end <= e.start + 1e-12
+        if kind == "B":
+            before = ev.get(("S", b, s), ev["F", b, s])
+            assert before.end <= e.start + 1e-12
+        if kind == "F" and ("B", b - 1, s) in ev:
+            assert ev["B", b - 1, s].end <= e.start + 1e-12
+    assert not any(e.kind == "S" and e.stage == k - 1 for e in r.events)
 
 
 def _check_dni_dependencies(r, comm_latency):

@@ -1,0 +1,77 @@
+"""scripts/simulate_pipeline.py in process: the ZB-H1 table and the time to
+accuracy extrapolated from the measured epochs, by hand."""
+
+from pathlib import Path
+
+import pytest
+from absl import flags
+from conftest import script_module
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "simulate_pipeline.py"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Overrides tests/conftest.py's Keras seeding: the simulator has no Keras."""
+    yield
+
+
+@pytest.fixture(scope="module")
+def script():
+    """The script as a module, its flags parsed (defaults); its absl flags are
+    removed afterwards, so that other scripts' tests can define their own."""
+    with script_module(SCRIPT, "keras_sg_simulate_pipeline") as module:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["simulate_pipeline.py"])
+        yield module
+        flags.FLAGS.unparse_flags()
+
+
+def _row(table, first_cells):
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[: len(first_cells)] == first_cells:
+            return cells
+    raise AssertionError(f"no row {first_cells}")
+
+
+def test_zero_bubble_row_by_hand(script):
+    # K = 8: 12 blocks a stage, F = 12, B = 12, W = 12. 1F1B: (M + K - 1) 36;
+    # ZB-H1: 36 M + (K - 1)(F + B - W) = 288 + 84.
+    (table,) = script.zero_bubble_section([8], [8])
+    assert _row(table, ["8", "8"]) == [
+        "8",
+        "8",
+        "540.00",
+        "372.00",
+        "1.45x",
+        "84.00",
+        "84.00",
+    ]
+
+
+def test_time_to_accuracy_rows_by_hand(script):
+    text = "\n".join(script.time_to_accuracy_section([8], [8]))
+    tables = [part for part in text.split("\n\n") if part.startswith("|")]
+    no_update, with_update = tables
+    # Pipelined DNI: 36 (1 + 0.1) = 39.6 a micro-batch; ZB-H1 372 / 8 = 46.5;
+    # naive 8 * 36 = 288. Time to accuracy: (4 / 3) 39.6 / 46.5 and / 288.
+    cells = _row(no_update, ["8", "8"])
+    assert cells[2] == "zb_h1"
+    assert cells[3:6] == [
+        f"{46.5 / 39.6:.2f}x",
+        f"{4 / 3 * 39.6 / 46.5:.2f}",
+        f"{4 / 3 * 39.6 / 288:.2f}",
+    ]
+    assert cells[6:9] == cells[3:6]  # async: the same rate with even stages
+    # Update 0.43 * 36 = 15.48: every micro-batch for DNI, once a step for
+    # ZB-H1 (after device 0's last W) and naive.
+    u = 0.43 * 36
+    dni, zb, naive = 39.6 + u, (372 + u) / 8, (2304 + u) / 8
+    cells = _row(with_update, ["8", "8"])
+    assert cells[3:6] == [
+        f"{zb / dni:.2f}x",
+        f"{4 / 3 * dni / zb:.2f}",
+        f"{4 / 3 * dni / naive:.2f}",
+    ]
+    assert cells[3:5] == ["0.88x", "1.52"]
