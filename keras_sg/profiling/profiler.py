@@ -137,6 +137,7 @@ class Profile(keras.callbacks.Callback):
         self._tracing = None
 
     def on_train_begin(self, logs=None):
+        placement_of(self.model)  # a keras_sg model, before any step
         self.result = None
         self._calls = 0
         self._tracing = None
