@@ -619,7 +619,10 @@ def report(runs, plain, cluster, accuracy):
         "",
         "Written by `scripts/benchmark_pipeline.py` from the measurements it made"
         " on this project's 2-core CPU machine (numbers vary run to run on a"
-        " shared machine; ratios within one table come from one run).",
+        " shared machine; ratios within one table come from one run). Busy"
+        " fractions, per-stage costs and the measured timelines are read from"
+        " TensorFlow profiler traces by `keras_sg.profiling`"
+        " ([api.md](api.md#profiling-keras_sgprofiling)).",
         "",
         "```",
         f"python scripts/benchmark_pipeline.py --devices={','.join(FLAGS.devices)} "
