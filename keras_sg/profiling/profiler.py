@@ -4,6 +4,7 @@ on TensorFlow servers."""
 
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -104,7 +105,8 @@ class Profile(keras.callbacks.Callback):
         steps: training steps to profile.
         skip: steps to run first (tracing, warm-up).
         batch_size: examples per step, for `result.examples_per_second`.
-        logdir: folder of the trace; by default a new temporary folder.
+        logdir: folder of the trace, kept; by default a temporary folder,
+            deleted once the trace is read.
 
     Example:
 
@@ -145,6 +147,8 @@ class Profile(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self._calls == self.skip and self.result is None:
             logdir = self.logdir or tempfile.mkdtemp(prefix="keras_sg_profile_")
+            # The trace is read once the steps are done; a temporary one
+            # is deleted then.
             tf.profiler.experimental.start(logdir)
             self._tracing = (logdir, time.perf_counter())
 
@@ -157,13 +161,17 @@ class Profile(keras.callbacks.Callback):
             tf.profiler.experimental.stop()
             self._tracing = None
             per_call = getattr(self.model, "steps_per_execution", 1) or 1
-            self.result = read_result(
-                logdir,
-                self.model,
-                steps=self.steps * int(per_call),
-                wall_time=wall,
-                batch_size=self.batch_size,
-            )
+            try:
+                self.result = read_result(
+                    logdir,
+                    self.model,
+                    steps=self.steps * int(per_call),
+                    wall_time=wall,
+                    batch_size=self.batch_size,
+                )
+            finally:
+                if self.logdir is None:
+                    shutil.rmtree(logdir, ignore_errors=True)
 
     def on_train_end(self, logs=None):
         if self._tracing:
@@ -248,7 +256,7 @@ def profile(
         skip: steps to run first (tracing, warm-up).
         batch_size: examples per step; by default the first batch's size
             (datasets) or 32 (arrays, cut into whole batches and repeated).
-        logdir: folder of the trace; by default a new temporary folder.
+        logdir: folder of the trace, kept; by default a temporary folder.
 
     Returns:
         A ProfileResult (see `Profile`).
@@ -299,7 +307,7 @@ def profile_servers(
         skip: steps to run first (tracing, warm-up).
         duration_ms: length of the servers' traces.
         batch_size: examples per step (see `profile`).
-        logdir: folder of the traces; by default a new temporary folder.
+        logdir: folder of the traces, kept; by default a temporary folder.
 
     Returns:
         A ProfileResult whose `steps` is the trace's window over the step
@@ -349,13 +357,25 @@ def trace_servers(
             window over this).
         duration_ms: length of the servers' traces.
         batch_size: examples per step, if known.
-        logdir: folder of the traces; by default a new temporary folder.
+        logdir: folder of the traces, kept; by default a temporary folder,
+            deleted once the traces are read.
     """
     _check_count("duration_ms", duration_ms, 1)
     if not step_time > 0:
         raise ValueError(f"`step_time` must be positive. Received: {step_time=}")
     addresses = [a.removeprefix("grpc://") for a in addresses]
-    logdir = os.fspath(logdir or tempfile.mkdtemp(prefix="keras_sg_profile_"))
+    if logdir is None:
+        with tempfile.TemporaryDirectory(prefix="keras_sg_profile_") as folder:
+            return trace_servers(
+                model,
+                data,
+                addresses,
+                step_time,
+                duration_ms=duration_ms,
+                batch_size=batch_size,
+                logdir=folder,
+            )
+    logdir = os.fspath(logdir)
     lead = 500.0  # ms of training before the trace starts, and after it ends
     failed = []
 
