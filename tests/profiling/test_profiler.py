@@ -142,3 +142,12 @@ def test_a_model_without_stages_is_refused():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(TypeError, match="Received: Sequential"):
         profile(model, _data().repeat(), steps=1)
+
+
+def test_arrays_are_cut_into_whole_batches_and_profiled():
+    x = np.ones((10, 4), "float32")  # two whole batches of 4, then 2 left
+    result = profile(_tiny_model(), x, np.zeros((10, 2)), batch_size=4, steps=3)
+    assert result.batch_size == 4 and result.steps == 3
+    assert result.devices == ("default",) and result.stage_devices == (0, 0)
+    assert all(c["F"] > 0 and c["B"] > 0 for c in result.stage_costs)
+    assert result.examples_per_second == pytest.approx(4 * 3 / result.wall_time * 1000)
