@@ -176,6 +176,8 @@ class Profile(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._tracing:
             tf.profiler.experimental.stop()
+            if self.logdir is None:
+                shutil.rmtree(self._tracing[0], ignore_errors=True)
             self._tracing = None
         if self.result is None:
             raise ValueError(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -111,13 +112,15 @@ def _data():
     return tf.data.Dataset.from_tensor_slices((x, np.zeros((16, 2)))).batch(4)
 
 
-def test_too_few_steps_to_profile_is_an_error():
+def test_too_few_steps_to_profile_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     callback = Profile(steps=3, skip=2)
     with pytest.raises(ValueError, match=r"ran 4 steps, fewer than the skip \+ steps"):
         _tiny_model().fit(
             _data(), epochs=1, verbose=0, shuffle=False, callbacks=[callback]
         )
     assert callback.result is None
+    assert list(tmp_path.iterdir()) == []  # its temporary trace deleted
     # The profiler was stopped: another profile can start.
     result = profile(_tiny_model(), _data().repeat(), steps=1, skip=1)
     assert result.devices == ("default",) and result.batch_size == 4
