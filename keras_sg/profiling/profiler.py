@@ -296,9 +296,10 @@ def profile_servers(
     training in a thread while it traces every server for `duration_ms`
     (`tf.profiler.experimental.client.trace`). Each server is one device (a
     timeline row), in the order of `addresses`; every op it runs counts: the
-    stages', the optimizer's and the transfers'. The servers share the
-    client's clock only if they run on its machine: the window is the span
-    of all servers' ops.
+    stages', the optimizer's and the transfers'. Each server writes its
+    trace into `logdir` itself, so the folder must be one the servers reach
+    (their machine is this one, or a shared file system); and the window is
+    the span of all servers' ops, which assumes one clock (one machine).
 
     Args:
         model: a compiled keras_sg model placed on the servers' tasks.
