@@ -10,7 +10,7 @@ from keras_sg._backend import check_backend
 
 check_backend()
 
-from keras_sg import callbacks, data, layers, models, placement  # noqa: E402
+from keras_sg import callbacks, data, layers, models, placement, profiling  # noqa: E402
 from keras_sg.layers import (  # noqa: E402
     ConvInputSynthesizer,
     ConvSynthesizer,
@@ -59,5 +59,6 @@ __all__ = [
     "layers",
     "models",
     "placement",
+    "profiling",
     "split_stages",
 ]

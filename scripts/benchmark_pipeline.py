@@ -9,9 +9,9 @@ one op at a time, like one accelerator. The model has K equal stages (two
 dense layers of --width units each; the last stage adds a 10-way head).
 
 For each schedule it reports examples/s, each device's busy fraction and the
-synthesizer overhead, all read from a TensorFlow profiler trace (the XPlane
-file that TensorBoard's profile plugin shows): every op of stage k runs in
-the name scope `stage_k`, so the trace tells the devices apart. It then feeds
+synthesizer overhead, the last two read from a TensorFlow profiler trace by
+`keras_sg.profiling` (every op of stage k runs in the name scope `stage_k`,
+so the trace tells the stages apart). It then feeds
 the measured per-stage forward, backward and synthesizer costs to the
 simulator (keras_sg.schedules) and reports how far its prediction is from
 the measured throughput. Last, on MNIST with two devices, the wall time to
@@ -31,7 +31,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -79,11 +78,8 @@ SCHEDULES = [  # (name, model class, synthesizer)
     ("pipelined_dni_low_rank", "pipelined", "low_rank"),
     ("fully_unlocked", "unlocked", "low_rank"),
 ]
-# A name scope entered again in one graph becomes stage_k_1, stage_k_2, ...
-STAGE = re.compile(r"(?:^|/)stage_(\d+)(?:_\d+)?/")
-# An op's event in a trace: "scope/name:OpType" (wrappers such as
-# "ExecutorState::Process" or "FunctionRun: __inference_..." are not ops).
-OP_EVENT = re.compile(r"[^:\s][^:]*:[A-Za-z_]\w*")
+# Events kept per device in a measurement's saved timeline.
+MAX_EVENTS = 4000
 
 
 # ---------------------------------------------------------------- the worker
@@ -159,85 +155,6 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
     return model
 
 
-def _ops(path, line_prefix=""):
-    """(name, start ms, end ms) of every op event in an XPlane file, from the
-    trace lines whose name starts with `line_prefix`."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(Path(path).read_bytes())
-    for plane in space.planes:
-        names = plane.event_metadata
-        for line in plane.lines:
-            if not line.name.startswith(line_prefix):
-                continue
-            for event in line.events:
-                name = names[event.metadata_id].name
-                if OP_EVENT.fullmatch(name):  # not executor or function wrappers
-                    start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e9
-                    yield name, start, start + event.duration_ps / 1e9
-
-
-def _covered(intervals, begin):
-    """Length of the union of sorted (start, end, kind) intervals after `begin`."""
-    covered, last_end = 0.0, begin
-    for start, end, _ in intervals:
-        start = max(start, last_end)
-        if end > start:
-            covered += end - start
-            last_end = end
-    return covered
-
-
-def _kind(name):
-    """F, B, S (a stage's forward, backward, synthesizer), I (an input
-    synthesizer), U (optimizer update) or C (anything else a device runs:
-    transfers, bookkeeping) for an op."""
-    if STAGE.search(name):
-        if "input_synthesizer" in name:
-            return "I"
-        if "synthesizer" in name:
-            return "S"
-        return "B" if "gradient" in name.lower() else "F"
-    lowered = name.lower()
-    if any(o in lowered for o in ("adam/", "sgd/", "optimizer")):
-        return "U"
-    return "C"
-
-
-def trace_costs(logdir, num_stages, steps):
-    """Per-stage busy fractions, F/B/S/U costs per step and intervals from a trace."""
-    path = sorted(Path(logdir).rglob("*.xplane.pb"))[-1]
-    intervals = [[] for _ in range(num_stages)]
-    costs = [dict.fromkeys("FBSIU", 0.0) for _ in range(num_stages)]
-    update = 0.0
-    for name, start, end in _ops(path):
-        kind = _kind(name)
-        found = STAGE.search(name)
-        if not found:
-            # The optimizer's ops run on the variables' devices but carry no
-            # stage scope: shared equally by the equal stages.
-            if kind == "U":
-                update += end - start
-            continue
-        k = int(found.group(1))
-        if k < num_stages:
-            intervals[k].append((start, end, kind))
-            costs[k][kind] += end - start
-    intervals = [sorted(ivs) for ivs in intervals]
-    begin = min(ivs[0][0] for ivs in intervals if ivs)
-    finish = max(i[1] for ivs in intervals for i in ivs)
-    window = finish - begin
-    busy = [_covered(ivs, begin) / window for ivs in intervals]
-    for cost in costs:
-        cost["U"] = update / num_stages
-    per_step = [{kind: c / steps for kind, c in cost.items()} for cost in costs]
-    shifted = [
-        [(s - begin, e - begin, kind) for s, e, kind in ivs] for ivs in intervals
-    ]
-    return busy, per_step, shifted, window / steps
-
-
 def without_autotune(dataset):
     """The dataset with tf.data's autotuning off.
 
@@ -250,41 +167,6 @@ def without_autotune(dataset):
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
-
-
-def trace_servers(logdir, addresses):
-    """Busy fraction, op intervals and costs of each server from a remote trace.
-
-    Each server is one device, so every op event of its trace counts (kinds
-    as in `_kind`); the window is the span of all servers' events (one
-    machine, one clock).
-    """
-    per_host = {}
-    for path in sorted(Path(logdir).rglob("*.xplane.pb")):
-        per_host[path.name.split(".xplane")[0]] = sorted(
-            (start, end, _kind(name))
-            for name, start, end in _ops(path, line_prefix="tf_Compute")
-        )
-    # Trace files are named host_port; list them in task order.
-    ports = [a.rsplit(":", 1)[-1] for a in addresses]
-    hosts = sorted(per_host, key=lambda h: ports.index(h.rsplit("_", 1)[-1]))
-    begin = min(ivs[0][0] for ivs in per_host.values() if ivs)
-    finish = max(max(e for _, e, _ in ivs) for ivs in per_host.values() if ivs)
-    busy, shifted, costs = [], [], []
-    for host in hosts:
-        cost = dict.fromkeys("FBSIUC", 0.0)
-        for start, end, kind in per_host[host]:
-            cost[kind] += end - start
-        costs.append(cost)
-        busy.append(_covered(per_host[host], begin) / (finish - begin))
-        shifted.append([(a - begin, b - begin, k) for a, b, k in per_host[host]])
-    return hosts, busy, shifted, costs, finish - begin
-
-
-def cpu_seconds(pid):
-    """User plus system CPU time of a process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_worker(spec):
@@ -315,11 +197,12 @@ def run_worker(spec):
     fit = dict(epochs=1, verbose=0, shuffle=False)
     model.fit(data, steps_per_epoch=5, **fit)  # trace and warm up
     pids = [int(p) for p in FLAGS.server_pids or ()]
-    cpu_before = [cpu_seconds(p) for p in pids] + [time.process_time()]
+    cpu = keras_sg.profiling.cpu_seconds
+    cpu_before = [cpu(p) for p in pids] + [time.process_time()]
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=spec["steps"], **fit)
     seconds = time.perf_counter() - start
-    cpu_after = [cpu_seconds(p) for p in pids] + [time.process_time()]
+    cpu_after = [cpu(p) for p in pids] + [time.process_time()]
     result = {
         "spec": spec,
         "examples_per_s": spec["steps"] * spec["batch_size"] / seconds,
@@ -330,42 +213,33 @@ def run_worker(spec):
         # is that device's CPU load (communication threads included).
         used = [b - a for a, b in zip(cpu_before, cpu_after, strict=True)]
         result.update(cpu=[u / seconds for u in used[:-1]], client=used[-1] / seconds)
-        # And the servers' own profiler traces, taken while training goes on.
-        import threading
-
-        logdir = tempfile.mkdtemp(prefix="keras_sg_trace_")
-        steps = int(3000 / result["step_ms"]) + 10
-        runner = threading.Thread(
-            target=lambda: model.fit(data, steps_per_epoch=steps, **fit)
+        # And the servers' own profiler traces, taken while training goes on:
+        # every op a server runs counts, per server (device).
+        profile = keras_sg.profiling.trace_servers(
+            model, data, FLAGS.addresses, result["step_ms"], duration_ms=1000
         )
-        runner.start()
-        time.sleep(0.5)
-        tf.profiler.experimental.client.trace(
-            ",".join(f"grpc://{a}" for a in FLAGS.addresses), logdir, 1000
-        )
-        runner.join()
-        hosts, busy, intervals, costs, window = trace_servers(logdir, FLAGS.addresses)
-        traced_steps = window / result["step_ms"]
         result.update(
-            costs=[{k: c / traced_steps for k, c in cost.items()} for cost in costs],
-            hosts=hosts,
-            busy=busy,
-            traced_step_ms=result["step_ms"],
-            intervals=[ivs[:4000] for ivs in intervals],
+            costs=[dict(c) for c in profile.costs],
+            hosts=list(profile.devices),
+            busy=list(profile.busy),
+            traced_step_ms=profile.traced_step_time,
+            profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     elif spec["model"] != "plain":
-        logdir = tempfile.mkdtemp(prefix="keras_sg_trace_")
-        tf.profiler.experimental.start(logdir)
-        model.fit(data, steps_per_epoch=spec["profile_steps"], **fit)
-        tf.profiler.experimental.stop()
-        busy, costs, intervals, traced_step = trace_costs(
-            logdir, k, spec["profile_steps"]
+        # Per stage: its ops told apart by the stage_k scope, the optimizer's
+        # update shared by the stages as their weights.
+        profile = keras_sg.profiling.profile(
+            model,
+            data,
+            steps=spec["profile_steps"],
+            skip=0,
+            batch_size=spec["batch_size"],
         )
         result.update(
-            busy=busy,
-            costs=costs,
-            traced_step_ms=traced_step,
-            intervals=[ivs[:4000] for ivs in intervals],
+            busy=list(profile.busy),
+            costs=[dict(c) for c in profile.stage_costs],
+            traced_step_ms=profile.traced_step_time,
+            profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     return result
 
@@ -417,8 +291,12 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
 def measure(spec):
     """One measurement in a fresh process; kept in --cache so a rerun skips it."""
     cache = Path(FLAGS.cache) / (re.sub(r"[^A-Za-z0-9]+", "_", spec["name"]) + ".json")
-    if cache.exists() and json.loads(cache.read_text())["spec"] == spec:
-        return json.loads(cache.read_text())
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        # Traced runs saved before keras_sg.profiling lack "profile": stale.
+        traced = not spec.get("mnist") and spec["model"] != "plain"
+        if cached["spec"] == spec and ("profile" in cached or not traced):
+            return cached
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, f"--worker={json.dumps(spec)}"]
     servers = start_servers(spec["devices"], env) if spec.get("cluster") else []
@@ -520,44 +398,15 @@ def predict(result):
 
 
 def draw(results, path):
-    import matplotlib
+    """The measured timelines of some runs, one panel each, two steps."""
+    from keras_sg import profiling
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {
-        "F": "tab:blue",
-        "B": "tab:green",
-        "S": "tab:orange",
-        "U": "tab:purple",
-        "C": "tab:gray",
-    }
-    fig, axes = plt.subplots(len(results), 1, figsize=(9, 1.3 * len(results) + 0.8))
-    for ax, result in zip(axes, results, strict=True):
-        span = 2 * result["traced_step_ms"]
-        for k, ivs in enumerate(result["intervals"]):
-            for start, end, kind in ivs:
-                if start < span:
-                    ax.broken_barh(
-                        [(start, min(end, span) - start)],
-                        (k - 0.4, 0.8),
-                        color=colors[kind],
-                    )
-        ax.set_yticks(range(len(result["intervals"])))
-        ax.set_yticklabels([f"device {k}" for k in range(len(result["intervals"]))])
-        ax.set_xlim(0, span)
-        ax.set_title(result["spec"]["name"], fontsize=9, loc="left")
-    axes[-1].set_xlabel("ms (two steps of the measured trace)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    axes[0].legend(
-        handles,
-        ["forward", "backward", "synthesizer", "optimizer update", "other"],
-        fontsize=7,
-        loc="upper right",
+    profiling.draw_timelines(
+        [profiling.ProfileResult.from_dict(r["profile"]) for r in results],
+        path,
+        titles=[r["spec"]["name"] for r in results],
+        steps=2,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv):
@@ -770,7 +619,10 @@ def report(runs, plain, cluster, accuracy):
         "",
         "Written by `scripts/benchmark_pipeline.py` from the measurements it made"
         " on this project's 2-core CPU machine (numbers vary run to run on a"
-        " shared machine; ratios within one table come from one run).",
+        " shared machine; ratios within one table come from one run). Busy"
+        " fractions, per-stage costs and the measured timelines are read from"
+        " TensorFlow profiler traces by `keras_sg.profiling`"
+        " ([api.md](api.md#profiling-keras_sgprofiling)).",
         "",
         "```",
         f"python scripts/benchmark_pipeline.py --devices={','.join(FLAGS.devices)} "

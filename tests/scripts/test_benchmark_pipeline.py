@@ -28,12 +28,35 @@ def parsed(bench):
     flags.FLAGS.unparse_flags()
 
 
-def test_trace_kinds_tell_input_synthesizers_apart(bench):
-    kind = bench._kind
-    assert kind("stage_1/dense_input_synthesizer/dense/MatMul:MatMul") == "I"
-    assert kind("stage_0/low_rank_synthesizer/dense/MatMul:MatMul") == "S"
-    assert kind("stage_1/block_1/dense/MatMul:MatMul") == "F"
-    assert kind("stage_1/gradient_tape/block_1/dense/MatMul:MatMul") == "B"
+def test_smoke_timelines_drawn_from_saved_measurements(bench, tmp_path):
+    # A measurement keeps its profile as a dict (JSON); the figure is drawn
+    # from those, one panel per run, two steps of each.
+    from keras_sg import profiling
+    from keras_sg.schedules import Event
+
+    def run(name, kinds):
+        events = tuple(
+            Event(d, 2.0 * i, 2.0 * i + 1.5, kind, -1, d, -1)
+            for i, kind in enumerate(kinds)
+            for d in (0, 1)
+        )
+        profile = profiling.ProfileResult(
+            devices=("/cpu:0", "/cpu:1"),
+            stage_devices=(0, 1),
+            busy=(0.75, 0.75),
+            costs=({"F": 1.5}, {"F": 1.5}),
+            stage_costs=({"F": 1.5}, {"F": 1.5}),
+            unplaced=0.0,
+            events=events,
+            window=2.0 * len(kinds) - 0.5,
+            steps=2,
+            wall_time=10.0,
+        )
+        return {"spec": {"name": name}, "profile": profile.to_dict()}
+
+    path = tmp_path / "timelines.png"
+    bench.draw([run("a", "FBSU"), run("b", "FBC")], path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _costs(update=6.0):

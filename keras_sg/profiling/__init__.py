@@ -1,0 +1,69 @@
+"""Profiling: where the time of a placed keras_sg model's training steps goes.
+
+Profiles N training steps with TensorFlow's profiler and reads the trace:
+each device's busy fraction, each stage's forward, backward, synthesizer and
+update costs (told apart by the `stage_k` name scope every keras_sg model
+runs stage k in), the step time and the measured timeline, drawn in the
+colours of the simulator's (`keras_sg.schedules`).
+
+    result = keras_sg.profiling.profile(model, dataset, steps=4)
+    result.busy, result.stage_costs, result.examples_per_second
+    result.draw("timeline.png")
+
+or, inside your own `fit`, the callback `Profile(steps=4, skip=1)`. A model
+whose stages run on TensorFlow servers is traced from the servers with
+`profile_servers`. The trace arithmetic (`op_kind`, `union_length`,
+`summarize`) is pure Python.
+"""
+
+from keras_sg.profiling.drawing import COLORS, draw_timelines
+from keras_sg.profiling.profiler import (
+    Profile,
+    cpu_seconds,
+    placement_of,
+    profile,
+    profile_servers,
+    read_result,
+    read_servers,
+    trace_servers,
+    update_shares,
+)
+from keras_sg.profiling.result import ProfileResult
+from keras_sg.profiling.trace import (
+    KIND_NAMES,
+    MEASURED_KINDS,
+    Op,
+    TraceSummary,
+    is_op,
+    op_kind,
+    stage_of,
+    summarize,
+    union_length,
+)
+from keras_sg.profiling.xplane import read_ops, trace_files
+
+__all__ = [
+    "COLORS",
+    "KIND_NAMES",
+    "MEASURED_KINDS",
+    "Op",
+    "Profile",
+    "ProfileResult",
+    "TraceSummary",
+    "cpu_seconds",
+    "draw_timelines",
+    "is_op",
+    "op_kind",
+    "placement_of",
+    "profile",
+    "profile_servers",
+    "read_ops",
+    "read_result",
+    "read_servers",
+    "stage_of",
+    "summarize",
+    "trace_files",
+    "trace_servers",
+    "union_length",
+    "update_shares",
+]

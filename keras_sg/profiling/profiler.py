@@ -1,0 +1,466 @@
+"""Profiles training steps of a placed keras_sg model: a Keras callback, a
+function that trains and profiles, and the same for a model whose stages run
+on TensorFlow servers."""
+
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from keras_sg.profiling.result import ProfileResult
+from keras_sg.profiling.trace import Op, summarize
+from keras_sg.profiling.xplane import read_ops, trace_files
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
+        )
+
+
+def _same_device(a: str, b: str) -> bool:
+    """Whether two device strings name one device (unset fields match)."""
+    a, b = tf.DeviceSpec.from_string(a), tf.DeviceSpec.from_string(b)
+    for field in ("job", "replica", "task", "device_type", "device_index"):
+        x, y = getattr(a, field), getattr(b, field)
+        if x is not None and y is not None and str(x).upper() != str(y).upper():
+            return False
+    return True
+
+
+def placement_of(model) -> tuple[list[str], list[int]]:
+    """The devices of a keras_sg model (timeline rows) and each stage's row.
+
+    A model without placement (`devices=None`) is one row, "default".
+    """
+    stages = getattr(model, "stages", None)
+    if stages is None:
+        raise TypeError(
+            "profiling needs a keras_sg model with stages (DecoupledModel, "
+            f"PipelinedModel, GPipeModel, UnlockedModel, ...). Received: "
+            f"{type(model).__name__}"
+        )
+    placed = getattr(model, "devices", None)
+    if placed is None:
+        return ["default"], [0] * len(stages)
+    devices, rows = [], []
+    for device in placed:
+        if device not in devices:
+            devices.append(device)
+        rows.append(devices.index(device))
+    return devices, rows
+
+
+def update_shares(model, devices) -> list[float]:
+    """Each device's share of the model's trained weights (by element count).
+
+    The optimizer's update is element-wise over every weight and its slots,
+    on the weight's device, so its cost on a device grows with the weights
+    there; equal shares if no weight sits on a listed device.
+    """
+    sizes = [0] * len(devices)
+    for variable in model.trainable_variables:
+        where = getattr(variable, "value", variable).device
+        for row, device in enumerate(devices):
+            if len(devices) == 1 or _same_device(where, device):
+                sizes[row] += math.prod(variable.shape)
+                break
+    total = sum(sizes)
+    if total == 0:
+        return [1.0 / len(devices)] * len(devices)
+    return [s / total for s in sizes]
+
+
+def _wait(logs):
+    """Blocks until a step's outputs exist (its ops have run)."""
+    for value in (logs or {}).values():
+        keras.ops.convert_to_numpy(value)
+
+
+class Profile(keras.callbacks.Callback):
+    """Profiles `steps` training steps of a keras_sg model after `skip` steps.
+
+    The TensorFlow profiler runs from the start of step `skip` (counted from
+    0 in each `fit`) to the end of step `skip + steps - 1`; then the trace is
+    read and `result` holds a ProfileResult: per-device busy fractions,
+    per-device and per-stage costs by kind, the measured timeline and the
+    wall time of the profiled steps (profiler overhead included).
+
+    Stages are told apart by their `stage_k` name scope (every keras_sg
+    model runs stage k's work and its synthesizer's in it); on logical
+    devices a stage's ops are counted on the stage's device. The optimizer's
+    ops carry no stage scope: their cost is shared by the devices in
+    proportion to the weights they hold, and they are not in the busy
+    fractions. With `steps_per_execution` > 1, each Keras batch call counts
+    that many steps.
+
+    Args:
+        steps: training steps to profile.
+        skip: steps to run first (tracing, warm-up).
+        batch_size: examples per step, for `result.examples_per_second`.
+        logdir: folder of the trace, kept; by default a temporary folder,
+            deleted once the trace is read.
+
+    Example:
+
+    ```python
+    profile = keras_sg.profiling.Profile(steps=4, skip=2, batch_size=256)
+    model.fit(data, steps_per_epoch=6, callbacks=[profile])
+    profile.result.busy, profile.result.stage_costs
+    profile.result.draw("timeline.png")
+    ```
+    """
+
+    def __init__(
+        self,
+        steps: int = 4,
+        skip: int = 1,
+        batch_size: int | None = None,
+        logdir: str | os.PathLike | None = None,
+    ):
+        super().__init__()
+        _check_count("steps", steps, 1)
+        _check_count("skip", skip, 0)
+        if batch_size is not None:
+            _check_count("batch_size", batch_size, 1)
+        self.steps = steps
+        self.skip = skip
+        self.batch_size = batch_size
+        self.logdir = None if logdir is None else os.fspath(logdir)
+        self.result: ProfileResult | None = None
+        self._calls = 0
+        self._tracing = None
+
+    def on_train_begin(self, logs=None):
+        placement_of(self.model)  # a keras_sg model, before any step
+        self.result = None
+        self._calls = 0
+        self._tracing = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._calls == self.skip and self.result is None:
+            logdir = self.logdir or tempfile.mkdtemp(prefix="keras_sg_profile_")
+            # The trace is read once the steps are done; a temporary one
+            # is deleted then.
+            tf.profiler.experimental.start(logdir)
+            self._tracing = (logdir, time.perf_counter())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._calls += 1
+        if self._tracing and self._calls == self.skip + self.steps:
+            _wait(logs)
+            logdir, start = self._tracing
+            wall = 1000 * (time.perf_counter() - start)
+            tf.profiler.experimental.stop()
+            self._tracing = None
+            per_call = getattr(self.model, "steps_per_execution", 1) or 1
+            try:
+                self.result = read_result(
+                    logdir,
+                    self.model,
+                    steps=self.steps * int(per_call),
+                    wall_time=wall,
+                    batch_size=self.batch_size,
+                )
+            finally:
+                if self.logdir is None:
+                    shutil.rmtree(logdir, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        if self._tracing:
+            tf.profiler.experimental.stop()
+            if self.logdir is None:
+                shutil.rmtree(self._tracing[0], ignore_errors=True)
+            self._tracing = None
+        if self.result is None:
+            raise ValueError(
+                f"Training ran {self._calls} steps, fewer than the "
+                f"skip + steps = {self.skip + self.steps} to profile. "
+                f"Received: steps={self.steps}, skip={self.skip}"
+            )
+
+
+def read_result(
+    logdir: str | os.PathLike,
+    model,
+    steps: float,
+    wall_time: float,
+    batch_size: int | None = None,
+) -> ProfileResult:
+    """The ProfileResult of a local trace of `steps` steps of `model`.
+
+    Args:
+        logdir: the folder given to `tf.profiler.experimental.start`.
+        model: the keras_sg model that was traced.
+        steps: training steps in the trace.
+        wall_time: their wall-clock ms.
+        batch_size: examples per step, if known.
+    """
+    devices, rows = placement_of(model)
+    ops = [
+        Op(name, start, end)
+        for path in trace_files(logdir)
+        for name, start, end in read_ops(path)
+    ]
+    summary = summarize(
+        ops,
+        num_devices=len(devices),
+        stage_devices=rows,
+        steps=steps,
+        update_shares=update_shares(model, devices),
+    )
+    return ProfileResult.from_summary(summary, devices, rows, wall_time, batch_size)
+
+
+def _as_dataset(x, y, batch_size):
+    """(dataset, batch size) of fit-style inputs: a dataset as it is."""
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError(
+                "`y` must be None when `x` is a dataset. Received: "
+                f"y of type {type(y).__name__}"
+            )
+        if batch_size is None:
+            first = next(iter(x.take(1)))
+            inputs = first[0] if isinstance(first, tuple) else first
+            batch_size = int(tf.nest.flatten(inputs)[0].shape[0])
+        return x, batch_size
+    batch_size = batch_size or 32
+    data = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+    return data.batch(batch_size, drop_remainder=True).repeat(), batch_size
+
+
+def profile(
+    model,
+    x,
+    y=None,
+    *,
+    steps: int = 4,
+    skip: int = 1,
+    batch_size: int | None = None,
+    logdir: str | os.PathLike | None = None,
+) -> ProfileResult:
+    """Trains a compiled keras_sg model `skip + steps` steps, profiling the last.
+
+    Args:
+        model: a compiled keras_sg model, placed or not.
+        x: a `tf.data.Dataset` of (inputs, targets) batches with at least
+            `skip + steps` batches (repeat it), or input arrays.
+        y: target arrays when `x` holds arrays.
+        steps: training steps to profile.
+        skip: steps to run first (tracing, warm-up).
+        batch_size: examples per step; by default the first batch's size
+            (datasets) or 32 (arrays, cut into whole batches and repeated).
+        logdir: folder of the trace, kept; by default a temporary folder.
+
+    Returns:
+        A ProfileResult (see `Profile`).
+    """
+    data, batch_size = _as_dataset(x, y, batch_size)
+    callback = Profile(steps=steps, skip=skip, batch_size=batch_size, logdir=logdir)
+    model.fit(
+        data,
+        steps_per_epoch=skip + steps,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[callback],
+    )
+    return callback.result
+
+
+def profile_servers(
+    model,
+    x,
+    addresses,
+    y=None,
+    *,
+    steps: int = 20,
+    skip: int = 5,
+    duration_ms: int = 1000,
+    batch_size: int | None = None,
+    logdir: str | os.PathLike | None = None,
+) -> ProfileResult:
+    """Profiles a model whose stages run on TensorFlow servers, from the servers.
+
+    Each server (`keras_sg.placement.start_server`, or any
+    `tf.distribute.Server`) serves TensorFlow's profiler on its own port.
+    This runs `skip` steps, times `steps` steps (the step time), then keeps
+    training in a thread while it traces every server for `duration_ms`
+    (`tf.profiler.experimental.client.trace`). Each server is one device (a
+    timeline row), in the order of `addresses`; every op it runs counts: the
+    stages', the optimizer's and the transfers'. Each server writes its
+    trace into `logdir` itself, so the folder must be one the servers reach
+    (their machine is this one, or a shared file system); and the window is
+    the span of all servers' ops, which assumes one clock (one machine).
+
+    Args:
+        model: a compiled keras_sg model placed on the servers' tasks.
+        x: a `tf.data.Dataset` of batches (repeat it), or input arrays.
+        addresses: "host:port" of each server, one device each.
+        y: target arrays when `x` holds arrays.
+        steps: timed steps that give the step time.
+        skip: steps to run first (tracing, warm-up).
+        duration_ms: length of the servers' traces.
+        batch_size: examples per step (see `profile`).
+        logdir: folder of the traces, kept; by default a temporary folder.
+
+    Returns:
+        A ProfileResult whose `steps` is the trace's window over the step
+        time (a fraction of a step at each end), `wall_time` that window.
+    """
+    _check_count("steps", steps, 1)
+    _check_count("skip", skip, 0)
+    data, batch_size = _as_dataset(x, y, batch_size)
+    fit = dict(epochs=1, verbose=0, shuffle=False)
+    if skip:
+        model.fit(data, steps_per_epoch=skip, **fit)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, **fit)
+    step_ms = 1000 * (time.perf_counter() - start) / steps
+    return trace_servers(
+        model,
+        data,
+        addresses,
+        step_ms,
+        duration_ms=duration_ms,
+        batch_size=batch_size,
+        logdir=logdir,
+    )
+
+
+def trace_servers(
+    model,
+    data,
+    addresses,
+    step_time: float,
+    *,
+    duration_ms: int = 1000,
+    batch_size: int | None = None,
+    logdir: str | os.PathLike | None = None,
+) -> ProfileResult:
+    """Traces the servers for `duration_ms` while training goes on.
+
+    The part of `profile_servers` after the timing, for a caller that timed
+    the steps itself: training runs in a thread (0.5 s before the trace
+    starts, to after it ends) and every server is traced from here.
+
+    Args:
+        model: a compiled keras_sg model placed on the servers' tasks.
+        data: a repeated `tf.data.Dataset` of batches.
+        addresses: "host:port" of each server, one device each.
+        step_time: the model's ms per step (the trace's steps are its
+            window over this).
+        duration_ms: length of the servers' traces.
+        batch_size: examples per step, if known.
+        logdir: folder of the traces, kept; by default a temporary folder,
+            deleted once the traces are read.
+    """
+    _check_count("duration_ms", duration_ms, 1)
+    if not step_time > 0:
+        raise ValueError(f"`step_time` must be positive. Received: {step_time=}")
+    addresses = [a.removeprefix("grpc://") for a in addresses]
+    if logdir is None:
+        with tempfile.TemporaryDirectory(prefix="keras_sg_profile_") as folder:
+            return trace_servers(
+                model,
+                data,
+                addresses,
+                step_time,
+                duration_ms=duration_ms,
+                batch_size=batch_size,
+                logdir=folder,
+            )
+    logdir = os.fspath(logdir)
+    lead = 500.0  # ms of training before the trace starts, and after it ends
+    failed = []
+
+    def train():
+        try:
+            more = int((duration_ms + 2 * lead) / step_time) + 10
+            model.fit(data, steps_per_epoch=more, epochs=1, verbose=0, shuffle=False)
+        except Exception as error:  # raised below, in the caller's thread
+            failed.append(error)
+
+    runner = threading.Thread(target=train)
+    runner.start()
+    time.sleep(lead / 1000)
+    tf.profiler.experimental.client.trace(
+        ",".join(f"grpc://{a}" for a in addresses), logdir, duration_ms
+    )
+    runner.join()
+    if failed:
+        raise failed[0]
+    return read_servers(logdir, model, addresses, step_time, batch_size)
+
+
+def read_servers(
+    logdir: str | os.PathLike,
+    model,
+    addresses,
+    step_time: float,
+    batch_size: int | None = None,
+) -> ProfileResult:
+    """The ProfileResult of the servers' traces under `logdir`.
+
+    Trace files are named `<host>_<port>.xplane.pb`; server k is the one
+    whose port is that of `addresses[k]`. Only TensorFlow's executor threads
+    (lines `tf_Compute...`) are read.
+    """
+    addresses = [a.removeprefix("grpc://") for a in addresses]
+    ports = [a.rsplit(":", 1)[-1] for a in addresses]
+    ops = []
+    for path in trace_files(logdir):
+        port = path.name.split(".xplane")[0].rsplit("_", 1)[-1]
+        if port not in ports:
+            raise ValueError(
+                f"The trace {path.name} is of no server listed. "
+                f"Received: addresses={list(addresses)}"
+            )
+        device = ports.index(port)
+        ops += [
+            Op(name, start, end, device)
+            for name, start, end in read_ops(path, line_prefix="tf_Compute")
+        ]
+    if getattr(model, "devices", None) is None:
+        raise ValueError(
+            "read_servers needs a model placed on the servers' tasks. "
+            "Received: a model with devices=None"
+        )
+    if not ops:
+        raise ValueError(f"The servers' traces under {os.fspath(logdir)!r} hold no op")
+    rows = [_server_of(d, addresses) for d in model.devices]
+    window = max(op.end for op in ops) - min(op.start for op in ops)
+    summary = summarize(
+        ops,
+        num_devices=len(addresses),
+        stage_devices=rows,
+        steps=window / step_time,
+    )
+    return ProfileResult.from_summary(
+        summary, list(addresses), rows, summary.window, batch_size
+    )
+
+
+def _server_of(device: str, addresses) -> int:
+    """The index of the server of a "/job:worker/task:k/..." device: task k."""
+    task = tf.DeviceSpec.from_string(device).task
+    if task is None or not 0 <= task < len(addresses):
+        raise ValueError(
+            f"A stage's device must name a task of the {len(addresses)} "
+            f"servers. Received: device={device!r}"
+        )
+    return task
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

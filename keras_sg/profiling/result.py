@@ -1,0 +1,167 @@
+"""The measured numbers and timeline of some profiled training steps."""
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from keras_sg.profiling.trace import TraceSummary
+from keras_sg.schedules.timeline import Event
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    """What profiling some training steps measured.
+
+    Times are in ms. Costs hold the kinds of `keras_sg.profiling.op_kind`:
+    "F" forward, "B" backward, "S" synthesizer, "I" input synthesizer, "U"
+    optimizer update, "C" other work (transfers, bookkeeping).
+
+    Attributes:
+        devices: the device of each timeline row (a device string, or a
+            server's address).
+        stage_devices: the row of each stage.
+        busy: per device, the share of `window` in which it ran at least
+            one op.
+        costs: per device, ms of work per step, by kind.
+        stage_costs: per stage, ms of work per step, by kind (a device's "U"
+            and "C" are shared by its stages).
+        unplaced: ms per step of ops that no device or stage claims (see
+            `keras_sg.profiling.summarize`).
+        events: the measured timeline, times from the first op (ms).
+        window: ms from the first traced op to the last.
+        steps: training steps traced.
+        wall_time: wall-clock ms of those steps.
+        batch_size: examples per step, None if not known.
+    """
+
+    devices: tuple[str, ...]
+    stage_devices: tuple[int, ...]
+    busy: tuple[float, ...]
+    costs: tuple[dict[str, float], ...]
+    stage_costs: tuple[dict[str, float], ...]
+    unplaced: float
+    events: tuple[Event, ...]
+    window: float
+    steps: float
+    wall_time: float
+    batch_size: int | None = None
+
+    @classmethod
+    def from_summary(
+        cls,
+        summary: TraceSummary,
+        devices,
+        stage_devices,
+        wall_time: float,
+        batch_size: int | None = None,
+    ) -> "ProfileResult":
+        """A result from a trace's summary and the wall time of its steps."""
+        return cls(
+            devices=tuple(devices),
+            stage_devices=tuple(stage_devices),
+            busy=summary.busy,
+            costs=summary.costs,
+            stage_costs=summary.stage_costs,
+            unplaced=summary.unplaced,
+            events=summary.events,
+            window=summary.window,
+            steps=summary.steps,
+            wall_time=wall_time,
+            batch_size=batch_size,
+        )
+
+    @property
+    def num_devices(self) -> int:
+        """Number of devices (timeline rows)."""
+        return len(self.devices)
+
+    @property
+    def step_time(self) -> float:
+        """Wall-clock ms per step."""
+        return self.wall_time / self.steps
+
+    @property
+    def traced_step_time(self) -> float:
+        """ms per step in the trace: `window / steps`."""
+        return self.window / self.steps
+
+    @property
+    def examples_per_second(self) -> float | None:
+        """Examples per second of wall time; None if `batch_size` is."""
+        if self.batch_size is None:
+            return None
+        return self.batch_size * self.steps / self.wall_time * 1000
+
+    @property
+    def idle_fraction(self) -> tuple[float, ...]:
+        """Per device, `1 - busy`."""
+        return tuple(1.0 - b for b in self.busy)
+
+    def intervals(self) -> list[list[tuple[float, float, str]]]:
+        """Per device, its (start, end, kind) op intervals in time order."""
+        rows = [[] for _ in self.devices]
+        for e in self.events:
+            rows[e.device].append((e.start, e.end, e.kind))
+        return rows
+
+    def draw(
+        self,
+        path: str | os.PathLike,
+        title: str | None = None,
+        steps: float = 2,
+    ) -> str:
+        """Draws the measured timeline as a PNG (see `draw_timelines`).
+
+        Args:
+            path: the PNG file to write; its folder must exist.
+            title: the panel's title.
+            steps: how many steps of the trace to show, from its start.
+
+        Returns:
+            The path written, as a string.
+        """
+        from keras_sg.profiling.drawing import draw_timelines
+
+        return draw_timelines([self], path, titles=[title or ""], steps=steps)
+
+    def to_dict(self, max_events: int | None = None) -> dict[str, Any]:
+        """The result as JSON-friendly lists and dicts (`from_dict` reads it).
+
+        Args:
+            max_events: keep at most this many events per device (the
+                earliest), to keep files small; None keeps all.
+        """
+        kept, counts = [], [0] * self.num_devices
+        for e in self.events:
+            if max_events is None or counts[e.device] < max_events:
+                counts[e.device] += 1
+                kept.append([e.device, e.start, e.end, e.kind, e.stage])
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(
+            devices=list(self.devices),
+            stage_devices=list(self.stage_devices),
+            busy=list(self.busy),
+            costs=[dict(c) for c in self.costs],
+            stage_costs=[dict(c) for c in self.stage_costs],
+            events=kept,
+        )
+        return fields
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> "ProfileResult":
+        """The result that `to_dict` wrote."""
+        fields = dict(fields)
+        events = tuple(
+            Event(device, start, end, kind, -1, stage, -1)
+            for device, start, end, kind, stage in fields.pop("events")
+        )
+        return cls(
+            devices=tuple(fields.pop("devices")),
+            stage_devices=tuple(fields.pop("stage_devices")),
+            busy=tuple(fields.pop("busy")),
+            costs=tuple(dict(c) for c in fields.pop("costs")),
+            stage_costs=tuple(dict(c) for c in fields.pop("stage_costs")),
+            events=events,
+            **fields,
+        )

@@ -1,0 +1,273 @@
+"""Pure functions over profiler traces: op names to kinds, unions of
+intervals, and the per-device and per-stage numbers of a trace.
+
+No TensorFlow here: the inputs are (name, start, end, device) tuples, so a
+test can write a trace by hand. `keras_sg.profiling.xplane` reads them from
+TensorFlow's XPlane files.
+"""
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+from keras_sg.schedules.timeline import Event
+
+# Kinds of measured work. F, B, S and I as in the simulator's timelines
+# (keras_sg.schedules.KINDS); U and C exist only in measured ones.
+MEASURED_KINDS = ("F", "B", "S", "I", "U", "C")
+KIND_NAMES = {
+    "F": "forward",
+    "B": "backward",
+    "S": "synthesizer",
+    "I": "input synthesizer",
+    "U": "optimizer update",
+    "C": "other",
+}
+
+# Every op of stage k runs in the name scope `stage_k` (DecoupledModel._on);
+# a scope entered again in one graph becomes stage_k_1, stage_k_2, ...
+STAGE = re.compile(r"(?:^|/)stage_(\d+)(?:_\d+)?/")
+# An op's event in a trace: "scope/name:OpType" (wrappers such as
+# "ExecutorState::Process" or "FunctionRun: __inference_..." are not ops).
+OP_EVENT = re.compile(r"[^:\s][^:]*:[A-Za-z_]\w*")
+# The name scopes of Keras's optimizers (their default names), entered again
+# as adam_1, adam_2, ... when several models share a process; and any scope
+# with "optimizer" in its name (loss_scale_optimizer, yours).
+OPTIMIZER_NAMES = (
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "ftrl",
+    "lamb",
+    "lion",
+    "muon",
+    "nadam",
+    "rmsprop",
+    "sgd",
+)
+OPTIMIZER = re.compile(
+    rf"(?:^|/)(?:{'|'.join(OPTIMIZER_NAMES)}|[^/]*optimizer[^/]*)(?:_\d+)?/",
+    re.IGNORECASE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One op event of a trace.
+
+    Attributes:
+        name: the event's name, "scope/name:OpType".
+        start: start time (ms).
+        end: end time (ms).
+        device: the timeline row (device) that ran it, or None when the trace
+            does not tell (logical devices of one process: there the op's
+            `stage_k` scope places it).
+    """
+
+    name: str
+    start: float
+    end: float
+    device: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSummary:
+    """What a trace says, per device and per stage.
+
+    Attributes:
+        busy: per device, the length of the union of its op intervals over
+            `window` (ops that run at once on one device count once).
+        costs: per device, the summed durations of its ops by kind (see
+            `op_kind`), in ms per step.
+        stage_costs: per stage, the same from the ops of its `stage_k` scope;
+            the optimizer update ("U") and other work ("C") of a device are
+            shared by the stages on it.
+        unplaced: ms per step of ops that neither carry a stage scope nor
+            run on a known device (on logical devices: the loss, metrics,
+            step counters); in no device's numbers.
+        events: the ops placed on a device, as timeline events with times in
+            ms from the window's start (microbatch and step are -1: a trace
+            does not tell them; stage is -1 for ops without a stage scope).
+        window: ms from the first placed op's start to the last one's end.
+        steps: training steps the trace covers.
+    """
+
+    busy: tuple[float, ...]
+    costs: tuple[dict[str, float], ...]
+    stage_costs: tuple[dict[str, float], ...]
+    unplaced: float
+    events: tuple[Event, ...]
+    window: float
+    steps: float
+
+
+def is_op(name: str) -> bool:
+    """Whether a trace event's name is an op's ("scope/name:OpType")."""
+    return OP_EVENT.fullmatch(name) is not None
+
+
+def stage_of(name: str) -> int | None:
+    """The k of the first `stage_k` scope in an op's name, None without one."""
+    found = STAGE.search(name)
+    return int(found.group(1)) if found else None
+
+
+def op_kind(name: str) -> str:
+    """The kind of work an op does, from its name.
+
+    Returns:
+        "F" (a stage's forward), "B" (its backward: under a gradient scope),
+        "S" (a gradient synthesizer: prediction and regression), "I" (an
+        input synthesizer), all four under a `stage_k` scope; "U" (the
+        optimizer's update: the scope of a Keras optimizer, "adam/",
+        "adam_1/", "sgd/", ..., or a scope with "optimizer" in its name) or
+        "C" (anything else: transfers, the loss, bookkeeping).
+    """
+    if STAGE.search(name):
+        if "input_synthesizer" in name:
+            return "I"
+        if "synthesizer" in name:
+            return "S"
+        return "B" if "gradient" in name.lower() else "F"
+    if OPTIMIZER.search(name):
+        return "U"
+    return "C"
+
+
+def union_length(
+    intervals: Iterable[Sequence[float]],
+    begin: float = -math.inf,
+    end: float = math.inf,
+) -> float:
+    """Length of the union of intervals, clipped to [begin, end].
+
+    Args:
+        intervals: (start, end, ...) tuples in any order; items after the
+            first two are ignored.
+        begin: the window's start.
+        end: the window's end.
+
+    Returns:
+        The time within [begin, end] covered by at least one interval.
+    """
+    covered, last_end = 0.0, begin
+    for interval in sorted(intervals, key=lambda i: (i[0], i[1])):
+        start = max(interval[0], last_end)
+        stop = min(interval[1], end)
+        if stop > start:
+            covered += stop - start
+            last_end = stop
+    return covered
+
+
+def summarize(
+    ops: Iterable[Op],
+    *,
+    num_devices: int,
+    stage_devices: Sequence[int],
+    steps: float,
+    update_shares: Sequence[float] | None = None,
+) -> TraceSummary:
+    """Busy fractions, costs and timeline of a trace.
+
+    An op is placed on its `device` if the trace tells it; else on the
+    device of its stage (`stage_devices[k]` for a `stage_k` scope). On
+    logical devices the optimizer's ops carry neither: their total is shared
+    out by `update_shares` (each device's share of the trained weights, for
+    an update whose cost grows with the weights) and they are not in the
+    timeline or the busy fractions. Other ops without a device are
+    `unplaced`.
+
+    Args:
+        ops: the trace's op events.
+        num_devices: number of devices (timeline rows).
+        stage_devices: the device of each stage.
+        steps: training steps the trace covers (costs are per step).
+        update_shares: per device, its share of the unplaced optimizer
+            update; by default equal shares.
+
+    Returns:
+        A TraceSummary.
+    """
+    num_stages = len(stage_devices)
+    if steps <= 0:
+        raise ValueError(f"`steps` must be positive. Received: steps={steps}")
+    for device in stage_devices:
+        if not 0 <= device < num_devices:
+            raise ValueError(
+                f"Every stage's device must be in [0, {num_devices}). "
+                f"Received: stage_devices={list(stage_devices)}"
+            )
+    if update_shares is None:
+        update_shares = [1.0 / num_devices] * num_devices
+    if len(update_shares) != num_devices or abs(sum(update_shares) - 1) > 1e-9:
+        raise ValueError(
+            f"`update_shares` must hold {num_devices} shares summing to 1. "
+            f"Received: update_shares={list(update_shares)}"
+        )
+    placed = [[] for _ in range(num_devices)]
+    costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_devices)]
+    stage_costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_stages)]
+    update = unplaced = 0.0
+    for op in ops:
+        kind, stage = op_kind(op.name), stage_of(op.name)
+        if stage is not None and stage >= num_stages:
+            stage = None
+        device = op.device
+        if device is None and stage is not None:
+            device = stage_devices[stage]
+        duration = op.end - op.start
+        if device is None:
+            if kind == "U":
+                update += duration
+            else:
+                unplaced += duration
+            continue
+        placed[device].append((op.start, op.end, kind, -1 if stage is None else stage))
+        costs[device][kind] += duration
+        if stage is not None:
+            stage_costs[stage][kind] += duration
+    if not any(placed):
+        raise ValueError(
+            "The trace holds no op of a stage (name scope `stage_k`) or of a "
+            "known device: was a keras_sg model trained while it was taken?"
+        )
+    for device in range(num_devices):
+        costs[device]["U"] += update * update_shares[device]
+    # A device's update and other work (never under a stage scope, see
+    # op_kind), shared by its stages.
+    for k, device in enumerate(stage_devices):
+        mine = sum(d == device for d in stage_devices)
+        for kind in ("U", "C"):
+            stage_costs[k][kind] = costs[device][kind] / mine
+    begin = min(start for ivs in placed for start, *_ in ivs)
+    finish = max(end for ivs in placed for _, end, *_ in ivs)
+    window = finish - begin
+    busy = tuple(
+        union_length(ivs, begin) / window if window > 0 else 0.0 for ivs in placed
+    )
+    events = sorted(
+        (
+            Event(d, s - begin, e - begin, kind, -1, stage, -1)
+            for d, ivs in enumerate(placed)
+            for s, e, kind, stage in ivs
+        ),
+        key=lambda e: (e.start, e.device, e.end),
+    )
+
+    def per_step(cost):
+        return {kind: value / steps for kind, value in cost.items()}
+
+    return TraceSummary(
+        busy=busy,
+        costs=tuple(per_step(c) for c in costs),
+        stage_costs=tuple(per_step(c) for c in stage_costs),
+        unplaced=unplaced / steps,
+        events=tuple(events),
+        window=window,
+        steps=steps,
+    )

@@ -1,0 +1,156 @@
+"""Profiling tiny placed models on two logical CPU devices (in a subprocess:
+devices and threads are fixed when TensorFlow starts), and the callback's
+and result's own checks in this process."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sg
+from keras_sg.profiling import Profile, ProfileResult, profile, union_length
+
+WORKER = Path(__file__).with_name("profile_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+KINDS = ("dni", "gpipe", "pipelined", "unlocked")
+# Trained weights per device (see profile_worker.build): stage 0 is a dense
+# layer 16 -> 32 (544), its gradient synthesizer 32 -> 32 (1056); stage 1 a
+# dense layer 32 -> 4 (132), UnlockedModel's input synthesizer 16 -> 32
+# (544) beside it.
+WEIGHTS = {
+    "dni": (1600, 132),
+    "gpipe": (544, 132),
+    "pipelined": (1600, 132),
+    "unlocked": (1600, 676),
+}
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("profile")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, str(WORKER), str(folder), *KINDS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_profile_of_a_placed_model(profiled, kind):
+    raw = profiled["results"][kind]
+    result = ProfileResult.from_dict(
+        {k: v for k, v in raw.items() if k != "examples_per_second"}
+    )
+    steps = profiled["steps"]
+    assert result.devices == ("/device:CPU:0", "/device:CPU:1")
+    assert result.stage_devices == (0, 1)
+    assert result.steps == steps
+    assert all(0 < b <= 1 for b in result.busy)
+    assert 0 < result.window <= result.wall_time
+    assert raw["examples_per_second"] == pytest.approx(
+        32 * steps / result.wall_time * 1000
+    )
+    assert result.step_time == pytest.approx(result.wall_time / steps)
+    for cost in result.stage_costs:
+        assert cost["F"] > 0 and cost["B"] > 0
+    synth = [c["S"] for c in result.stage_costs]
+    if kind == "gpipe":
+        assert synth == [0, 0]
+    else:
+        assert synth[0] > 0 and synth[1] == 0  # no synthesizer above the top
+    inputs = [c["I"] for c in result.stage_costs]
+    assert (inputs[1] > 0) == (kind == "unlocked") and inputs[0] == 0
+    # The optimizer's update, shared by the weights on each device.
+    update = [c["U"] for c in result.costs]
+    assert update[0] > 0
+    assert update[0] / update[1] == pytest.approx(
+        WEIGHTS[kind][0] / WEIGHTS[kind][1], rel=1e-9
+    )
+    # The work traced fits in the wall time of two one-op-at-a-time devices.
+    total = sum(sum(c.values()) for c in result.costs) * steps
+    assert total <= result.wall_time * result.num_devices
+    # The timeline is the busy fraction's source.
+    for d, intervals in enumerate(result.intervals()):
+        assert all(0 <= s <= e <= result.window + 1e-9 for s, e, _ in intervals)
+        assert union_length(intervals) / result.window == pytest.approx(
+            result.busy[d], rel=1e-9
+        )
+
+
+def test_smoke_profile_draws_the_measured_timeline(profiled):
+    png = Path(profiled["png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_model():
+    keras.utils.set_random_seed(0)
+    net = keras_sg.models.fully_connected((4,), 2, depth=2, units=4)
+    model = keras_sg.DecoupledModel(net, method="backprop")
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def _data():
+    x = np.zeros((16, 4), "float32")
+    return tf.data.Dataset.from_tensor_slices((x, np.zeros((16, 2)))).batch(4)
+
+
+def test_too_few_steps_to_profile_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    callback = Profile(steps=3, skip=2)
+    with pytest.raises(ValueError, match=r"ran 4 steps, fewer than the skip \+ steps"):
+        _tiny_model().fit(
+            _data(), epochs=1, verbose=0, shuffle=False, callbacks=[callback]
+        )
+    assert callback.result is None
+    assert list(tmp_path.iterdir()) == []  # its temporary trace deleted
+    # The profiler was stopped: another profile can start.
+    result = profile(_tiny_model(), _data().repeat(), steps=1, skip=1)
+    assert result.devices == ("default",) and result.batch_size == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "Received: steps=0"),
+        ({"skip": -1}, "Received: skip=-1"),
+        ({"steps": 2.0}, "Received: steps=2.0"),
+        ({"batch_size": 0}, "Received: batch_size=0"),
+    ],
+)
+def test_bad_profile_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Profile(**kwargs)
+
+
+def test_a_model_without_stages_is_refused():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(TypeError, match="Received: Sequential"):
+        profile(model, _data().repeat(), steps=1)
+
+
+def test_arrays_are_cut_into_whole_batches_and_profiled():
+    x = np.ones((10, 4), "float32")  # two whole batches of 4, then 2 left
+    result = profile(_tiny_model(), x, np.zeros((10, 2)), batch_size=4, steps=3)
+    assert result.batch_size == 4 and result.steps == 3
+    assert result.devices == ("default",) and result.stage_devices == (0, 0)
+    assert all(c["F"] > 0 and c["B"] > 0 for c in result.stage_costs)
+    assert result.examples_per_second == pytest.approx(4 * 3 / result.wall_time * 1000)

@@ -1,0 +1,186 @@
+"""The pure trace arithmetic: op names to kinds, unions of intervals, and the
+busy fractions and costs of hand-written traces."""
+
+import pytest
+
+from keras_sg.profiling import Op, is_op, op_kind, stage_of, summarize, union_length
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("stage_1/dense_input_synthesizer/dense/MatMul:MatMul", "I"),
+        ("stage_0/low_rank_synthesizer/dense/MatMul:MatMul", "S"),
+        ("stage_1/block_1/dense/MatMul:MatMul", "F"),
+        ("stage_1/gradient_tape/block_1/dense/MatMul:MatMul", "B"),
+        # Names as a traced train step writes them.
+        ("StatefulPartitionedCall/stage_0/fcn_stage_0_1/relu_0_1/Relu:_MklMatMul", "F"),
+        (
+            "StatefulPartitionedCall/gradient_tape/stage_0/fcn/dense_0/MatMul:MatMul",
+            "B",
+        ),
+        ("StatefulPartitionedCall/stage_0_1/dense_synthesizer_1/Relu:Relu", "S"),
+        ("StatefulPartitionedCall/adam/Sub_14/ReadVariableOp:ReadVariableOp", "U"),
+        ("StatefulPartitionedCall/adam_1/Sqrt:Sqrt", "U"),
+        ("StatefulPartitionedCall/SGD/Mul:Mul", "U"),
+        ("StatefulPartitionedCall/loss_scale_optimizer/Mul:Mul", "U"),
+        ("StatefulPartitionedCall/compile_loss/Sum:Sum", "C"),
+        ("StatefulPartitionedCall/madam/Sum:Sum", "C"),
+        ("StatefulPartitionedCall/AssignAddVariableOp:AssignAddVariableOp", "C"),
+    ],
+)
+def test_op_names_give_kinds(name, kind):
+    assert op_kind(name) == kind
+
+
+@pytest.mark.parametrize(
+    "name, stage",
+    [
+        ("stage_1/x:MatMul", 1),
+        ("a/stage_12_3/x:MatMul", 12),  # the scope entered a fourth time
+        ("a/gradient_tape/stage_2/x:MatMul", 2),
+        ("a/mlp_stage_0/x:MatMul", None),  # a layer's name, not the scope
+        ("a/stage_x/y:MatMul", None),
+        ("a/x:MatMul", None),
+    ],
+)
+def test_stage_scope_of_an_op(name, stage):
+    assert stage_of(name) == stage
+
+
+def test_only_op_events_are_ops():
+    assert is_op("StatefulPartitionedCall/stage_0/x:MatMul")
+    assert is_op("AssignVariableOp:AssignVariableOp")
+    assert not is_op("ExecutorState::Process")
+    assert not is_op("FunctionRun: __inference_step_12")
+    assert not is_op("Iterator::Root::Prefetch")
+    assert not is_op("EagerLocalExecute: DatasetCardinality")
+
+
+def test_union_of_overlapping_intervals():
+    intervals = [(8.0, 9.0), (2.0, 6.0), (0.0, 4.0), (1.0, 2.0)]  # any order
+    assert union_length(intervals) == 7.0  # [0, 6] and [8, 9]
+    assert union_length(intervals, begin=3.0) == 4.0  # [3, 6] and [8, 9]
+    assert union_length(intervals, begin=3.0, end=8.5) == 3.5
+    assert union_length([(0.0, 10.0, "F"), (2.0, 3.0, "B")]) == 10.0
+    assert union_length([]) == 0.0
+
+
+def _ops():
+    """Two devices, two stages; times in ms."""
+    return [
+        # Device 0: F 0-4 and S 3-5 overlap (one inter-op pool), B 7-8.
+        Op("s/stage_0/block/MatMul:MatMul", 0.0, 4.0),
+        Op("s/stage_0_1/dense_synthesizer/MatMul:MatMul", 3.0, 5.0),
+        Op("s/gradient_tape/stage_0/block/MatMul:MatMul", 7.0, 8.0),
+        # Device 1: F 4-6, B 6-9, its input synthesizer 1-2.
+        Op("s/stage_1/block/MatMul:MatMul", 4.0, 6.0),
+        Op("s/gradient_tape/stage_1/block/MatMul:MatMul", 6.0, 9.0),
+        Op("s/stage_1_1/dense_input_synthesizer/MatMul:MatMul", 1.0, 2.0),
+        # No device known: the optimizer's update (3 ms) and other work.
+        Op("s/adam/Sub:Sub", 9.0, 11.0),
+        Op("s/adam/Sqrt:Sqrt", 9.5, 10.5),
+        Op("s/compile_loss/Sum:Sum", 6.0, 6.5),
+    ]
+
+
+def test_busy_costs_and_timeline_of_a_hand_written_trace():
+    summary = summarize(
+        _ops(), num_devices=2, stage_devices=[0, 1], steps=2, update_shares=[0.8, 0.2]
+    )
+    # Window: the placed ops' span, 0-9 ms (the update has no device).
+    assert summary.window == 9.0
+    # Device 0 busy 0-5 and 7-8; device 1 1-2 and 4-9.
+    assert summary.busy == (6.0 / 9.0, 6.0 / 9.0)
+    # Per step (2 steps): device 0 F 4, S 2, B 1; update 3 * 0.8.
+    assert summary.costs[0] == {
+        "F": 2.0,
+        "B": 0.5,
+        "S": 1.0,
+        "I": 0.0,
+        "U": pytest.approx(1.2),
+        "C": 0.0,
+    }
+    assert summary.costs[1] == {
+        "F": 1.0,
+        "B": 1.5,
+        "S": 0.0,
+        "I": 0.5,
+        "U": pytest.approx(0.3),
+        "C": 0.0,
+    }
+    assert summary.stage_costs == summary.costs  # one stage per device
+    assert summary.unplaced == 0.25
+    assert summary.steps == 2
+    assert [(e.device, e.start, e.end, e.kind, e.stage) for e in summary.events] == [
+        (0, 0.0, 4.0, "F", 0),
+        (1, 1.0, 2.0, "I", 1),
+        (0, 3.0, 5.0, "S", 0),
+        (1, 4.0, 6.0, "F", 1),
+        (1, 6.0, 9.0, "B", 1),
+        (0, 7.0, 8.0, "B", 0),
+    ]
+
+
+def test_equal_update_shares_by_default():
+    summary = summarize(_ops(), num_devices=2, stage_devices=[0, 1], steps=1)
+    assert [c["U"] for c in summary.costs] == [1.5, 1.5]
+
+
+def test_ops_on_known_devices_and_two_stages_on_one():
+    # Server traces: every op's device is known, the optimizer's too; stages
+    # 0 and 1 share device 0, stage 2 is on device 1.
+    ops = [
+        Op("s/stage_0/x:MatMul", 10.0, 12.0, 0),
+        Op("s/stage_1/x:MatMul", 12.0, 13.0, 0),
+        Op("s/adam/x:Sub", 13.0, 15.0, 0),
+        Op("s/_Send:_Send", 15.0, 16.0, 0),
+        Op("s/stage_2/x:MatMul", 11.0, 14.0, 1),
+        Op("s/adam/x:Sub", 14.0, 14.5, 1),
+    ]
+    summary = summarize(ops, num_devices=2, stage_devices=[0, 0, 1], steps=1)
+    assert summary.window == 6.0
+    assert summary.busy == (1.0, 3.5 / 6.0)
+    assert summary.costs[0] == {"F": 3.0, "B": 0, "S": 0, "I": 0, "U": 2.0, "C": 1.0}
+    assert summary.stage_costs[0] == {
+        "F": 2.0,
+        "B": 0,
+        "S": 0,
+        "I": 0,
+        "U": 1.0,
+        "C": 0.5,
+    }
+    assert summary.stage_costs[1]["F"] == 1.0
+    assert summary.stage_costs[1]["U"] == 1.0
+    assert summary.stage_costs[2]["U"] == 0.5
+    assert summary.unplaced == 0.0
+    # Optimizer ops on a known device are in its timeline, without a stage.
+    assert [(e.kind, e.stage) for e in summary.events if e.device == 0][-2:] == [
+        ("U", -1),
+        ("C", -1),
+    ]
+
+
+def test_a_trace_without_stage_ops_is_refused():
+    with pytest.raises(ValueError, match="no op of a stage"):
+        summarize(
+            [Op("s/adam/x:Sub", 0.0, 1.0)],
+            num_devices=1,
+            stage_devices=[0],
+            steps=1,
+        )
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"Received: steps=0"):
+        summarize(_ops(), num_devices=2, stage_devices=[0, 1], steps=0)
+    with pytest.raises(ValueError, match=r"Received: stage_devices=\[0, 2\]"):
+        summarize(_ops(), num_devices=2, stage_devices=[0, 2], steps=1)
+    with pytest.raises(ValueError, match=r"Received: update_shares=\[0.5, 0.6\]"):
+        summarize(
+            _ops(),
+            num_devices=2,
+            stage_devices=[0, 1],
+            steps=1,
+            update_shares=[0.5, 0.6],
+        )
