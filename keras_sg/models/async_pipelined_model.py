@@ -403,23 +403,29 @@ class AsyncPipelinedModel(PipelinedModel):
                     h, labels, batch = runtime.forward[k - 1].dequeue()
                     inputs = tf.reshape(h, (-1, *self._cut_shapes[k - 1][1:]))
                     labels = runtime.shape_labels(labels)
+                # The staleness bound counts on this order: input, then the
+                # stage above's progress and the targets that have arrived,
+                # then the output. TensorFlow orders stateful ops only per
+                # resource, so the order is made explicit.
                 lag = tf.constant(0, tf.int64)
-                if k < last:
-                    lag = batch - runtime.done[k + 1].read_value()
-
-                # The synthesizer's target: the newest that has arrived.
                 target_batch = tf.constant(-1, tf.int64)
                 if k < last:
-                    sg_in, sg_labels, sg_target, target_batch, valid = (
-                        runtime.take_newest(k, n_back)
-                    )
+                    with tf.control_dependencies([batch]):
+                        lag = batch - runtime.done[k + 1].read_value()
+                    with tf.control_dependencies([lag]):
+                        # The synthesizer's target: the newest that has arrived.
+                        sg_in, sg_labels, sg_target, target_batch, valid = (
+                            runtime.take_newest(k, n_back)
+                        )
 
                 # Stage work, as PipelinedModel's.
+                sent = []
                 if k < last:
                     h, target, grads = self._stage_step(
                         k, inputs, labels, 1.0, one, tf.constant(True)
                     )
-                    runtime.forward[k].enqueue([h, labels, batch])
+                    with tf.control_dependencies([target_batch]):
+                        sent.append(runtime.forward[k].enqueue([h, labels, batch]))
                     synth_grads, sg_loss = self._synthesizer_step(
                         k, sg_in, sg_labels, sg_target, 1.0, valid
                     )
@@ -429,13 +435,13 @@ class AsyncPipelinedModel(PipelinedModel):
                         inputs, labels, one, tf.constant(True)
                     )
                 if k > 0:
-                    runtime.send_back(k - 1, inputs, labels, target, batch)
+                    sent.append(runtime.send_back(k - 1, inputs, labels, target, batch))
 
                 # Update: the stage, and the synthesizer if it regressed.
                 stage_vars = list(self.stages[k].trainable_variables)
                 if k < last:
                     synth_vars = list(self.synthesizers[k].trainable_variables)
-                    tf.cond(
+                    applied = tf.cond(
                         valid,
                         lambda: _apply(
                             optimizer, grads + synth_grads, stage_vars + synth_vars
@@ -447,8 +453,10 @@ class AsyncPipelinedModel(PipelinedModel):
                         tf.where(valid, sg_loss, 0.0), sample_weight=weight
                     )
                 else:
-                    _apply(optimizer, grads, stage_vars)
-                runtime.done[k].assign_add(1)
+                    applied = _apply(optimizer, grads, stage_vars)
+                # Finished: what it sent is in the queues, its update made.
+                with tf.control_dependencies([*sent, applied]):
+                    runtime.done[k].assign_add(1)
                 out = {"batch": batch, "target_batch": target_batch, "lag": lag}
                 if k == last:
                     size = tf.shape(labels)[0]
@@ -623,7 +631,7 @@ class _Runtime:
             ),
         )
         with tf.control_dependencies([check]):
-            q.enqueue([tf.cast(inputs, tf.float32), labels, target, batch])
+            return q.enqueue([tf.cast(inputs, tf.float32), labels, target, batch])
 
     # ------------------------------------------------------- the threads
 
