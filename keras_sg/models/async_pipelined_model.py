@@ -622,8 +622,13 @@ class _Runtime:
         could deadlock, so the step fails instead.
         """
         q = self.backward[k]
+        # Read after this step's input arrived (the target depends on it),
+        # not early, when the queue may still hold what the stage below
+        # has not taken yet.
+        with tf.control_dependencies([target]):
+            size = q.size()
         check = tf.debugging.assert_less(
-            q.size(),
+            size,
             self.back_capacity,
             message=(
                 f"The target queue at cut {k} is full ({self.back_capacity} "

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import keras
@@ -138,24 +139,41 @@ def _check_staleness(log, capacity, num_stages):
         assert np.all(np.diff(target[used]) > 0)
 
 
+def _sleep(t):
+    time.sleep(0.01)
+    return t
+
+
+class _Slow(keras.layers.Layer):
+    """The identity, 10 ms late: a top stage slower than the stages below."""
+
+    def call(self, inputs):
+        out = tf.numpy_function(_sleep, [inputs], inputs.dtype)
+        return tf.ensure_shape(out, inputs.shape)
+
+
 @pytest.mark.parametrize("capacity", [1, 3])
 def test_capacity_bounds_staleness_when_free_running(capacity):
-    """A wide top stage, slower than the two below, so they run ahead."""
+    """The stages below a slow top run ahead as far as the queues let them."""
     keras.utils.set_random_seed(3)
+    net = _net()
     synths = [linear_synth() for _ in range(2)]
-    model = keras_sg.AsyncPipelinedModel(
-        _net(width=8, top_width=512), synths, capacity=capacity
-    )
+    top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
+    stages = keras_sg.models.split_stages(net)[:2] + [top]
+    model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=capacity)
     model.compile(keras.optimizers.SGD(0.01), loss="mse")
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(240, D)).astype("float32")
-    y = rng.normal(size=(240, OUT)).astype("float32")
+    x = rng.normal(size=(120, D)).astype("float32")
+    y = rng.normal(size=(120, OUT)).astype("float32")
     model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     log = model.stage_log
     for k in range(3):
-        np.testing.assert_array_equal(log[k]["batch"], np.arange(120))
+        np.testing.assert_array_equal(log[k]["batch"], np.arange(60))
     _check_staleness(log, capacity, 3)
     assert (log[2]["target_batch"] == -1).all()
+    # The stage below the slow top reaches its bound: the test can see a
+    # queue that lets it run further.
+    assert log[1]["lag"].max() == capacity + 1
 
 
 # ------------------------------------------------------------- fit front
