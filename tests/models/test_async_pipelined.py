@@ -300,8 +300,10 @@ class _Raise(keras.callbacks.Callback):
             raise RuntimeError("callback failed")
 
 
-@pytest.mark.parametrize("where", ["stage_0", "top", "callback"])
-@pytest.mark.parametrize("lock_step", [False, True])
+@pytest.mark.parametrize(
+    "where, lock_step",
+    [("stage_0", False), ("top", False), ("top", True), ("callback", False)],
+)
 def test_an_error_anywhere_is_raised_and_leaves_no_threads(where, lock_step):
     before = threading.active_count()
     x, y = _data(n=40, classes=where == "stage_0")
