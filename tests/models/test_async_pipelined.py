@@ -86,12 +86,18 @@ def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
     x, y = _data(classes=classes)
     reference = _model(keras_sg.PipelinedModel, optimizer(), method, loss)
     start = weights_of(_parts(reference))
-    reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    want_history = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
     model = _model(
         keras_sg.AsyncPipelinedModel, optimizer(), method, loss, lock_step=True
     )
     np.testing.assert_array_equal(weights_of(_parts(model))[0], start[0])
-    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+    history = model.fit(
+        x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False
+    )
+    # The top stage's loss, averaged over the batches that reached it.
+    np.testing.assert_allclose(
+        history.history["loss"], want_history.history["loss"], rtol=1e-6
+    )
 
     want, got = weights_of(_parts(reference)), weights_of(_parts(model))
     moved = [np.abs(w - s).max() for w, s in zip(want, start, strict=True)]
@@ -120,6 +126,9 @@ def test_lock_step_drains_every_epoch():
         np.testing.assert_array_equal(log["batch"], np.arange(8))
     # 4 batches and 2 drain steps per epoch: each stage counts all 12.
     assert [int(o.iterations) for o in model.stage_optimizers()] == [12] * 3
+    # A second fit goes on with the same optimizers.
+    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    assert [int(o.iterations) for o in model.stage_optimizers()] == [18] * 3
 
 
 # ------------------------------------------------------------- staleness
