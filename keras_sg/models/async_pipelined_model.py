@@ -77,8 +77,11 @@ class AsyncPipelinedModel(PipelinedModel):
 
     Not supported yet (each raises an error): mixed precision policies,
     `tf.distribute` strategies, sample and class weights, `fit` without
-    labels, `jit_compile=True`. The per-stage optimizers' state is not saved
-    with the model. Each stage function runs one step per call.
+    labels, `jit_compile=True`. Each stage function runs one step per call.
+    The stage optimizers' state is saved with the model's own variables and
+    restored on load; with the drain (which also drops the targets still in
+    flight), a run resumed from an epoch's checkpoint goes on as it would
+    have.
 
     After `fit`, `stage_log` holds, per stage, numpy arrays of the batch ids
     it processed (`"batch"`), the batch id of the target its synthesizer
@@ -136,7 +139,10 @@ class AsyncPipelinedModel(PipelinedModel):
         self.capacity = int(capacity)
         self.lock_step = lock_step
         self.stage_log = None
-        self._stage_optimizers = None
+        # A plain object: Keras's saving would otherwise walk the optimizers
+        # on its own, and only if they exist when it loads.
+        self._stage_optimizers = _StageOptimizers()
+        self._saved_optimizers = None
         super().__init__(network, synthesizers, method=method, **kwargs)
 
     # ------------------------------------------------------------- checks
@@ -286,6 +292,8 @@ class AsyncPipelinedModel(PipelinedModel):
                 runtime.lock_step_epoch(steps_per_epoch, drain, first, callbacks)
             else:
                 runtime.free_epoch(steps_per_epoch, drain, first, callbacks)
+            if drain:
+                runtime.drop_targets()
             logs = {k: float(v) for k, v in self.get_metrics_result().items()}
             if validation_data is not None:
                 val = self.evaluate(
@@ -353,8 +361,8 @@ class AsyncPipelinedModel(PipelinedModel):
         that stage's variables and the synthesizer's at its output, on its
         device. Made on first use and kept (a new `compile` makes new ones)."""
         made = self._stage_optimizers
-        if made is not None and made[0] is self.optimizer:
-            return made[1]
+        if made.optimizers is not None and made.source is self.optimizer:
+            return made.optimizers
         optimizers = []
         for k in range(len(self.stages)):
             optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
@@ -363,8 +371,47 @@ class AsyncPipelinedModel(PipelinedModel):
             with self._on(k):
                 optimizer.build(self.stage_variables(k))
             optimizers.append(optimizer)
-        self._stage_optimizers = (self.optimizer, optimizers)
+        made.source, made.optimizers = self.optimizer, optimizers
+        saved, self._saved_optimizers = self._saved_optimizers, None
+        if saved is not None:
+            self._restore_optimizers(optimizers, saved)
         return optimizers
+
+    # The stage optimizers' state (slots and `iterations`) is saved with the
+    # model's own variables, under keys `stage_<k>_optimizer_<i>`, and put
+    # back when the optimizers are made (on load, or at the next `fit`).
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self._stage_optimizers.optimizers is None:
+            return
+        for k, optimizer in enumerate(self._stage_optimizers.optimizers):
+            for i, v in enumerate(optimizer.variables):
+                store[f"stage_{k}_optimizer_{i}"] = v
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        own = {key: store[key] for key in keys if not key.startswith("stage_")}
+        super().load_own_variables(own)
+        saved = {
+            key: np.asarray(store[key]) for key in keys if key.startswith("stage_")
+        }
+        self._saved_optimizers = saved or None
+        self._stage_optimizers = _StageOptimizers()
+        if saved and self.compiled:
+            self.stage_optimizers()
+
+    def _restore_optimizers(self, optimizers, saved):
+        want = sum(len(o.variables) for o in optimizers)
+        if len(saved) != want:
+            raise ValueError(
+                f"The saved state of the stage optimizers has {len(saved)} "
+                f"variables; this model's optimizers have {want}. Received: "
+                "a file saved from a different model or optimizer"
+            )
+        for k, optimizer in enumerate(optimizers):
+            for i, v in enumerate(optimizer.variables):
+                v.assign(saved[f"stage_{k}_optimizer_{i}"])
 
     def stage_variables(self, k) -> list:
         """Stage k's trainable variables and the synthesizer's at its output."""
@@ -495,6 +542,14 @@ def _unpack(data):
     if isinstance(data, tf.data.Dataset):
         return (data,)
     return tuple(data)
+
+
+class _StageOptimizers:
+    """The stage optimizers and the compiled optimizer they were cloned from."""
+
+    def __init__(self):
+        self.source = None
+        self.optimizers = None
 
 
 class _StageFailed(Exception):
@@ -705,6 +760,19 @@ class _Runtime:
                 self.inboxes[k].put(("work" if works else "idle", 1, n_back))
             fed += int(fed < steps)
             self._wait(self.num_stages, callbacks, state)
+
+    def drop_targets(self):
+        """Empties the backward queues (between epochs, the threads idle).
+
+        Targets of an epoch's last batches arrive after the stage below has
+        finished the epoch; dropping them leaves nothing in flight, so the
+        weights and optimizers at an epoch's end are all the next epoch
+        needs, and a run resumed from a checkpoint goes on as it would have.
+        """
+        for k, q in enumerate(self.backward):
+            for _ in range(int(q.size())):
+                q.dequeue()
+            self.taken[k] = self.finished[k + 1]
 
     def shutdown(self):
         """Closes every queue (cancelling blocked enqueues and dequeues) and

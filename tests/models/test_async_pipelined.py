@@ -131,6 +131,32 @@ def test_lock_step_drains_every_epoch():
     assert [int(o.iterations) for o in model.stage_optimizers()] == [18] * 3
 
 
+def test_a_run_resumed_from_a_file_goes_on_as_it_would_have(tmp_path):
+    """Lock-step, Adam: two epochs straight, or one, save, load and one more.
+
+    The file holds each stage optimizer's moments and `iterations`, and a
+    drained epoch leaves nothing in flight.
+    """
+    x, y = _data()
+    straight = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+    )
+    straight.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    first = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+    )
+    first.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "epoch-1.keras"
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    resumed.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    want, got = weights_of(_parts(straight)), weights_of(_parts(resumed))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    iterations = [int(o.iterations) for o in resumed.stage_optimizers()]
+    assert iterations == [20, 20, 20]  # 2 x (8 batches + 2 drain steps)
+
+
 # ------------------------------------------------------------- staleness
 
 
