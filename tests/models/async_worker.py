@@ -108,6 +108,16 @@ print(
             ),
             "iterations": [int(o.iterations) for o in optimizers],
             "free_batches": [log["batch"].tolist() for log in free.stage_log],
+            "free_lag": free.stage_log[0]["lag"].tolist(),
+            "free_staleness": [
+                int(b - t)
+                for b, t in zip(
+                    free.stage_log[0]["batch"],
+                    free.stage_log[0]["target_batch"],
+                    strict=True,
+                )
+                if t >= 0
+            ],
             "threads_before": threads_before,
             "threads_after": threading.active_count(),
         }

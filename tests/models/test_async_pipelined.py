@@ -489,4 +489,8 @@ def test_placed_on_two_logical_devices_lock_step_equals_pipelined():
     assert result["max_weight_diff"] < 1e-6
     assert result["iterations"] == [10, 10]
     assert result["free_batches"] == [list(range(20)), list(range(20))]
+    # Capacity 2, free running across the two devices: the bounds hold.
+    assert 0 <= min(result["free_lag"]) <= max(result["free_lag"]) <= 3
+    assert result["free_staleness"]
+    assert 1 <= min(result["free_staleness"]) <= max(result["free_staleness"]) <= 4
     assert result["threads_after"] == result["threads_before"]
