@@ -796,6 +796,7 @@ class _Runtime:
     def raise_error(self):
         if self.error is not None:
             k, error = self.error
+            error.add_note(f"(raised in the thread of stage {k})")
             raise error
 
     def log_arrays(self):
