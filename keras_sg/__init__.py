@@ -23,6 +23,7 @@ from keras_sg.layers import (  # noqa: E402
 )
 from keras_sg.models import (  # noqa: E402
     METHODS,
+    AsyncPipelinedModel,
     BPLambdaModel,
     ClockedPairModel,
     DecoupledModel,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "AsyncPipelinedModel",
     "BPLambdaModel",
     "ConvInputSynthesizer",
     "ConvSynthesizer",

@@ -1,6 +1,7 @@
 """Models: the decoupled model, its stages and the pure functions of its step."""
 
 from keras_sg.models import costs, steps, unlocked_steps
+from keras_sg.models.async_pipelined_model import AsyncPipelinedModel
 from keras_sg.models.bp_lambda_model import BPLambdaModel
 from keras_sg.models.clocked_pair_model import (
     CLOCK_METHODS,
@@ -19,6 +20,7 @@ from keras_sg.models.unlocked_model import UnlockedModel
 
 __all__ = [
     "METHODS",
+    "AsyncPipelinedModel",
     "SG_TARGETS",
     "BPLambdaModel",
     "CLOCK_METHODS",

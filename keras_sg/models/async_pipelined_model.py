@@ -1,0 +1,806 @@
+"""Asynchronous pipelined DNI: every stage runs its own training loop."""
+
+import contextlib
+import queue
+import threading
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_sg._checks import check_label_range, reporting_label_errors
+from keras_sg.models.pipelined_model import PipelinedModel, _forget_losses
+from keras_sg.models.stages import place_optimizer
+
+# How long `fit` waits for a stage thread to end once it has been told to
+# stop (its queues closed, pending enqueues cancelled).
+JOIN_TIMEOUT = 30.0
+
+
+@keras.saving.register_keras_serializable(package="keras_sg")
+class AsyncPipelinedModel(PipelinedModel):
+    """Pipelined DNI in which every stage runs its own loop, at its own pace.
+
+    The stage work is `PipelinedModel`'s (the same forward pass, synthetic
+    gradient, pullback, bootstrapped target and synthesizer regression); the
+    schedule is not. Each stage runs in a Python thread of its own, calling
+    its own `tf.function` under `tf.device(<its device>)`, with an optimizer
+    of its own: a clone of the compiled optimizer that updates the stage and
+    the synthesizer at its output (which lives on its device). No variable,
+    not even an optimizer's `iterations`, is shared between stages, and no
+    step joins them (Jaderberg et al. 2016, arXiv:1608.05343, Section 2:
+    update and backwards unlocking).
+
+    Queues. Stage k sends the activation at cut k, with the labels and an
+    int64 batch id, to stage k + 1 through a `tf.queue.FIFOQueue` of
+    `capacity` items on stage k + 1's device; it blocks when the queue is
+    full, which is what bounds how far it runs ahead. Stage k + 1 sends back
+    the bootstrapped target, with the activation and labels it belongs to and
+    the batch id, through a queue on stage k's device. At the start of each
+    step stage k takes every target that has arrived, regresses the newest
+    and drops the older ones. Stage 0 reads its batches from the dataset
+    iterator itself, inside its own function.
+
+    Staleness bound. Stage k's s-th step works on batch s. It can enqueue
+    batch s - 1 only once stage k + 1 has dequeued batch s - 1 - C (C is
+    `capacity`), and stage k + 1 sends a target before it dequeues its next
+    batch; so when stage k starts batch s, stage k + 1 has finished at least
+    s - 1 - C batches, and at most s (it cannot have seen batch s). Hence:
+    - stage k is at most C + 1 batches ahead of stage k + 1's finished
+      batches (`stage_log[k]["lag"]` in [0, C + 1]);
+    - a target that stage k regresses at batch s is that of a batch j with
+      1 <= s - j <= C + 2 (`stage_log[k]["target_batch"]`).
+    The backward queue never blocks its sender: between two steps of stage k
+    (each of which empties it), stage k + 1 finishes at most C + 2 batches,
+    so a queue of C + 2 items never fills. Were it to (a broken bound), the
+    sender fails with an error instead of waiting: a full backward queue and
+    a full forward queue could otherwise wait on each other for ever.
+
+    Lock-step mode (`lock_step=True`, `capacity=1`): the stages step
+    together, one global step at a time. At global step t every stage k
+    whose input has arrived works (on batch t - k), taking the targets sent
+    before step t; one that has none (stage k before step k) only advances
+    its optimizer's `iterations`, so that Adam's bias correction counts
+    global steps as `PipelinedModel`'s single optimizer does. The updates
+    then equal `PipelinedModel`'s, weight by weight (with `fit(...,
+    drain=False)`, which keeps batches in flight across epochs as
+    `PipelinedModel` does). It is the testable form of the runtime, not a
+    fast one.
+
+    Epochs. An epoch is `steps_per_epoch` batches through stage 0. At its end
+    `fit` drains the pipeline: every stage finishes that epoch's batches (in
+    lock-step mode, `len(stages) - 1` further global steps in which stage 0
+    idles), so the weights that callbacks and checkpoints see are one
+    consistent snapshot. Loss and metrics are the top stage's, on the
+    batches that reached it. `evaluate` and `predict` run the plain forward
+    pass.
+
+    Not supported yet (each raises an error): mixed precision policies,
+    `tf.distribute` strategies, sample and class weights, `fit` without
+    labels, `jit_compile=True`. Each stage function runs one step per call.
+    The stage optimizers' state is saved with the model's own variables and
+    restored on load; with the drain (which also drops the targets still in
+    flight), a run resumed from an epoch's checkpoint goes on as it would
+    have.
+
+    After `fit`, `stage_log` holds, per stage, numpy arrays of the batch ids
+    it processed (`"batch"`), the batch id of the target its synthesizer
+    regressed at each of those steps (`"target_batch"`, -1 for none) and its
+    lead over the stage above (`"lag"`: its batch id minus the number of
+    batches the stage above had finished).
+
+    Args:
+        network, synthesizers, method: as for `PipelinedModel` (`"dni"` or
+            `"cdni"`).
+        capacity: items each forward queue holds, >= 1: the staleness bound
+            above.
+        lock_step: step the stages together (requires `capacity=1`).
+        **kwargs: the other arguments of `DecoupledModel` (`sg_loss_weight`,
+            `devices`, `name`).
+
+    Example:
+
+    ```python
+    model = keras_sg.AsyncPipelinedModel(
+        net, synthesizers, method="cdni", devices=devices, capacity=2
+    )
+    model.compile(keras.optimizers.Adam(1e-3), loss)
+    model.fit(x, y, batch_size=64, epochs=2)
+    ```
+    """
+
+    def __init__(
+        self,
+        network,
+        synthesizers=None,
+        method: str = "dni",
+        capacity: int = 1,
+        lock_step: bool = False,
+        **kwargs,
+    ):
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
+            raise ValueError(
+                f"`capacity` must be an integer >= 1. Received: capacity={capacity!r}"
+            )
+        if capacity < 1:
+            raise ValueError(
+                "`capacity` (items per forward queue) must be >= 1. "
+                f"Received: capacity={capacity}"
+            )
+        if not isinstance(lock_step, bool):
+            raise ValueError(
+                f"`lock_step` must be True or False. Received: lock_step={lock_step!r}"
+            )
+        if lock_step and capacity != 1:
+            raise ValueError(
+                "lock_step=True steps the stages together, one batch in flight "
+                f"per cut, so it needs capacity=1. Received: capacity={capacity}"
+            )
+        self.capacity = int(capacity)
+        self.lock_step = lock_step
+        self.stage_log = None
+        # A plain object: Keras's saving would otherwise walk the optimizers
+        # on its own, and only if they exist when it loads.
+        self._stage_optimizers = _StageOptimizers()
+        self._saved_optimizers = None
+        super().__init__(network, synthesizers, method=method, **kwargs)
+
+    # ------------------------------------------------------------- checks
+
+    @property
+    def jit_compile(self):
+        return keras.Model.jit_compile.fget(self)
+
+    @jit_compile.setter
+    def jit_compile(self, value):
+        if value is True:
+            raise ValueError(
+                "AsyncPipelinedModel does not compile its stages with XLA yet "
+                "(the queues it reads change shape). Compile with "
+                f"jit_compile=False or 'auto'. Received: jit_compile={value!r}"
+            )
+        keras.Model.jit_compile.fset(self, value)
+
+    def _check_can_run(self):
+        if not self.compiled:
+            raise ValueError("Call `compile()` before `fit()`.")
+        if (
+            tf.distribute.has_strategy()
+            or getattr(self, "_distribute_strategy", None) is not None
+        ):
+            strategy = tf.distribute.get_strategy()
+            raise ValueError(
+                "AsyncPipelinedModel runs its stages in threads of its own and "
+                "does not run under a tf.distribute strategy. Received: "
+                f"strategy {type(strategy).__name__}"
+            )
+        policies = {self.dtype_policy.name}
+        for part in self.stages + self.synthesizers:
+            policies.update(layer.dtype_policy.name for layer in part._flatten_layers())
+        if policies != {"float32"} or isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            raise ValueError(
+                "AsyncPipelinedModel trains in float32 only (mixed precision "
+                "is not supported yet). Received: dtype policies "
+                f"{sorted(policies)}, optimizer {type(self.optimizer).__name__}"
+            )
+
+    def train_step(self, data):
+        raise ValueError(
+            "AsyncPipelinedModel trains through `fit`, which runs every stage "
+            "in its own loop; it has no single train step (use PipelinedModel "
+            "for that). Received: a call to train_step"
+        )
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_data=None,
+        shuffle=True,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        sample_weight=None,
+        drain=True,
+        **kwargs,
+    ):
+        """Trains the model, every stage in its own thread.
+
+        Takes the arguments of `keras.Model.fit` listed in its signature;
+        `x` is a pair of arrays with `y`, or a `tf.data.Dataset` of
+        `(inputs, labels)` batches (repeated as needed). `drain=False` keeps
+        batches in flight across epochs, as `PipelinedModel` does (the
+        weights at an epoch's end are then not one snapshot, and the batches
+        still in flight when `fit` returns are dropped).
+
+        Returns:
+            A `keras.callbacks.History`.
+        """
+        if kwargs:
+            raise ValueError(
+                "AsyncPipelinedModel.fit does not take these arguments yet. "
+                f"Received: {sorted(kwargs)}"
+            )
+        if sample_weight is not None:
+            raise ValueError(
+                "AsyncPipelinedModel takes no sample weights. "
+                "Received: sample_weight=weights"
+            )
+        self._check_can_run()
+        if self.method == "cdni":
+            check_label_range(y, self.synthesizers[0].num_classes)
+        dataset, steps_per_epoch = self._dataset(
+            x, y, batch_size, shuffle, steps_per_epoch
+        )
+        epochs = int(epochs)
+        verbose = 1 if verbose == "auto" else verbose
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = keras.callbacks.CallbackList(
+                callbacks,
+                add_history=True,
+                add_progbar=verbose != 0,
+                verbose=verbose,
+                epochs=epochs,
+                steps=steps_per_epoch,
+                model=self,
+            )
+        with self._reporting_lost_workers(), reporting_label_errors():
+            runtime = _Runtime(self, dataset)
+            try:
+                self._train(
+                    runtime,
+                    callbacks,
+                    epochs,
+                    initial_epoch,
+                    steps_per_epoch,
+                    validation_data,
+                    drain,
+                )
+            except _StageFailed:
+                pass  # the stage's own error is raised below, after shutdown
+            finally:
+                runtime.shutdown()
+                self.stage_log = runtime.log_arrays()
+            runtime.raise_error()
+        return self.history
+
+    def _train(
+        self,
+        runtime,
+        callbacks,
+        epochs,
+        initial_epoch,
+        steps_per_epoch,
+        validation_data,
+        drain,
+    ):
+        self.stop_training = False
+        callbacks.on_train_begin()
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            self.reset_metrics()
+            callbacks.on_epoch_begin(epoch)
+            first = epoch == initial_epoch
+            if self.lock_step:
+                runtime.lock_step_epoch(steps_per_epoch, drain, first, callbacks)
+            else:
+                runtime.free_epoch(steps_per_epoch, drain, first, callbacks)
+            if drain:
+                runtime.drop_targets()
+            logs = {k: float(v) for k, v in self.get_metrics_result().items()}
+            if validation_data is not None:
+                val = self.evaluate(
+                    *_unpack(validation_data), verbose=0, return_dict=True
+                )
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            callbacks.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        callbacks.on_train_end(logs)
+
+    def _dataset(self, x, y, batch_size, shuffle, steps_per_epoch):
+        """The training data as a repeated dataset of `(inputs, labels)` batches."""
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise ValueError(
+                    "Give the labels inside the dataset, as (inputs, labels). "
+                    "Received: a dataset and y"
+                )
+            dataset = x
+        else:
+            if y is None:
+                raise ValueError(
+                    "AsyncPipelinedModel needs labels: the top stage's loss "
+                    "and the cDNI synthesizers read them. Received: y=None"
+                )
+            dataset = tf.data.Dataset.from_tensor_slices((x, y))
+            if shuffle:
+                dataset = dataset.shuffle(len(x), reshuffle_each_iteration=True)
+            dataset = dataset.batch(batch_size or 32)
+        spec = dataset.element_spec
+        if not isinstance(spec, tuple) or len(spec) != 2:
+            count = len(spec) if isinstance(spec, tuple) else 1
+            raise ValueError(
+                "AsyncPipelinedModel expects batches of (inputs, labels), "
+                "without sample weights. Received: dataset elements of "
+                f"{count} part(s)"
+            )
+        if steps_per_epoch is None:
+            cardinality = int(dataset.cardinality())
+            if cardinality < 1:
+                raise ValueError(
+                    "The dataset's length is unknown or infinite: pass "
+                    f"steps_per_epoch. Received: cardinality={cardinality}"
+                )
+            steps_per_epoch = cardinality
+        steps_per_epoch = int(steps_per_epoch)
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}"
+            )
+        self.build_for_spec(spec)
+        return dataset.repeat(), steps_per_epoch
+
+    def build_for_spec(self, spec):
+        x_spec, _ = spec
+        if not self.built or self._cut_shapes is None:
+            self.build(tuple(x_spec.shape))
+        self._symbolic_build(data_batch=spec)
+
+    # --------------------------------------------------------- optimizers
+
+    def stage_optimizers(self) -> list:
+        """One optimizer per stage, cloned from the compiled one, built on
+        that stage's variables and the synthesizer's at its output, on its
+        device. Made on first use and kept (a new `compile` makes new ones)."""
+        made = self._stage_optimizers
+        if made.optimizers is not None and made.source is self.optimizer:
+            return made.optimizers
+        optimizers = []
+        for k in range(len(self.stages)):
+            optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+            if self.devices is not None:
+                place_optimizer(optimizer)
+            with self._on(k):
+                optimizer.build(self.stage_variables(k))
+            optimizers.append(optimizer)
+        made.source, made.optimizers = self.optimizer, optimizers
+        saved, self._saved_optimizers = self._saved_optimizers, None
+        if saved is not None:
+            self._restore_optimizers(optimizers, saved)
+        return optimizers
+
+    # The stage optimizers' state (slots and `iterations`) is saved with the
+    # model's own variables, under keys `stage_<k>_optimizer_<i>`, and put
+    # back when the optimizers are made (on load, or at the next `fit`).
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self._stage_optimizers.optimizers is None:
+            return
+        for k, optimizer in enumerate(self._stage_optimizers.optimizers):
+            for i, v in enumerate(optimizer.variables):
+                store[f"stage_{k}_optimizer_{i}"] = v
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        own = {key: store[key] for key in keys if not key.startswith("stage_")}
+        super().load_own_variables(own)
+        saved = {
+            key: np.asarray(store[key]) for key in keys if key.startswith("stage_")
+        }
+        self._saved_optimizers = saved or None
+        self._stage_optimizers = _StageOptimizers()
+        if saved and self.compiled:
+            self.stage_optimizers()
+
+    def _restore_optimizers(self, optimizers, saved):
+        want = sum(len(o.variables) for o in optimizers)
+        if len(saved) != want:
+            raise ValueError(
+                f"The saved state of the stage optimizers has {len(saved)} "
+                f"variables; this model's optimizers have {want}. Received: "
+                "a file saved from a different model or optimizer"
+            )
+        for k, optimizer in enumerate(optimizers):
+            for i, v in enumerate(optimizer.variables):
+                v.assign(saved[f"stage_{k}_optimizer_{i}"])
+
+    def stage_variables(self, k) -> list:
+        """Stage k's trainable variables and the synthesizer's at its output."""
+        parts = [self.stages[k]]
+        if k < len(self.synthesizers):
+            parts.append(self.synthesizers[k])
+        seen, variables = set(), []
+        for part in parts:
+            for v in part.trainable_variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    variables.append(v)
+        return variables
+
+    # ---------------------------------------------------------- stage work
+
+    def _stage_function(self, k, runtime):
+        """Stage k's step, as a `tf.function` of `n_back`: how many targets to
+        take from its backward queue (-1: all that have arrived)."""
+        last = len(self.stages) - 1
+        optimizer = runtime.optimizers[k]
+        one = tf.constant(1.0)
+
+        def step(n_back):
+            with self._on(k):
+                # Forward input: stage 0 reads the dataset, the others the
+                # queue below them.
+                if k == 0:
+                    x, labels = next(runtime.iterator)
+                    if self.method == "cdni":
+                        labels = self._context(labels)
+                    batch = runtime.counter.read_value()
+                    runtime.counter.assign_add(1)
+                    inputs = x
+                else:
+                    h, labels, batch = runtime.forward[k - 1].dequeue()
+                    inputs = tf.reshape(h, (-1, *self._cut_shapes[k - 1][1:]))
+                    labels = runtime.shape_labels(labels)
+                # The staleness bound counts on this order: input, then the
+                # stage above's progress and the targets that have arrived,
+                # then the output. TensorFlow orders stateful ops only per
+                # resource, so the order is made explicit.
+                lag = tf.constant(0, tf.int64)
+                target_batch = tf.constant(-1, tf.int64)
+                if k < last:
+                    with tf.control_dependencies([batch]):
+                        lag = batch - runtime.done[k + 1].read_value()
+                    with tf.control_dependencies([lag]):
+                        # The synthesizer's target: the newest that has arrived.
+                        sg_in, sg_labels, sg_target, target_batch, valid = (
+                            runtime.take_newest(k, n_back)
+                        )
+
+                # Stage work, as PipelinedModel's.
+                sent = []
+                if k < last:
+                    h, target, grads = self._stage_step(
+                        k, inputs, labels, 1.0, one, tf.constant(True)
+                    )
+                    with tf.control_dependencies([target_batch]):
+                        sent.append(runtime.forward[k].enqueue([h, labels, batch]))
+                    synth_grads, sg_loss = self._synthesizer_step(
+                        k, sg_in, sg_labels, sg_target, 1.0, valid
+                    )
+                else:
+                    _forget_losses(self.stages[:last] + self.synthesizers)
+                    loss, y_pred, target, grads = self._top_step(
+                        inputs, labels, one, tf.constant(True)
+                    )
+                if k > 0:
+                    sent.append(runtime.send_back(k - 1, inputs, labels, target, batch))
+
+                # Update: the stage, and the synthesizer if it regressed.
+                stage_vars = list(self.stages[k].trainable_variables)
+                if k < last:
+                    synth_vars = list(self.synthesizers[k].trainable_variables)
+                    applied = tf.cond(
+                        valid,
+                        lambda: _apply(
+                            optimizer, grads + synth_grads, stage_vars + synth_vars
+                        ),
+                        lambda: _apply(optimizer, grads, stage_vars),
+                    )
+                    weight = tf.cast(valid, tf.float32)
+                    self.sg_loss_trackers[k].update_state(
+                        tf.where(valid, sg_loss, 0.0), sample_weight=weight
+                    )
+                else:
+                    applied = _apply(optimizer, grads, stage_vars)
+                # Finished: what it sent is in the queues, its update made.
+                with tf.control_dependencies([*sent, applied]):
+                    runtime.done[k].assign_add(1)
+                out = {"batch": batch, "target_batch": target_batch, "lag": lag}
+                if k == last:
+                    size = tf.shape(labels)[0]
+                    self._loss_tracker.update_state(loss, sample_weight=size)
+                    metrics = self.compute_metrics(inputs, labels, y_pred)
+                    out["logs"] = metrics
+                return out
+
+        return tf.function(step)
+
+    def _idle_function(self, k, runtime):
+        """A lock-step stage without input: its optimizer counts the step."""
+        optimizer = runtime.optimizers[k]
+
+        def idle():
+            with self._on(k):
+                optimizer.iterations.assign_add(1)
+            return tf.constant(0)
+
+        return tf.function(idle)
+
+    # -------------------------------------------------------- serializing
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"capacity": self.capacity, "lock_step": self.lock_step})
+        return config
+
+
+def _apply(optimizer, grads, variables):
+    optimizer.apply(grads, variables)
+    return tf.constant(True)
+
+
+def _unpack(data):
+    if isinstance(data, tf.data.Dataset):
+        return (data,)
+    return tuple(data)
+
+
+class _StageOptimizers:
+    """The stage optimizers and the compiled optimizer they were cloned from."""
+
+    def __init__(self):
+        self.source = None
+        self.optimizers = None
+
+
+class _StageFailed(Exception):
+    """Carries the first error of a stage thread to the main thread."""
+
+
+class _Runtime:
+    """The queues, stage functions and threads of one `fit` call.
+
+    A plain object: Keras neither tracks nor saves it. Made afresh by each
+    `fit` (a closed queue cannot be reopened), and shut down at its end.
+    """
+
+    def __init__(self, model, dataset):
+        self.model = model
+        devices = model.devices
+        last = len(model.stages) - 1
+        self.num_stages = last + 1
+        x_spec, y_spec = dataset.element_spec
+        self.label_spec = y_spec
+        capacity = model.capacity
+        # Forward queue k feeds stage k + 1, on its device; backward queue k
+        # feeds the synthesizer at cut k, on stage k's device.
+        self.back_capacity = capacity + 2
+        self.forward, self.backward, self.done = [], [], []
+        for k in range(self.num_stages):
+            with tf.device(devices[k] if devices else None):
+                self.done.append(tf.Variable(0, dtype=tf.int64, trainable=False))
+                if k < last:
+                    self.backward.append(
+                        tf.queue.FIFOQueue(
+                            self.back_capacity,
+                            [tf.float32, y_spec.dtype, tf.float32, tf.int64],
+                            name=f"targets_{k}",
+                        )
+                    )
+                if k > 0:
+                    self.forward.append(
+                        tf.queue.FIFOQueue(
+                            capacity,
+                            [tf.float32, y_spec.dtype, tf.int64],
+                            name=f"activations_{k - 1}",
+                        )
+                    )
+                if k == 0:
+                    self.counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+                    self.iterator = iter(dataset)
+        self.optimizers = model.stage_optimizers()
+        # Trace every function here, one after the other: Keras's layers
+        # keep Python state while they trace.
+        int_spec = tf.TensorSpec([], tf.int32)
+        self.steps = []
+        for k in range(self.num_stages):
+            fn = model._stage_function(k, self)
+            self.steps.append(fn.get_concrete_function(int_spec))
+        self.idles = []
+        if model.lock_step:
+            for k in range(self.num_stages):
+                self.idles.append(model._idle_function(k, self).get_concrete_function())
+        self.log = [
+            {"batch": [], "target_batch": [], "lag": []} for _ in range(self.num_stages)
+        ]
+        self.events = queue.Queue()
+        self.inboxes = [queue.Queue() for _ in range(self.num_stages)]
+        self.error = None
+        self.threads = [
+            threading.Thread(
+                target=self._loop, args=(k,), name=f"keras_sg-stage-{k}", daemon=True
+            )
+            for k in range(self.num_stages)
+        ]
+        for thread in self.threads:
+            thread.start()
+        # Batches each stage finished, and targets taken at each cut, in this
+        # fit (the schedule of lock-step mode is computed from them).
+        self.finished = [0] * self.num_stages
+        self.taken = [0] * (self.num_stages - 1)
+
+    # ------------------------------------------------------ in the graph
+
+    def shape_labels(self, labels):
+        shape = self.label_spec.shape
+        if shape.rank is not None and shape[1:].is_fully_defined():
+            return tf.reshape(labels, (-1, *shape[1:]))
+        return labels
+
+    def take_newest(self, k, n_back):
+        """Takes `n_back` targets (-1: all present) from backward queue k.
+
+        Returns the newest (input, labels, target, batch id) and whether
+        there was one; the older ones are dropped.
+        """
+        q = self.backward[k]
+        count = tf.where(n_back < 0, q.size(), n_back)
+
+        def drop(i):
+            with tf.control_dependencies([q.dequeue()[3]]):
+                return (i + 1,)
+
+        (dropped,) = tf.while_loop(lambda i: i < count - 1, drop, (tf.constant(0),))
+        cut = self.model._cut_shapes[k]
+        label_spec = self.label_spec
+
+        def take():
+            with tf.control_dependencies([dropped]):
+                a, y, g, batch = q.dequeue()
+            return a, y, g, batch
+
+        def none():
+            empty = tf.zeros((0, *cut[1:]), tf.float32)
+            y_shape = [0] + [d or 0 for d in label_spec.shape[1:]]
+            y = tf.zeros(y_shape, label_spec.dtype)
+            return empty, y, empty, tf.constant(-1, tf.int64)
+
+        valid = count > 0
+        a, y, g, batch = tf.cond(valid, take, none)
+        a = tf.reshape(a, (-1, *cut[1:]))
+        g = tf.reshape(g, (-1, *cut[1:]))
+        return a, self.shape_labels(y), g, batch, valid
+
+    def send_back(self, k, inputs, labels, target, batch):
+        """Sends stage k + 1's target to the synthesizer at cut k.
+
+        The queue has room by the staleness bound; if it had none, waiting
+        could deadlock, so the step fails instead.
+        """
+        q = self.backward[k]
+        # Read after this step's input arrived (the target depends on it),
+        # not early, when the queue may still hold what the stage below
+        # has not taken yet.
+        with tf.control_dependencies([target]):
+            size = q.size()
+        check = tf.debugging.assert_less(
+            size,
+            self.back_capacity,
+            message=(
+                f"The target queue at cut {k} is full ({self.back_capacity} "
+                "items): the staleness bound is broken"
+            ),
+        )
+        with tf.control_dependencies([check]):
+            return q.enqueue([tf.cast(inputs, tf.float32), labels, target, batch])
+
+    # ------------------------------------------------------- the threads
+
+    def _loop(self, k):
+        last = self.num_stages - 1
+        try:
+            while True:
+                order = self.inboxes[k].get()
+                if order is None:
+                    return
+                kind, count, n_back = order
+                for _ in range(count):
+                    if kind == "idle":
+                        self.idles[k]()
+                        continue
+                    out = self.steps[k](tf.constant(n_back, tf.int32))
+                    log = self.log[k]
+                    log["batch"].append(int(out["batch"]))
+                    log["target_batch"].append(int(out["target_batch"]))
+                    log["lag"].append(int(out["lag"]))
+                    if k == last:
+                        logs = {n: float(v) for n, v in out["logs"].items()}
+                        self.events.put(("log", logs))
+                self.events.put(("done", k))
+        except Exception as error:  # noqa: BLE001 - handed to the main thread
+            self.events.put(("error", k, error))
+
+    def _wait(self, count, callbacks, state):
+        """Waits for `count` stage orders to finish; calls the batch callbacks."""
+        while count:
+            event = self.events.get()
+            if event[0] == "done":
+                count -= 1
+            elif event[0] == "log":
+                callbacks.on_train_batch_begin(state["batch"])
+                callbacks.on_train_batch_end(state["batch"], event[1])
+                state["batch"] += 1
+            else:
+                _, k, error = event
+                self.error = (k, error)
+                raise _StageFailed(k)
+
+    def free_epoch(self, steps, drain, first, callbacks):
+        """Every stage runs its share of the epoch at its own pace."""
+        state = {"batch": 0}
+        for k in range(self.num_stages):
+            share = steps - k if (first and not drain) else steps
+            self.inboxes[k].put(("work", max(share, 0), -1))
+        self._wait(self.num_stages, callbacks, state)
+
+    def lock_step_epoch(self, steps, drain, first, callbacks):
+        """Global steps: each stage works if its input has arrived, else idles."""
+        state = {"batch": 0}
+        fed, last = 0, self.num_stages - 1
+        while fed < steps or (drain and self.finished[last] < self.finished[0]):
+            before = list(self.finished)
+            for k in range(self.num_stages):
+                works = fed < steps if k == 0 else before[k - 1] > before[k]
+                n_back = 0
+                if works and k < last:
+                    # Every target sent before this step: one per step of
+                    # the stage above.
+                    n_back = before[k + 1] - self.taken[k]
+                    self.taken[k] += n_back
+                self.finished[k] += int(works)
+                self.inboxes[k].put(("work" if works else "idle", 1, n_back))
+            fed += int(fed < steps)
+            self._wait(self.num_stages, callbacks, state)
+
+    def drop_targets(self):
+        """Empties the backward queues (between epochs, the threads idle).
+
+        Targets of an epoch's last batches arrive after the stage below has
+        finished the epoch; dropping them leaves nothing in flight, so the
+        weights and optimizers at an epoch's end are all the next epoch
+        needs, and a run resumed from a checkpoint goes on as it would have.
+        """
+        for k, q in enumerate(self.backward):
+            for _ in range(int(q.size())):
+                q.dequeue()
+            self.taken[k] = self.finished[k + 1]
+
+    def shutdown(self):
+        """Closes every queue (cancelling blocked enqueues and dequeues) and
+        joins the threads; raises if one does not end in time."""
+        for q in self.forward + self.backward:
+            with contextlib.suppress(Exception):
+                q.close(cancel_pending_enqueues=True)
+        for inbox in self.inboxes:
+            inbox.put(None)
+        stuck = []
+        for thread in self.threads:
+            thread.join(JOIN_TIMEOUT)
+            if thread.is_alive():
+                stuck.append(thread.name)
+        if stuck and self.error is None:
+            raise RuntimeError(
+                f"Stage threads did not end within {JOIN_TIMEOUT} s of "
+                f"shutdown. Received: still running {stuck}"
+            )
+
+    def raise_error(self):
+        if self.error is not None:
+            k, error = self.error
+            error.add_note(f"(raised in the thread of stage {k})")
+            raise error
+
+    def log_arrays(self):
+        return [
+            {name: np.asarray(values, np.int64) for name, values in log.items()}
+            for log in self.log
+        ]

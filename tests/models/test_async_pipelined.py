@@ -1,0 +1,496 @@
+"""The asynchronous stage runtime: lock-step equality, staleness, the fit front."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import linear_synth, weights_of
+
+import keras_sg
+
+D, H, OUT, B = 3, 4, 2, 2
+WORKER = Path(__file__).with_name("async_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _net(width=H, top_width=None):
+    top = [keras.layers.Dense(top_width, activation="tanh")] if top_width else []
+    return keras.Sequential(
+        [
+            keras.Input((D,)),
+            keras.layers.Dense(width, name="d0"),
+            keras_sg.Interface(name="cut_1"),
+            keras.layers.Dense(width, name="d1"),
+            keras_sg.Interface(name="cut_2"),
+            *top,
+            keras.layers.Dense(OUT, name="d2"),
+        ]
+    )
+
+
+def _model(cls, optimizer, method="dni", loss="mse", **kwargs):
+    keras.utils.set_random_seed(7)
+    classes = OUT if method == "cdni" else None
+    synths = [linear_synth(num_classes=classes) for _ in range(2)]
+    model = cls(_net(), synths, method=method, **kwargs)
+    rng = np.random.default_rng(4)
+    for synth in synths:
+        kernel, bias = synth.head.get_weights()
+        synth.head.set_weights(
+            [rng.normal(size=kernel.shape), rng.normal(size=bias.shape)]
+        )
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
+
+
+def _data(n=15, classes=False):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, D)).astype("float32")
+    if classes:
+        return x, rng.integers(0, OUT, size=n)
+    return x, rng.normal(size=(n, OUT)).astype("float32")
+
+
+def _parts(model):
+    return model.stages + model.synthesizers
+
+
+# ------------------------------------------------------------- lock step
+
+
+@pytest.mark.parametrize(
+    "optimizer, method",
+    [
+        (lambda: keras.optimizers.Adam(0.05), "dni"),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.5), "cdni"),
+    ],
+    ids=["adam-dni", "sgd-cdni"],
+)
+def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
+    """Two epochs of 8 batches (the last partial): 16 global steps, K = 3.
+
+    Each stage's own optimizer steps at every global step (idle ones only
+    count it), so Adam's bias correction matches the single optimizer's.
+    """
+    classes = method == "cdni"
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = loss if classes else "mse"
+    x, y = _data(classes=classes)
+    reference = _model(keras_sg.PipelinedModel, optimizer(), method, loss)
+    start = weights_of(_parts(reference))
+    want_history = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    model = _model(
+        keras_sg.AsyncPipelinedModel, optimizer(), method, loss, lock_step=True
+    )
+    np.testing.assert_array_equal(weights_of(_parts(model))[0], start[0])
+    history = model.fit(
+        x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False
+    )
+    # The top stage's loss, averaged over the batches that reached it.
+    np.testing.assert_allclose(
+        history.history["loss"], want_history.history["loss"], rtol=1e-6
+    )
+
+    want, got = weights_of(_parts(reference)), weights_of(_parts(model))
+    moved = [np.abs(w - s).max() for w, s in zip(want, start, strict=True)]
+    assert min(moved) > 1e-3  # every stage and synthesizer learned
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    iterations = [int(o.iterations) for o in model.stage_optimizers()]
+    assert iterations == [16, 16, 16] == [int(reference.optimizer.iterations)] * 3
+    # Batch ids: stage k saw every batch of the 16 steps that reached it.
+    for k, log in enumerate(model.stage_log):
+        np.testing.assert_array_equal(log["batch"], np.arange(16 - k))
+        if k < 2:
+            # The synthesizer at cut k regresses, at batch s, the target
+            # that stage k + 1 sent one step earlier: batch s - 2.
+            np.testing.assert_array_equal(
+                log["target_batch"], np.where(log["batch"] >= 2, log["batch"] - 2, -1)
+            )
+
+
+def test_lock_step_drains_every_epoch():
+    """With the default drain, every stage finishes each epoch's batches."""
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    for log in model.stage_log:
+        np.testing.assert_array_equal(log["batch"], np.arange(8))
+    # 4 batches and 2 drain steps per epoch: each stage counts all 12.
+    assert [int(o.iterations) for o in model.stage_optimizers()] == [12] * 3
+    # A second fit goes on with the same optimizers.
+    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    assert [int(o.iterations) for o in model.stage_optimizers()] == [18] * 3
+
+
+def test_a_run_resumed_from_a_file_goes_on_as_it_would_have(tmp_path):
+    """Lock-step, Adam: two epochs straight, or one, save, load and one more.
+
+    The file holds each stage optimizer's moments and `iterations`, and a
+    drained epoch leaves nothing in flight.
+    """
+    x, y = _data()
+    straight = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+    )
+    straight.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    first = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+    )
+    first.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "epoch-1.keras"
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    resumed.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    want, got = weights_of(_parts(straight)), weights_of(_parts(resumed))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    iterations = [int(o.iterations) for o in resumed.stage_optimizers()]
+    assert iterations == [20, 20, 20]  # 2 x (8 batches + 2 drain steps)
+
+
+# ------------------------------------------------------------- staleness
+
+
+def _check_staleness(log, capacity, num_stages):
+    """The bounds derived in AsyncPipelinedModel's docstring."""
+    for k in range(num_stages - 1):
+        batch, target, lag = (log[k][n] for n in ("batch", "target_batch", "lag"))
+        assert lag.min() >= 0
+        assert lag.max() <= capacity + 1, (k, lag.max())
+        used = target >= 0
+        staleness = batch[used] - target[used]
+        assert staleness.min() >= 1
+        assert staleness.max() <= capacity + 2, (k, staleness.max())
+        # Targets come in order: the synthesizer never goes back in time.
+        assert np.all(np.diff(target[used]) > 0)
+
+
+def _sleep(t):
+    time.sleep(0.01)
+    return t
+
+
+class _Slow(keras.layers.Layer):
+    """The identity, 10 ms late: a top stage slower than the stages below."""
+
+    def call(self, inputs):
+        out = tf.numpy_function(_sleep, [inputs], inputs.dtype)
+        return tf.ensure_shape(out, inputs.shape)
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_capacity_bounds_staleness_when_free_running(capacity):
+    """The stages below a slow top run ahead as far as the queues let them."""
+    keras.utils.set_random_seed(3)
+    net = _net()
+    synths = [linear_synth() for _ in range(2)]
+    top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
+    stages = keras_sg.models.split_stages(net)[:2] + [top]
+    model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=capacity)
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, D)).astype("float32")
+    y = rng.normal(size=(120, OUT)).astype("float32")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    log = model.stage_log
+    for k in range(3):
+        np.testing.assert_array_equal(log[k]["batch"], np.arange(60))
+    _check_staleness(log, capacity, 3)
+    assert (log[2]["target_batch"] == -1).all()
+    # The stage below the slow top reaches its bound: the test can see a
+    # queue that lets it run further.
+    assert log[1]["lag"].max() == capacity + 1
+
+
+# ------------------------------------------------------------- fit front
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_train_begin(self, logs=None):
+        self.calls.append("train_begin")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(("epoch", epoch, sorted(logs)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("batch", batch))
+
+    def on_train_end(self, logs=None):
+        self.calls.append("train_end")
+
+
+def test_fit_smoke_history_callbacks_and_progress_bar(capsys):
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", capacity=2)
+    recorder = _Recorder()
+    history = model.fit(
+        x,
+        y,
+        batch_size=B,
+        epochs=2,
+        verbose=1,
+        callbacks=[recorder],
+        validation_data=(x, y),
+    )
+    assert isinstance(history, keras.callbacks.History)
+    assert sorted(history.history) == [
+        "cut_1_sg_loss",
+        "cut_2_sg_loss",
+        "loss",
+        "val_loss",
+    ]
+    assert len(history.history["loss"]) == 2
+    keys = ["cut_1_sg_loss", "cut_2_sg_loss", "loss", "val_loss"]
+    batches = [("batch", i) for i in range(4)]
+    assert recorder.calls == [
+        "train_begin",
+        *batches,
+        ("epoch", 0, keys),
+        *batches,
+        ("epoch", 1, keys),
+        "train_end",
+    ]
+    assert "4/4" in capsys.readouterr().out
+    # The epoch's loss is the top stage's mean over its batches: equal to
+    # the plain forward loss of the weights at each top step, so finite.
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_fit_reduces_the_loss_on_a_separable_problem():
+    """cDNI, free running with capacity 2, on two Gaussian blobs."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=256)
+    x = (rng.normal(size=(256, D)) + 2.0 * (2 * y[:, None] - 1)).astype("float32")
+    synths = [linear_synth(num_classes=2) for _ in range(2)]
+    model = keras_sg.AsyncPipelinedModel(
+        _net(width=16), synths, method="cdni", capacity=2
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(0.01), loss, metrics=["accuracy"])
+    before = model.evaluate(x, y, verbose=0, return_dict=True)
+    history = model.fit(x, y, batch_size=16, epochs=4, verbose=0)
+    after = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert before["loss"] > 0.5
+    assert after["loss"] < 0.2, (before, after)
+    assert after["accuracy"] > 0.95
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert model.predict(x[:5], verbose=0).shape == (5, 2)
+
+
+def test_round_trips_through_keras_files(tmp_path):
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", capacity=3)
+    model.fit(x, y, batch_size=B, verbose=0)
+    path = tmp_path / "async.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_sg.AsyncPipelinedModel)
+    assert (loaded.capacity, loaded.lock_step) == (3, False)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
+    )
+
+
+# -------------------------------------------------------------- shutdown
+
+
+def _stage_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("keras_sg-stage")]
+
+
+def test_no_threads_left_after_fit():
+    before = threading.active_count()
+    x, y = _data(n=8)
+    for lock_step in (False, True):
+        model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=lock_step)
+        model.fit(x, y, batch_size=B, epochs=2, verbose=0)
+    assert _stage_threads() == []
+    assert threading.active_count() == before
+
+
+def _failing_loss(y_true, y_pred):
+    """MSE that fails on a label of 100 or more: an error in the top stage."""
+    check = tf.debugging.assert_less(tf.reduce_max(y_true), 100.0, message="big y")
+    with tf.control_dependencies([check]):
+        return keras.losses.mean_squared_error(y_true, y_pred)
+
+
+class _Raise(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise RuntimeError("callback failed")
+
+
+@pytest.mark.parametrize(
+    "where, lock_step",
+    [("stage_0", False), ("top", False), ("top", True), ("callback", False)],
+)
+def test_an_error_anywhere_is_raised_and_leaves_no_threads(where, lock_step):
+    before = threading.active_count()
+    x, y = _data(n=40, classes=where == "stage_0")
+    callbacks = []
+    if where == "stage_0":  # cDNI's in-graph label check, in stage 0
+        method, loss = "cdni", "sparse_categorical_crossentropy"
+        y[30] = 5
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(B)
+        expected = (ValueError, "cDNI labels must lie in")
+    elif where == "top":
+        method, loss = "dni", _failing_loss
+        y[30] = 1000.0
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(B)
+        expected = (tf.errors.InvalidArgumentError, "big y")
+    else:
+        method, loss = "dni", "mse"
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(B)
+        callbacks = [_Raise()]
+        expected = (RuntimeError, "callback failed")
+    model = _model(
+        keras_sg.AsyncPipelinedModel, "sgd", method, loss, lock_step=lock_step
+    )
+    with pytest.raises(expected[0], match=expected[1]):
+        model.fit(data, epochs=3, verbose=0, callbacks=callbacks)
+    assert _stage_threads() == []
+    assert threading.active_count() == before
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"capacity": 0}, "capacity=0"),
+        ({"capacity": "2"}, "capacity='2'"),
+        ({"capacity": True}, "capacity=True"),
+        ({"lock_step": True, "capacity": 2}, "capacity=2"),
+        ({"lock_step": 1}, "lock_step=1"),
+        ({"method": "backprop"}, "method='backprop'"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, message):
+    synths = [linear_synth() for _ in range(2)]
+    with pytest.raises(ValueError, match=message):
+        keras_sg.AsyncPipelinedModel(_net(), synths, **kwargs)
+
+
+def test_rejects_jit_compile():
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    with pytest.raises(ValueError, match="jit_compile=True"):
+        model.compile("sgd", "mse", jit_compile=True)
+
+
+@pytest.mark.parametrize(
+    "fit_kwargs, message",
+    [
+        ({"sample_weight": np.ones(8)}, "sample_weight=weights"),
+        ({"y": None}, "y=None"),
+        ({"class_weight": {0: 1.0}}, "class_weight"),
+        ({"validation_split": 0.5}, "validation_split"),
+        ({"steps_per_epoch": 0}, "Received: 0"),
+    ],
+)
+def test_fit_rejects_what_it_cannot_do(fit_kwargs, message):
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    kwargs = {"y": y, "batch_size": B, "verbose": 0, **fit_kwargs}
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, **kwargs)
+    assert _stage_threads() == []
+
+
+def test_fit_rejects_datasets_with_weights_or_without_labels():
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    weighted = tf.data.Dataset.from_tensor_slices((x, y, np.ones(8))).batch(B)
+    with pytest.raises(ValueError, match="3 part"):
+        model.fit(weighted, verbose=0)
+    unlabelled = tf.data.Dataset.from_tensor_slices(x).batch(B)
+    with pytest.raises(ValueError, match="1 part"):
+        model.fit(unlabelled, verbose=0)
+    endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(B).repeat()
+    with pytest.raises(ValueError, match="cardinality=-1"):
+        model.fit(endless, verbose=0)
+
+
+def test_fit_rejects_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        synths = [linear_synth() for _ in range(2)]
+        model = keras_sg.AsyncPipelinedModel(_net(), synths)
+        model.compile("sgd", "mse")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x, y = _data(n=8)
+    with pytest.raises(ValueError, match="'mixed_float16'"):
+        model.fit(x, y, batch_size=B, verbose=0)
+
+
+def test_fit_rejects_a_distribution_strategy():
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope(), pytest.raises(ValueError, match="OneDeviceStrategy"):
+        model.fit(x, y, batch_size=B, verbose=0)
+
+
+def test_train_step_is_refused():
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    with pytest.raises(ValueError, match="trains through `fit`"):
+        model.train_on_batch(x[:2], y[:2])
+
+
+# ---------------------------------------------------------------- placed
+
+
+def _worker(mode):
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+    )
+    done = subprocess.run(
+        [sys.executable, str(WORKER), mode],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_placed_on_two_logical_devices_lock_step_equals_pipelined():
+    result = _worker("logical")
+    assert result["devices"] == ["/device:CPU:0", "/device:CPU:1"]
+    # Each stage's variables, optimizer slots and queues live on its device.
+    assert result["variable_devices"] == [["device:CPU:0"], ["device:CPU:1"]]
+    assert result["slot_devices"] == [["device:CPU:0"], ["device:CPU:1"]]
+    assert result["queue_devices"] == {
+        "activations_0": "device:CPU:1",
+        "targets_0": "device:CPU:0",
+    }
+    assert result["moved"] > 1e-3
+    assert result["max_weight_diff"] < 1e-6
+    assert result["iterations"] == [10, 10]
+    assert result["free_batches"] == [list(range(20)), list(range(20))]
+    # Capacity 2, free running across the two devices: the bounds hold.
+    assert 0 <= min(result["free_lag"]) <= max(result["free_lag"]) <= 3
+    assert result["free_staleness"]
+    assert 1 <= min(result["free_staleness"]) <= max(result["free_staleness"]) <= 4
+    assert result["threads_after"] == result["threads_before"]

@@ -1,0 +1,115 @@
+"""The client of the asynchronous runtime's two-server tests.
+
+Run as a subprocess by test_async_cluster.py (connecting resets TensorFlow's
+context). Prints one JSON line.
+
+    async_cluster_worker.py parity ADDRESSES
+    async_cluster_worker.py lost ADDRESSES  (prints "training", then trains on)
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras_sg  # noqa: E402
+
+MODE, ADDRESSES = sys.argv[1], sys.argv[2].split(",")
+devices = keras_sg.placement.connect_to_cluster({"worker": ADDRESSES})
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+D, H, OUT, B = 3, 4, 2, 2
+
+
+def build(cls, placed, **kwargs):
+    keras.utils.set_random_seed(5)
+    net = keras.Sequential(
+        [
+            keras.Input((D,)),
+            keras.layers.Dense(H, activation="tanh"),
+            keras_sg.Interface(name="cut_1"),
+            keras.layers.Dense(OUT),
+        ]
+    )
+    synth = keras_sg.DenseSynthesizer(
+        hidden_layers=0, use_batch_norm=False, num_classes=OUT
+    )
+    model = cls(
+        net,
+        [synth],
+        method="cdni",
+        devices=devices if placed else None,
+        **kwargs,
+    )
+    rng = np.random.default_rng(4)
+    kernel, bias = synth.head.get_weights()
+    synth.head.set_weights([rng.normal(size=kernel.shape), rng.normal(size=bias.shape)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(0.05), loss)
+    return model
+
+
+def weights(model):
+    return [w for part in model.stages + model.synthesizers for w in part.get_weights()]
+
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(10, D)).astype("float32")
+y = rng.integers(0, OUT, size=10)
+
+if MODE == "lost":
+
+    class Started(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                print("training", flush=True)
+
+    model = build(keras_sg.AsyncPipelinedModel, True, capacity=2)
+    threads = threading.active_count()
+    try:
+        model.fit(
+            x.repeat(5000, 0),
+            y.repeat(5000, 0),
+            batch_size=B,
+            verbose=0,
+            callbacks=[Started()],
+        )
+        result = {"error": None}
+    except Exception as error:  # the test reads which error it was
+        result = {"error": type(error).__name__, "message": str(error)}
+    result["at"] = time.time()
+    result["threads_left"] = threading.active_count() - threads
+    print(json.dumps(result), flush=True)
+    # Skip the interpreter's exit: TensorFlow would try to reach the dead
+    # task again while tearing down its context.
+    os._exit(0)
+
+reference = build(keras_sg.PipelinedModel, False)
+start = weights(reference)
+reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+model = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
+model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+want, got = weights(reference), weights(model)
+print(
+    json.dumps(
+        {
+            "devices": devices,
+            "variable_devices": [
+                sorted({v.value.device for v in model.stage_variables(k)})
+                for k in range(2)
+            ],
+            "moved": float(
+                min(np.abs(w - s).max() for w, s in zip(want, start, strict=True))
+            ),
+            "max_weight_diff": float(
+                max(np.abs(w - g).max() for w, g in zip(want, got, strict=True))
+            ),
+            "iterations": [int(o.iterations) for o in model.stage_optimizers()],
+        }
+    )
+)

@@ -1,0 +1,62 @@
+"""AsyncPipelinedModel on two TensorFlow servers: lock-step parity; a lost worker.
+
+Uses the two-server fixture of test_cluster.py; the client runs in a
+subprocess (connecting resets TensorFlow's context), with a timeout.
+"""
+
+import json
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_cluster import ENV, TASK_1, cluster  # noqa: F401 - the fixture
+
+CLIENT = Path(__file__).with_name("async_cluster_worker.py")
+
+
+def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
+    done = subprocess.run(
+        [sys.executable, str(CLIENT), "parity", cluster.spec],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["variable_devices"] == [
+        ["/job:worker/replica:0/task:0/device:CPU:0"],
+        [f"{TASK_1}/device:CPU:0"],
+    ]
+    assert result["moved"] > 1e-3
+    assert result["max_weight_diff"] < 1e-6
+    assert result["iterations"] == [10, 10]
+
+
+def test_killed_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
+    client = subprocess.Popen(
+        [sys.executable, str(CLIENT), "lost", cluster.spec],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    try:
+        ready, _, _ = select.select([client.stdout], [], [], 120)
+        assert ready, "the client did not start training within 120 s"
+        assert client.stdout.readline().strip() == "training"
+        cluster.kill(1)
+        killed_at = time.time()
+        stdout, _ = client.communicate(timeout=90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=30)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["error"] == "WorkerLostError", result
+    lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
+    assert f"{lost} (it holds stage 1)" in result["message"]
+    assert result["threads_left"] == 0
+    assert result["at"] - killed_at < 60
