@@ -174,12 +174,17 @@ def _fake_run(spec, speed, run=0):
     }
 
 
-def test_medians_table_reports_medians_of_the_runs(bench, parsed, monkeypatch):
+def test_medians_table_reports_medians_of_the_runs(
+    bench, parsed, monkeypatch, tmp_path
+):
+    from keras_sg.schedules import validation
+
     parsed(
         "--table_only",
         "--schedules=backprop_mp,gpipe,fully_unlocked",
         "--devices=2",
         "--repeats=3",
+        f"--costs={tmp_path / 'costs.json'}",
     )
     speeds = {
         "backprop_mp": [1000.0, 3200.0, 2000.0],
@@ -224,6 +229,14 @@ def test_medians_table_reports_medians_of_the_runs(bench, parsed, monkeypatch):
         "Load average (1, 5 and 15 min, `os.getloadavg`) at the start: "
         "5.25, 4.00, 3.50; at the end: 5.25, 4.00, 3.50; on "
     )
+    # With --costs, the median runs' costs go to a file the validation reads.
+    costs = validation.read_measured_costs(tmp_path / "costs.json")
+    assert [(c.name, c.examples_per_s) for c in costs] == [
+        ("backprop_mp (K=2)", 2000.0),
+        ("gpipe (K=2)", 1000.0),
+        ("fully_unlocked (K=2)", 4400.0),
+    ]
+    assert costs[2].predict() == pytest.approx(predicted)
 
 
 def test_every_table_of_the_report_holds_medians_of_the_repeats(
