@@ -300,8 +300,10 @@ def per_step_overhead(ops, wall_time, steps):
 
     It is the idle time in which every device waits: for the client to
     finish one step and start the next (Python, Keras's callbacks, the
-    dispatch of the step's function and of its input), and for messages in
-    flight while no device works. It is measured, not fitted; the
+    dispatch of the step's function and of its input), for messages in
+    flight while no device works, and between one op and the next when no
+    other runs (the executor's dispatch; more ops, more such gaps: small
+    models and many micro-batches have more). It is measured, not fitted; the
     simulator adds it to each step (`simulate(..., per_step_overhead=)`),
     in which a schedule with no message latency always has some device at
     work.
@@ -899,8 +901,11 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " the union of every op's interval (the stages', the optimizer's, the"
         " loss's), over the number of steps. In it every device waits: for the"
         " client to end one step and start the next, and for messages in"
-        " flight while no device works. It is measured in each run's own"
-        " trace, not fitted. Transfers are not measured apart (on the servers"
+        " flight while no device works; and the gaps between one op and the"
+        " next when no other runs (the executor's dispatch), which grow with"
+        " the number of ops: GPipe runs M times as many as backprop. It is"
+        " measured in each run's own trace, not fitted. Transfers are not"
+        " measured apart (on the servers"
         " a send is counted with the work of its scope, mostly F), so the"
         " simulator gets no transfer cost. GPipe and ZB-H1 split F and B evenly"
         f" over {FLAGS.micro_batches} micro-batches; ZB-H1 (Zero Bubble"
