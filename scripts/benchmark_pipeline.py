@@ -12,25 +12,38 @@ For each schedule it reports examples/s, each device's busy fraction and the
 synthesizer overhead, the last two read from a TensorFlow profiler trace by
 `keras_sg.profiling` (every op of stage k runs in the name scope `stage_k`,
 so the trace tells the stages apart). It then feeds
-the measured per-stage forward, backward and synthesizer costs to the
-simulator (keras_sg.schedules) and reports how far its prediction is from
-the measured throughput. Last, on MNIST with two devices, the wall time to
-97.5% test accuracy of backprop model-parallel, GPipe and pipelined cDNI.
+the measured per-stage forward, backward, synthesizer and update costs and
+the measured per-step overhead (the time per step in which no op runs on any
+device, see `per_step_overhead`) to the simulator (keras_sg.schedules) and
+reports how far its prediction is from the measured throughput, with ZB-H1
+simulated (not measured) on GPipe's costs. The costs and overheads go to a
+JSON file beside the report (docs/benchmarks.json), from which
+`keras_sg.schedules.validation.validate_measured_costs` recomputes the
+predictions. Last, on MNIST with two devices, the wall time to 97.5% test
+accuracy of backprop model-parallel, GPipe and pipelined cDNI.
+
+Every measurement runs --repeats times (3 by default), in turn, and every
+table gives medians; the report states the machine's load average at the
+start and the end.
 
 The fully unlocked step (`fully_unlocked`) is `UnlockedModel`: every stage
 above the first runs on the prediction of an input synthesizer from x, so all
 stages work on the step's batch at once. To measure a few schedules only,
-several times each, and print their medians without writing the report:
+several times each, and print their medians without writing the report
+(add --costs=FILE to keep their costs):
 
     python scripts/benchmark_pipeline.py --table_only --repeats=3 \
         --schedules=backprop_mp,dni_unlocked,fully_unlocked --devices=2,4
 """
 
 import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +77,19 @@ flags.DEFINE_bool(
     "print the medians; the report is not written.",
 )
 flags.DEFINE_list("schedules", None, "Schedules of --table_only (default: all).")
-flags.DEFINE_integer("repeats", 3, "Runs of each measurement with --table_only.")
+flags.DEFINE_integer(
+    "repeats",
+    3,
+    "Runs of every measurement, each in a fresh process, in turn (every "
+    "measurement of a table once, then again); every table reports medians.",
+)
+flags.DEFINE_string(
+    "costs",
+    None,
+    "JSON file of the measured per-device costs and per-step overheads "
+    "(default: --output with the suffix .json; with --table_only, written "
+    "only if given).",
+)
 # Internal: one measurement in this process (set by the parent).
 flags.DEFINE_string("worker", None, "JSON spec of one measurement (internal).")
 flags.DEFINE_list("addresses", None, "Cluster workers of a measurement (internal).")
@@ -218,30 +243,97 @@ def run_worker(spec):
         profile = keras_sg.profiling.trace_servers(
             model, data, FLAGS.addresses, result["step_ms"], duration_ms=1000
         )
+        # Every op the servers ran is in the timeline; the trace's wall time
+        # is its window.
+        ops = [(e.start, e.end) for e in profile.events]
         result.update(
             costs=[dict(c) for c in profile.costs],
             hosts=list(profile.devices),
             busy=list(profile.busy),
             traced_step_ms=profile.traced_step_time,
+            per_step_overhead_ms=per_step_overhead(
+                ops, profile.wall_time, profile.steps
+            ),
             profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     elif spec["model"] != "plain":
         # Per stage: its ops told apart by the stage_k scope, the optimizer's
-        # update shared by the stages as their weights.
-        profile = keras_sg.profiling.profile(
-            model,
-            data,
-            steps=spec["profile_steps"],
-            skip=0,
-            batch_size=spec["batch_size"],
-        )
+        # update shared by the stages as their weights. One step first, so
+        # that the profiled steps are not the first of a `fit`.
+        with tempfile.TemporaryDirectory(prefix="benchmark_trace_") as logdir:
+            profile = keras_sg.profiling.profile(
+                model,
+                data,
+                steps=spec["profile_steps"],
+                skip=1,
+                batch_size=spec["batch_size"],
+                logdir=logdir,
+            )
+            # Every op of the trace, on any device or none (the optimizer's,
+            # the loss's): the timeline holds only the stages' ops.
+            ops = [
+                (start, end)
+                for path in keras_sg.profiling.trace_files(logdir)
+                for _, start, end in keras_sg.profiling.read_ops(path)
+            ]
         result.update(
             busy=list(profile.busy),
             costs=[dict(c) for c in profile.stage_costs],
             traced_step_ms=profile.traced_step_time,
+            profiled_step_ms=profile.step_time,
+            per_step_overhead_ms=per_step_overhead(
+                ops, profile.wall_time, profile.steps
+            ),
             profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     return result
+
+
+def per_step_overhead(ops, wall_time, steps):
+    """The measured per-step overhead: ms per step in which no op runs.
+
+    In the wall time of the traced steps, the time in which the trace shows
+    no op running, on any device (the union of every op's interval is the
+    time at least one device works), per step:
+
+        (wall_time - length of the union of the ops' intervals) / steps.
+
+    It is the idle time in which every device waits: for the client to
+    finish one step and start the next (Python, Keras's callbacks, the
+    dispatch of the step's function and of its input), for messages in
+    flight while no device works, and between one op and the next when no
+    other runs (the executor's dispatch; more ops, more such gaps: small
+    models and many micro-batches have more). It is measured, not fitted; the
+    simulator adds it to each step (`simulate(..., per_step_overhead=)`),
+    in which a schedule with no message latency always has some device at
+    work.
+
+    Args:
+        ops: (start, end, ...) of every op of the trace, in ms; only their
+            union counts, so ops that overlap (two devices) count once.
+        wall_time: ms of wall time of the traced steps (on the servers, the
+            trace's window).
+        steps: training steps in that time (may be fractional).
+
+    Returns:
+        ms per step.
+
+    Raises:
+        ValueError: if `steps` is not positive, or the ops cover more than
+            `wall_time` (ops from outside the timed steps).
+    """
+    from keras_sg.profiling import union_length
+
+    if not steps > 0:
+        raise ValueError(f"`steps` must be positive. Received: steps={steps!r}")
+    busy = union_length(ops)
+    if busy > wall_time * (1 + 1e-9):
+        raise ValueError(
+            "The ops of the trace cover more time than the traced steps' "
+            f"wall time: some ran outside them. Received: wall_time={wall_time!r} "
+            f"with {busy!r} ms of ops"
+        )
+    return (wall_time - busy) / steps
 
 
 def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
@@ -293,9 +385,9 @@ def measure(spec):
     cache = Path(FLAGS.cache) / (re.sub(r"[^A-Za-z0-9]+", "_", spec["name"]) + ".json")
     if cache.exists():
         cached = json.loads(cache.read_text())
-        # Traced runs saved before keras_sg.profiling lack "profile": stale.
+        # Traced runs saved before the per-step overhead was measured: stale.
         traced = not spec.get("mnist") and spec["model"] != "plain"
-        if cached["spec"] == spec and ("profile" in cached or not traced):
+        if cached["spec"] == spec and ("per_step_overhead_ms" in cached or not traced):
             return cached
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, f"--worker={json.dumps(spec)}"]
@@ -357,44 +449,31 @@ def start_servers(n, env):
     return servers
 
 
-def predict(result):
-    """The simulator's examples/s for a run, from the run's own measured costs."""
-    from keras_sg import schedules
+def predict(result, model=None):
+    """The simulator's examples/s for a run, from the run's own measured costs.
 
-    spec, costs = result["spec"], result["costs"]
-    k, batch = spec["devices"], spec["batch_size"]
-    forward = [c["F"] for c in costs]
-    # A device's other work (transfers, on the servers) counts as backward.
-    backward = [c["B"] + c.get("C", 0.0) for c in costs]
-    synth = [c["S"] for c in costs]
-    inputs = [c.get("I", 0.0) for c in costs]
-    update = [c.get("U", 0.0) for c in costs]
-    # The simulator has no optimizer step: add it where it sits in each
-    # schedule. After a backward pass the lowest stage updates last (the
-    # others' updates overlap its backward); GPipe updates all devices at once
-    # after the flush; pipelined DNI updates every device in every step.
-    if spec["model"] == "backprop":
-        sim = schedules.simulate("naive", k, 1, forward, backward)
-        return batch / (sim.step_time + update[0]) * 1000
-    if spec["model"] == "dni":  # stages in sequence, synthesizer in each stage
-        fwd = [f + s for f, s in zip(forward, synth, strict=True)]
-        sim = schedules.simulate("naive", k, 1, fwd, backward)
-        return batch / (sim.step_time + update[0]) * 1000
-    if spec["model"] == "unlocked":  # every device on the batch at once
-        sim = schedules.simulate(
-            "fully_unlocked", k, 1, forward, backward, synth[:-1], input_synth=inputs
-        )
-        return batch / (sim.step_time + max(update)) * 1000
-    if spec["model"] == "gpipe":
-        m = spec["micro_batches"]
-        sim = schedules.simulate(
-            "gpipe", k, m, [f / m for f in forward], [b / m for b in backward]
-        )
-        return batch / (sim.step_time + max(update)) * 1000
-    m = 8
-    with_update = [b + u for b, u in zip(backward, update, strict=True)]
-    sim = schedules.simulate("pipelined_dni", k, m, forward, with_update, synth[:-1])
-    return m * batch / sim.step_time * 1000
+    Its per-device costs (F, B, S, I, U and C, ms per step) and its measured
+    per-step overhead go to `keras_sg.schedules.validation.
+    predict_examples_per_s`, which runs `simulate` with the update, the
+    overhead and no transfer cost: the profile does not measure transfers
+    apart (on the servers the sends are counted with the work of their scope,
+    mostly F, and the rest as C, busy time added to B).
+
+    Args:
+        result: a measurement of a model with stages.
+        model: the model kind to simulate instead of the run's own ("zb_h1"
+            for GPipe's costs).
+    """
+    from keras_sg.schedules import validation
+
+    spec = result["spec"]
+    return validation.predict_examples_per_s(
+        model or spec["model"],
+        result["costs"],
+        batch_size=spec["batch_size"],
+        micro_batches=spec["micro_batches"],
+        per_step_overhead=result["per_step_overhead_ms"],
+    )
 
 
 def draw(results, path):
@@ -414,40 +493,35 @@ def main(argv):
     if FLAGS.worker:
         print(json.dumps(run_worker(json.loads(FLAGS.worker))), flush=True)
         return
+    if FLAGS.repeats < 1:
+        raise ValueError(f"`--repeats` must be >= 1. Received: {FLAGS.repeats}")
     if FLAGS.table_only:
         print(medians_table())
         return
-    base = dict(
-        width=FLAGS.width,
-        batch_size=FLAGS.batch_size,
-        micro_batches=FLAGS.micro_batches,
-        rank=FLAGS.rank,
-        steps=FLAGS.steps,
-        profile_steps=FLAGS.profile_steps,
-        autotune=False,
-    )
-    runs = {}
-    for k in map(int, FLAGS.devices):
-        for name, model, synth in SCHEDULES:
-            spec = dict(
-                base, name=f"{name} (K={k})", devices=k, model=model, synth=synth
-            )
-            print(f"[measure] {spec['name']}", flush=True)
-            runs[name, k] = measure(spec)
-    plain = measure(
-        dict(
-            base,
-            name="plain Keras, default threading",
-            devices=2,
-            model="plain",
-            synth=None,
+    load_start = os.getloadavg()
+    base = base_spec()
+    devices = list(map(int, FLAGS.devices))
+    logical = {
+        (name, k): dict(
+            base, name=f"{name} (K={k})", devices=k, model=model, synth=synth
         )
+        for k in devices
+        for name, model, synth in SCHEDULES
+    }
+    logical["plain", 2] = dict(
+        base,
+        name="plain Keras, default threading",
+        devices=2,
+        model="plain",
+        synth=None,
     )
+    runs = in_turn(logical, FLAGS.repeats)
+    plain = runs.pop(("plain", 2))
 
     cluster = {}
     if not FLAGS.skip_cluster:
-        for name, model, synth in SCHEDULES:
-            spec = dict(
+        specs = {
+            name: dict(
                 base,
                 name=f"{name} (2 servers)",
                 devices=2,
@@ -455,8 +529,9 @@ def main(argv):
                 synth=synth,
                 cluster=True,
             )
-            print(f"[measure] {spec['name']}", flush=True)
-            cluster[name] = measure(spec)
+            for name, model, synth in SCHEDULES
+        }
+        cluster = in_turn(specs, FLAGS.repeats)
 
     accuracy = {}
     if not FLAGS.skip_accuracy:
@@ -470,8 +545,8 @@ def main(argv):
                 name = f"pipelined_cdni{'' if synth == 'linear' else ', low-rank'}"
                 rows.append((f"{name} (Adam {rate})", "pipelined", synth, True))
                 rows[-1] += (float(rate),)
-        for name, model, synth, cdni, rate in rows:
-            spec = dict(
+        specs = {
+            name: dict(
                 base,
                 name=name,
                 devices=2,
@@ -484,40 +559,36 @@ def main(argv):
                 max_epochs=FLAGS.max_epochs,
                 cluster=not FLAGS.skip_cluster,
             )
-            print(f"[accuracy] {name}", flush=True)
-            accuracy[name] = measure(spec)
+            for name, model, synth, cdni, rate in rows
+        }
+        accuracy = in_turn(specs, FLAGS.repeats)
+    load = (load_start, os.getloadavg())
 
     figures = Path(FLAGS.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    for k in map(int, FLAGS.devices):
+    shown = ("backprop_mp", "gpipe", "pipelined_dni_low_rank")
+    for k in devices:
         draw(
-            [runs[n, k] for n in ("backprop_mp", "gpipe", "pipelined_dni_low_rank")],
+            [median_run(runs[n, k]) for n in shown],
             figures / f"measured_timeline_K{k}.png",
         )
     if cluster:
         draw(
-            [cluster[n] for n in ("backprop_mp", "gpipe", "pipelined_dni_low_rank")],
+            [median_run(cluster[n]) for n in shown],
             figures / "measured_timeline_servers.png",
         )
-    Path(FLAGS.output).write_text(report(runs, plain, cluster, accuracy))
-    print(f"wrote {FLAGS.output}")
+    output = Path(FLAGS.output)
+    costs = Path(FLAGS.costs) if FLAGS.costs else output.with_suffix(".json")
+    measured = [("logical", runs[n, k]) for k in devices for n, _, _ in SCHEDULES]
+    measured += [("servers", cluster[n]) for n, _, _ in SCHEDULES if cluster]
+    costs.write_text(json.dumps(costs_file(measured, load), indent=1) + "\n")
+    output.write_text(report(runs, plain, cluster, accuracy, load, costs.name))
+    print(f"wrote {output} and {costs}")
 
 
-def medians_table():
-    """Measures --schedules on K logical devices, --repeats times each (in
-    turn, so that a change of the machine's load hits every schedule), and
-    returns a Markdown table of the medians."""
-    import statistics
-
-    chosen = FLAGS.schedules or [name for name, _, _ in SCHEDULES]
-    known = {name: (model, synth) for name, model, synth in SCHEDULES}
-    for name in chosen:
-        if name not in known:
-            raise ValueError(
-                f"`--schedules` must name schedules of {list(known)}. "
-                f"Received: {name!r}"
-            )
-    base = dict(
+def base_spec():
+    """The flags every measurement shares."""
+    return dict(
         width=FLAGS.width,
         batch_size=FLAGS.batch_size,
         micro_batches=FLAGS.micro_batches,
@@ -526,100 +597,266 @@ def medians_table():
         profile_steps=FLAGS.profile_steps,
         autotune=False,
     )
-    runs = {}
-    for repeat in range(FLAGS.repeats):
-        for k in map(int, FLAGS.devices):
-            for name in chosen:
-                model, synth = known[name]
-                spec = dict(
-                    base,
-                    name=f"{name} (K={k}, run {repeat + 1})",
-                    devices=k,
-                    model=model,
-                    synth=synth,
-                )
-                print(f"[measure] {spec['name']}", flush=True)
-                result = measure(spec)
+
+
+def run_name(name, run):
+    """The name of run `run` of a measurement: "x (K=2)" -> "x (K=2, run 1)"."""
+    if name.endswith(")"):
+        return f"{name[:-1]}, run {run})"
+    return f"{name} (run {run})"
+
+
+def in_turn(specs, repeats):
+    """Measures every spec `repeats` times, each run in a fresh process.
+
+    The runs go in turn (every spec once, then again), so that a change of
+    the machine's load hits every measurement, not one.
+
+    Args:
+        specs: {key: spec}.
+        repeats: runs of each spec.
+
+    Returns:
+        {key: [result of each run]}.
+    """
+    results = {key: [] for key in specs}
+    for run in range(1, repeats + 1):
+        for key, spec in specs.items():
+            spec = dict(spec, name=run_name(spec["name"], run))
+            print(f"[measure] {spec['name']}", flush=True)
+            result = measure(spec)
+            if "examples_per_s" in result:
                 print(f"  {result['examples_per_s']:.0f} examples/s", flush=True)
-                runs.setdefault((name, k), []).append(result)
+            results[key].append(result)
+    return results
+
+
+def median_run(results, key="examples_per_s"):
+    """The run whose `key` is the median (the lower one of an even count);
+    None counts as slower than any number (a target not reached)."""
+    order = sorted(results, key=lambda r: math.inf if r[key] is None else r[key])
+    return order[(len(order) - 1) // 2]
+
+
+def median_speed(results):
+    """Median examples/s of the runs (the mean of the middle two of an even
+    count)."""
+    return statistics.median(r["examples_per_s"] for r in results)
+
+
+def load_text(load):
+    """The machine's load average at the start and the end of the runs."""
+    start, end = load
+    cores = len(os.sched_getaffinity(0))
+    return (
+        "Load average (1, 5 and 15 min, `os.getloadavg`) at the start: "
+        + ", ".join(f"{x:.2f}" for x in start)
+        + "; at the end: "
+        + ", ".join(f"{x:.2f}" for x in end)
+        + f"; on {cores} cores."
+    )
+
+
+def costs_file(measured, load):
+    """The machine-readable measured costs (read by
+    `keras_sg.schedules.validation.read_measured_costs`).
+
+    Args:
+        measured: (setting, [result of each run]) per measured schedule.
+        load: the load averages at the start and the end.
+    """
+    entries = []
+    for setting, results in measured:
+        middle = median_run(results)
+        spec = middle["spec"]
+        entries.append(
+            {
+                "setting": setting,
+                "name": re.sub(r", run \d+\)$", ")", spec["name"]),
+                "model": spec["model"],
+                "synth": spec["synth"],
+                "devices": spec["devices"],
+                "batch_size": spec["batch_size"],
+                "micro_batches": spec["micro_batches"],
+                "width": spec["width"],
+                "examples_per_s": median_speed(results),
+                "costs": middle["costs"],
+                "per_step_overhead_ms": middle["per_step_overhead_ms"],
+                "transfer_ms": None,
+                "predicted_examples_per_s": predict(middle),
+                "runs": [
+                    {
+                        key: r[key]
+                        for key in (
+                            "examples_per_s",
+                            "step_ms",
+                            "traced_step_ms",
+                            "per_step_overhead_ms",
+                            "busy",
+                            "costs",
+                        )
+                    }
+                    for r in results
+                ],
+            }
+        )
+    return {
+        "written_by": "scripts/benchmark_pipeline.py",
+        "units": "ms per training step (one batch); examples/s",
+        "costs": "per device: F forward, B backward, S gradient synthesizer, I "
+        "input synthesizer, U optimizer update, C other work (on the servers: "
+        "sends, control edges), from the median run's profiler trace",
+        "per_step_overhead_ms": "ms per step in which no op runs on any device "
+        "(wall time of the traced steps minus the union of every op's "
+        "interval, over the steps), in the median run's trace",
+        "transfer_ms": "null: the profile does not measure transfers apart "
+        "(the sends are in the costs of their scope)",
+        "repeats": FLAGS.repeats,
+        "load_average": {"start": list(load[0]), "end": list(load[1])},
+        "measurements": entries,
+    }
+
+
+def speeds_cell(results):
+    """'median (run 1, run 2, ...)' in examples/s."""
+    each = ", ".join(f"{r['examples_per_s']:.0f}" for r in results)
+    return f"{median_speed(results):.0f} ({each})"
+
+
+def overhead_cell(result):
+    """Each stage's synthesizer cost over its F + B, the last stage's left out."""
+    ratios = [
+        (c["S"] + c.get("I", 0.0)) / (c["F"] + c["B"]) for c in result["costs"][:-1]
+    ]
+    return ", ".join(f"{o:.0%}" for o in ratios)
+
+
+def prediction_cell(result, measured):
+    predicted = predict(result)
+    return f"{predicted:.0f} ({(predicted - measured) / measured:+.0%})"
+
+
+def zb_h1_cell(gpipe):
+    """ZB-H1 simulated on the median GPipe run's costs, against GPipe's own
+    prediction: simulated, not measured."""
+    predicted = predict(gpipe, model="zb_h1")
+    return f"{predicted:.0f} ({predicted / predict(gpipe):.2f}x GPipe's prediction)"
+
+
+ZB_H1_NAME = "zb_h1 (simulated, not measured)"
+
+
+def medians_table():
+    """Measures --schedules on K logical devices, --repeats times each (in
+    turn, so that a change of the machine's load hits every schedule), and
+    returns a Markdown table of the medians, the machine's load under it."""
+    chosen = FLAGS.schedules or [name for name, _, _ in SCHEDULES]
+    known = {name: (model, synth) for name, model, synth in SCHEDULES}
+    for name in chosen:
+        if name not in known:
+            raise ValueError(
+                f"`--schedules` must name schedules of {list(known)}. "
+                f"Received: {name!r}"
+            )
+    load_start = os.getloadavg()
+    base = base_spec()
+    specs = {
+        (name, k): dict(
+            base,
+            name=f"{name} (K={k})",
+            devices=k,
+            model=known[name][0],
+            synth=known[name][1],
+        )
+        for k in map(int, FLAGS.devices)
+        for name in chosen
+    }
+    runs = in_turn(specs, FLAGS.repeats)
+    load = (load_start, os.getloadavg())
     lines = [
         "| K | schedule | examples/s, median (runs) | vs backprop_mp | busy per "
-        "device | SG overhead per stage | simulator's examples/s (error) |",
-        "| --- " * 7 + "|",
+        "device | SG overhead per stage | per-step overhead (ms) | simulator's "
+        "examples/s (error) |",
+        "| --- " * 8 + "|",
     ]
     for k in map(int, FLAGS.devices):
-        medians = {
-            name: statistics.median(r["examples_per_s"] for r in runs[name, k])
-            for name in chosen
-        }
+        medians = {name: median_speed(runs[name, k]) for name in chosen}
         for name in chosen:
-            results = sorted(runs[name, k], key=lambda r: r["examples_per_s"])
-            middle = results[(len(results) - 1) // 2]  # the median run (low)
+            middle = median_run(runs[name, k])
             speed = medians[name]
-            each = ", ".join(f"{r['examples_per_s']:.0f}" for r in runs[name, k])
             cells = [
                 str(k),
                 name,
-                f"{speed:.0f} ({each})",
+                speeds_cell(runs[name, k]),
                 f"{speed / medians['backprop_mp']:.2f}x"
                 if "backprop_mp" in medians
                 else "–",
                 ", ".join(f"{b:.0%}" for b in middle["busy"]),
+                overhead_cell(middle) if known[name][1] else "–",
+                f"{middle['per_step_overhead_ms']:.1f}",
+                prediction_cell(middle, middle["examples_per_s"]),
             ]
-            overhead = "–"
-            if known[name][1]:
-                ratios = [
-                    (c["S"] + c.get("I", 0.0)) / (c["F"] + c["B"])
-                    for c in middle["costs"][:-1]
-                ]
-                overhead = ", ".join(f"{o:.0%}" for o in ratios)
-            predicted = predict(middle)
-            error = (predicted - middle["examples_per_s"]) / middle["examples_per_s"]
-            cells += [overhead, f"{predicted:.0f} ({error:+.0%})"]
             lines.append("| " + " | ".join(cells) + " |")
+            if name == "gpipe":
+                cells = [str(k), ZB_H1_NAME] + ["–"] * 5 + [zb_h1_cell(middle)]
+                lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", load_text(load)]
+    if FLAGS["costs"].present:
+        measured = [("logical", runs[key]) for key in specs]
+        Path(FLAGS.costs).write_text(
+            json.dumps(costs_file(measured, load), indent=1) + "\n"
+        )
     return "\n".join(lines)
 
 
-def _table(rows, base, gpipe, with_trace):
-    head = "| schedule | examples/s | vs backprop MP | vs GPipe | busy per device "
-    head += "| SG overhead per stage | simulator's examples/s (error) |"
+def _table(rows, with_trace):
+    """The table of one setting: {schedule: [result of each run]}."""
+    base = median_speed(rows["backprop_mp"])
+    gpipe = median_speed(rows["gpipe"])
+    head = "| schedule | examples/s, median (runs) | vs backprop MP | vs GPipe "
+    head += "| busy per device | SG overhead per stage | per-step overhead (ms) "
+    head += "| simulator's examples/s (error) |"
     if not with_trace:
         head += " CPU load per server | client CPU |"
-    lines = [head, "| --- " * (7 if with_trace else 9) + "|"]
+    columns = 8 if with_trace else 10
+    lines = [head, "| --- " * columns + "|"]
     for name, _, synth in SCHEDULES:
-        r = rows[name]
-        busy = ", ".join(f"{b:.0%}" for b in r["busy"])
+        middle = median_run(rows[name])
+        speed = median_speed(rows[name])
         cells = [
-            r["spec"]["name"],
-            f"{r['examples_per_s']:.0f}",
-            f"{r['examples_per_s'] / base:.2f}x",
-            f"{r['examples_per_s'] / gpipe:.2f}x",
-            busy,
-        ]
-        overhead = "–"
-        if synth:
+            re.sub(r", run \d+\)$", ")", middle["spec"]["name"]),
+            speeds_cell(rows[name]),
+            f"{speed / base:.2f}x",
+            f"{speed / gpipe:.2f}x",
+            ", ".join(f"{b:.0%}" for b in middle["busy"]),
             # Gradient and input synthesizers (I: fully unlocked only).
-            ratios = [
-                (c["S"] + c.get("I", 0.0)) / (c["F"] + c["B"]) for c in r["costs"][:-1]
-            ]
-            overhead = ", ".join(f"{o:.0%}" for o in ratios)
-        predicted = predict(r)
-        error = (predicted - r["examples_per_s"]) / r["examples_per_s"]
-        cells += [overhead, f"{predicted:.0f} ({error:+.0%})"]
+            overhead_cell(middle) if synth else "–",
+            f"{middle['per_step_overhead_ms']:.1f}",
+            prediction_cell(middle, middle["examples_per_s"]),
+        ]
         if not with_trace:
-            cells.append(", ".join(f"{c:.0%}" for c in r["cpu"]))
-            cells.append(f"{r['client']:.0%} of a core")
+            cells.append(", ".join(f"{c:.0%}" for c in middle["cpu"]))
+            cells.append(f"{middle['client']:.0%} of a core")
         lines.append("| " + " | ".join(cells) + " |")
+        if name == "gpipe":
+            cells = [ZB_H1_NAME] + ["–"] * 6 + [zb_h1_cell(middle)]
+            cells += ["–", "–"] if not with_trace else []
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def report(runs, plain, cluster, accuracy):
+def report(runs, plain, cluster, accuracy, load, costs_name):
+    """The Markdown report; every table holds medians of --repeats runs."""
     lines = [
         "# Benchmarks: schedules on two kinds of devices",
         "",
         "Written by `scripts/benchmark_pipeline.py` from the measurements it made"
-        " on this project's 2-core CPU machine (numbers vary run to run on a"
-        " shared machine; ratios within one table come from one run). Busy"
+        " on this project's 2-core CPU machine. Every measurement ran"
+        f" {FLAGS.repeats} times, each run in a fresh process, the runs in turn"
+        " (every measurement of a table once, then again), so that a change of"
+        " the machine's load hits all of them; every table gives the median"
+        " (the runs in brackets), and busy fractions, costs, timelines and"
+        " predictions come from the median run. " + load_text(load) + " Busy"
         " fractions, per-stage costs and the measured timelines are read from"
         " TensorFlow profiler traces by `keras_sg.profiling`"
         " ([api.md](api.md#profiling-keras_sgprofiling)).",
@@ -628,7 +865,8 @@ def report(runs, plain, cluster, accuracy):
         f"python scripts/benchmark_pipeline.py --devices={','.join(FLAGS.devices)} "
         f"--width={FLAGS.width} --batch_size={FLAGS.batch_size} "
         f"--micro_batches={FLAGS.micro_batches} --rank={FLAGS.rank} "
-        f"--steps={FLAGS.steps}",
+        f"--steps={FLAGS.steps} --profile_steps={FLAGS.profile_steps} "
+        f"--repeats={FLAGS.repeats}",
         "```",
         "",
         f"Model: K equal stages of two dense layers of {FLAGS.width} units (the last "
@@ -654,10 +892,32 @@ def report(runs, plain, cluster, accuracy):
         " Backprop model-parallel is then less serial than on real devices, and"
         " this setting understates what unlocking gains.",
         "",
+        "The simulator's prediction (`keras_sg.schedules.validation."
+        "predict_examples_per_s`) takes the median run's measured costs per"
+        " device and step (F forward, B backward, S and I synthesizers, U the"
+        " optimizer update, C other work, counted with B) and its measured"
+        " **per-step overhead**: the time per step in which the trace shows no"
+        " op running on any device, i.e. the wall time of the traced steps less"
+        " the union of every op's interval (the stages', the optimizer's, the"
+        " loss's), over the number of steps. In it every device waits: for the"
+        " client to end one step and start the next, and for messages in"
+        " flight while no device works; and the gaps between one op and the"
+        " next when no other runs (the executor's dispatch), which grow with"
+        " the number of ops: GPipe runs M times as many as backprop. It is"
+        " measured in each run's own trace, not fitted. Transfers are not"
+        " measured apart (on the servers"
+        " a send is counted with the work of its scope, mostly F), so the"
+        " simulator gets no transfer cost. GPipe and ZB-H1 split F and B evenly"
+        f" over {FLAGS.micro_batches} micro-batches; ZB-H1 (Zero Bubble"
+        " pipeline parallelism, Qi et al. 2023, arXiv:2401.10241) is simulated"
+        " on the median GPipe run's costs, half of each backward being the"
+        " weight gradient, and was never measured: its row says so. The costs"
+        f" and overheads of every measured schedule are in [{costs_name}]"
+        f"({costs_name}); `keras_sg.schedules.validation.validate_measured_costs`"
+        " recomputes every prediction from that file.",
+        "",
     ]
     if cluster:
-        base = cluster["backprop_mp"]["examples_per_s"]
-        gpipe = cluster["gpipe"]["examples_per_s"]
         lines += [
             "## K = 2 devices: two TensorFlow server processes, one core each",
             "",
@@ -666,20 +926,19 @@ def report(runs, plain, cluster, accuracy):
             " the stages', the optimizer's and the transfers'. CPU load: the"
             " server's CPU time over the wall time of the timed steps.",
             "",
-            *_table(cluster, base, gpipe, with_trace=False),
+            *_table(cluster, with_trace=False),
             "",
             "![timelines on two servers](figures/measured_timeline_servers.png)",
             "",
             "What keeps pipelined DNI from the 2x limit here, as the timelines show:",
             "",
-            "- Between two steps both servers wait, about 10 ms at this size. Keras"
-            " runs one step per call and waits for it to finish; the client then"
-            " takes the next batch and sends the next step's work and batch over"
-            " gRPC. In trials outside this script (`steps_per_execution=4`,"
-            " asynchronous eager execution, the servers at a lower priority, or the"
-            " input batch kept on the first server) the gap shrank by 2 ms at most."
-            " The simulator has no such per-step cost, which is most of its error"
-            " on the servers.",
+            "- Between two steps both servers wait (the per-step overhead column):"
+            " Keras runs one step per call and waits for it to finish; the client"
+            " then takes the next batch and sends the next step's work and batch"
+            " over gRPC. In trials outside this script (`steps_per_execution=4`,"
+            " asynchronous eager execution, the servers at a lower priority, or"
+            " the input batch kept on the first server) the gap shrank by 2 ms at"
+            " most. The simulator now adds the measured overhead to every step.",
             "- Keras's Adam is about 30% of each device's work (purple): unfused"
             " element-wise ops over every weight and both moments. Every schedule"
             " pays it, so it dilutes what unlocking gains.",
@@ -687,12 +946,10 @@ def report(runs, plain, cluster, accuracy):
         ]
     for k in map(int, FLAGS.devices):
         rows = {name: runs[name, k] for name, _, _ in SCHEDULES}
-        base = rows["backprop_mp"]["examples_per_s"]
-        gpipe = rows["gpipe"]["examples_per_s"]
         lines += [
             f"## K = {k} logical devices in one process",
             "",
-            *_table(rows, base, gpipe, with_trace=True),
+            *_table(rows, with_trace=True),
             "",
         ]
         if k > 2:
@@ -706,25 +963,24 @@ def report(runs, plain, cluster, accuracy):
             "",
         ]
     best = max(
-        runs[n, 2]["examples_per_s"]
-        for n, _, _ in SCHEDULES
-        if n.startswith("pipelined")
+        median_speed(runs[n, 2]) for n, _, _ in SCHEDULES if n.startswith("pipelined")
     )
+    plain_speed = median_speed(plain)
     lines += [
         "## Against the fastest backprop on the same two cores",
         "",
         f"A plain `keras.Sequential` of the same layers (K = 2 model), default"
-        f" threading, no placement: {plain['examples_per_s']:.0f} examples/s."
-        f" The best pipelined DNI on logical devices (K = 2): {best:.0f} examples/s"
-        f" ({best / plain['examples_per_s']:.2f}x).",
+        f" threading, no placement: {speeds_cell(plain)} examples/s (median"
+        f" (runs)). The best pipelined DNI on logical devices (K = 2), median:"
+        f" {best:.0f} examples/s ({best / plain_speed:.2f}x).",
     ]
     if cluster:
         best_cluster = max(
-            cluster[n]["examples_per_s"] for n, _, _ in SCHEDULES if "pipelined" in n
+            median_speed(cluster[n]) for n, _, _ in SCHEDULES if "pipelined" in n
         )
         lines.append(
             f" On the two servers: {best_cluster:.0f} examples/s"
-            f" ({best_cluster / plain['examples_per_s']:.2f}x)."
+            f" ({best_cluster / plain_speed:.2f}x)."
         )
     lines.append("")
     if accuracy:
@@ -736,22 +992,31 @@ def report(runs, plain, cluster, accuracy):
             "Training time only (test evaluation after each epoch excluded);"
             f" at most {FLAGS.max_epochs} epochs. Same model for all, Adam (rate in"
             " the table); pipelined cDNI uses linear synthesizers conditioned on the"
-            f" labels, or low-rank ones (rank {FLAGS.rank}) where the name says so.",
+            f" labels, or low-rank ones (rank {FLAGS.rank}) where the name says so."
+            " Seconds: the median of the runs (in brackets; a run that did not"
+            " reach the target counts as the slowest); epochs and accuracies of"
+            " the median run.",
             "",
-            "| schedule | Adam rate | seconds | epochs | test accuracy per epoch |",
+            "| schedule | Adam rate | seconds, median (runs) | epochs | test"
+            " accuracy per epoch |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for name, r in accuracy.items():
+        for name, results in accuracy.items():
+            r = median_run(results, key="seconds")
             curve = ", ".join(f"{a:.4f}" for _, _, a in r["curve"])
-            seconds = (
-                f"{r['seconds']:.0f}" if r["seconds"] is not None else "not reached"
-            )
+            each = ", ".join(seconds_cell(run) for run in results)
             rate = r["spec"].get("learning_rate", 1e-3)
             lines.append(
-                f"| {name} | {rate:g} | {seconds} | {len(r['curve'])} | {curve} |"
+                f"| {name} | {rate:g} | {seconds_cell(r)} ({each}) |"
+                f" {len(r['curve'])} | {curve} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def seconds_cell(run):
+    """A time-to-accuracy run's seconds, or "not reached"."""
+    return "not reached" if run["seconds"] is None else f"{run['seconds']:.0f}"
 
 
 if __name__ == "__main__":

@@ -20,11 +20,25 @@ with the overhead the prediction is
 
 `fit_per_step_overhead` fits ONE h per setting (the two servers; the logical
 devices of one process, K = 2 and 4 together), never one per schedule.
+
+Since then the script also writes the measured costs themselves into a JSON
+file beside its report (docs/benchmarks.json): for every measured schedule,
+each device's forward, backward, synthesizer, input synthesizer, update and
+other costs (ms per step) and the per-step overhead measured in its trace.
+`predict_examples_per_s` is the simulator's prediction from such costs (the
+script calls it too), and `validate_measured_costs` recomputes it for every
+schedule of a file, so that a rerun validates the simulator on real costs,
+with no fitted term.
 """
 
 import dataclasses
+import json
 import math
-from collections.abc import Sequence
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+from keras_sg.schedules.simulator import simulate
 
 BATCH_SIZE = 256
 SOURCE = (
@@ -159,3 +173,231 @@ def validation_table(
         (r, relative_error(r), relative_error(r, overheads_ms.get(r.setting, 0.0)))
         for r in MEASURED
     ]
+
+
+# ------------------------------------------------ predictions from measured costs
+
+# The model kinds of scripts/benchmark_pipeline.py, and "zb_h1": Zero Bubble
+# ZB-H1, predicted from GPipe's measured costs (simulated, never measured).
+MODELS = ("backprop", "gpipe", "zb_h1", "dni", "unlocked", "pipelined")
+COST_KINDS = ("F", "B", "S", "I", "U", "C")
+# Steady-state steps simulated for pipelined DNI (one batch each).
+PIPELINED_DNI_STEPS = 8
+
+
+def _device_costs(costs: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
+    """Per kind, one cost per device (a kind left out of a device's dict is 0)."""
+    if isinstance(costs, str | bytes) or not isinstance(costs, Sequence) or not costs:
+        raise ValueError(
+            f"`costs` must hold one dict of costs per device. Received: costs={costs!r}"
+        )
+    for c in costs:
+        if not isinstance(c, Mapping) or set(c) - set(COST_KINDS):
+            raise ValueError(
+                f"Each device's costs must be a dict with keys of {COST_KINDS}. "
+                f"Received: {c!r}"
+            )
+        if "F" not in c or "B" not in c:
+            raise ValueError(
+                f"Each device's costs must hold at least F and B. Received: {c!r}"
+            )
+    return {kind: [float(c.get(kind, 0.0)) for c in costs] for kind in COST_KINDS}
+
+
+def predict_examples_per_s(
+    model: str,
+    costs: Sequence[Mapping[str, float]],
+    *,
+    batch_size: int,
+    micro_batches: int = 8,
+    per_step_overhead: float = 0.0,
+    transfer: float | Sequence[float] = 0.0,
+) -> float:
+    """The simulator's examples/s for measured per-device costs.
+
+    One stage per device. Each device's costs are in ms per training step
+    (one batch of `batch_size` examples): "F" forward, "B" backward, "S"
+    gradient synthesizer, "I" input synthesizer, "U" optimizer update, "C"
+    other work (on TensorFlow servers: sends, control edges, bookkeeping),
+    counted as busy time with the backward pass. The schedule simulated for
+    each model:
+
+    - "backprop" (`DecoupledModel(method="backprop")`): "naive", one unit;
+    - "gpipe" (`GPipeModel`): "gpipe" with `micro_batches` micro-batches,
+      F and B (+ C) split evenly over them, one update per step;
+    - "zb_h1": "zb_h1" on the same costs as "gpipe" (half of each backward
+      the weight gradient): what ZB-H1 would do with GPipe's work;
+    - "dni" (`DecoupledModel(method="dni")`): "dni", one step;
+    - "unlocked" (`UnlockedModel`): "fully_unlocked", one step;
+    - "pipelined" (`PipelinedModel`): "pipelined_dni", over
+      `PIPELINED_DNI_STEPS` steady-state steps.
+
+    The update, the transfers and the per-step overhead go to `simulate` as
+    `update`, `transfer` and `per_step_overhead`.
+
+    Args:
+        model: one of `MODELS`.
+        costs: per device, a dict of ms per step by kind (`COST_KINDS`);
+            kinds left out are 0, F and B are required.
+        batch_size: examples per step.
+        micro_batches: GPipe's (and ZB-H1's) micro-batches per step.
+        per_step_overhead: ms per step in which every device waits.
+        transfer: ms the receiving device spends per message across each
+            cut (one micro-batch's activation or gradient).
+
+    Returns:
+        Examples per second.
+    """
+    if model not in MODELS:
+        raise ValueError(f"`model` must be one of {MODELS}. Received: model={model!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}"
+        )
+    c = _device_costs(costs)
+    k = len(costs)
+    forward = c["F"]
+    backward = [b + o for b, o in zip(c["B"], c["C"], strict=True)]
+    extra = dict(update=c["U"], transfer=transfer, per_step_overhead=per_step_overhead)
+    if model == "backprop":
+        sim = simulate("naive", k, 1, forward, backward, **extra)
+        return batch_size / sim.step_time * 1000
+    if model in ("gpipe", "zb_h1"):
+        m = micro_batches
+        sim = simulate(
+            "gpipe" if model == "gpipe" else "zb_h1",
+            k,
+            m,
+            [f / m for f in forward],
+            [b / m for b in backward],
+            **extra,
+        )
+        return batch_size / sim.step_time * 1000
+    synth = c["S"][:-1]
+    if model == "dni":
+        sim = simulate("dni", k, 1, forward, backward, synth, **extra)
+        return batch_size / sim.step_time * 1000
+    if model == "unlocked":
+        sim = simulate(
+            "fully_unlocked",
+            k,
+            1,
+            forward,
+            backward,
+            synth,
+            input_synth=c["I"][1:],
+            **extra,
+        )
+        return batch_size / sim.step_time * 1000
+    m = PIPELINED_DNI_STEPS
+    sim = simulate("pipelined_dni", k, m, forward, backward, synth, **extra)
+    return m * batch_size / sim.step_time * 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredCosts:
+    """One measured schedule with its measured costs, as the script writes them.
+
+    Attributes:
+        setting: "servers" or "logical" (see `Measured`).
+        name: the measurement's name, e.g. "gpipe (K=2)".
+        model: the model kind, one of `MODELS` but "zb_h1".
+        num_devices: K.
+        batch_size: examples per step.
+        micro_batches: GPipe's micro-batches per step.
+        examples_per_s: measured examples/s (the median of the runs).
+        costs: per device, ms per step by kind, of the median run.
+        per_step_overhead: ms per step in which every device waits,
+            measured in the median run's trace.
+        transfer: ms per message per cut, or None when not measured apart
+            (then 0 in the prediction; the transfers are in the other costs).
+    """
+
+    setting: str
+    name: str
+    model: str
+    num_devices: int
+    batch_size: int
+    micro_batches: int
+    examples_per_s: float
+    costs: tuple[dict[str, float], ...]
+    per_step_overhead: float
+    transfer: tuple[float, ...] | None = None
+
+    def predict(self, model: str | None = None) -> float:
+        """The simulator's examples/s from these costs (`model` overrides)."""
+        return predict_examples_per_s(
+            self.model if model is None else model,
+            self.costs,
+            batch_size=self.batch_size,
+            micro_batches=self.micro_batches,
+            per_step_overhead=self.per_step_overhead,
+            transfer=0.0 if self.transfer is None else list(self.transfer),
+        )
+
+
+def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
+    """Reads the measured costs that scripts/benchmark_pipeline.py wrote.
+
+    The file is JSON: `{"measurements": [...]}`, each measurement a dict with
+    the fields of `MeasuredCosts` (`num_devices` as "devices",
+    `per_step_overhead` as "per_step_overhead_ms", `transfer` as
+    "transfer_ms"); other keys (every run's numbers, the load) are ignored.
+
+    Raises:
+        ValueError: naming the measurement, for a missing field.
+    """
+    data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    rows = []
+    for i, m in enumerate(data.get("measurements", ())):
+        try:
+            transfer = m.get("transfer_ms")
+            rows.append(
+                MeasuredCosts(
+                    setting=m["setting"],
+                    name=m["name"],
+                    model=m["model"],
+                    num_devices=int(m["devices"]),
+                    batch_size=int(m["batch_size"]),
+                    micro_batches=int(m["micro_batches"]),
+                    examples_per_s=float(m["examples_per_s"]),
+                    costs=tuple(dict(c) for c in m["costs"]),
+                    per_step_overhead=float(m["per_step_overhead_ms"]),
+                    transfer=None if transfer is None else tuple(transfer),
+                )
+            )
+        except KeyError as missing:
+            raise ValueError(
+                f"Measurement {i} of {os.fspath(path)!r} lacks the field "
+                f"{missing}. Received: {m!r}"
+            ) from None
+    if not rows:
+        raise ValueError(f"{os.fspath(path)!r} holds no measurement.")
+    return tuple(rows)
+
+
+def validate_measured_costs(
+    path: str | os.PathLike,
+) -> list[tuple[MeasuredCosts, float, float]]:
+    """The simulator against every schedule of a measured-costs file.
+
+    Args:
+        path: a JSON file written by scripts/benchmark_pipeline.py (see
+            `read_measured_costs`).
+
+    Returns:
+        Per measured schedule: (the measurement, the simulator's examples/s
+        from its costs and measured per-step overhead, the relative error
+        (predicted - measured) / measured).
+    """
+    table = []
+    for row in read_measured_costs(path):
+        predicted = row.predict()
+        table.append(
+            (row, predicted, (predicted - row.examples_per_s) / row.examples_per_s)
+        )
+    return table

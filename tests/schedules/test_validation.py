@@ -1,5 +1,7 @@
 """The simulator's errors against the schedules measured in docs/benchmarks.md."""
 
+import json
+
 import pytest
 
 from keras_sg.schedules import simulate
@@ -99,3 +101,96 @@ def test_validation_table_rows_and_errors():
     assert table[5][1] == table[5][2]  # logical: no overhead given
     with pytest.raises(ValueError, match="'tpu'"):
         v.validation_table({"tpu": 1.0})
+
+
+# ------------------------------------ predictions recomputed from measured costs
+
+# ms per step. C (other work) is busy time added to B: 16 + 2 on device 0.
+COSTS = [
+    {"F": 8.0, "B": 16.0, "S": 4.0, "I": 0.0, "U": 3.0, "C": 2.0},
+    {"F": 10.0, "B": 18.0, "S": 0.0, "I": 3.0, "U": 5.0, "C": 0.0},
+]
+
+
+def _entry(model, name, examples_per_s, **kw):
+    return dict(
+        {
+            "setting": "logical",
+            "name": name,
+            "model": model,
+            "devices": 2,
+            "batch_size": 100,
+            "micro_batches": 2,
+            "examples_per_s": examples_per_s,
+            "costs": COSTS,
+            "per_step_overhead_ms": 4.0,
+            "transfer_ms": None,
+            "runs": [{"examples_per_s": examples_per_s}],
+        },
+        **kw,
+    )
+
+
+def test_validate_measured_costs_by_hand(tmp_path):
+    # Step times by hand, 4 ms of overhead each:
+    # backprop: F0 0-8, F1 8-18, B1 18-36 (U1 36-41), B0 36-54, U0 54-57: 61.
+    # With 1 ms per message on the cut: F1 8-19, B1 19-37, B0 37-56, U0
+    # 56-59: 63.
+    # GPipe, 2 micro-batches (F 4 and 5, B 9 and 9): device 1 F 4-9, 9-14,
+    # B 14-23, 23-32, U 32-37; device 0 B 23-32, 32-41, U 41-44: 48.
+    # dni: device 0 F 0-8, S/2 8-10, B 10-28, U 28-31, regression (S/2)
+    # after B1; device 1 F 8-18, B 18-36, U 36-41; device 0's regression
+    # 36-38: 45.
+    # fully unlocked: device 1 I/2 0-1.5, F 1.5-11.5, B 11.5-29.5, U
+    # 29.5-34.5, its regression (I/2) 34.5-36; device 0 as in dni to 31, its
+    # regression after B1: 31-33: 40.
+    # pipelined DNI: device 0 F + S + B + U = 8 + 4 + 18 + 3 = 33, device 1
+    # 10 + 18 + 5 = 33; with the overhead, 37 a step, one batch each.
+    entries = [
+        _entry("backprop", "backprop", 2000.0),
+        _entry("backprop", "backprop, transfers", 2000.0, transfer_ms=[1.0]),
+        _entry("gpipe", "gpipe", 2500.0),
+        _entry("dni", "dni", 2000.0),
+        _entry("unlocked", "unlocked", 2000.0),
+        _entry("pipelined", "pipelined", 3000.0),
+    ]
+    path = tmp_path / "benchmarks.json"
+    path.write_text(json.dumps({"repeats": 3, "measurements": entries}))
+    table = v.validate_measured_costs(path)
+    steps = [61.0, 63.0, 48.0, 45.0, 40.0, 37.0]
+    assert [row.name for row, _, _ in table] == [e["name"] for e in entries]
+    for (row, predicted, error), step, entry in zip(table, steps, entries, strict=True):
+        assert predicted == pytest.approx(100 / step * 1000), row.name
+        measured = entry["examples_per_s"]
+        assert error == pytest.approx((100 / step * 1000 - measured) / measured)
+    # ZB-H1 on GPipe's costs (half of each B the weight gradient W). Device
+    # 1: F 4-9, B 9-13.5, F 13.5-18.5, B 18.5-23, W 23-27.5, 27.5-32, U
+    # 32-37. Device 0: F 0-4, 4-8, B 13.5-18, W 18-22.5, B 23-27.5, W
+    # 27.5-32, U 32-35. 37 + 4 = 41.
+    gpipe = table[2][0]
+    assert gpipe.predict("zb_h1") == pytest.approx(100 / 41 * 1000)
+
+
+def test_read_measured_costs_errors(tmp_path):
+    path = tmp_path / "costs.json"
+    entry = _entry("gpipe", "gpipe", 1.0)
+    del entry["per_step_overhead_ms"]
+    path.write_text(json.dumps({"measurements": [entry]}))
+    with pytest.raises(ValueError, match="'per_step_overhead_ms'"):
+        v.read_measured_costs(path)
+    path.write_text(json.dumps({"measurements": []}))
+    with pytest.raises(ValueError, match="no measurement"):
+        v.read_measured_costs(path)
+
+
+def test_predict_examples_per_s_errors():
+    with pytest.raises(ValueError, match="model='1f1b'"):
+        v.predict_examples_per_s("1f1b", COSTS, batch_size=100)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        v.predict_examples_per_s("gpipe", COSTS, batch_size=0)
+    with pytest.raises(ValueError, match="'X'"):
+        v.predict_examples_per_s(
+            "gpipe", [{"F": 1.0, "B": 1.0, "X": 1.0}], batch_size=1
+        )
+    with pytest.raises(ValueError, match="at least F and B"):
+        v.predict_examples_per_s("gpipe", [{"F": 1.0}], batch_size=1)

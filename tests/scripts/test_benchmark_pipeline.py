@@ -1,6 +1,7 @@
 """scripts/benchmark_pipeline.py in process: the fully unlocked schedule's
 prediction and the table of medians, without measuring anything."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,54 +67,252 @@ def _costs(update=6.0):
     ]
 
 
+def _spec(model, **kw):
+    return dict(
+        {"model": model, "devices": 2, "batch_size": 256, "micro_batches": 8}, **kw
+    )
+
+
+def test_per_step_overhead_of_a_synthetic_trace(bench):
+    # Two steps in 20 ms of wall time. Step 1: device 0 runs 0-3 and 4-6,
+    # device 1 runs 2-5: some device works from 0 to 6. Then the optimizer
+    # (on no device) 7-8. Step 2: 10-13, 14-16 and 12-15: 10 to 16. No op
+    # runs for 20 - 6 - 1 - 6 = 7 ms: 3.5 ms per step.
+    ops = [(0, 3), (4, 6), (2, 5), (7, 8), (10, 13), (14, 16), (12, 15)]
+    assert bench.per_step_overhead(ops, 20.0, 2) == pytest.approx(3.5)
+    # Over a fractional number of steps (the servers' trace window).
+    assert bench.per_step_overhead(ops, 20.0, 2.5) == pytest.approx(2.8)
+    with pytest.raises(ValueError, match="wall_time=12.0"):
+        bench.per_step_overhead(ops, 12.0, 2)
+    with pytest.raises(ValueError, match="steps=0"):
+        bench.per_step_overhead(ops, 20.0, 0)
+
+
+def test_per_step_overhead_of_a_synthetic_profile_result(bench):
+    # On the servers every op is in the result's timeline and the wall time
+    # is the trace's window: the worker passes the events.
+    from keras_sg import profiling
+    from keras_sg.schedules import Event
+
+    events = (
+        Event(0, 0.0, 4.0, "F", -1, 0, -1),
+        Event(1, 3.0, 9.0, "F", -1, 1, -1),
+        Event(1, 9.0, 15.0, "B", -1, 1, -1),
+        Event(0, 15.0, 21.0, "B", -1, 0, -1),
+        Event(0, 21.0, 24.0, "U", -1, -1, -1),
+        Event(1, 22.0, 23.0, "C", -1, -1, -1),
+        # 10 ms in which both wait, then the next step's forward.
+        Event(0, 34.0, 38.0, "F", -1, 0, -1),
+    )
+    profile = profiling.ProfileResult(
+        devices=("a:1", "a:2"),
+        stage_devices=(0, 1),
+        busy=(0.0, 0.0),
+        costs=(),
+        stage_costs=(),
+        unplaced=0.0,
+        events=events,
+        window=38.0,
+        steps=38.0 / 34.0,
+        wall_time=38.0,
+    )
+    ops = [(e.start, e.end) for e in profile.events]
+    # Busy 0-24 and 34-38: 28 of 38 ms; 10 ms idle over 38/34 steps.
+    assert bench.per_step_overhead(
+        ops, profile.wall_time, profile.steps
+    ) == pytest.approx(10.0 * 34.0 / 38.0)
+
+
+def test_predictions_with_update_and_overhead_by_hand(bench):
+    costs = _costs()
+    costs[0]["C"] = 1.0  # other work: busy time with the backward pass
+    run = {"costs": costs, "per_step_overhead_ms": 5.0}
+    # Backprop: F0 0-10, F1 10-22, B1 22-44 (U1 44-50), B0 (20 + 1) 44-65,
+    # U0 65-71; then 5 ms in which both wait: 76 ms.
+    predicted = bench.predict(dict(run, spec=_spec("backprop")))
+    assert predicted == pytest.approx(256 / 76 * 1000)
+    # Pipelined DNI: each device's step, then the overhead. Device 0:
+    # F + S + B + C + U = 10 + 4 + 21 + 6 = 41, device 1: 12 + 22 + 6 = 40;
+    # 46 ms a step, every device on a batch.
+    predicted = bench.predict(dict(run, spec=_spec("pipelined")))
+    assert predicted == pytest.approx(256 / 46 * 1000)
+
+
+def test_zb_h1_is_predicted_from_gpipe_costs_by_hand(bench):
+    # M = 2 micro-batches: F 5 and 6, B 10 and 11 each; U 6; no overhead.
+    run = {"spec": _spec("gpipe", micro_batches=2), "costs": _costs()}
+    run["per_step_overhead_ms"] = 0.0
+    # GPipe: device 1 runs F 5-11, 11-17, B 17-28, 28-39, U 39-45; device 0
+    # B 28-38, 39-49, U 49-55.
+    assert bench.predict(run) == pytest.approx(256 / 55 * 1000)
+    # ZB-H1, half of each B a weight gradient W. Device 0: F 0-5, 5-10.
+    # Device 1: F 5-11, B 11-16.5, F 16.5-22.5, B 22.5-28, W 28-33.5,
+    # 33.5-39, U 39-45. Device 0: B 16.5-21.5, W 21.5-26.5, B 28-33,
+    # W 33-38, U 38-44. 45 ms.
+    assert bench.predict(run, model="zb_h1") == pytest.approx(256 / 45 * 1000)
+    assert bench.zb_h1_cell(run) == f"{256 / 45 * 1000:.0f} (1.22x GPipe's prediction)"
+
+
 def test_fully_unlocked_prediction_by_hand(bench):
-    spec = {"model": "unlocked", "devices": 2, "batch_size": 256}
-    # Device 0: F 0-10, S 10-12, B 12-32; its regression (2) waits for B of
-    # stage 1. Device 1: I 0-1.5, F 1.5-13.5, B 13.5-35.5, its regression
-    # (1.5) 35.5-37. Device 0's regression: 35.5-37.5. Then Adam, 6 ms, on
-    # every device at once: 43.5 ms a step of 256 examples.
-    predicted = bench.predict({"spec": spec, "costs": _costs()})
-    assert predicted == pytest.approx(256 / 43.5 * 1000)
+    # Device 0: F 0-10, S 10-12, B 12-32, Adam 32-38; its regression (2)
+    # waits for B of stage 1. Device 1: I 0-1.5, F 1.5-13.5, B 13.5-35.5,
+    # Adam 35.5-41.5, its regression (1.5) 41.5-43. Device 0's regression:
+    # 38-40. With 2 ms of per-step overhead: 45 ms a step of 256 examples.
+    run = {"spec": _spec("unlocked"), "costs": _costs(), "per_step_overhead_ms": 2.0}
+    assert bench.predict(run) == pytest.approx(256 / 45 * 1000)
 
 
-def test_medians_table_reports_medians_of_the_runs(bench, parsed, monkeypatch):
+def _fake_run(spec, speed, run=0):
+    return {
+        "spec": spec,
+        "examples_per_s": speed,
+        "step_ms": spec["batch_size"] / speed * 1000,
+        "traced_step_ms": 1.0,
+        "busy": [0.5, 0.25 + 0.1 * run],
+        "costs": _costs(update=float(run)),
+        "per_step_overhead_ms": 0.5,
+    }
+
+
+def test_medians_table_reports_medians_of_the_runs(
+    bench, parsed, monkeypatch, tmp_path
+):
+    from keras_sg.schedules import validation
+
     parsed(
         "--table_only",
-        "--schedules=backprop_mp,fully_unlocked",
+        "--schedules=backprop_mp,gpipe,fully_unlocked",
         "--devices=2",
         "--repeats=3",
+        f"--costs={tmp_path / 'costs.json'}",
     )
-    speeds = {"backprop_mp": [1000.0, 3200.0, 2000.0], "fully_unlocked": [5000.0]}
-    speeds["fully_unlocked"] += [4000.0, 4400.0]
+    speeds = {
+        "backprop_mp": [1000.0, 3200.0, 2000.0],
+        "gpipe": [900.0, 1000.0, 1100.0],
+        "fully_unlocked": [5000.0, 4000.0, 4400.0],
+    }
     calls = []
 
     def fake_measure(spec):
         name = spec["name"].split(" (")[0]
         calls.append(spec["name"])
         run = sum(c.startswith(name + " ") for c in calls) - 1
-        return {
-            "spec": spec,
-            "examples_per_s": speeds[name][run],
-            "busy": [0.5, 0.25 + 0.1 * run],
-            "costs": _costs(update=float(run)),
-        }
+        return _fake_run(spec, speeds[name][run], run)
 
     monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (5.25, 4.0, 3.5))
     table = bench.medians_table().splitlines()
     # Runs in turn: every schedule once, then again.
     assert calls == [
         f"{name} (K=2, run {r})"
         for r in (1, 2, 3)
-        for name in ("backprop_mp", "fully_unlocked")
+        for name in ("backprop_mp", "gpipe", "fully_unlocked")
     ]
-    backprop, unlocked = (row[2:-2].split(" | ") for row in table[2:4])
+    backprop, gpipe, zb_h1, unlocked = (row[2:-2].split(" | ") for row in table[2:6])
     assert backprop[:2] == ["2", "backprop_mp"]
     assert backprop[2] == "2000 (1000, 3200, 2000)"
     assert backprop[3] == "1.00x"
+    assert gpipe[2] == "1000 (900, 1000, 1100)"
+    assert zb_h1[1] == "zb_h1 (simulated, not measured)"
+    assert zb_h1[2:7] == ["–"] * 5
     assert unlocked[2] == "4400 (5000, 4000, 4400)"
     assert unlocked[3] == "2.20x"
     # Busy, overhead and prediction of the median run (run 3: update 2 ms).
     assert unlocked[4] == "50%, 45%"
     assert unlocked[5] == "13%"  # (4 + 0) / (10 + 20)
+    assert unlocked[6] == "0.5"
+    # Device 0: F 0-10, S 10-12, B 12-32, U 32-34, R 35.5-37.5; device 1:
+    # I 0-1.5, F 1.5-13.5, B 13.5-35.5, U 35.5-37.5, R 37.5-39; + 0.5 ms.
     predicted = 256 / 39.5 * 1000
-    assert unlocked[6] == f"{predicted:.0f} ({(predicted - 4400) / 4400:+.0%})"
+    assert unlocked[7] == f"{predicted:.0f} ({(predicted - 4400) / 4400:+.0%})"
+    assert table[-1].startswith(
+        "Load average (1, 5 and 15 min, `os.getloadavg`) at the start: "
+        "5.25, 4.00, 3.50; at the end: 5.25, 4.00, 3.50; on "
+    )
+    # With --costs, the median runs' costs go to a file the validation reads.
+    costs = validation.read_measured_costs(tmp_path / "costs.json")
+    assert [(c.name, c.examples_per_s) for c in costs] == [
+        ("backprop_mp (K=2)", 2000.0),
+        ("gpipe (K=2)", 1000.0),
+        ("fully_unlocked (K=2)", 4400.0),
+    ]
+    assert costs[2].predict() == pytest.approx(predicted)
+
+
+def test_every_table_of_the_report_holds_medians_of_the_repeats(
+    bench, parsed, monkeypatch, tmp_path
+):
+    from keras_sg.schedules import validation
+
+    output = tmp_path / "bench.md"
+    parsed(
+        "--devices=2",
+        "--repeats=3",
+        f"--output={output}",
+        f"--figures={tmp_path}",
+        "--cdni_learning_rates=3e-4",
+    )
+    calls = []
+
+    def fake_measure(spec):
+        calls.append(spec["name"])
+        run = int(spec["name"].rsplit("run ", 1)[1][:-1])
+        if spec.get("mnist"):
+            seconds = {1: 30.0, 2: None, 3: 20.0}[run]
+            curve = [(1, 10.0 * run, 0.9), (2, 20.0 * run, 0.98)]
+            return {"spec": spec, "curve": curve, "seconds": seconds}
+        speed = 1000.0 * (1 + (run * 2) % 3)  # 3000, 2000, 1000
+        result = _fake_run(spec, speed, run - 1)
+        result.update(cpu=[0.5, 0.5], client=0.25)
+        return result
+
+    loads = iter([(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)])
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "draw", lambda results, path: None)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: next(loads))
+    bench.main([])
+    # Each table's measurements in turn, three times.
+    logical = [f"{n} (K=2, run 1)" for n, _, _ in bench.SCHEDULES]
+    logical.append("plain Keras, default threading (run 1)")
+    assert calls[: len(logical)] == logical
+    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 5)
+    assert calls[len(logical)] == "backprop_mp (K=2, run 2)"
+    report = output.read_text()
+    assert "at the start: 1.00, 2.00, 3.00; at the end: 4.00, 5.00, 6.00" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    medians = [r for r in rows if "2000 (3000, 2000, 1000)" in r]
+    # Six schedules on logical devices and six on the servers.
+    assert len(medians) == 12
+    assert sum("zb_h1 (simulated, not measured)" in r for r in rows) == 2
+    assert "plain` of the same layers" not in report
+    assert "2000 (3000, 2000, 1000) examples/s (median (runs))" in report
+    # Time to accuracy: the median of 30, not reached and 20 s is 30 s.
+    accuracy = [r for r in rows if r.startswith("| backprop_mp | 0.001")]
+    assert accuracy == [
+        "| backprop_mp | 0.001 | 30 (30, not reached, 20) | 2 | 0.9000, 0.9800 |"
+    ]
+    # The costs file: the median run's costs and overhead, read back by the
+    # simulator's validation, which recomputes the predictions.
+    costs = validation.read_measured_costs(tmp_path / "bench.json")
+    assert [c.setting for c in costs] == ["logical"] * 6 + ["servers"] * 6
+    gpipe = costs[1]
+    assert gpipe.name == "gpipe (K=2)"
+    assert gpipe.examples_per_s == 2000.0
+    assert gpipe.costs == tuple(_costs(update=1.0))  # run 2
+    assert gpipe.per_step_overhead == 0.5
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["load_average"] == {"start": [1.0, 2.0, 3.0], "end": [4.0, 5.0, 6.0]}
+    assert [r["examples_per_s"] for r in written["measurements"][1]["runs"]] == [
+        3000.0,
+        2000.0,
+        1000.0,
+    ]
+    for row, predicted, _ in validation.validate_measured_costs(
+        tmp_path / "bench.json"
+    ):
+        entry = next(
+            m
+            for m in written["measurements"]
+            if m["name"] == row.name and m["setting"] == row.setting
+        )
+        assert predicted == pytest.approx(entry["predicted_examples_per_s"])
