@@ -1,0 +1,259 @@
+"""Synthesizers with an optimizer of their own: `compile(synthesizer_optimizer=...)`.
+
+Each model is compared, weight by weight over several steps, with
+independently written GradientTape code (the references of
+test_pipelined_reference.py and test_truncated_bptt.py) whose updates go to
+two separate optimizers: one for the network, one for the synthesizers.
+"""
+
+import keras
+import numpy as np
+import pytest
+import test_pipelined_reference as pipe
+import test_truncated_bptt as tbptt
+from conftest import linear_synth
+
+import keras_sg
+
+
+class _TwoOptimizers:
+    """The reference's optimizer: the first `network_count` variables it is
+    built on go to `network`, the rest to `synthesizers`. Each optimizer steps
+    once per step; one given nothing in a step only counts it."""
+
+    def __init__(self, network, synthesizers, network_count):
+        self.network, self.synthesizers = network, synthesizers
+        self.network_count = network_count
+
+    def build(self, variables):
+        self.network.build(variables[: self.network_count])
+        self.synthesizers.build(variables[self.network_count :])
+        self.synth_ids = {id(v) for v in variables[self.network_count :]}
+
+    def apply(self, grads, variables):
+        for optimizer, mine in (
+            (self.network, lambda v: id(v) not in self.synth_ids),
+            (self.synthesizers, lambda v: id(v) in self.synth_ids),
+        ):
+            pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if mine(v)]
+            if pairs:
+                optimizer.apply(*zip(*pairs, strict=True))
+            else:
+                optimizer.iterations.assign_add(1)
+
+
+def _stage_variable_count(model):
+    return sum(len(s.trainable_variables) for s in model.stages)
+
+
+OPTIMIZER_PAIRS = {
+    # The issue's example: Adam for the network, SGD for the synthesizers.
+    "adam_sgd": (
+        lambda: keras.optimizers.Adam(1e-2),
+        lambda: keras.optimizers.SGD(0.1),
+    ),
+    # Adam's bias correction reads each optimizer's own `iterations`.
+    "adam_adam": (
+        lambda: keras.optimizers.Adam(1e-2),
+        lambda: keras.optimizers.Adam(5e-2, beta_1=0.5),
+    ),
+    # Weight decay moves a weight at zero gradient: the pipeline's warm-up
+    # takes its branches, for the synthesizers' optimizer or the network's.
+    "adam_adamw": (
+        lambda: keras.optimizers.Adam(1e-2),
+        lambda: keras.optimizers.AdamW(5e-2, weight_decay=0.5),
+    ),
+    "adamw_sgd": (
+        lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.5),
+        lambda: keras.optimizers.SGD(0.1),
+    ),
+}
+
+
+def _compiled(cls, pair):
+    make_network, make_synth = OPTIMIZER_PAIRS[pair]
+    model = pipe._model(cls, "dni")
+    model.compile(
+        make_network(),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        synthesizer_optimizer=make_synth(),
+    )
+    optimizer = _TwoOptimizers(
+        make_network(), make_synth(), _stage_variable_count(model)
+    )
+    return model, pipe._Reference(model, "dni", lag=0, optimizer=optimizer), optimizer
+
+
+def test_decoupled_dni_matches_a_reference_with_two_optimizers():
+    x, y = pipe._data()
+    model, reference, _ = _compiled(keras_sg.DecoupledModel, "adam_sgd")
+    reference.lag = 0
+    pipe._run_and_compare(model, reference, x, y, check_loss=True)
+    steps = pipe.EPOCHS * -(-pipe.N // pipe.BATCH)
+    assert int(model.optimizer.iterations) == steps
+    assert int(model.synthesizer_optimizer.iterations) == steps
+    # Built once each, on its own variables: Adam's two moments per stage
+    # variable; plain SGD keeps no slots.
+    assert len(model.synthesizer_optimizer.variables) == 2
+    assert len(model.optimizer.variables) == 2 + 2 * _stage_variable_count(model)
+
+
+@pytest.mark.parametrize("pair", list(OPTIMIZER_PAIRS))
+def test_pipelined_matches_a_reference_with_two_optimizers_through_warm_up(pair):
+    """Three stages, nine steps: the synthesizer at cut 2 first learns at step 3."""
+    x, y = pipe._data()
+    model, reference, optimizer = _compiled(keras_sg.PipelinedModel, pair)
+    reference.lag = 1
+    pipe._run_and_compare(model, reference, x, y, check_loss=True)
+    steps = pipe.EPOCHS * -(-pipe.N // pipe.BATCH)
+    assert int(model.optimizer.iterations) == steps
+    assert int(model.synthesizer_optimizer.iterations) == steps
+    assert int(optimizer.synthesizers.iterations) == steps
+
+
+@pytest.mark.parametrize("method", ["dni", "dni_aux"])
+def test_truncated_bptt_matches_a_tape_reference_with_two_optimizers(
+    method, monkeypatch
+):
+    # The reference applies SGD at its module's `LR`; the gradients are read
+    # back from the step it took. A large power of two keeps them exact
+    # enough for Adam, which divides out their scale.
+    lr = 1024.0
+    monkeypatch.setattr(tbptt, "LR", lr)
+    steps, t, epochs = 8, 2, 3
+    x, y = tbptt._data(tbptt.B, steps, seed=3)
+    net = tbptt._net(steps)
+    twin = tbptt._twin(net)
+    aux = method == "dni_aux"
+    kwargs = dict(sg_loss_weight=0.5, aux_weight=2.0)
+    model = keras_sg.TruncatedBPTTModel(
+        net,
+        truncation=t,
+        method=method,
+        synthesizer=tbptt._random_synth(8, seed=4),
+        aux_synthesizer=tbptt._random_synth(8, seed=5) if aux else None,
+        **kwargs,
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        "mse",
+        synthesizer_optimizer=keras.optimizers.SGD(0.3),
+        run_eagerly=True,
+    )
+    ref_synths = [tbptt._random_synth(8, seed=4)]
+    ref_synths += [tbptt._random_synth(8, seed=5)] if aux else []
+    network_opt, synth_opt = keras.optimizers.Adam(1e-2), keras.optimizers.SGD(0.3)
+    synth_vars = [v for s in ref_synths for v in s.trainable_variables]
+    network_opt.build(twin.trainable_variables)
+    synth_opt.build(synth_vars)
+    model.fit(x, y, batch_size=tbptt.B, epochs=epochs, verbose=0)
+    for _ in range(epochs):
+        # Read the reference's gradients back from the SGD step it took, and
+        # give them to the two optimizers instead.
+        variables = twin.trainable_variables + synth_vars
+        before = [v.numpy() for v in variables]
+        tbptt._dni_reference_step(twin, *(ref_synths + [None])[:2], x, y, t, 0.5, 2.0)
+        grads = [(b - v.numpy()) / lr for b, v in zip(before, variables, strict=True)]
+        for v, b in zip(variables, before, strict=True):
+            v.assign(b)
+        n = len(twin.trainable_variables)
+        network_opt.apply(grads[:n], twin.trainable_variables)
+        synth_opt.apply(grads[n:], synth_vars)
+    pairs = [(net, twin), *zip(model._synthesizer_layers(), ref_synths, strict=True)]
+    for got, want in pairs:
+        for a, b in zip(got.get_weights(), want.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert int(model.synthesizer_optimizer.iterations) == epochs
+
+
+def _weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+def test_keras_round_trip_keeps_the_synthesizer_optimizer_and_resumes(tmp_path):
+    x, y = pipe._data()
+    model = pipe._model(keras_sg.DecoupledModel, "dni")
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        synthesizer_optimizer=keras.optimizers.Adam(3e-2, beta_1=0.7),
+    )
+    fit = dict(batch_size=pipe.BATCH, shuffle=False, verbose=0)
+    model.fit(x, y, epochs=1, **fit)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+
+    synth = loaded.synthesizer_optimizer
+    assert isinstance(synth, keras.optimizers.Adam)
+    assert synth is not loaded.optimizer
+    assert synth.get_config()["beta_1"] == pytest.approx(0.7)
+    assert float(synth.learning_rate) == pytest.approx(3e-2)
+    assert int(synth.iterations) == 3
+    for a, b in zip(
+        model.synthesizer_optimizer.variables, synth.variables, strict=True
+    ):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    # The Adam moments are the synthesizers' (their shapes), not zeros.
+    moments = [v for v in synth.variables if "momentum" in v.path]
+    assert moments and all(np.abs(np.array(m)).max() > 0 for m in moments)
+
+    model.fit(x, y, epochs=2, **fit)
+    loaded.fit(x, y, epochs=2, **fit)
+    for a, b in zip(_weights(model), _weights(loaded), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert int(loaded.synthesizer_optimizer.iterations) == 9
+
+
+def test_without_a_synthesizer_optimizer_compile_is_keras_s():
+    model = pipe._model(keras_sg.DecoupledModel, "dni")
+    assert model.synthesizer_optimizer is None
+    assert "synthesizer_optimizer" not in model.get_compile_config()
+    # Recompiling without one drops an earlier one.
+    model.compile("adam", "mse", synthesizer_optimizer="sgd")
+    assert isinstance(model.synthesizer_optimizer, keras.optimizers.SGD)
+    config = model.get_compile_config()["synthesizer_optimizer"]
+    assert config["class_name"] == "SGD"
+    model.compile("adam", "mse")
+    assert model.synthesizer_optimizer is None
+
+
+def test_bad_synthesizer_optimizers_are_refused():
+    model = pipe._model(keras_sg.DecoupledModel, "dni")
+    with pytest.raises(ValueError, match=r"synthesizer_optimizer='nope'"):
+        model.compile("adam", "mse", synthesizer_optimizer="nope")
+    adam = keras.optimizers.Adam()
+    with pytest.raises(ValueError, match=r"another optimizer instance"):
+        model.compile(adam, "mse", synthesizer_optimizer=adam)
+    backprop = keras_sg.DecoupledModel(pipe._network(), method="backprop")
+    with pytest.raises(ValueError, match=r"method='backprop' trains no synth"):
+        backprop.compile("adam", "mse", synthesizer_optimizer="sgd")
+    with pytest.raises(ValueError, match=r"scales the loss"):
+        model.compile(
+            keras.optimizers.Adam(loss_scale_factor=8.0),
+            "mse",
+            synthesizer_optimizer="sgd",
+        )
+
+
+def test_mixed_float16_refuses_a_synthesizer_optimizer():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        net = keras.Sequential(
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(4),
+                keras_sg.Interface(),
+                keras.layers.Dense(2),
+            ]
+        )
+        model = keras_sg.DecoupledModel(net, [linear_synth()], method="dni")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ValueError, match=r"dtype policy is 'mixed_float16'"):
+        model.compile("adam", "mse", synthesizer_optimizer="sgd")
+    assert not model.compiled  # nothing half done
+    model.compile("adam", "mse")  # one optimizer, loss scaled: as before
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
