@@ -6,14 +6,21 @@ test_pipelined_reference.py and test_truncated_bptt.py) whose updates go to
 two separate optimizers: one for the network, one for the synthesizers.
 """
 
+import json
+import shutil
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import test_pipelined_reference as pipe
 import test_truncated_bptt as tbptt
-from conftest import linear_synth
+from conftest import linear_synth, script_module
 
 import keras_sg
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _TwoOptimizers:
@@ -257,3 +264,83 @@ def test_mixed_float16_refuses_a_synthesizer_optimizer():
     assert not model.compiled  # nothing half done
     model.compile("adam", "mse")  # one optimizer, loss scaled: as before
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+# ------------------------------------------------------------- scripts/train.py
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    with script_module(ROOT / "scripts" / "train.py", "keras_sg_train_synth") as m:
+        yield m
+
+
+def _train(script, workdir, *overrides):
+    """scripts/train.py's main, in process, on mnist_fcn's dni smoke config
+    with an SGD synthesizer optimizer (the paper's schedule for both)."""
+    argv = [
+        "train.py",
+        f"--config={ROOT / 'configs' / 'mnist_fcn.py'}:dni,smoke",
+        f"--workdir={workdir}",
+        "--config.deterministic=False",  # op determinism is process-wide
+        "--config.data.train_examples=192",
+        "--config.log.diagnostics_every_steps=0",
+        "--config.synthesizer_optimizer.name=sgd",
+        "--config.synthesizer_optimizer.learning_rate=0.05",
+        *overrides,
+    ]
+    saved = sys.argv
+    sys.argv = argv  # config_flags reads the overrides from sys.argv
+    try:
+        for name in [n for n in script.FLAGS if n.startswith("config.")]:
+            delattr(script.FLAGS, name)  # defined anew by each parse
+        script.FLAGS.unparse_flags()
+        script.parse_flags(argv)
+        script.main([])
+    finally:
+        sys.argv = saved
+    return json.loads((Path(workdir) / "metrics.json").read_text())
+
+
+def test_train_py_resumes_the_synthesizer_optimizer(train_script, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(train_script, straight, "--config.epochs=3")
+    final = keras.models.load_model(straight / "ckpt" / "epoch-0003.keras")
+    synth = final.synthesizer_optimizer
+    assert isinstance(synth, keras.optimizers.SGD)
+    assert isinstance(final.optimizer, keras.optimizers.Adam)
+    assert int(synth.iterations) == int(final.optimizer.iterations) == 9
+
+    # A run stopped after epoch 2: its workdir as it was then.
+    shutil.copytree(straight, resumed)
+    (resumed / "ckpt" / "epoch-0003.keras").unlink()
+    (resumed / "metrics.json").unlink()
+    history = (resumed / "history.csv").read_text().splitlines()
+    (resumed / "history.csv").write_text("\n".join(history[:3]) + "\n")
+    metrics = _train(train_script, resumed, "--config.epochs=3")
+    assert metrics["resumed_from_epoch"] == 2
+    again = keras.models.load_model(resumed / "ckpt" / "epoch-0003.keras")
+    assert int(again.synthesizer_optimizer.iterations) == 9
+    for a, b in zip(again.get_weights(), final.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "--config.synthesizer_optimizer.learning_rate=-1.0",
+            "synthesizer_optimizer.learning_rate=-1.0",
+        ),
+        (
+            "--config.synthesizer_optimizer.name=nope",
+            "synthesizer_optimizer.name='nope'",
+        ),
+        ("--config.method=backprop", "method='backprop' trains no synthesizers"),
+    ],
+)
+def test_train_py_names_a_bad_synthesizer_optimizer(
+    train_script, tmp_path, override, message
+):
+    with pytest.raises(SystemExit, match=message):
+        _train(train_script, tmp_path, override)
