@@ -166,7 +166,8 @@ def test_truncated_bptt_matches_a_tape_reference_with_two_optimizers(
         n = len(twin.trainable_variables)
         network_opt.apply(grads[:n], twin.trainable_variables)
         synth_opt.apply(grads[n:], synth_vars)
-    pairs = [(net, twin), *zip(model._synthesizer_layers(), ref_synths, strict=True)]
+    synths = [model.synthesizer] + ([model.aux_synthesizer] if aux else [])
+    pairs = [(net, twin), *zip(synths, ref_synths, strict=True)]
     for got, want in pairs:
         for a, b in zip(got.get_weights(), want.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -310,6 +311,9 @@ def test_train_py_resumes_the_synthesizer_optimizer(train_script, tmp_path):
     assert isinstance(synth, keras.optimizers.SGD)
     assert isinstance(final.optimizer, keras.optimizers.Adam)
     assert int(synth.iterations) == int(final.optimizer.iterations) == 9
+    # Its own rate, on the paper's schedule: /10 after step 5, /100 after 7.
+    assert float(synth.learning_rate) == pytest.approx(0.05 / 100)
+    assert float(final.optimizer.learning_rate) == pytest.approx(1e-3 / 100)
 
     # A run stopped after epoch 2: its workdir as it was then.
     shutil.copytree(straight, resumed)
