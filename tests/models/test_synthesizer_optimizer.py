@@ -7,7 +7,9 @@ two separate optimizers: one for the network, one for the synthesizers.
 """
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -388,6 +390,35 @@ def test_mixed_bfloat16_with_a_synthesizer_optimizer_smoke():
     after = [np.array(w) for s in model.synthesizers for w in s.get_weights()]
     assert all(np.isfinite(a).all() for a in after)
     assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_mirrored_strategy_with_a_synthesizer_optimizer_matches_one_device():
+    """Pipelined cDNI on two logical CPUs, Adam and the synthesizers' SGD."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("mirrored_worker.py")),
+            "cdni",
+            "pipelined",
+            "synthesizer_optimizer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        # This checkout's keras_sg, whichever one is installed.
+        env=dict(
+            os.environ,
+            KERAS_BACKEND="tensorflow",
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        ),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["synth_iterations"] == 8  # 2 epochs of 4 batches
+    assert result["max_weight_change"] > 1e-2
+    assert result["max_weight_diff"] < 1e-5
+    np.testing.assert_allclose(result["sg_mirrored"], result["sg_single"], rtol=1e-4)
 
 
 # ------------------------------------------------------------- scripts/train.py
