@@ -502,3 +502,76 @@ def test_train_py_names_a_bad_synthesizer_optimizer(
 ):
     with pytest.raises(SystemExit, match=message):
         _train(train_script, tmp_path, override)
+
+
+# -------------------------------------------------------------------- configs
+
+
+def _config(name, variant):
+    sys.path.insert(0, str(ROOT))
+    import importlib
+
+    return importlib.import_module(f"configs.{name}").get_config(variant)
+
+
+@pytest.mark.parametrize(
+    "name, variant, field, value",
+    [
+        ("mnist_fcn", "dni,smoke", "synthesizer_optimizer.learning_rate", None),
+        ("mnist_fcn", "cdni", "synthesizer_optimizer.learning_rate", -0.1),
+        ("mnist_fcn", "dni", "synthesizer_optimizer.learning_rate", float("inf")),
+        ("copy", "dni,smoke", "synthesizer_optimizer.learning_rate", 0.0),
+    ],
+)
+def test_configs_name_a_bad_synthesizer_optimizer(name, variant, field, value):
+    from configs import common, sequence
+
+    config = _config(name, variant)
+    config.synthesizer_optimizer.name = "sgd"
+    config.synthesizer_optimizer.learning_rate = 0.1
+    (common if name == "mnist_fcn" else sequence).validate(config)  # accepted
+    *parents, leaf = field.split(".")
+    config[parents[0]][leaf] = value
+    with pytest.raises(ValueError, match=f"Received: {field}={value!r}"):
+        (common if name == "mnist_fcn" else sequence).validate(config)
+
+
+@pytest.mark.parametrize("name, variant", [("mnist_fcn", "backprop"), ("copy", "bptt")])
+def test_configs_refuse_a_synthesizer_optimizer_without_synthesizers(name, variant):
+    from configs import common, sequence
+
+    check = common if name == "mnist_fcn" else sequence
+    config = _config(name, variant)
+    check.validate(config)  # "" (the default): accepted
+    config.synthesizer_optimizer.name = "sgd"
+    config.synthesizer_optimizer.learning_rate = 0.1
+    with pytest.raises(ValueError, match=f"method='{variant}' trains no synth"):
+        check.validate(config)
+
+
+def test_a_workdir_from_before_the_field_resumes_without_it(train_script, tmp_path):
+    """A config.json written before `synthesizer_optimizer` existed recorded
+    the one-optimizer behaviour: a rerun without the field matches it."""
+    config = _config("mnist_fcn", "dni,smoke")
+    recorded = json.loads(config.to_json_best_effort())
+    del recorded["synthesizer_optimizer"]
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "epoch-0001.keras").write_bytes(b"")
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    train_script.check_same_config(tmp_path, config)  # accepted
+    config.synthesizer_optimizer.name = "sgd"
+    config.synthesizer_optimizer.learning_rate = 0.1
+    with pytest.raises(SystemExit, match=r"synthesizer_optimizer.name='' -> 'sgd'"):
+        train_script.check_same_config(tmp_path, config)
+
+
+def test_the_sequence_scripts_synthesizer_optimizer(train_script):
+    """train_sequence.py's: constant rate (no schedule), the clipnorm it is given."""
+    config = _config("copy", "dni,smoke")
+    assert train_script.synthesizer_optimizer(config) is None
+    config.synthesizer_optimizer.name = "sgd"
+    config.synthesizer_optimizer.learning_rate = 0.2
+    synth = train_script.synthesizer_optimizer(config, extra={"clipnorm": 1.5})
+    assert isinstance(synth, keras.optimizers.SGD)
+    assert float(synth.learning_rate) == pytest.approx(0.2)
+    assert synth.clipnorm == 1.5
