@@ -53,6 +53,10 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
     `evaluate` and `predict` run the plain forward pass. Each cut's
     synthesizer loss is logged by `fit` as `<interface name>_sg_loss`.
 
+    `compile(..., synthesizer_optimizer=...)` gives the synthesizers an
+    optimizer (and a learning rate) of their own; by default `optimizer`
+    trains everything (see `SynthesizerOptimizerMixin`).
+
     Mixed precision: set `keras.mixed_precision.set_global_policy(
     "mixed_float16")` (or `"mixed_bfloat16"`) before making the network, the
     synthesizers and the model. Stages and synthesizers then compute in

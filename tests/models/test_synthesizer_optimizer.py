@@ -101,6 +101,15 @@ def test_decoupled_dni_matches_a_reference_with_two_optimizers():
     # variable; plain SGD keeps no slots.
     assert len(model.synthesizer_optimizer.variables) == 2
     assert len(model.optimizer.variables) == 2 + 2 * _stage_variable_count(model)
+    # The summary counts both optimizers' variables.
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    count = sum(
+        int(np.prod(v.shape))
+        for o in (model.optimizer, model.synthesizer_optimizer)
+        for v in o.variables
+    )
+    assert f" Optimizer params: {count:,}" in "\n".join(lines).splitlines()
 
 
 @pytest.mark.parametrize("pair", list(OPTIMIZER_PAIRS))
@@ -211,6 +220,31 @@ def test_keras_round_trip_keeps_the_synthesizer_optimizer_and_resumes(tmp_path):
     for a, b in zip(_weights(model), _weights(loaded), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert int(loaded.synthesizer_optimizer.iterations) == 9
+
+
+def test_tf_checkpoints_hold_the_synthesizer_optimizer(tmp_path):
+    """`tf.train.Checkpoint` follows the attribute, as it does `optimizer`."""
+    import tensorflow as tf
+
+    x, y = pipe._data()
+    model = pipe._model(keras_sg.DecoupledModel, "dni")
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        synthesizer_optimizer=keras.optimizers.Adam(3e-2),
+    )
+    fit = dict(batch_size=pipe.BATCH, shuffle=False, verbose=0)
+    model.fit(x, y, epochs=1, **fit)
+    saved = [
+        keras.ops.convert_to_numpy(v) for v in model.synthesizer_optimizer.variables
+    ]
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    model.fit(x, y, epochs=1, **fit)
+    tf.train.Checkpoint(model=model).restore(path).assert_existing_objects_matched()
+    restored = model.synthesizer_optimizer.variables
+    assert int(restored[0]) == 3  # iterations
+    for a, b in zip(restored, saved, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), b)
 
 
 def test_without_a_synthesizer_optimizer_compile_is_keras_s():
