@@ -260,6 +260,16 @@ def test_without_a_synthesizer_optimizer_compile_is_keras_s():
     assert model.synthesizer_optimizer is None
 
 
+def test_a_placed_model_places_the_synthesizer_optimizer_too():
+    """Its slots and updates go on each variable's device, as `optimizer`'s
+    (`place_optimizer`); one device here: the wrapping, not the placement."""
+    devices = ["/device:CPU:0"] * 3
+    model = keras_sg.DecoupledModel(pipe._network(), _two_synths(), devices=devices)
+    model.compile("adam", "mse", synthesizer_optimizer="sgd")
+    assert getattr(model.synthesizer_optimizer, "_keras_sg_placed", False)
+    assert getattr(model.optimizer, "_keras_sg_placed", False)
+
+
 def test_bad_synthesizer_optimizers_are_refused():
     model = pipe._model(keras_sg.DecoupledModel, "dni")
     with pytest.raises(ValueError, match=r"synthesizer_optimizer='nope'"):
