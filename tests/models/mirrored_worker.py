@@ -52,10 +52,11 @@ def build():
         for _ in range(2)
     ]
     model = MODEL(net, synths, method=METHOD)
+    extra = {"synthesizer_optimizer": keras.optimizers.SGD(0.1)}
     model.compile(
         optimizer=keras.optimizers.Adam(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        synthesizer_optimizer=keras.optimizers.SGD(0.1) if SYNTH_OPTIMIZER else None,
+        **(extra if SYNTH_OPTIMIZER else {}),
     )
     return model
 
