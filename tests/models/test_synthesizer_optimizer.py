@@ -63,14 +63,11 @@ OPTIMIZER_PAIRS = {
         lambda: keras.optimizers.SGD(0.1),
     ),
     # Weight decay moves a weight at zero gradient: the pipeline's warm-up
-    # takes its branches, for the synthesizers' optimizer or the network's.
+    # takes its branches, here for the synthesizers' optimizer (for the
+    # model's, test_pipelined.py covers them).
     "adam_adamw": (
         lambda: keras.optimizers.Adam(1e-2),
         lambda: keras.optimizers.AdamW(5e-2, weight_decay=0.5),
-    ),
-    "adamw_sgd": (
-        lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.5),
-        lambda: keras.optimizers.SGD(0.1),
     ),
 }
 
@@ -336,20 +333,14 @@ def _bp_lambda():
     return model, model.synthesizers, pipe._data()
 
 
-def _stochastic():
-    model = keras_sg.StochasticUpdateModel(
-        pipe._network(), _two_synths(), update_probability=1.0
-    )
-    return model, model.synthesizers, pipe._data()
-
-
 def _clocked():
     model = clocked._model("dni")
     synths = [model.message_synthesizer, model.state_synthesizer]
     return model, synths, clocked._data()
 
 
-@pytest.mark.parametrize("make", [_unlocked, _bp_lambda, _stochastic, _clocked])
+# StochasticUpdateModel: see test_stochastic_updates_set_back_the_synthesizer_...
+@pytest.mark.parametrize("make", [_unlocked, _bp_lambda, _clocked])
 def test_the_synthesizer_optimizer_trains_the_synthesizers_and_only_them(make):
     """The synthesizers' SGD at rate 0: they stay put, everything else moves."""
     network_lr, synth_lr = 0.1, 0.0
