@@ -95,6 +95,7 @@ def base_config(
     # run's steps (epochs * steps per epoch), the shape the issue cites from
     # the paper (3e-5 to 500k steps, /10 at 300k and 400k); "constant": no decay.
     config.optimizer.schedule = "paper"
+    add_synthesizer_optimizer(config)
     config.sg_loss_weight = 1.0
 
     config.placement = ml_collections.ConfigDict()
@@ -111,6 +112,42 @@ def base_config(
     config.log.profile_batch = 0  # e.g. "10,20" to profile steps 10 to 20
     config.keep_checkpoints = 2
     return config
+
+
+def add_synthesizer_optimizer(config: ml_collections.ConfigDict):
+    """Adds `config.synthesizer_optimizer`: the synthesizers' own optimizer.
+
+    `name` "" (the default) trains the synthesizers with `optimizer`, as one
+    optimizer over every variable; a Keras optimizer name (`"sgd"`) gives
+    them an optimizer of their own, at `learning_rate`, which must then be
+    set. Public DNI codes give synthesizers a learning rate of their own;
+    under Adam, scaling their loss (`sg_loss_weight`) does not.
+    """
+    config.synthesizer_optimizer = ml_collections.ConfigDict()
+    config.synthesizer_optimizer.name = ""
+    config.synthesizer_optimizer.learning_rate = config_dict.placeholder(float)
+
+
+def check_synthesizer_optimizer(config, trains_synthesizers: bool):
+    """Refuses a bad `config.synthesizer_optimizer`, naming the field.
+
+    Args:
+        config: a config with `synthesizer_optimizer` (see
+            `add_synthesizer_optimizer`).
+        trains_synthesizers: whether `config.method` trains synthesizers.
+    """
+    name = config.synthesizer_optimizer.name
+    if name in ("", None):
+        return
+    if not isinstance(name, str):
+        _refuse("synthesizer_optimizer.name", name, "a Keras optimizer name or ''")
+    if not trains_synthesizers:
+        raise ValueError(
+            f"method={config.method!r} trains no synthesizers, so it takes no "
+            "synthesizer optimizer: leave `synthesizer_optimizer.name` empty. "
+            f"Received: synthesizer_optimizer.name={name!r}"
+        )
+    _number(config, "synthesizer_optimizer.learning_rate", 0, inclusive=False)
 
 
 def table1_config(arg: str | None):
@@ -228,6 +265,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _refuse("optimizer.name", config.optimizer.name, "a Keras optimizer name")
     _number(config, "optimizer.learning_rate", 0, inclusive=False)
     _choice(config, "optimizer.schedule", SCHEDULES)
+    if "synthesizer_optimizer" in config:
+        check_synthesizer_optimizer(config, config.method in SG_KIND)
     _number(config, "sg_loss_weight", 0, inclusive=True)
     _int(config, "keep_checkpoints", 1)
     _int(config, "log.diagnostics_every_steps", 0)

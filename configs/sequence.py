@@ -33,6 +33,9 @@ def base_config(task: str, method: str, smoke: bool) -> ml_collections.ConfigDic
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-3
     config.optimizer.clipnorm = 0.0  # 0: no clipping
+    # "": the synthesizers train with `optimizer`; else their own, at its
+    # learning_rate (and `optimizer.clipnorm`).
+    common.add_synthesizer_optimizer(config)
     config.sg_loss_weight = 1.0
     # TruncatedBPTTModel's `sg_scale`: the factor on the synthetic gradient
     # where a chunk uses it, a discount on the bootstrapped target (1: none).
@@ -81,6 +84,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         check._refuse("optimizer.name", config.optimizer.name, "a Keras optimizer")
     check._number(config, "optimizer.learning_rate", 0, inclusive=False)
     check._number(config, "optimizer.clipnorm", 0, inclusive=True)
+    if "synthesizer_optimizer" in config:
+        check.check_synthesizer_optimizer(config, config.method != "bptt")
     check._number(config, "sg_loss_weight", 0, inclusive=True)
     check._int(config, "synthesizer.hidden_layers", 0)
     check._int(config, "synthesizer.units", 1)

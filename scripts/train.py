@@ -54,6 +54,12 @@ SAFE_TO_CHANGE = (
     "data.manual_dir",
     "data.data_dir",
 )
+# Fields added after workdirs were made, with the value that keeps the old
+# behaviour: a config.json without them recorded that value.
+ADDED_FIELDS = {
+    "synthesizer_optimizer.name": "",
+    "synthesizer_optimizer.learning_rate": None,
+}
 _LOCK = []  # the open lock file: held for the life of the process
 PROGRAM = "train.py"  # the name errors start with (train_sequence.py reuses fail)
 
@@ -226,8 +232,27 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        synthesizer_optimizer=synthesizer_optimizer(config, steps_per_epoch),
     )
     return model
+
+
+def synthesizer_optimizer(config, steps_per_epoch=None, extra=None):
+    """The synthesizers' own optimizer, or None (`synthesizer_optimizer.name`
+    empty: `optimizer` trains them). It follows `optimizer.schedule`, if the
+    config has one, from its own learning rate; `extra` adds to its config
+    (`clipnorm`)."""
+    import keras
+
+    name = config.synthesizer_optimizer.name
+    if not name:
+        return None
+    rate = config.synthesizer_optimizer.learning_rate
+    if "schedule" in config.optimizer:
+        rate = learning_rate(config, steps_per_epoch, rate)
+    return keras.optimizers.get(
+        {"class_name": name, "config": {"learning_rate": rate, **(extra or {})}}
+    )
 
 
 def cut_shapes(stages, input_shape) -> list[tuple]:
@@ -263,17 +288,19 @@ def make_input_synthesizer(config, target_shape):
     )
 
 
-def learning_rate(config, steps_per_epoch):
+def learning_rate(config, steps_per_epoch, rate=None):
     """The optimizer's learning rate: a number, or the paper's schedule shape.
 
     With `optimizer.schedule="paper"`, the rate is divided by 10 after 60% and
     again after 80% of the run's `epochs * steps_per_epoch` steps. The
     schedule reads the optimizer's `iterations`, which a checkpoint restores,
-    so a resumed run follows it from where it stopped.
+    so a resumed run follows it from where it stopped. `rate` (the
+    synthesizer optimizer's) replaces `optimizer.learning_rate`.
     """
     import keras
 
-    rate = config.optimizer.learning_rate
+    if rate is None:
+        rate = config.optimizer.learning_rate
     if config.optimizer.schedule == "constant":
         return rate
     if not steps_per_epoch:
@@ -316,6 +343,19 @@ def check_optimizer(config):
         fail(
             "bad config: `optimizer.name` must name a Keras optimizer. "
             f"Received: optimizer.name={config.optimizer.name!r} ({error})"
+        )
+    synth = config.get("synthesizer_optimizer")
+    if synth is None or not synth.name:
+        return
+    try:
+        keras.optimizers.get(
+            {"class_name": synth.name, "config": {"learning_rate": synth.learning_rate}}
+        )
+    except (ValueError, TypeError) as error:
+        fail(
+            "bad config: `synthesizer_optimizer.name` must name a Keras "
+            f"optimizer. Received: synthesizer_optimizer.name={synth.name!r} "
+            f"({error})"
         )
 
 
@@ -403,6 +443,9 @@ def check_same_config(workdir: Path, config):
     except ValueError as error:
         fail(f"{recorded_path} is damaged ({error}); cannot check the config")
     wanted = flatten(json.loads(config.to_json_best_effort()))
+    for key, value in ADDED_FIELDS.items():
+        if key in wanted:
+            recorded.setdefault(key, value)
 
     def safe(key):
         return any(
@@ -553,6 +596,10 @@ def main(argv):
         if config.optimizer.schedule != "constant":
             # The same schedule, from the config: `epochs` may have changed.
             model.optimizer.learning_rate = learning_rate(config, steps)
+            if model.synthesizer_optimizer is not None:
+                model.synthesizer_optimizer.learning_rate = learning_rate(
+                    config, steps, config.synthesizer_optimizer.learning_rate
+                )
 
     train = keras_sg.data.batches(
         x_train,

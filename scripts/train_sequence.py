@@ -189,6 +189,8 @@ def build_model(config, vocabulary_size=None):
     optimizer = keras.optimizers.get(
         {"class_name": config.optimizer.name, "config": optimizer_config}
     )
+    clip = {"clipnorm": config.optimizer.clipnorm} if config.optimizer.clipnorm else {}
+    synth_optimizer = base.synthesizer_optimizer(config, extra=clip)
     if config.task == "clocks":
         synths = {}
         if config.method == "dni":
@@ -206,6 +208,7 @@ def build_model(config, vocabulary_size=None):
             optimizer,
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            synthesizer_optimizer=synth_optimizer,
         )
         return model
     if config.task == "ptb_char":
@@ -241,7 +244,9 @@ def build_model(config, vocabulary_size=None):
         aux_weight=config.aux_weight,
         sg_scale=config.sg_scale,
     )
-    model.compile(optimizer, loss, **compile_args)
+    model.compile(
+        optimizer, loss, synthesizer_optimizer=synth_optimizer, **compile_args
+    )
     return model
 
 

@@ -112,10 +112,11 @@ def load_latest(folder, on_skip=None):
 
 
 def all_finite(model: keras.Model) -> bool:
-    """True if every weight of `model` and of its optimizer is finite."""
+    """True if every weight of `model` and of its optimizers is finite."""
     variables = list(model.weights)
-    if getattr(model, "optimizer", None) is not None:
-        variables += list(model.optimizer.variables)
+    for name in ("optimizer", "synthesizer_optimizer"):
+        if getattr(model, name, None) is not None:
+            variables += list(getattr(model, name).variables)
     return all(
         np.isfinite(v).all()
         for v in (keras.ops.convert_to_numpy(x) for x in variables)

@@ -7,9 +7,10 @@ import keras
 import tensorflow as tf
 
 from keras_sg._checks import check_not_h5
+from keras_sg.models.synthesizer_optimizer import SynthesizerOptimizerMixin
 
 
-class SequenceModel(keras.Model):
+class SequenceModel(SynthesizerOptimizerMixin, keras.Model):
     """The Keras front of `TruncatedBPTTModel` and `ClockedPairModel`.
 
     Both cut or unroll the time axis in Python, so their traced step holds
@@ -37,7 +38,11 @@ class SequenceModel(keras.Model):
         return super().save(filepath, *args, **kwargs)
 
     def _apply(self, grads):
-        """One optimizer step over the variables in `grads` (keyed by `id`)."""
+        """One optimizer step over the variables in `grads` (keyed by `id`);
+        with a synthesizer optimizer, one step of each over its own."""
+        if self.synthesizer_optimizer is not None:
+            self._apply_by_optimizer(grads)
+            return
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
         ordered, seen = [], set()

@@ -194,6 +194,11 @@ class ClockedPairModel(SequenceModel):
 
     # ------------------------------------------------------------------ setup
 
+    def _synthesizer_layers(self):
+        if self.method != "dni":
+            return []
+        return [self.message_synthesizer, self.state_synthesizer]
+
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:

@@ -19,6 +19,7 @@ from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
 from keras_sg.models.stages import place_optimizer, place_stage, split_stages
 from keras_sg.models.summary import print_summary
+from keras_sg.models.synthesizer_optimizer import SynthesizerOptimizerMixin
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
@@ -26,7 +27,7 @@ POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="keras_sg")
-class DecoupledModel(keras.Model):
+class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
     """A model trained stage by stage, with synthetic gradients at its cuts.
 
     The network is cut into stages at its `Interface` layers (or given as a
@@ -51,6 +52,10 @@ class DecoupledModel(keras.Model):
 
     `evaluate` and `predict` run the plain forward pass. Each cut's
     synthesizer loss is logged by `fit` as `<interface name>_sg_loss`.
+
+    `compile(..., synthesizer_optimizer=...)` gives the synthesizers an
+    optimizer (and a learning rate) of their own; by default `optimizer`
+    trains everything (see `SynthesizerOptimizerMixin`).
 
     Mixed precision: set `keras.mixed_precision.set_global_policy(
     "mixed_float16")` (or `"mixed_bfloat16"`) before making the network, the
@@ -319,11 +324,11 @@ class DecoupledModel(keras.Model):
 
     def __setattr__(self, name, value):
         # `compile` and `load_model` (through compile_from_config) both set
-        # the optimizer here; a placed model keeps its slots and updates on
-        # the variables' devices. (Overriding `compile` instead would make
-        # Keras skip compiling, and restoring the optimizer, on load.)
+        # the optimizers here; a placed model keeps their slots and updates
+        # on the variables' devices.
         placed = getattr(self, "devices", None) is not None
-        if name == "optimizer" and value is not None and placed:
+        optimizers = ("optimizer", "synthesizer_optimizer")
+        if name in optimizers and value is not None and placed:
             place_optimizer(value)
         super().__setattr__(name, value)
 
@@ -458,9 +463,15 @@ class DecoupledModel(keras.Model):
         return steps.loss_scale(self.optimizer)
 
     def _build_optimizer(self):
-        # On every trainable variable, as `load_model` builds it.
-        if not self.optimizer.built:
+        # On every trainable variable, as `load_model` builds it (the
+        # synthesizers' on theirs, with a synthesizer optimizer).
+        if self.synthesizer_optimizer is not None:
+            self._build_optimizers()
+        elif not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+
+    def _synthesizer_layers(self):
+        return list(self.synthesizers) if self.uses_synthesizers else []
 
     def _apply(self, grads):
         """One optimizer step over the variables in `grads` (keyed by `id`).
@@ -471,8 +482,12 @@ class DecoupledModel(keras.Model):
 
         Returns whether the step is applied: a boolean tensor, False when a
         `LossScaleOptimizer` skips it for gradients that are not finite.
+        With a synthesizer optimizer, each optimizer steps over its own
+        variables (see `SynthesizerOptimizerMixin`).
         """
         self._build_optimizer()
+        if self.synthesizer_optimizer is not None:
+            return self._apply_by_optimizer(grads)
         ordered, seen = [], set()
         for v in self.trainable_variables:
             if id(v) in grads and id(v) not in seen:

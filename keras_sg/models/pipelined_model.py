@@ -215,7 +215,9 @@ class PipelinedModel(DecoupledModel):
         last, with everything). The branches are not the default because each
         holds a copy of the update in the graph, which slows the first trace.
         Either way the optimizer is built once, on every trainable variable,
-        and one `apply` runs per step, so `iterations` counts steps.
+        and one `apply` runs per step, so `iterations` counts steps. With a
+        synthesizer optimizer, the same holds for each optimizer on its own
+        variables; the branches are taken when either may move at zero.
 
         Under a `tf.distribute` strategy the optimizer synchronises replicas
         (a merge call), which TensorFlow refuses inside a branch: there only
@@ -223,15 +225,11 @@ class PipelinedModel(DecoupledModel):
 
         Returns whether the step is applied, as `_apply` does.
         """
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        decay = getattr(optimizer, "weight_decay", None)
-        still = type(optimizer).__name__ in _STILL_AT_ZERO_GRADIENT and (
-            type(optimizer).__module__.startswith("keras.")
-        )
-        if still and not decay:
+        self._build_optimizer()
+        moving = self._moving_at_zero_gradient()
+        if moving is None:
             return self._apply(grads)
+        optimizer, decay = moving
         if tf.distribute.has_strategy():
             raise ValueError(
                 "Under a tf.distribute strategy, PipelinedModel updates every "
@@ -253,7 +251,9 @@ class PipelinedModel(DecoupledModel):
             }
 
             def apply():
-                if subset:
+                # With a synthesizer optimizer, `_apply` counts the step for
+                # an optimizer that gets no gradient.
+                if subset or self.synthesizer_optimizer is not None:
                     return self._apply(subset)
                 self.optimizer.iterations.assign_add(1)
                 return tf.constant(True)
@@ -262,6 +262,21 @@ class PipelinedModel(DecoupledModel):
 
         index = tf.cast(tf.minimum(t, last + 1), tf.int32)
         return tf.switch_case(index, [phase(p) for p in range(last + 2)])
+
+    def _moving_at_zero_gradient(self):
+        """`(optimizer, weight_decay)` of the first optimizer (the model's, then
+        the synthesizers') that a zero gradient may move, or None."""
+        for optimizer in (self.optimizer, self.synthesizer_optimizer):
+            if optimizer is None:
+                continue
+            optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+            decay = getattr(optimizer, "weight_decay", None)
+            still = type(optimizer).__name__ in _STILL_AT_ZERO_GRADIENT and (
+                type(optimizer).__module__.startswith("keras.")
+            )
+            if not still or decay:
+                return optimizer, decay
+        return None
 
     # ----------------------------------------------------------- one device
 

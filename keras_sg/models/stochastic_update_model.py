@@ -163,17 +163,22 @@ class StochasticUpdateModel(DecoupledModel):
         (`add_variable_from_reference`); a slot that would belong to two
         variables is an error, not a guess.
         """
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if not type(optimizer).__module__.startswith("keras."):
-            raise ValueError(
-                "StochasticUpdateModel sets back the optimizer slots of the "
-                "stages that do not update, which it finds by the names "
-                "Keras's own optimizers give them. Received: optimizer="
-                f"{type(optimizer).__module__}.{type(optimizer).__name__}"
-            )
+        optimizer_slots = []
+        for optimizer in (self.optimizer, self.synthesizer_optimizer):
+            if optimizer is None:
+                continue
+            optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+            if not type(optimizer).__module__.startswith("keras."):
+                raise ValueError(
+                    "StochasticUpdateModel sets back the optimizer slots of the "
+                    "stages that do not update, which it finds by the names "
+                    "Keras's own optimizers give them. Received: optimizer="
+                    f"{type(optimizer).__module__}.{type(optimizer).__name__}"
+                )
+            optimizer_slots.extend(optimizer.variables)
         variables = self.trainable_variables
         slots = {}
-        for slot in optimizer.variables:
+        for slot in optimizer_slots:
             owners = [
                 v
                 for v in variables

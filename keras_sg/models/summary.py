@@ -234,11 +234,12 @@ def _totals(model, rows):
     synths = [r for r in rows if r.kind == "synthesizer"]
     trainable = _count(model.trainable_weights)
     non_trainable = _count(model.non_trainable_weights)
-    optimizer = getattr(model, "optimizer", None)
+    # The model's optimizer and, if it has one, the synthesizers' own.
+    optimizers = [getattr(model, "optimizer", None)]
+    optimizers.append(getattr(model, "synthesizer_optimizer", None))
+    built = [o for o in optimizers if o is not None and o.built]
     optimizer_count = (
-        _count(optimizer.variables)
-        if model.compiled and optimizer is not None and optimizer.built
-        else None
+        sum(_count(o.variables) for o in built) if model.compiled and built else None
     )
     lines = [
         f" Total params: {trainable + non_trainable + (optimizer_count or 0):,}",

@@ -191,6 +191,12 @@ class TruncatedBPTTModel(SequenceModel):
     def uses_synthesizer(self) -> bool:
         return self.method in ("dni", "dni_aux")
 
+    def _synthesizer_layers(self):
+        if not self.uses_synthesizer:
+            return []
+        parts = (self.synthesizer, self.aux_synthesizer)
+        return [p for p in parts if p is not None]
+
     def _check_synthesizer(self, name, synth, needed):
         return check_synthesizer(
             "TruncatedBPTTModel",

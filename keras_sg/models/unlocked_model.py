@@ -187,6 +187,11 @@ class UnlockedModel(DecoupledModel):
                     f"{shapes[k + 1]}. Received: output shape {tuple(out.shape)}"
                 )
 
+    def _synthesizer_layers(self):
+        # Input synthesizers regress their targets as the gradient
+        # synthesizers do: the synthesizer optimizer trains both.
+        return [*self.synthesizers, *self.input_synthesizers]
+
     # ----------------------------------------------------------------- train
 
     def train_step(self, data):

@@ -25,9 +25,11 @@ import keras_sg  # noqa: E402
 METHOD = sys.argv[1]
 MODEL = (
     keras_sg.PipelinedModel
-    if sys.argv[2:] == ["pipelined"]
+    if sys.argv[2:3] == ["pipelined"]
     else keras_sg.DecoupledModel
 )
+# A third argument "synthesizer_optimizer": the synthesizers train with SGD.
+SYNTH_OPTIMIZER = sys.argv[3:] == ["synthesizer_optimizer"]
 
 
 def build():
@@ -50,9 +52,11 @@ def build():
         for _ in range(2)
     ]
     model = MODEL(net, synths, method=METHOD)
+    extra = {"synthesizer_optimizer": keras.optimizers.SGD(0.1)}
     model.compile(
         optimizer=keras.optimizers.Adam(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **(extra if SYNTH_OPTIMIZER else {}),
     )
     return model
 
@@ -88,6 +92,11 @@ print(
             "loss_single": h_single.history["loss"],
             "sg_mirrored": h_mirrored.history["cut_1_sg_loss"],
             "sg_single": h_single.history["cut_1_sg_loss"],
+            "synth_iterations": int(
+                keras.ops.convert_to_numpy(mirrored.synthesizer_optimizer.iterations)
+            )
+            if SYNTH_OPTIMIZER
+            else None,
         }
     )
 )
