@@ -161,6 +161,18 @@ class AsyncPipelinedModel(PipelinedModel):
             )
         keras.Model.jit_compile.fset(self, value)
 
+    def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
+        synth = kwargs.get("synthesizer_optimizer")
+        if synth is not None:
+            raise ValueError(
+                "AsyncPipelinedModel gives each stage one optimizer, cloned "
+                "from the compiled one, for the stage and the synthesizer at "
+                "its output; a synthesizer optimizer of their own is not "
+                "supported yet. Received: synthesizer_optimizer="
+                f"{type(synth).__name__ if not isinstance(synth, str) else synth!r}"
+            )
+        super().compile(optimizer, loss, *args, **kwargs)
+
     def _check_can_run(self):
         if not self.compiled:
             raise ValueError("Call `compile()` before `fit()`.")

@@ -393,6 +393,14 @@ def test_rejects_jit_compile():
         model.compile("sgd", "mse", jit_compile=True)
 
 
+def test_rejects_a_synthesizer_optimizer():
+    # Each stage's one optimizer would train its synthesizer: refused, not
+    # silently ignored.
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    with pytest.raises(ValueError, match="synthesizer_optimizer='adam'"):
+        model.compile("sgd", "mse", synthesizer_optimizer="adam")
+
+
 @pytest.mark.parametrize(
     "fit_kwargs, message",
     [
