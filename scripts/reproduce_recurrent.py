@@ -472,10 +472,24 @@ def report(cells, results, settings, sessions, pictures) -> str:
             text.append(
                 f"at T={r['truncation']} (step {r['step']}) " + " and ".join(parts)
             )
+        scored = sorted(
+            {
+                m["test_characters_scored"]
+                for n, m in results.items()
+                if n.startswith("ptb_") and m.get("test_characters_scored")
+            }
+        )
+        over = (
+            "the first "
+            + " or ".join(f"{n:,}" for n in scored)
+            + " characters of the test split"
+            if scored
+            else "the test split"
+        )
         out += [
             "",
             "Test bits per character at the last step every run of the row "
-            "reached, over the whole test stream in windows of the training "
+            f"reached, over {over} in windows of the training "
             "sequence length, the state carried from one window to the next; "
             "a dash in the steps column: the BPC was not reached "
             f"within the budget. Measured: {'; '.join(text)}.",
@@ -531,11 +545,16 @@ def report(cells, results, settings, sessions, pictures) -> str:
             f"{m.get('epochs', '–')} | {fmt(m.get('seconds'), 0)} |"
         )
     total = sum(m.get("seconds") or 0.0 for m in results.values())
+    # The caps the runs had, from their metrics (a --report_only call's
+    # --max_minutes need not be the one they ran with).
+    caps = sorted(
+        {m["max_seconds"] / 60 for m in results.values() if m.get("max_seconds")}
+    )
+    capped = " or ".join(f"{c:g}" for c in caps) if caps else "no"
     out += [
         "",
         f"Total training time {total / 60:.1f} min; each run capped at "
-        f"{settings.max_minutes:g} min of wall clock (it stops at the first "
-        "epoch end past it).",
+        f"{capped} min of wall clock (it stops at the first epoch end past it).",
     ]
     if missing:
         out.append(f"Not run (or not finished): {', '.join(missing)}.")

@@ -55,6 +55,8 @@ def _fabricate(workdir):
             final_test_bpc=curve[-1][1],
             steps=curve[-1][0],
             steps_budget=600,
+            max_seconds=540.0,
+            test_characters_scored=99328,
         )
     for method, acc in (("bptt", 0.91), ("dni", 0.895)):
         _write(
@@ -135,6 +137,9 @@ def test_report_tables_hold_the_numbers_and_verdicts(script, tmp_path):
     assert _row(text, "| ptb_T4_dni_aux |") == (
         "| ptb_T4_dni_aux | finished | budget | 400 / 600 | 4 | 60 |"
     )
+    # What the runs had, not the report call's flags (--max_minutes is 20).
+    assert "over the first 99,328 characters of the test split" in text
+    assert "each run capped at 9 min of wall clock" in text
     assert "1.50 / 1.25 / 1.00 at the start, 2.00 / 1.75 / 1.50 at the end" in text
     assert "Not run (or not finished): repeat_copy_T2_bptt" in text
     for name in ("recurrent_copy.png", "recurrent_ptb.png", "recurrent_clocks.png"):
