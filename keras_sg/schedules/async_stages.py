@@ -31,13 +31,10 @@ steady rate.
 from collections.abc import Sequence
 
 from keras_sg.schedules.engine import list_schedule, with_transfers
+from keras_sg.schedules.pipelined_dni import steady_state_result
 from keras_sg.schedules.timeline import (
     Event,
     SimulationResult,
-    Warmup,
-    busy_in_window,
-    cross_device_messages,
-    idle_fractions,
 )
 
 AsyncOp = tuple[str, int, int]  # (kind, batch, stage)
@@ -143,33 +140,14 @@ def simulate_async(
         for (kind, b, k), (device, start, end) in placed.items()
         if b < last and (end > start or kind not in ("S", "U"))
     }
-    events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
-    warmup_end = placed[("F", 0, num_devices - 1)][1]
-    warmup_busy = busy_in_window(events, num_devices, 0.0, warmup_end)
-    windows = [
-        placed[("F", last, k)][1] - placed[("F", warmup_batches, k)][1]
-        for k in range(num_devices)
-    ]
-    busy = [0.0] * num_devices
-    for e in events:
-        if e.step >= warmup_batches:
-            busy[e.device] += e.duration
-    step_time = max(windows)
-    return SimulationResult(
-        schedule="async",
-        num_devices=num_devices,
+    return steady_state_result(
+        "async",
+        placed,
+        by_op,
+        messages,
         num_microbatches=num_microbatches,
-        num_chunks=1,
         microbatch_size=microbatch_size,
-        events=events,
-        step_time=step_time,
-        busy_time=tuple(busy),
-        idle_fraction=idle_fractions(busy, step_time),
-        warmup=Warmup(
-            steps=num_devices - 1,
-            time=warmup_end,
-            busy_time=warmup_busy,
-            idle_fraction=idle_fractions(warmup_busy, warmup_end),
-        ),
-        messages=cross_device_messages(placed, messages, by_op),
+        first=warmup_batches,
+        last=last,
+        warmup_end=placed[("F", 0, num_devices - 1)][1],
     )

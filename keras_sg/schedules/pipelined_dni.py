@@ -129,24 +129,54 @@ def simulate_pipelined_dni(
         for (kind, t, k), (device, start, end) in placed.items()
         if t < last_step and (end > start or kind not in ("S", "U"))
     }
-    events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
     # Warm-up: until the last device starts its first step (the pipeline is full).
     warmup_end = placed[("F", warmup_steps, num_devices - 1)][1]
+    return steady_state_result(
+        "pipelined_dni",
+        placed,
+        by_op,
+        dependencies,
+        num_microbatches=num_microbatches,
+        microbatch_size=microbatch_size,
+        first=warmup_steps,
+        last=last_step,
+        warmup_end=warmup_end,
+    )
+
+
+def steady_state_result(
+    schedule,
+    placed,
+    by_op,
+    dependencies,
+    *,
+    num_microbatches,
+    microbatch_size,
+    first,
+    last,
+    warmup_end,
+) -> SimulationResult:
+    """The result of a schedule without a flush (pipelined DNI, async stages).
+
+    Steady state: each device's steps `first` to `last - 1` (its M steps),
+    timed from the start of its step `first` to the start of its step `last`,
+    so that devices running at the same period but with different phases all
+    measure it. `warmup_end` ends the warm-up window, from time 0.
+    """
+    num_devices = 1 + max(k for _, _, k in placed)
+    events = tuple(sorted(by_op.values(), key=lambda e: (e.start, e.device)))
     warmup_busy = busy_in_window(events, num_devices, 0.0, warmup_end)
-    # Steady state: each device's M steps, timed from the start of its first
-    # steady step to the start of the step after its last, so that devices
-    # running at the same period but with different phases all measure it.
     windows = [
-        placed[("F", last_step, k)][1] - placed[("F", warmup_steps, k)][1]
+        placed[("F", last, k)][1] - placed[("F", first, k)][1]
         for k in range(num_devices)
     ]
     busy = [0.0] * num_devices
     for e in events:
-        if e.step >= warmup_steps:
+        if e.step >= first:
             busy[e.device] += e.duration
     step_time = max(windows)
     return SimulationResult(
-        schedule="pipelined_dni",
+        schedule=schedule,
         num_devices=num_devices,
         num_microbatches=num_microbatches,
         num_chunks=1,
@@ -156,7 +186,7 @@ def simulate_pipelined_dni(
         busy_time=tuple(busy),
         idle_fraction=idle_fractions(busy, step_time),
         warmup=Warmup(
-            steps=warmup_steps,
+            steps=num_devices - 1,
             time=warmup_end,
             busy_time=warmup_busy,
             idle_fraction=idle_fractions(warmup_busy, warmup_end),
