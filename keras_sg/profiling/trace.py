@@ -54,6 +54,9 @@ OPTIMIZER = re.compile(
     rf"(?:^|/)(?:{'|'.join(OPTIMIZER_NAMES)}|[^/]*optimizer[^/]*)(?:_\d+)?/",
     re.IGNORECASE,
 )
+# Grappler's rewrites name their ops in a scope of the rewriter, such as
+# ArithmeticOptimizer/ or LayoutOptimizer/: not an optimizer's scope.
+GRAPPLER = re.compile(r"(?<![^/])[A-Z][A-Za-z]*Optimizer/")
 # Op types that move a tensor between devices or tasks: the send and receive
 # of a cross-device edge (on logical devices and between servers), and the
 # queue ops of AsyncPipelinedModel's activation and target queues. Only
@@ -141,6 +144,7 @@ def op_kind(name: str) -> str:
     """
     if TRANSFER_TYPES.fullmatch(name.rsplit(":", 1)[-1]):
         return "T"
+    name = GRAPPLER.sub("", name)
     stage = STAGE.search(name)
     if stage and OPTIMIZER.search(name, stage.end() - 1):
         return "U"

@@ -50,6 +50,14 @@ from keras_sg.profiling import (
         ("stage_0/cond_3/then/_67/stage_0/cond_3/adam/Sub_2:Sub", "U"),
         ("stage_1/adam/Pow_2:Pow", "U"),
         ("stage_1/adam_lr_synthesizer/x:MatMul", "S"),  # not the scope "adam/"
+        # Grappler's rewriters are no optimizer's scope.
+        (
+            "StatefulPartitionedCall/stage_0/ArithmeticOptimizer/"
+            "ReorderCastLikeAndValuePreserving_float_Cast_1:Cast",
+            "F",
+        ),
+        ("a/ArithmeticOptimizer/AddOpsRewrite_x:AddN", "C"),
+        ("a/adam/ArithmeticOptimizer/AddOpsRewrite_x:AddN", "U"),
     ],
 )
 def test_op_names_give_kinds(name, kind):
