@@ -237,8 +237,12 @@ def run_worker(spec):
     cpu = keras_sg.profiling.cpu_seconds
     cpu_before = [cpu(p) for p in pids] + [time.process_time()]
     start = time.perf_counter()
+    lead_ms = 500.0
     if spec["model"] == "async":
-        seconds = time_async(model, data, spec["steps"])
+        seconds, startup = time_async(model, data, spec["steps"])
+        # The servers' trace starts once a new fit has traced its stage
+        # functions and run some batches.
+        lead_ms += 1000 * startup
     else:
         model.fit(data, steps_per_epoch=spec["steps"], **fit)
         seconds = time.perf_counter() - start
@@ -260,7 +264,12 @@ def run_worker(spec):
         # And the servers' own profiler traces, taken while training goes on:
         # every op a server runs counts, per server (device).
         profile = keras_sg.profiling.trace_servers(
-            model, data, FLAGS.addresses, result["step_ms"], duration_ms=1000
+            model,
+            data,
+            FLAGS.addresses,
+            result["step_ms"],
+            duration_ms=1000,
+            lead_ms=lead_ms,
         )
         # Every op the servers ran is in the timeline; the trace's wall time
         # is its window.
@@ -322,7 +331,8 @@ ASYNC_WARMUP = 5
 
 
 def time_async(model, data, steps):
-    """Seconds for `steps` batches of an AsyncPipelinedModel's top stage.
+    """Seconds for `steps` batches of an AsyncPipelinedModel's top stage,
+    and seconds from the start of its `fit` to its first batch's end.
 
     One `fit` of ASYNC_WARMUP + `steps` batches; the time runs from the end
     of the top stage's ASYNC_WARMUP-th batch to the end of its last, read in
@@ -331,6 +341,7 @@ def time_async(model, data, steps):
     """
     top = len(model.stages) - 1
     ends = []
+    start = time.perf_counter()
 
     def hook(k, phase):
         if k == top and phase == "end":
@@ -347,7 +358,7 @@ def time_async(model, data, steps):
         )
     finally:
         model.stage_step_hook = None
-    return ends[ASYNC_WARMUP + steps - 1] - ends[ASYNC_WARMUP - 1]
+    return ends[ASYNC_WARMUP + steps - 1] - ends[ASYNC_WARMUP - 1], ends[0] - start
 
 
 def per_step_overhead(ops, wall_time, steps):

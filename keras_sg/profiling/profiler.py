@@ -407,6 +407,7 @@ def trace_servers(
     duration_ms: int = 1000,
     batch_size: int | None = None,
     logdir: str | os.PathLike | None = None,
+    lead_ms: float = 500.0,
 ) -> ProfileResult:
     """Traces the servers for `duration_ms` while training goes on.
 
@@ -424,6 +425,10 @@ def trace_servers(
         batch_size: examples per step, if known.
         logdir: folder of the traces, kept; by default a temporary folder,
             deleted once the traces are read.
+        lead_ms: ms between the start of training and the trace's, and
+            about as much training after it; longer for a model whose `fit`
+            takes long to start (AsyncPipelinedModel traces its stage
+            functions in each `fit`).
     """
     _check_count("duration_ms", duration_ms, 1)
     if not step_time > 0:
@@ -439,9 +444,11 @@ def trace_servers(
                 duration_ms=duration_ms,
                 batch_size=batch_size,
                 logdir=folder,
+                lead_ms=lead_ms,
             )
     logdir = os.fspath(logdir)
-    lead = 500.0  # ms of training before the trace starts, and after it ends
+    _check_lead(lead_ms)
+    lead = lead_ms  # ms of training before the trace starts, and after it ends
     failed = []
 
     def train():
@@ -461,6 +468,12 @@ def trace_servers(
     if failed:
         raise failed[0]
     return read_servers(logdir, model, addresses, step_time, batch_size)
+
+
+def _check_lead(lead_ms):
+    number = not isinstance(lead_ms, bool) and isinstance(lead_ms, int | float)
+    if not number or not lead_ms >= 0:
+        raise ValueError(f"`lead_ms` must be a number >= 0. Received: {lead_ms=}")
 
 
 def read_servers(

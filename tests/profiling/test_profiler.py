@@ -169,3 +169,13 @@ def test_arrays_are_cut_into_whole_batches_and_profiled():
     assert result.devices == ("default",) and result.stage_devices == (0, 0)
     assert all(c["F"] > 0 and c["B"] > 0 for c in result.stage_costs)
     assert result.examples_per_second == pytest.approx(4 * 3 / result.wall_time * 1000)
+
+
+@pytest.mark.parametrize("lead_ms", [-1.0, True, "500"])
+def test_a_bad_lead_before_the_servers_trace_is_named(tmp_path, lead_ms):
+    from keras_sg.profiling import trace_servers
+
+    with pytest.raises(ValueError, match=r"Received: lead_ms="):
+        trace_servers(
+            None, None, ["127.0.0.1:1"], 1.0, lead_ms=lead_ms, logdir=tmp_path
+        )
