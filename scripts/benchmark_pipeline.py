@@ -12,9 +12,10 @@ For each schedule it reports examples/s, each device's busy fraction and the
 synthesizer overhead, the last two read from a TensorFlow profiler trace by
 `keras_sg.profiling` (every op of stage k runs in the name scope `stage_k`,
 so the trace tells the stages apart). It then feeds
-the measured per-stage forward, backward, synthesizer and update costs and
-the measured per-step overhead (the time per step in which no op runs on any
-device, see `per_step_overhead`) to the simulator (keras_sg.schedules) and
+the measured per-stage forward, backward, synthesizer and update costs, the
+measured transfer per message (`transfers`) and the measured per-step
+overhead (the time per step in which no op runs on any device, see
+`per_step_overhead`) to the simulator (keras_sg.schedules) and
 reports how far its prediction is from the measured throughput, with ZB-H1
 simulated (not measured) on GPipe's costs. The costs and overheads go to a
 JSON file beside the report (docs/benchmarks.json), from which
@@ -25,6 +26,9 @@ accuracy of backprop model-parallel, GPipe and pipelined cDNI.
 Every measurement runs --repeats times (3 by default), in turn, and every
 table gives medians; the report states the machine's load average at the
 start and the end.
+
+`async_dni_low_rank` (and `async_cdni` to accuracy) is AsyncPipelinedModel,
+free-running, its queues of capacity --capacity (see `time_async`).
 
 The fully unlocked step (`fully_unlocked`) is `UnlockedModel`: every stage
 above the first runs on the prediction of an input synthesizer from x, so all
