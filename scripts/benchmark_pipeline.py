@@ -12,9 +12,10 @@ For each schedule it reports examples/s, each device's busy fraction and the
 synthesizer overhead, the last two read from a TensorFlow profiler trace by
 `keras_sg.profiling` (every op of stage k runs in the name scope `stage_k`,
 so the trace tells the stages apart). It then feeds
-the measured per-stage forward, backward, synthesizer and update costs and
-the measured per-step overhead (the time per step in which no op runs on any
-device, see `per_step_overhead`) to the simulator (keras_sg.schedules) and
+the measured per-stage forward, backward, synthesizer and update costs, the
+measured transfer per message (`transfers`) and the measured per-step
+overhead (the time per step in which no op runs on any device, see
+`per_step_overhead`) to the simulator (keras_sg.schedules) and
 reports how far its prediction is from the measured throughput, with ZB-H1
 simulated (not measured) on GPipe's costs. The costs and overheads go to a
 JSON file beside the report (docs/benchmarks.json), from which
@@ -25,6 +26,9 @@ accuracy of backprop model-parallel, GPipe and pipelined cDNI.
 Every measurement runs --repeats times (3 by default), in turn, and every
 table gives medians; the report states the machine's load average at the
 start and the end.
+
+`async_dni_low_rank` (and `async_cdni` to accuracy) is AsyncPipelinedModel,
+free-running, its queues of capacity --capacity (see `time_async`).
 
 The fully unlocked step (`fully_unlocked`) is `UnlockedModel`: every stage
 above the first runs on the prediction of an input synthesizer from x, so all
@@ -58,6 +62,9 @@ flags.DEFINE_integer("width", 1024, "Units of each dense layer.")
 flags.DEFINE_integer("batch_size", 256, "Examples per step.")
 flags.DEFINE_integer("micro_batches", 8, "GPipe micro-batches M.")
 flags.DEFINE_integer("rank", 64, "Rank of the cheap (low-rank) synthesizer.")
+flags.DEFINE_integer(
+    "capacity", 2, "Queue capacity of the asynchronous runtime (async_* schedules)."
+)
 flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 flags.DEFINE_integer("profile_steps", 4, "Steps inside the profiler trace.")
 flags.DEFINE_float("target_accuracy", 0.975, "MNIST test accuracy to reach.")
@@ -102,6 +109,7 @@ SCHEDULES = [  # (name, model class, synthesizer)
     ("pipelined_dni_linear", "pipelined", "linear"),
     ("pipelined_dni_low_rank", "pipelined", "low_rank"),
     ("fully_unlocked", "unlocked", "low_rank"),
+    ("async_dni_low_rank", "async", "low_rank"),
 ]
 # Events kept per device in a measurement's saved timeline.
 MAX_EVENTS = 4000
@@ -168,6 +176,14 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
             method=method,
             devices=devices,
         )
+    elif kind == "async":
+        model = keras_sg.AsyncPipelinedModel(
+            stages,
+            synthesizers(),
+            method=method,
+            devices=devices,
+            capacity=spec["capacity"],
+        )
     else:
         model = keras_sg.PipelinedModel(
             stages, synthesizers(), method=method, devices=devices
@@ -225,8 +241,16 @@ def run_worker(spec):
     cpu = keras_sg.profiling.cpu_seconds
     cpu_before = [cpu(p) for p in pids] + [time.process_time()]
     start = time.perf_counter()
-    model.fit(data, steps_per_epoch=spec["steps"], **fit)
-    seconds = time.perf_counter() - start
+    lead_ms = 500.0
+    if spec["model"] == "async":
+        seconds, startup = time_async(model, data, spec["steps"])
+        # The servers' trace starts once a new fit has traced its stage
+        # functions and run some batches.
+        lead_ms += 1000 * startup
+    else:
+        model.fit(data, steps_per_epoch=spec["steps"], **fit)
+        seconds = time.perf_counter() - start
+    fit_seconds = time.perf_counter() - start
     cpu_after = [cpu(p) for p in pids] + [time.process_time()]
     result = {
         "spec": spec,
@@ -235,13 +259,21 @@ def run_worker(spec):
     }
     if pids:
         # Each server is pinned to one core: its CPU time over the wall time
-        # is that device's CPU load (communication threads included).
+        # is that device's CPU load (communication threads included; for
+        # the asynchronous runtime, over its whole `fit`, tracing included).
         used = [b - a for a, b in zip(cpu_before, cpu_after, strict=True)]
-        result.update(cpu=[u / seconds for u in used[:-1]], client=used[-1] / seconds)
+        result.update(
+            cpu=[u / fit_seconds for u in used[:-1]], client=used[-1] / fit_seconds
+        )
         # And the servers' own profiler traces, taken while training goes on:
         # every op a server runs counts, per server (device).
         profile = keras_sg.profiling.trace_servers(
-            model, data, FLAGS.addresses, result["step_ms"], duration_ms=1000
+            model,
+            data,
+            FLAGS.addresses,
+            result["step_ms"],
+            duration_ms=1000,
+            lead_ms=lead_ms,
         )
         # Every op the servers ran is in the timeline; the trace's wall time
         # is its window.
@@ -260,12 +292,16 @@ def run_worker(spec):
         # Per stage: its ops told apart by the stage_k scope, the optimizer's
         # update shared by the stages as their weights. One step first, so
         # that the profiled steps are not the first of a `fit`.
+        # The asynchronous runtime's window starts once its queues are full.
+        skip = 1
+        if spec["model"] == "async":
+            skip = (spec["devices"] - 1) * (spec["capacity"] + 1) + 1
         with tempfile.TemporaryDirectory(prefix="benchmark_trace_") as logdir:
             profile = keras_sg.profiling.profile(
                 model,
                 data,
                 steps=spec["profile_steps"],
-                skip=1,
+                skip=skip,
                 batch_size=spec["batch_size"],
                 logdir=logdir,
             )
@@ -276,17 +312,57 @@ def run_worker(spec):
                 for path in keras_sg.profiling.trace_files(logdir)
                 for _, start, end in keras_sg.profiling.read_ops(path)
             ]
+        wall = profile.wall_time
+        if spec["model"] == "async":
+            # Its wall time is that of stage 0's profiled steps; the stages
+            # above run on while the profiler stops, so the trace may hold a
+            # little more work than that time (see keras_sg.profiling.Profile).
+            wall = max(wall, keras_sg.profiling.union_length(ops))
         result.update(
             busy=list(profile.busy),
             costs=[dict(c) for c in profile.stage_costs],
             traced_step_ms=profile.traced_step_time,
             profiled_step_ms=profile.step_time,
-            per_step_overhead_ms=per_step_overhead(
-                ops, profile.wall_time, profile.steps
-            ),
+            per_step_overhead_ms=per_step_overhead(ops, wall, profile.steps),
             profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     return result
+
+
+# Batches the asynchronous runtime runs before its timed ones: each `fit`
+# traces its stage functions anew, and its queues fill.
+ASYNC_WARMUP = 5
+
+
+def time_async(model, data, steps):
+    """Seconds for `steps` batches of an AsyncPipelinedModel's top stage,
+    and seconds from the start of its `fit` to its first batch's end.
+
+    One `fit` of ASYNC_WARMUP + `steps` batches; the time runs from the end
+    of the top stage's ASYNC_WARMUP-th batch to the end of its last, read in
+    the top stage's own thread (`stage_step_hook`): its batch callbacks reach
+    the main thread late, and each `fit` traces the stage functions first.
+    """
+    top = len(model.stages) - 1
+    ends = []
+    start = time.perf_counter()
+
+    def hook(k, phase):
+        if k == top and phase == "end":
+            ends.append(time.perf_counter())
+
+    model.stage_step_hook = hook
+    try:
+        model.fit(
+            data,
+            steps_per_epoch=ASYNC_WARMUP + steps,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+        )
+    finally:
+        model.stage_step_hook = None
+    return ends[ASYNC_WARMUP + steps - 1] - ends[ASYNC_WARMUP - 1], ends[0] - start
 
 
 def per_step_overhead(ops, wall_time, steps):
@@ -449,15 +525,34 @@ def start_servers(n, env):
     return servers
 
 
+def messages_per_cut(spec):
+    """Messages across each cut per step: an activation forward and a
+    gradient (or a synthesizer's target) back, per micro-batch for GPipe."""
+    return 2 * (spec["micro_batches"] if spec["model"] == "gpipe" else 1)
+
+
+def transfers(result):
+    """The run's measured transfer per message and cut, ms: its devices'
+    transfer time ("T", sends and receives; keras_sg.profiling.op_kind)
+    shared by their cuts, over the messages per cut and step
+    (`keras_sg.profiling.cut_transfers`). 0 for runs measured before
+    transfers were a kind of their own."""
+    from keras_sg.profiling import cut_transfers
+
+    costs = result["costs"]
+    return cut_transfers(
+        costs, list(range(len(costs))), messages_per_cut(result["spec"])
+    )
+
+
 def predict(result, model=None):
     """The simulator's examples/s for a run, from the run's own measured costs.
 
-    Its per-device costs (F, B, S, I, U and C, ms per step) and its measured
-    per-step overhead go to `keras_sg.schedules.validation.
-    predict_examples_per_s`, which runs `simulate` with the update, the
-    overhead and no transfer cost: the profile does not measure transfers
-    apart (on the servers the sends are counted with the work of their scope,
-    mostly F, and the rest as C, busy time added to B).
+    Its per-device costs (F, B, S, I, U and C, ms per step), its measured
+    per-step overhead and its measured transfers (`transfers`) go to
+    `keras_sg.schedules.validation.predict_examples_per_s`, which runs
+    `simulate` with the update, the overhead and the transfer per message;
+    an asynchronous run's with its queue capacity.
 
     Args:
         result: a measurement of a model with stages.
@@ -467,12 +562,15 @@ def predict(result, model=None):
     from keras_sg.schedules import validation
 
     spec = result["spec"]
+    extra = {"queue_capacity": spec["capacity"]} if "capacity" in spec else {}
     return validation.predict_examples_per_s(
         model or spec["model"],
         result["costs"],
         batch_size=spec["batch_size"],
         micro_batches=spec["micro_batches"],
         per_step_overhead=result["per_step_overhead_ms"],
+        transfer=transfers(result),
+        **extra,
     )
 
 
@@ -502,8 +600,8 @@ def main(argv):
     base = base_spec()
     devices = list(map(int, FLAGS.devices))
     logical = {
-        (name, k): dict(
-            base, name=f"{name} (K={k})", devices=k, model=model, synth=synth
+        (name, k): with_capacity(
+            dict(base, name=f"{name} (K={k})", devices=k, model=model, synth=synth)
         )
         for k in devices
         for name, model, synth in SCHEDULES
@@ -521,13 +619,15 @@ def main(argv):
     cluster = {}
     if not FLAGS.skip_cluster:
         specs = {
-            name: dict(
-                base,
-                name=f"{name} (2 servers)",
-                devices=2,
-                model=model,
-                synth=synth,
-                cluster=True,
+            name: with_capacity(
+                dict(
+                    base,
+                    name=f"{name} (2 servers)",
+                    devices=2,
+                    model=model,
+                    synth=synth,
+                    cluster=True,
+                )
             )
             for name, model, synth in SCHEDULES
         }
@@ -539,6 +639,7 @@ def main(argv):
             ("backprop_mp", "backprop", None, False, 1e-3),
             ("gpipe", "gpipe", None, False, 1e-3),
             ("pipelined_cdni", "pipelined", "linear", True, 1e-3),
+            ("async_cdni", "async", "linear", True, 1e-3),
         ]
         for rate in FLAGS.cdni_learning_rates:
             for synth in ("linear", "low_rank"):
@@ -546,18 +647,20 @@ def main(argv):
                 rows.append((f"{name} (Adam {rate})", "pipelined", synth, True))
                 rows[-1] += (float(rate),)
         specs = {
-            name: dict(
-                base,
-                name=name,
-                devices=2,
-                model=model,
-                synth=synth,
-                cdni=cdni,
-                mnist=True,
-                **({} if rate == 1e-3 else {"learning_rate": rate}),
-                target_accuracy=FLAGS.target_accuracy,
-                max_epochs=FLAGS.max_epochs,
-                cluster=not FLAGS.skip_cluster,
+            name: with_capacity(
+                dict(
+                    base,
+                    name=name,
+                    devices=2,
+                    model=model,
+                    synth=synth,
+                    cdni=cdni,
+                    mnist=True,
+                    **({} if rate == 1e-3 else {"learning_rate": rate}),
+                    target_accuracy=FLAGS.target_accuracy,
+                    max_epochs=FLAGS.max_epochs,
+                    cluster=not FLAGS.skip_cluster,
+                )
             )
             for name, model, synth, cdni, rate in rows
         }
@@ -566,7 +669,7 @@ def main(argv):
 
     figures = Path(FLAGS.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    shown = ("backprop_mp", "gpipe", "pipelined_dni_low_rank")
+    shown = ("backprop_mp", "gpipe", "pipelined_dni_low_rank", "async_dni_low_rank")
     for k in devices:
         draw(
             [median_run(runs[n, k]) for n in shown],
@@ -584,6 +687,14 @@ def main(argv):
     costs.write_text(json.dumps(costs_file(measured, load), indent=1) + "\n")
     output.write_text(report(runs, plain, cluster, accuracy, load, costs.name))
     print(f"wrote {output} and {costs}")
+
+
+def with_capacity(spec):
+    """An asynchronous schedule's spec gets --capacity (the others' specs,
+    and so their cached measurements, stay as they were)."""
+    if spec["model"] == "async":
+        return dict(spec, capacity=FLAGS.capacity)
+    return spec
 
 
 def base_spec():
@@ -682,7 +793,8 @@ def costs_file(measured, load):
                 "examples_per_s": median_speed(results),
                 "costs": middle["costs"],
                 "per_step_overhead_ms": middle["per_step_overhead_ms"],
-                "transfer_ms": None,
+                "transfer_ms": transfers(middle),
+                **({"capacity": spec["capacity"]} if "capacity" in spec else {}),
                 "predicted_examples_per_s": predict(middle),
                 "runs": [
                     {
@@ -704,13 +816,16 @@ def costs_file(measured, load):
         "written_by": "scripts/benchmark_pipeline.py",
         "units": "ms per training step (one batch); examples/s",
         "costs": "per device: F forward, B backward, S gradient synthesizer, I "
-        "input synthesizer, U optimizer update, C other work (on the servers: "
-        "sends, control edges), from the median run's profiler trace",
+        "input synthesizer, U optimizer update, T transfers (sends, receives, "
+        "queue ops; in transfer_ms, not in the simulator's costs), C other "
+        "work (on the servers: control edges), from the median run's profiler "
+        "trace",
         "per_step_overhead_ms": "ms per step in which no op runs on any device "
         "(wall time of the traced steps minus the union of every op's "
         "interval, over the steps), in the median run's trace",
-        "transfer_ms": "null: the profile does not measure transfers apart "
-        "(the sends are in the costs of their scope)",
+        "transfer_ms": "per cut, ms per message: the devices' T shared by "
+        "their cuts, over the messages per cut and step (2, or 2 M for GPipe)",
+        "capacity": "queue capacity of an asynchronous schedule",
         "repeats": FLAGS.repeats,
         "load_average": {"start": list(load[0]), "end": list(load[1])},
         "measurements": entries,
@@ -761,12 +876,14 @@ def medians_table():
     load_start = os.getloadavg()
     base = base_spec()
     specs = {
-        (name, k): dict(
-            base,
-            name=f"{name} (K={k})",
-            devices=k,
-            model=known[name][0],
-            synth=known[name][1],
+        (name, k): with_capacity(
+            dict(
+                base,
+                name=f"{name} (K={k})",
+                devices=k,
+                model=known[name][0],
+                synth=known[name][1],
+            )
         )
         for k in map(int, FLAGS.devices)
         for name in chosen
@@ -892,6 +1009,15 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " Backprop model-parallel is then less serial than on real devices, and"
         " this setting understates what unlocking gains.",
         "",
+        "`async_dni_low_rank` is `AsyncPipelinedModel` free-running (docs/async.md):"
+        " each stage in its own thread with its own optimizer, the stages"
+        f" linked by queues of capacity {FLAGS.capacity}. Its examples/s are"
+        " those of its top stage over the timed batches, after"
+        " warm-up batches in the same `fit` (each `fit` of it traces its stage"
+        " functions anew); its profile covers stage 0's steps once the queues"
+        ' are full; its prediction is the simulator\'s "async" schedule with'
+        " the same capacity.",
+        "",
         "The simulator's prediction (`keras_sg.schedules.validation."
         "predict_examples_per_s`) takes the median run's measured costs per"
         " device and step (F forward, B backward, S and I synthesizers, U the"
@@ -904,10 +1030,15 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " flight while no device works; and the gaps between one op and the"
         " next when no other runs (the executor's dispatch), which grow with"
         " the number of ops: GPipe runs M times as many as backprop. It is"
-        " measured in each run's own trace, not fitted. Transfers are not"
-        " measured apart (on the servers"
-        " a send is counted with the work of its scope, mostly F), so the"
-        " simulator gets no transfer cost. GPipe and ZB-H1 split F and B evenly"
+        " measured in each run's own trace, not fitted. Transfers (T: the"
+        " sends and receives of cross-device edges, and the queue ops of the"
+        " asynchronous runtime, `keras_sg.profiling.op_kind`) are measured"
+        " apart: each device's T is shared by its cuts and divided by the"
+        " messages per cut and step (2; 2 M for GPipe), and the simulator"
+        " charges that per message to the receiving device. On logical devices"
+        " only the sends show in a trace (receives and queue ops are"
+        " asynchronous kernels, not traced as ops). GPipe and ZB-H1 split F"
+        " and B evenly"
         f" over {FLAGS.micro_batches} micro-batches; ZB-H1 (Zero Bubble"
         " pipeline parallelism, Qi et al. 2023, arXiv:2401.10241) is simulated"
         " on the median GPipe run's costs, half of each backward being the"

@@ -139,6 +139,10 @@ class AsyncPipelinedModel(PipelinedModel):
         self.capacity = int(capacity)
         self.lock_step = lock_step
         self.stage_log = None
+        # Called in stage k's thread as hook(k, "begin") and hook(k, "end")
+        # around each of its training steps (the profiler's window,
+        # `keras_sg.profiling.Profile`); None: no call.
+        self.stage_step_hook = None
         # A plain object: Keras's saving would otherwise walk the optimizers
         # on its own, and only if they exist when it loads.
         self._stage_optimizers = _StageOptimizers()
@@ -719,7 +723,12 @@ class _Runtime:
                     if kind == "idle":
                         self.idles[k]()
                         continue
+                    hook = self.model.stage_step_hook
+                    if hook is not None:
+                        hook(k, "begin")
                     out = self.steps[k](tf.constant(n_back, tf.int32))
+                    if hook is not None:
+                        hook(k, "end")
                     log = self.log[k]
                     log["batch"].append(int(out["batch"]))
                     log["target_batch"].append(int(out["target_batch"]))

@@ -1,8 +1,8 @@
 """Profiling: where the time of a placed keras_sg model's training steps goes.
 
 Profiles N training steps with TensorFlow's profiler and reads the trace:
-each device's busy fraction, each stage's forward, backward, synthesizer and
-update costs (told apart by the `stage_k` name scope every keras_sg model
+each device's busy fraction, each stage's forward, backward, synthesizer,
+update and transfer costs (told apart by the `stage_k` name scope every keras_sg model
 runs stage k in), the step time and the measured timeline, drawn in the
 colours of the simulator's (`keras_sg.schedules`).
 
@@ -32,8 +32,10 @@ from keras_sg.profiling.result import ProfileResult
 from keras_sg.profiling.trace import (
     KIND_NAMES,
     MEASURED_KINDS,
+    TRANSFER_TYPES,
     Op,
     TraceSummary,
+    cut_transfers,
     is_op,
     op_kind,
     stage_of,
@@ -49,8 +51,10 @@ __all__ = [
     "Op",
     "Profile",
     "ProfileResult",
+    "TRANSFER_TYPES",
     "TraceSummary",
     "cpu_seconds",
+    "cut_transfers",
     "draw_timelines",
     "is_op",
     "op_kind",

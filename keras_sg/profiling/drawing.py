@@ -9,10 +9,10 @@ from keras_sg.profiling.trace import KIND_NAMES
 from keras_sg.schedules import drawing as simulated
 from keras_sg.schedules.timeline import SimulationResult
 
-# The simulator's colours and names, and two for kinds only a trace has.
-COLORS = {"U": "#937860", "C": "#8c8c8c", **simulated.COLORS}
+# The simulator's colours and names, and those of kinds only a trace has.
+COLORS = {"U": "#937860", "T": "#da8bc3", "C": "#8c8c8c", **simulated.COLORS}
 NAMES = {**KIND_NAMES, **simulated.NAMES}
-_ORDER = "IFBSRUC"
+_ORDER = "IFBWSRUTC"
 
 
 def _rows(timeline, steps):
@@ -39,9 +39,9 @@ def draw_timelines(
     op a bar without an edge (a trace holds hundreds of ops a step); a
     simulated one (SimulationResult) shows all of it. Colours follow the
     simulator's figures (`keras_sg.schedules.draw_timeline`): forward blue,
-    backward green, synthesizer orange, plus brown for the optimizer update
-    and grey for other work. Matplotlib is imported here, with the Agg
-    backend, and no pyplot state is touched.
+    backward green, synthesizer orange, plus brown for the optimizer update,
+    pink for transfers and grey for other work. Matplotlib is imported here,
+    with the Agg backend, and no pyplot state is touched.
 
     Args:
         timelines: the timelines, one panel each.

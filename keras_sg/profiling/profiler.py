@@ -143,9 +143,52 @@ class Profile(keras.callbacks.Callback):
         self.result = None
         self._calls = 0
         self._tracing = None
+        self._traced = None
+        if _is_async(self.model):
+            self.model.stage_step_hook = self._stage_step
+
+    def _stage_step(self, k, phase):
+        """An asynchronous model's window: stage 0's steps, in its thread.
+
+        Its batch callbacks run in the main thread whenever the top stage's
+        results arrive there, well after the steps ran, so they cannot
+        bound a window; stage 0's own steps do (with bounded queues, the
+        stages above keep its pace). The trace is read in the main thread.
+        """
+        if k != 0:
+            return
+        if phase == "begin":
+            self._start()
+            return
+        self._calls += 1
+        if self._tracing and self._calls == self.skip + self.steps:
+            logdir, start = self._tracing
+            wall = 1000 * (time.perf_counter() - start)
+            tf.profiler.experimental.stop()
+            self._tracing = None
+            self._traced = (logdir, wall)
+
+    def _read_traced(self):
+        logdir, wall = self._traced
+        self._traced = None
+        try:
+            self.result = read_result(
+                logdir,
+                self.model,
+                steps=self.steps,
+                wall_time=wall,
+                batch_size=self.batch_size,
+            )
+        finally:
+            if self.logdir is None:
+                shutil.rmtree(logdir, ignore_errors=True)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._calls == self.skip and self.result is None:
+        if not _is_async(self.model):  # else see _stage_step
+            self._start()
+
+    def _start(self):
+        if self._calls == self.skip and self.result is None and not self._tracing:
             logdir = self.logdir or tempfile.mkdtemp(prefix="keras_sg_profile_")
             # The trace is read once the steps are done; a temporary one
             # is deleted then.
@@ -153,6 +196,10 @@ class Profile(keras.callbacks.Callback):
             self._tracing = (logdir, time.perf_counter())
 
     def on_train_batch_end(self, batch, logs=None):
+        if _is_async(self.model):
+            if self._traced:
+                self._read_traced()
+            return
         self._calls += 1
         if self._tracing and self._calls == self.skip + self.steps:
             _wait(logs)
@@ -174,6 +221,10 @@ class Profile(keras.callbacks.Callback):
                     shutil.rmtree(logdir, ignore_errors=True)
 
     def on_train_end(self, logs=None):
+        if _is_async(self.model):
+            self.model.stage_step_hook = None
+            if self._traced:
+                self._read_traced()
         if self._tracing:
             tf.profiler.experimental.stop()
             if self.logdir is None:
@@ -185,6 +236,12 @@ class Profile(keras.callbacks.Callback):
                 f"skip + steps = {self.skip + self.steps} to profile. "
                 f"Received: steps={self.steps}, skip={self.skip}"
             )
+
+
+def _is_async(model) -> bool:
+    """Whether a model runs its stages in threads of their own
+    (`keras_sg.AsyncPipelinedModel`: it has a `stage_step_hook`)."""
+    return hasattr(model, "stage_step_hook")
 
 
 def read_result(
@@ -265,9 +322,14 @@ def profile(
     """
     data, batch_size = _as_dataset(x, y, batch_size)
     callback = Profile(steps=steps, skip=skip, batch_size=batch_size, logdir=logdir)
+    more = 0
+    if _is_async(model):
+        # Stage 0 runs up to capacity + 1 batches ahead of the stage above:
+        # batches after the window keep the stages above busy to its end.
+        more = (len(model.stages) - 1) * (model.capacity + 1)
     model.fit(
         data,
-        steps_per_epoch=skip + steps,
+        steps_per_epoch=skip + steps + more,
         epochs=1,
         verbose=0,
         shuffle=False,
@@ -345,6 +407,7 @@ def trace_servers(
     duration_ms: int = 1000,
     batch_size: int | None = None,
     logdir: str | os.PathLike | None = None,
+    lead_ms: float = 500.0,
 ) -> ProfileResult:
     """Traces the servers for `duration_ms` while training goes on.
 
@@ -362,6 +425,10 @@ def trace_servers(
         batch_size: examples per step, if known.
         logdir: folder of the traces, kept; by default a temporary folder,
             deleted once the traces are read.
+        lead_ms: ms between the start of training and the trace's, and
+            about as much training after it; longer for a model whose `fit`
+            takes long to start (AsyncPipelinedModel traces its stage
+            functions in each `fit`).
     """
     _check_count("duration_ms", duration_ms, 1)
     if not step_time > 0:
@@ -377,9 +444,11 @@ def trace_servers(
                 duration_ms=duration_ms,
                 batch_size=batch_size,
                 logdir=folder,
+                lead_ms=lead_ms,
             )
     logdir = os.fspath(logdir)
-    lead = 500.0  # ms of training before the trace starts, and after it ends
+    _check_lead(lead_ms)
+    lead = lead_ms  # ms of training before the trace starts, and after it ends
     failed = []
 
     def train():
@@ -399,6 +468,12 @@ def trace_servers(
     if failed:
         raise failed[0]
     return read_servers(logdir, model, addresses, step_time, batch_size)
+
+
+def _check_lead(lead_ms):
+    number = not isinstance(lead_ms, bool) and isinstance(lead_ms, int | float)
+    if not number or not lead_ms >= 0:
+        raise ValueError(f"`lead_ms` must be a number >= 0. Received: {lead_ms=}")
 
 
 def read_servers(

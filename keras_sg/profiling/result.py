@@ -15,7 +15,8 @@ class ProfileResult:
 
     Times are in ms. Costs hold the kinds of `keras_sg.profiling.op_kind`:
     "F" forward, "B" backward, "S" synthesizer, "I" input synthesizer, "U"
-    optimizer update, "C" other work (transfers, bookkeeping).
+    optimizer update, "T" transfers (sends, receives, queue ops), "C" other
+    work (bookkeeping).
 
     Attributes:
         devices: the device of each timeline row (a device string, or a
@@ -25,7 +26,8 @@ class ProfileResult:
             one op.
         costs: per device, ms of work per step, by kind.
         stage_costs: per stage, ms of work per step, by kind (a device's "U"
-            and "C" are shared by its stages).
+            and "C" are shared by its stages; "T" is that of the stage's
+            scope).
         unplaced: ms per step of ops that no device or stage claims (see
             `keras_sg.profiling.summarize`).
         events: the measured timeline, times from the first op (ms).
@@ -92,6 +94,13 @@ class ProfileResult:
         if self.batch_size is None:
             return None
         return self.batch_size * self.steps / self.wall_time * 1000
+
+    def cut_transfers(self, messages: float) -> list[float]:
+        """Per cut, ms per message across it (see
+        `keras_sg.profiling.cut_transfers`): the simulator's `transfer`."""
+        from keras_sg.profiling.trace import cut_transfers
+
+        return cut_transfers(self.costs, self.stage_devices, messages)
 
     @property
     def idle_fraction(self) -> tuple[float, ...]:

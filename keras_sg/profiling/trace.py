@@ -14,14 +14,15 @@ from collections.abc import Iterable, Sequence
 from keras_sg.schedules.timeline import Event
 
 # Kinds of measured work. F, B, S and I as in the simulator's timelines
-# (keras_sg.schedules.KINDS); U and C exist only in measured ones.
-MEASURED_KINDS = ("F", "B", "S", "I", "U", "C")
+# (keras_sg.schedules.KINDS); U, T and C exist only in measured ones.
+MEASURED_KINDS = ("F", "B", "S", "I", "U", "T", "C")
 KIND_NAMES = {
     "F": "forward",
     "B": "backward",
     "S": "synthesizer",
     "I": "input synthesizer",
     "U": "optimizer update",
+    "T": "transfer",
     "C": "other",
 }
 
@@ -53,6 +54,18 @@ OPTIMIZER = re.compile(
     rf"(?:^|/)(?:{'|'.join(OPTIMIZER_NAMES)}|[^/]*optimizer[^/]*)(?:_\d+)?/",
     re.IGNORECASE,
 )
+# Grappler's rewrites name their ops in a scope of the rewriter, such as
+# ArithmeticOptimizer/ or LayoutOptimizer/: not an optimizer's scope.
+GRAPPLER = re.compile(r"(?<![^/])[A-Z][A-Za-z]*Optimizer/")
+# Op types that move a tensor between devices or tasks: the send and receive
+# of a cross-device edge (on logical devices and between servers), and the
+# queue ops of AsyncPipelinedModel's activation and target queues. Only
+# `_Send` shows in the traces seen so far on logical devices: `_Recv` and
+# the queue ops are asynchronous kernels, which TensorFlow's executor does
+# not trace as ops (their waiting time is in no op).
+TRANSFER_TYPES = re.compile(
+    r"_Send|_Recv|_HostSend|_HostRecv|Queue(?:Enqueue|Dequeue)\w*"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +95,7 @@ class TraceSummary:
         busy: per device, the length of the union of its op intervals over
             `window` (ops that run at once on one device count once).
         costs: per device, the summed durations of its ops by kind (see
-            `op_kind`), in ms per step.
+            `op_kind`; transfers "T" apart), in ms per step.
         stage_costs: per stage, the same from the ops of its `stage_k` scope;
             the optimizer update ("U") and other work ("C") of a device are
             shared by the stages on it.
@@ -120,14 +133,22 @@ def op_kind(name: str) -> str:
     """The kind of work an op does, from its name.
 
     Returns:
-        "F" (a stage's forward), "B" (its backward: under a gradient scope),
-        "S" (a gradient synthesizer: prediction and regression), "I" (an
-        input synthesizer), all four under a `stage_k` scope; "U" (the
-        optimizer's update: the scope of a Keras optimizer, "adam/",
-        "adam_1/", "sgd/", ..., or a scope with "optimizer" in its name) or
-        "C" (anything else: transfers, the loss, bookkeeping).
+        "T" (a transfer: an op of a type in `TRANSFER_TYPES`, in any
+        scope); "U" (the optimizer's update: the scope of a Keras optimizer,
+        "adam/", "adam_1/", "sgd/", ..., or a scope with "optimizer" in its
+        name, also under a stage scope, where AsyncPipelinedModel's stage
+        optimizers run); "F" (a stage's forward), "B" (its backward: under
+        a gradient scope), "S" (a gradient synthesizer: prediction and
+        regression), "I" (an input synthesizer), all four under a `stage_k`
+        scope; or "C" (anything else: the loss, bookkeeping).
     """
-    if STAGE.search(name):
+    if TRANSFER_TYPES.fullmatch(name.rsplit(":", 1)[-1]):
+        return "T"
+    name = GRAPPLER.sub("", name)
+    stage = STAGE.search(name)
+    if stage and OPTIMIZER.search(name, stage.end() - 1):
+        return "U"
+    if stage:
         if "input_synthesizer" in name:
             return "I"
         if "synthesizer" in name:
@@ -238,8 +259,9 @@ def summarize(
         )
     for device in range(num_devices):
         costs[device]["U"] += update * update_shares[device]
-    # A device's update and other work (never under a stage scope, see
-    # op_kind), shared by its stages.
+    # A device's update and other work, shared by its stages (the update
+    # is under a stage scope only with AsyncPipelinedModel's per-stage
+    # optimizers, one stage per device in its use so far).
     for k, device in enumerate(stage_devices):
         mine = sum(d == device for d in stage_devices)
         for kind in ("U", "C"):
@@ -271,3 +293,54 @@ def summarize(
         window=window,
         steps=steps,
     )
+
+
+def cut_transfers(
+    costs: Sequence[dict[str, float]],
+    stage_devices: Sequence[int],
+    messages: float,
+) -> list[float]:
+    """Per cut, ms a message across it costs: the simulator's `transfer`.
+
+    A device's transfer time ("T" of its `costs`, sends and receives in both
+    directions) is shared equally by the cuts between it and another device;
+    a cut's cost is the sum of its two devices' shares over the messages that
+    cross it per step. A cut within one device costs 0.
+
+    Args:
+        costs: per device, ms per step by kind (`TraceSummary.costs`).
+        stage_devices: the device of each stage; cut k lies between stages k
+            and k + 1.
+        messages: messages across each cut per step: 2 for a step with one
+            activation forward and one gradient (or target) back, 2 M for M
+            micro-batches.
+
+    Returns:
+        One cost per cut (len(stage_devices) - 1 of them), in ms per message.
+    """
+    if not messages > 0:
+        raise ValueError(f"`messages` must be positive. Received: messages={messages}")
+    for device in stage_devices:
+        if not 0 <= device < len(costs):
+            raise ValueError(
+                f"Every stage's device must be in [0, {len(costs)}). "
+                f"Received: stage_devices={list(stage_devices)}"
+            )
+    crossing = [
+        (a, b) for a, b in zip(stage_devices[:-1], stage_devices[1:], strict=True)
+    ]
+    touching = [0] * len(costs)
+    for a, b in crossing:
+        if a != b:
+            touching[a] += 1
+            touching[b] += 1
+    result = []
+    for a, b in crossing:
+        if a == b:
+            result.append(0.0)
+            continue
+        shares = (
+            costs[a].get("T", 0.0) / touching[a] + costs[b].get("T", 0.0) / touching[b]
+        )
+        result.append(shares / messages)
+    return result

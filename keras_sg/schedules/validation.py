@@ -179,8 +179,10 @@ def validation_table(
 
 # The model kinds of scripts/benchmark_pipeline.py, and "zb_h1": Zero Bubble
 # ZB-H1, predicted from GPipe's measured costs (simulated, never measured).
-MODELS = ("backprop", "gpipe", "zb_h1", "dni", "unlocked", "pipelined")
-COST_KINDS = ("F", "B", "S", "I", "U", "C")
+MODELS = ("backprop", "gpipe", "zb_h1", "dni", "unlocked", "pipelined", "async")
+# "T" (transfers, measured by keras_sg.profiling) is accepted and not used:
+# transfers go to the simulator as `transfer`, per message and cut.
+COST_KINDS = ("F", "B", "S", "I", "U", "T", "C")
 # Steady-state steps simulated for pipelined DNI (one batch each).
 PIPELINED_DNI_STEPS = 8
 
@@ -212,6 +214,7 @@ def predict_examples_per_s(
     micro_batches: int = 8,
     per_step_overhead: float = 0.0,
     transfer: float | Sequence[float] = 0.0,
+    queue_capacity: int = 2,
 ) -> float:
     """The simulator's examples/s for measured per-device costs.
 
@@ -230,7 +233,12 @@ def predict_examples_per_s(
     - "dni" (`DecoupledModel(method="dni")`): "dni", one step;
     - "unlocked" (`UnlockedModel`): "fully_unlocked", one step;
     - "pipelined" (`PipelinedModel`): "pipelined_dni", over
-      `PIPELINED_DNI_STEPS` steady-state steps.
+      `PIPELINED_DNI_STEPS` steady-state steps;
+    - "async" (`AsyncPipelinedModel`, free-running): "async" with
+      `queue_capacity`, over `PIPELINED_DNI_STEPS` steady-state batches.
+
+    A device's "T" (transfers) is not counted in its costs: pass the
+    transfers per message as `transfer` (`keras_sg.profiling.cut_transfers`).
 
     The update, the transfers and the per-step overhead go to `simulate` as
     `update`, `transfer` and `per_step_overhead`.
@@ -244,6 +252,7 @@ def predict_examples_per_s(
         per_step_overhead: ms per step in which every device waits.
         transfer: ms the receiving device spends per message across each
             cut (one micro-batch's activation or gradient).
+        queue_capacity: "async" only: the capacity of its queues.
 
     Returns:
         Examples per second.
@@ -294,7 +303,19 @@ def predict_examples_per_s(
         )
         return batch_size / sim.step_time * 1000
     m = PIPELINED_DNI_STEPS
-    sim = simulate("pipelined_dni", k, m, forward, backward, synth, **extra)
+    if model == "async":
+        sim = simulate(
+            "async",
+            k,
+            m,
+            forward,
+            backward,
+            synth,
+            queue_capacity=queue_capacity,
+            **extra,
+        )
+    else:
+        sim = simulate("pipelined_dni", k, m, forward, backward, synth, **extra)
     return m * batch_size / sim.step_time * 1000
 
 
@@ -315,6 +336,7 @@ class MeasuredCosts:
             measured in the median run's trace.
         transfer: ms per message per cut, or None when not measured apart
             (then 0 in the prediction; the transfers are in the other costs).
+        queue_capacity: the queues' capacity of an "async" model, else None.
     """
 
     setting: str
@@ -327,6 +349,7 @@ class MeasuredCosts:
     costs: tuple[dict[str, float], ...]
     per_step_overhead: float
     transfer: tuple[float, ...] | None = None
+    queue_capacity: int | None = None
 
     def predict(self, model: str | None = None) -> float:
         """The simulator's examples/s from these costs (`model` overrides)."""
@@ -337,6 +360,11 @@ class MeasuredCosts:
             micro_batches=self.micro_batches,
             per_step_overhead=self.per_step_overhead,
             transfer=0.0 if self.transfer is None else list(self.transfer),
+            **(
+                {}
+                if self.queue_capacity is None
+                else {"queue_capacity": self.queue_capacity}
+            ),
         )
 
 
@@ -346,7 +374,8 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
     The file is JSON: `{"measurements": [...]}`, each measurement a dict with
     the fields of `MeasuredCosts` (`num_devices` as "devices",
     `per_step_overhead` as "per_step_overhead_ms", `transfer` as
-    "transfer_ms"); other keys (every run's numbers, the load) are ignored.
+    "transfer_ms", `queue_capacity` as "capacity"); other keys (every run's
+    numbers, the load) are ignored.
 
     Raises:
         ValueError: naming the measurement, for a missing field.
@@ -368,6 +397,7 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
                     costs=tuple(dict(c) for c in m["costs"]),
                     per_step_overhead=float(m["per_step_overhead_ms"]),
                     transfer=None if transfer is None else tuple(transfer),
+                    queue_capacity=m.get("capacity"),
                 )
             )
         except KeyError as missing:

@@ -1,8 +1,9 @@
 """Profiles tiny placed models on two logical CPUs and prints the results.
 
 Run as a subprocess by test_profiler.py: logical devices and thread pools
-must exist before TensorFlow initialises. Prints one JSON line: per model,
-its ProfileResult as a dict and examples/s; and the PNG of the first.
+must exist before TensorFlow initialises (and AsyncPipelinedModel's stage
+threads are best kept out of the test process). Prints one JSON line: per
+model, its ProfileResult as a dict and examples/s; and the PNG of the first.
 """
 
 import json
@@ -43,6 +44,8 @@ def build(kind):
         model = keras_sg.UnlockedModel(
             net, synth, input_synthesizers=inputs, devices=devices
         )
+    elif kind == "async":
+        model = keras_sg.AsyncPipelinedModel(net, synth, devices=devices, capacity=2)
     else:
         model = keras_sg.DecoupledModel(net, synth, method="dni", devices=devices)
     model.compile(
@@ -64,6 +67,10 @@ for kind in sys.argv[2:]:
     results[kind] = dict(
         result.to_dict(), examples_per_second=result.examples_per_second
     )
+    if kind == "async":
+        # The window is of stage 0's steps, the profile() run longer.
+        results[kind]["stage_0_batches"] = len(model.stage_log[0]["batch"])
+        results[kind]["hook_left"] = model.stage_step_hook is not None
     if len(results) == 1:
         path = os.path.join(FOLDER, "timeline.png")
         result.draw(path, title=kind)

@@ -3,7 +3,15 @@ busy fractions and costs of hand-written traces."""
 
 import pytest
 
-from keras_sg.profiling import Op, is_op, op_kind, stage_of, summarize, union_length
+from keras_sg.profiling import (
+    Op,
+    cut_transfers,
+    is_op,
+    op_kind,
+    stage_of,
+    summarize,
+    union_length,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +35,29 @@ from keras_sg.profiling import Op, is_op, op_kind, stage_of, summarize, union_le
         ("StatefulPartitionedCall/compile_loss/Sum:Sum", "C"),
         ("StatefulPartitionedCall/madam/Sum:Sum", "C"),
         ("StatefulPartitionedCall/AssignAddVariableOp:AssignAddVariableOp", "C"),
+        # Transfers, in any scope (names from real traces on logical devices).
+        ("stage_0/cond_1/output/_49/_7:_Send", "T"),
+        ("StatefulPartitionedCall/stage_1/Cast/_33:_Send", "T"),
+        ("Identity_1/_61:_Send", "T"),
+        ("StatefulPartitionedCall/adam_1/Add_4/ReadVariableOp/_3:_Send", "T"),
+        ("stage_1/x/_5:_Recv", "T"),
+        ("a/_HostRecv:_HostRecv", "T"),
+        ("stage_1/activations_0_Dequeue:QueueDequeueV2", "T"),
+        ("stage_0/targets_0_enqueue:QueueEnqueueV2", "T"),
+        ("stage_0/targets_0_DequeueMany:QueueDequeueManyV2", "T"),
+        ("stage_1/Sendx:Identity", "F"),  # a name, not an op type
+        # AsyncPipelinedModel's stage optimizers run under the stage scope.
+        ("stage_0/cond_3/then/_67/stage_0/cond_3/adam/Sub_2:Sub", "U"),
+        ("stage_1/adam/Pow_2:Pow", "U"),
+        ("stage_1/adam_lr_synthesizer/x:MatMul", "S"),  # not the scope "adam/"
+        # Grappler's rewriters are no optimizer's scope.
+        (
+            "StatefulPartitionedCall/stage_0/ArithmeticOptimizer/"
+            "ReorderCastLikeAndValuePreserving_float_Cast_1:Cast",
+            "F",
+        ),
+        ("a/ArithmeticOptimizer/AddOpsRewrite_x:AddN", "C"),
+        ("a/adam/ArithmeticOptimizer/AddOpsRewrite_x:AddN", "U"),
     ],
 )
 def test_op_names_give_kinds(name, kind):
@@ -99,6 +130,7 @@ def test_busy_costs_and_timeline_of_a_hand_written_trace():
         "S": 1.0,
         "I": 0.0,
         "U": pytest.approx(1.2),
+        "T": 0.0,
         "C": 0.0,
     }
     assert summary.costs[1] == {
@@ -107,6 +139,7 @@ def test_busy_costs_and_timeline_of_a_hand_written_trace():
         "S": 0.0,
         "I": 0.5,
         "U": pytest.approx(0.3),
+        "T": 0.0,
         "C": 0.0,
     }
     assert summary.stage_costs == summary.costs  # one stage per device
@@ -135,30 +168,103 @@ def test_ops_on_known_devices_and_two_stages_on_one():
         Op("s/stage_1/x:MatMul", 12.0, 13.0, 0),
         Op("s/adam/x:Sub", 13.0, 15.0, 0),
         Op("s/_Send:_Send", 15.0, 16.0, 0),
+        Op("s/x:Const", 16.0, 16.25, 0),
         Op("s/stage_2/x:MatMul", 11.0, 14.0, 1),
         Op("s/adam/x:Sub", 14.0, 14.5, 1),
     ]
     summary = summarize(ops, num_devices=2, stage_devices=[0, 0, 1], steps=1)
-    assert summary.window == 6.0
-    assert summary.busy == (1.0, 3.5 / 6.0)
-    assert summary.costs[0] == {"F": 3.0, "B": 0, "S": 0, "I": 0, "U": 2.0, "C": 1.0}
+    assert summary.window == 6.25
+    assert summary.busy == (1.0, 3.5 / 6.25)  # a transfer is busy time
+    assert summary.costs[0] == {
+        "F": 3.0,
+        "B": 0,
+        "S": 0,
+        "I": 0,
+        "U": 2.0,
+        "T": 1.0,
+        "C": 0.25,
+    }
     assert summary.stage_costs[0] == {
         "F": 2.0,
         "B": 0,
         "S": 0,
         "I": 0,
         "U": 1.0,
-        "C": 0.5,
+        "T": 0.0,  # the send carries no stage scope
+        "C": 0.125,
     }
     assert summary.stage_costs[1]["F"] == 1.0
     assert summary.stage_costs[1]["U"] == 1.0
     assert summary.stage_costs[2]["U"] == 0.5
     assert summary.unplaced == 0.0
     # Optimizer ops on a known device are in its timeline, without a stage.
-    assert [(e.kind, e.stage) for e in summary.events if e.device == 0][-2:] == [
+    assert [(e.kind, e.stage) for e in summary.events if e.device == 0][-3:] == [
         ("U", -1),
+        ("T", -1),
         ("C", -1),
     ]
+
+
+def test_transfers_are_their_own_kind_not_their_scopes_work():
+    # Logical devices: sends and queue ops under a stage scope are placed on
+    # the stage's device as transfers; the stage optimizers' ops as updates.
+    ops = [
+        Op("stage_0/dense/MatMul:MatMul", 0.0, 2.0),
+        Op("stage_0/cond/output/_4/_7:_Send", 2.0, 2.5),
+        Op("stage_0/activations_0_enqueue:QueueEnqueueV2", 2.5, 3.0),
+        Op("stage_0/adam/Sub:Sub", 3.0, 4.0),
+        Op("stage_1/activations_0_Dequeue:QueueDequeueV2", 1.0, 3.0),
+        Op("stage_1/dense/MatMul:MatMul", 3.0, 5.0),
+        Op("stage_1/gradient_tape/dense/MatMul:MatMul", 5.0, 6.0),
+        Op("stage_1/targets_0_enqueue/_2:_Send", 6.0, 6.5),
+        Op("stage_1/adam/Sqrt:Sqrt", 6.5, 7.0),
+        Op("Identity/_3:_Send", 7.0, 8.0),  # to the client: unplaced
+    ]
+    summary = summarize(ops, num_devices=2, stage_devices=[0, 1], steps=2)
+    assert summary.costs[0] == {
+        "F": 1.0,
+        "B": 0.0,
+        "S": 0.0,
+        "I": 0.0,
+        "U": 0.5,
+        "T": 0.5,
+        "C": 0.0,
+    }
+    assert summary.costs[1] == {
+        "F": 1.0,
+        "B": 0.5,
+        "S": 0.0,
+        "I": 0.0,
+        "U": 0.25,
+        "T": 1.25,
+        "C": 0.0,
+    }
+    assert [c["T"] for c in summary.stage_costs] == [0.5, 1.25]
+    assert summary.unplaced == 0.5
+    assert summary.window == 7.0
+    assert summary.busy == (4.0 / 7.0, 6.0 / 7.0)
+    kinds = [(e.device, e.kind) for e in summary.events if e.kind in "TU"]
+    assert kinds == [(1, "T"), (0, "T"), (0, "T"), (0, "U"), (1, "T"), (1, "U")]
+    # Per message: each device's T over its one cut, both over 2 messages.
+    assert cut_transfers(summary.costs, [0, 1], messages=2) == [0.875]
+
+
+def test_cut_transfers_share_a_device_between_its_cuts():
+    costs = [{"T": 2.0}, {"T": 3.0}, {"T": 1.0}, {"F": 1.0}]
+    # Stages 0, 1 on device 0; 2 on device 1; 3 on device 2: cut 0 inside
+    # device 0, cut 1 between 0 and 1, cut 2 between 1 and 2 (device 1's
+    # transfers shared by its two cuts).
+    assert cut_transfers(costs, [0, 0, 1, 2], messages=4) == [
+        0.0,
+        (2.0 + 1.5) / 4,
+        (1.5 + 1.0) / 4,
+    ]
+    assert cut_transfers(costs[:2], [0, 1], messages=1) == [5.0]
+    assert cut_transfers([{"F": 1.0}], [0], messages=2) == []
+    with pytest.raises(ValueError, match="Received: messages=0"):
+        cut_transfers(costs, [0, 1], messages=0)
+    with pytest.raises(ValueError, match=r"Received: stage_devices=\[0, 4\]"):
+        cut_transfers(costs, [0, 4], messages=2)
 
 
 def test_a_trace_without_stage_ops_is_refused():

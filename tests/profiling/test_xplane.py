@@ -98,8 +98,24 @@ def test_result_of_a_local_trace(tmp_path):
     assert result.window == 6.0  # 2 ms to 8 ms
     assert result.busy == (4.0 / 6.0, 2.0 / 6.0)  # [2, 6]; [6, 8] and [6, 7]
     # The update (2 ms) shared 30:10 by the weights on each device.
-    assert result.costs[0] == {"F": 2.0, "B": 0, "S": 0, "I": 0, "U": 0.75, "C": 0}
-    assert result.costs[1] == {"F": 1.0, "B": 0.5, "S": 0, "I": 0, "U": 0.25, "C": 0}
+    assert result.costs[0] == {
+        "F": 2.0,
+        "B": 0,
+        "S": 0,
+        "I": 0,
+        "U": 0.75,
+        "T": 0,
+        "C": 0,
+    }
+    assert result.costs[1] == {
+        "F": 1.0,
+        "B": 0.5,
+        "S": 0,
+        "I": 0,
+        "U": 0.25,
+        "T": 0,
+        "C": 0,
+    }
     assert result.step_time == 5.0
     assert result.traced_step_time == 3.0
     assert result.examples_per_second == 8 * 2 / 10.0 * 1000
@@ -146,8 +162,26 @@ def test_result_of_the_servers_traces(tmp_path):
     assert result.window == 4.0
     assert result.steps == 2.0  # 4 ms over 2 ms a step
     assert result.busy == (1.0, 0.75)
-    assert result.costs[0] == {"F": 1.5, "B": 0, "S": 0, "I": 0, "U": 0.5, "C": 0}
-    assert result.costs[1] == {"F": 1.0, "B": 0, "S": 0, "I": 0, "U": 0, "C": 0.5}
+    assert result.costs[0] == {
+        "F": 1.5,
+        "B": 0,
+        "S": 0,
+        "I": 0,
+        "U": 0.5,
+        "T": 0,
+        "C": 0,
+    }
+    # The receive is a transfer, its time the message's on the receiver.
+    assert result.costs[1] == {
+        "F": 1.0,
+        "B": 0,
+        "S": 0,
+        "I": 0,
+        "U": 0,
+        "T": 0.5,
+        "C": 0,
+    }
+    assert result.cut_transfers(messages=2) == [0.25]
     assert result.step_time == 2.0
     assert result.examples_per_second == 2000.0
 

@@ -275,14 +275,14 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     logical = [f"{n} (K=2, run 1)" for n, _, _ in bench.SCHEDULES]
     logical.append("plain Keras, default threading (run 1)")
     assert calls[: len(logical)] == logical
-    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 5)
+    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 6)
     assert calls[len(logical)] == "backprop_mp (K=2, run 2)"
     report = output.read_text()
     assert "at the start: 1.00, 2.00, 3.00; at the end: 4.00, 5.00, 6.00" in report
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     medians = [r for r in rows if "2000 (3000, 2000, 1000)" in r]
-    # Six schedules on logical devices and six on the servers.
-    assert len(medians) == 12
+    # Seven schedules on logical devices and seven on the servers.
+    assert len(medians) == 14
     assert sum("zb_h1 (simulated, not measured)" in r for r in rows) == 2
     assert "plain` of the same layers" not in report
     assert "2000 (3000, 2000, 1000) examples/s (median (runs))" in report
@@ -294,7 +294,14 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     # The costs file: the median run's costs and overhead, read back by the
     # simulator's validation, which recomputes the predictions.
     costs = validation.read_measured_costs(tmp_path / "bench.json")
-    assert [c.setting for c in costs] == ["logical"] * 6 + ["servers"] * 6
+    assert [c.setting for c in costs] == ["logical"] * 7 + ["servers"] * 7
+    # The asynchronous runtime: --capacity (default 2) in its specs only,
+    # and in the costs file, for the simulator's "async" schedule.
+    assert [c.queue_capacity for c in costs] == [None] * 6 + [2] + [None] * 6 + [2]
+    assert costs[6].name == "async_dni_low_rank (K=2)"
+    assert costs[6].model == "async"
+    assert costs[6].transfer == (0.0,)  # the fake runs have no T
+    assert "async_cdni (run 1)" in calls
     gpipe = costs[1]
     assert gpipe.name == "gpipe (K=2)"
     assert gpipe.examples_per_s == 2000.0
@@ -316,3 +323,49 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
             if m["name"] == row.name and m["setting"] == row.setting
         )
         assert predicted == pytest.approx(entry["predicted_examples_per_s"])
+
+
+def test_measured_transfers_go_to_the_simulator_by_hand(bench):
+    # Backprop model-parallel, device 0 spends 1 ms a step on transfers and
+    # device 1 3 ms: 4 ms over the 2 messages across the cut, 2 ms each. The
+    # naive schedule: F0 10, the activation (2 on device 1), F1 12, B1 22,
+    # the gradient (2 on device 0), B0 20: 68 ms, updates 0.
+    costs = [
+        {"F": 10.0, "B": 20.0, "S": 0.0, "I": 0.0, "U": 0.0, "T": 1.0, "C": 0.0},
+        {"F": 12.0, "B": 22.0, "S": 0.0, "I": 0.0, "U": 0.0, "T": 3.0, "C": 0.0},
+    ]
+    run = {"spec": _spec("backprop"), "costs": costs, "per_step_overhead_ms": 0.0}
+    assert bench.transfers(run) == [2.0]
+    assert bench.predict(run) == pytest.approx(256 / 68 * 1000)
+    # GPipe: 2 M = 16 messages a step.
+    assert bench.transfers(dict(run, spec=_spec("gpipe"))) == [4.0 / 16]
+    # Runs measured before T existed: no transfer.
+    old = [{k: v for k, v in c.items() if k != "T"} for c in costs]
+    assert bench.transfers(dict(run, costs=old)) == [0.0]
+    assert bench.predict(dict(run, costs=old)) == pytest.approx(256 / 64 * 1000)
+
+
+def test_async_prediction_is_the_async_schedule_with_the_capacity(bench):
+    from keras_sg.schedules import simulate
+
+    costs = [dict(c, T=1.0) for c in _costs()]
+    spec = _spec("async", capacity=3)
+    run = {"spec": spec, "costs": costs, "per_step_overhead_ms": 0.5}
+    sim = simulate(
+        "async",
+        2,
+        8,
+        [10.0, 12.0],
+        [20.0, 22.0],
+        [4.0, 0.0],
+        update=[6.0, 6.0],
+        transfer=[1.0],  # (1 + 1) / 2 messages
+        per_step_overhead=0.5,
+        queue_capacity=3,
+    )
+    assert bench.predict(run) == pytest.approx(8 * 256 / sim.step_time * 1000)
+    # Per batch, each device receives one message (device 1 the activation,
+    # device 0 the target): device 0 F + S + B + U + overhead + 1 and
+    # device 1 F + B + U + overhead + 1 are both 41.5 ms.
+    assert sim.step_time / 8 == pytest.approx(10 + 4 + 20 + 6 + 0.5 + 1.0)
+    assert sim.step_time / 8 == pytest.approx(12 + 22 + 6 + 0.5 + 1.0)
