@@ -59,14 +59,16 @@ def main(argv: list[str]) -> int:
             env[variable] = str(folder)
     args = argv[2:]
     if argv[1] == "test" and not any(a == "-n" or a.startswith("-n") for a in args):
-        # One pytest worker per core (at most 4: each holds a TensorFlow),
-        # through pytest-xdist; `-n 0` runs the suite in one process. An idle
-        # worker takes tests queued for a busy one (worksteal), so a slow
-        # test does not leave a core idle at the end; the slowest tests are
-        # listed, to keep the suite under its 10 minutes.
+        # One pytest worker per core plus one (at most 4: each holds a
+        # TensorFlow), through pytest-xdist; `-n 0` runs the suite in one
+        # process. The extra worker fills the time that the fault tests spend
+        # waiting on a subprocess, a server or a timeout. An idle worker takes
+        # tests queued for a busy one (worksteal), so a slow test does not
+        # leave a core idle at the end; the slowest tests are listed, to keep
+        # the suite under its 10 minutes.
         args = [
             "-n",
-            str(min(os.cpu_count() or 1, 4)),
+            str(min((os.cpu_count() or 1) + 1, 4)),
             "--dist=worksteal",
             "--durations=15",
             *args,
