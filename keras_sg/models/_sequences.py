@@ -7,7 +7,10 @@ import keras
 import tensorflow as tf
 
 from keras_sg._checks import check_not_h5
-from keras_sg.models.synthesizer_optimizer import SynthesizerOptimizerMixin
+from keras_sg.models.synthesizer_optimizer import (
+    SynthesizerOptimizerMixin,
+    trained_in_order,
+)
 
 
 class SequenceModel(SynthesizerOptimizerMixin, keras.Model):
@@ -45,11 +48,7 @@ class SequenceModel(SynthesizerOptimizerMixin, keras.Model):
             return
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
+        ordered = trained_in_order(self.trainable_variables, grads)
         self.optimizer.apply([grads[id(v)] for v in ordered], ordered)
 
 

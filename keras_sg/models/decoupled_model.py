@@ -19,7 +19,10 @@ from keras_sg.layers.synthesizer import Synthesizer
 from keras_sg.models import steps
 from keras_sg.models.stages import place_optimizer, place_stage, split_stages
 from keras_sg.models.summary import print_summary
-from keras_sg.models.synthesizer_optimizer import SynthesizerOptimizerMixin
+from keras_sg.models.synthesizer_optimizer import (
+    SynthesizerOptimizerMixin,
+    trained_in_order,
+)
 
 METHODS = ("backprop", "dni", "cdni", "no_bprop")
 SG_TARGETS = ("bootstrap", "backprop")
@@ -488,11 +491,7 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
         self._build_optimizer()
         if self.synthesizer_optimizer is not None:
             return self._apply_by_optimizer(grads)
-        ordered, seen = [], set()
-        for v in self.trainable_variables:
-            if id(v) in grads and id(v) not in seen:
-                seen.add(id(v))
-                ordered.append(v)
+        ordered = trained_in_order(self.trainable_variables, grads)
         gradients = [grads[id(v)] for v in ordered]
         applied = tf.constant(True)
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):

@@ -173,13 +173,20 @@ class SynthesizerOptimizerMixin:
         none of them only counts the step."""
         self._build_optimizers()
         for optimizer, variables in self._optimizer_groups():
-            ordered, seen = [], set()
-            for v in variables:
-                if id(v) in grads and id(v) not in seen:
-                    seen.add(id(v))
-                    ordered.append(v)
+            ordered = trained_in_order(variables, grads)
             if ordered:
                 optimizer.apply([grads[id(v)] for v in ordered], ordered)
             else:
                 optimizer.iterations.assign_add(1)
         return tf.constant(True)
+
+
+def trained_in_order(variables, grads) -> list:
+    """The variables that have a gradient in `grads` (keyed by `id`), in the
+    order of `variables`, each once (shared layers may list one twice)."""
+    ordered, seen = [], set()
+    for v in variables:
+        if id(v) in grads and id(v) not in seen:
+            seen.add(id(v))
+            ordered.append(v)
+    return ordered
