@@ -38,8 +38,8 @@
 
 # %%
 # Setup: the logical devices first (TensorFlow fixes them when it starts, so
-# nothing may touch it before they are made), then the setting: small in CI,
-# full for the committed outputs.
+# nothing may touch it before they are made; run this cell once per kernel),
+# then the setting: small in CI, full for the committed outputs.
 import contextlib
 import os
 import time
@@ -81,8 +81,8 @@ import keras
 import numpy as np
 from IPython.display import Image, display
 
-# Keras retraces a model's step when the sequence length changes (section 7's
-# clocked pair unrolls its steps); TensorFlow warns about it each time.
+# Every model of the lesson traces its own training step, and TensorFlow
+# warns when many functions are traced in a row; here that is expected.
 tf.get_logger().setLevel("ERROR")
 SETTING = os.environ.get("KERAS_SG_LESSON_SETTING", "full")
 if SETTING not in ("small", "full"):
@@ -90,6 +90,8 @@ if SETTING not in ("small", "full"):
         "KERAS_SG_LESSON_SETTING must be 'small' or 'full'. "
         f"Received: KERAS_SG_LESSON_SETTING={SETTING!r}"
     )
+# SMALL makes every run tiny: the test suite executes the whole notebook in the
+# small setting, within about 60-90 s on two cores (tests/test_lesson.py).
 SMALL = SETTING == "small"
 FIGURES = tempfile.mkdtemp(prefix="keras_sg_lesson_")  # PNGs shown inline
 keras.utils.set_random_seed(0)
@@ -160,7 +162,7 @@ for name, result in pipelines.items():
 # %% [markdown]
 # Naive model parallelism leaves each device idle (K − 1)/K of the time. GPipe
 # shrinks the idle share to the bubble, (K − 1)/(M + K − 1) of the step with
-# even stages; interleaving shrinks it again, by v. The bubble goes to zero
+# even stages; interleaving divides the bubble's length by v. The bubble goes to zero
 # only as M grows, and M is bounded by memory (GPipe holds the activations of
 # all M micro-batches) and by the batch size that still trains well.
 
@@ -197,7 +199,7 @@ locks = {
 titles = {
     "backprop": "backprop: forward, backward and update locked",
     "dni": "DNI: backward and update unlocked, forward still locked",
-    "fully_unlocked": "synthetic inputs as well: every lock removed",
+    "fully_unlocked": "synthetic inputs as well: no update waits for another device",
 }
 for name, result in locks.items():
     show(result, titles[name])
@@ -222,7 +224,8 @@ for name, result in locks.items():
 # %% [markdown]
 # Under backprop, device 0 updates last: its update waits for the whole
 # forward and backward pass above it. With synthetic gradients each device
-# updates right after its own forward pass and synthesizer; what is left is the
+# updates as soon as its own forward, synthesizer and backward are done: no
+# update waits for a backward pass on another device. What is left is the
 # forward lock (device 2 still waits for device 0's forward, through device 1)
 # and the synthesizers' regressions, which need the target sent down from the
 # stage above ([method.md, section 10](method.md#10-what-each-stage-waits-for)).
@@ -230,6 +233,7 @@ for name, result in locks.items():
 # synthesizer. The saving is idle time; the price is the synthesizers' extra
 # work. It pays when the extra cost is below the idle time it removes (section
 # 5), and only when there is idle time: on one device nothing waits.
+
 # %% [markdown]
 # ## 3. The math on a three-layer network
 #
@@ -633,7 +637,7 @@ for name in ("backprop", "dni", "cdni", "top only"):
 from keras_sg.data import load_split, manual_dir_from_env
 
 MNIST_DIR = manual_dir_from_env("mnist")  # KERAS_SG_MNIST_DIR, or download
-N_TRAIN, N_TEST = (2048, 1024) if SMALL else (20000, 10000)
+N_TRAIN, N_TEST = (2048, 1024) if SMALL else (60000, 10000)
 UNITS, EPOCHS_UNLOCKED = (64, 1) if SMALL else (256, 3)
 train_images, train_labels = load_split(
     "mnist", f"train[:{N_TRAIN}]", manual_dir=MNIST_DIR
@@ -706,7 +710,7 @@ for kind in ("cdni", "unlocked"):
 from keras_sg.data import clocked_digits
 
 LENGTH, PERIOD = (8, 2) if SMALL else (16, 4)
-SEQUENCES, FAST, SLOW, EPOCHS_CLOCKS = (128, 8, 4, 1) if SMALL else (2048, 64, 32, 4)
+SEQUENCES, FAST, SLOW, EPOCHS_CLOCKS = (128, 8, 4, 1) if SMALL else (4096, 64, 32, 5)
 x_seq, y_seq = clocked_digits(train_images, train_labels, SEQUENCES, LENGTH, PERIOD)
 x_seq_test, y_seq_test = clocked_digits(
     test_images, test_labels, SEQUENCES // 4, LENGTH, PERIOD, seed=1
