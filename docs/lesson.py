@@ -621,6 +621,13 @@ for name in ("backprop", "dni", "cdni", "top only"):
     print(line)
 
 # %% [markdown]
+# Read cut 1's cosine. M1 never sees a true gradient: its targets are stage
+# 2's pullbacks of M2's predictions, so what it knows about the loss came
+# through M2. Where its cosine is well above zero, that is bootstrapping at
+# work; where DNI's is not, on the same network, that is the label DNI could
+# not see.
+
+# %% [markdown]
 # ### The fully decoupled network
 #
 # DNI and cDNI leave the forward lock (section 2). The complete unlock of
@@ -629,8 +636,8 @@ for name in ("backprop", "dni", "cdni", "top only"):
 # starts on the batch at once ([method.md, section
 # 7](method.md#7-forward-unlocking-synthetic-inputs);
 # [api.md, `UnlockedModel`](api.md#unlockedmodelnetwork-synthesizers-input_synthesizers-methoddni-input_sourcesnone)).
-# A short run on MNIST, beside cDNI without synthetic inputs on the same
-# batches; `input_drift` is the relative squared error of the synthetic input
+# A short run on MNIST, beside cDNI without synthetic inputs (the same network
+# from the same initial weights); `input_drift` is the relative squared error of the synthetic input
 # against the activation the composed network computes, at each cut.
 
 # %%
@@ -750,8 +757,8 @@ for method in ("bptt", "dni"):
 # Not in this notebook: convolutional synthesizers, and why the network's head
 # decides whether they can predict the gradient at all (a conv synthesizer
 # sees one position; with a flattening head the gradient depends on where
-# the pixel is). See "Conv synthesizers and the network's head" in
-# [training.md](training.md).
+# the pixel is). See [training.md, "Conv synthesizers and the network's
+# head"](training.md#conv-synthesizers-and-the-networks-head).
 
 # %%
 elapsed = time.perf_counter() - START
