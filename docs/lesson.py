@@ -242,7 +242,9 @@ for name, result in locks.items():
 # examples,
 #
 # ```
-# x ──f1──► h1 ──f2──► h2 ──f3──► logits,   hk = tanh(h(k-1) Wk + bk),   logits = h2 W3 + b3
+# x ──f1──► h1 ──f2──► h2 ──f3──► logits
+#
+# h1 = tanh(x W1 + b1),   h2 = tanh(h1 W2 + b2),   logits = h2 W3 + b3
 # ```
 #
 # **What a synthetic gradient imitates.** Backprop gives each stage the true
@@ -380,7 +382,7 @@ def init_params(rng, inputs, units, classes, context=0, synth_scale=0.0):
 
 
 # %% [markdown]
-# **Is that what keras_sg computes?** The next cell builds the same network as
+# **Is that what keras_sg computes?** The next two cells build the same network as
 # a `keras_sg.DecoupledModel` (method `"dni"`, linear `DenseSynthesizer`s, SGD),
 # gives it the very same weights, nonzero synthesizers included, trains both
 # for a few steps at a nonzero learning rate on the same batches, and asserts
@@ -477,7 +479,7 @@ print(
 # 32 units per layer, SGD 0.1, batch 32. Three runs from the same initial
 # weights: backprop; DNI; and "top only", where the lower stages never update
 # (the baseline any method must beat: a linear model on random tanh features).
-# After each epoch: the training loss and accuracy, and for DNI
+# After the last epoch: the loss and accuracy on the training set, and for DNI
 # the cosine between the synthetic and the true gradient at each cut, over the
 # whole set.
 
@@ -541,14 +543,14 @@ for name, rows in toy_runs.items():
 
 # %% [markdown]
 # Read the cosines before the accuracy. A linear synthesizer of h alone cannot
-# follow this gradient: δ2 = W3 (softmax(logits) − onehot(y)) / B depends on the
+# follow this gradient: δ2 = (softmax(logits) − onehot(y)) W3ᵀ / B depends on the
 # label, which h2 carries only through the stages below, nonlinearly
 # ([method.md, section 4](method.md#4-cdni-conditioning-on-the-label)). Where
 # the cosines stay near zero, the lower stages move in directions unrelated to
 # the loss, and DNI does no better than training the top stage alone. The
-# paper's DNI synthesizers are two hidden layers deep for that reason, and the
-# MNIST demo of section 4 uses them. The other way out, giving the synthesizer
-# the label, is cDNI: the exercise of section 7.
+# paper's DNI synthesizers are two hidden layers deep (1024 units each, the
+# default of `keras_sg.DenseSynthesizer`). The other way out, giving the
+# synthesizer the label, is cDNI: the exercise of section 7.
 
 # %% [markdown]
 # ## 4. The demo: MNIST with backprop, DNI and cDNI
@@ -637,8 +639,9 @@ for name in ("backprop", "dni", "cdni", "top only"):
 # 7](method.md#7-forward-unlocking-synthetic-inputs);
 # [api.md, `UnlockedModel`](api.md#unlockedmodelnetwork-synthesizers-input_synthesizers-methoddni-input_sourcesnone)).
 # A short run on MNIST, beside cDNI without synthetic inputs (the same network
-# from the same initial weights); `input_drift` is the relative squared error of the synthetic input
-# against the activation the composed network computes, at each cut.
+# from the same initial weights); `input_drift` is the relative squared error
+# of the synthetic input against the activation the composed network computes,
+# at each cut.
 
 # %%
 from keras_sg.data import load_split, manual_dir_from_env
