@@ -75,6 +75,8 @@ with quiet_start():
 
     tf.config.list_logical_devices()  # starts TensorFlow, quietly
 
+import atexit
+import shutil
 import tempfile
 
 import keras
@@ -94,6 +96,7 @@ if SETTING not in ("small", "full"):
 # small setting, within about 60-90 s on two cores (tests/test_lesson.py).
 SMALL = SETTING == "small"
 FIGURES = tempfile.mkdtemp(prefix="keras_sg_lesson_")  # PNGs shown inline
+atexit.register(shutil.rmtree, FIGURES, ignore_errors=True)
 keras.utils.set_random_seed(0)
 print(f"setting: {SETTING}; devices: {DEVICES}")
 
