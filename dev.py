@@ -3,6 +3,7 @@
 
     python3 dev.py demo [flags]     # the main job: scripts/demo.py
     python3 dev.py test [pytest args]   # one pytest worker per core, up to 4
+    python3 dev.py lesson [flags]   # runs docs/lesson.py, writes docs/lesson.ipynb
 
 Each command first makes `.venv` (if missing) and installs the package with
 its development extras into it (again whenever pyproject.toml changes), so
@@ -29,6 +30,8 @@ SHARED_DATA = {
 JOBS = {
     "demo": ["scripts/demo.py"],
     "test": ["-m", "pytest"],
+    # Executes the lesson (full setting) and writes it with its outputs.
+    "lesson": ["scripts/build_lesson.py"],
 }
 
 
