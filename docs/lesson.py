@@ -462,13 +462,13 @@ print(f"Measured in {time.perf_counter() - section_start:.0f} s.")
 # The measured timelines of two profiled steps, one row per device:
 
 # %%
-timeline_path = tempfile.mkdtemp(prefix="lesson_") + "/timelines.png"
-keras_sg.profiling.draw_timelines(
-    [profiles["backprop"], profiles["pipelined"]],
-    timeline_path,
-    titles=["backprop model-parallel", "pipelined DNI, low-rank synthesizer"],
-)
-display(Image(filename=timeline_path))
+with tempfile.TemporaryDirectory(prefix="lesson_") as folder:
+    keras_sg.profiling.draw_timelines(
+        [profiles["backprop"], profiles["pipelined"]],
+        f"{folder}/timelines.png",
+        titles=["backprop model-parallel", "pipelined DNI, low-rank synthesizer"],
+    )
+    display(Image(filename=f"{folder}/timelines.png"))  # read into the notebook
 
 # %% [markdown]
 # Where the measurement and the prediction part, the prediction's
@@ -651,12 +651,13 @@ print(f"Extra seeds trained in {time.perf_counter() - section_start:.0f} s.")
 
 # %% [markdown]
 # A synthetic gradient is an estimate of the true one (section 4's cosines),
-# so each DNI update lowers the loss less than backprop's and training takes
-# more steps; with deeper networks the cuts' errors compound and DNI falls
-# further behind ([results.md](results.md) has FCN-3 to FCN-6 over three
-# seeds, with longer runs). cDNI narrows the gap. Variance is worth reading
-# with care: three seeds give a rough spread, and results.md shows it growing
-# with depth for DNI.
+# so each DNI update lowers the loss less than backprop's would, and training
+# takes more steps: this is what unlocking must pay for. A pipeline that runs
+# each step faster but needs more of them gains only if the first factor is
+# the larger one. With deeper networks the cuts' errors compound and DNI falls
+# further behind; [results.md](results.md) has FCN-3 to FCN-6 over three seeds
+# with longer runs, cDNI beside it. Read the spread with care: a few seeds give
+# only a rough one, and it can differ a lot between depths.
 #
 # ### A small network: the synthesizers cost more than they save
 #
