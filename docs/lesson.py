@@ -582,11 +582,11 @@ plt.show()
 # %% [markdown]
 # The break-even overhead is the rule "extra cost < idle time" at scale: the
 # synthesizers may cost, as a share of a stage's compute, up to the bubble
-# that the best flushed schedule leaves. The bubble grows with the number of
-# devices K and shrinks with the micro-batches M, so DNI's room grows with K
-# and shrinks with M; the table above gives it for this scenario. What the
+# that the best flushed schedule leaves. That bubble grows with the number of
+# devices K and shrinks as the micro-batches M grow, so DNI's room grows with
+# K and shrinks with M; the table above gives it for this scenario. What the
 # simulator leaves out ([simulation.md](simulation.md)): memory, messages'
-# latency, and above all that DNI's updates are worse than backprop's, so it
+# latency, and above all that DNI follows an estimate of the gradient, so it
 # needs more steps to reach the same accuracy (section 6).
 
 # %% [markdown]
@@ -647,17 +647,33 @@ display(
 if len(SEEDS) > 1:
     wider = max(METHODS, key=spread.get)
     print(f"The widest spread over seeds is {wider}'s ({spread[wider]:.4f}).")
+for target in TARGETS:
+    mean_steps = {}
+    for method in METHODS:
+        reached = [steps_to(seeded[method, s], target) for s in SEEDS]
+        if None not in reached:  # every seed reached it
+            mean_steps[method] = np.mean(reached)
+    if "backprop" not in mean_steps:
+        continue
+    for method in ("dni", "cdni"):
+        if method in mean_steps:
+            ratio = mean_steps[method] / mean_steps["backprop"]
+            print(f"To {target:.0%}, {method} needs {ratio:.1f}x backprop's steps.")
+        else:
+            print(f"To {target:.0%}, {method} did not get there on every seed.")
 print(f"Extra seeds trained in {time.perf_counter() - section_start:.0f} s.")
 
 # %% [markdown]
 # A synthetic gradient is an estimate of the true one (section 4's cosines),
 # so each DNI update lowers the loss less than backprop's would, and training
-# takes more steps: this is what unlocking must pay for. A pipeline that runs
-# each step faster but needs more of them gains only if the first factor is
-# the larger one. With deeper networks the cuts' errors compound and DNI falls
-# further behind; [results.md](results.md) has FCN-3 to FCN-6 over three seeds
-# with longer runs, cDNI beside it. Read the spread with care: a few seeds give
-# only a rough one, and it can differ a lot between depths.
+# takes more steps: this is what unlocking must pay for. The wall time to an
+# accuracy is steps times time per step, so pipelined DNI wins only if its
+# speed-up per step (section 5) is larger than the factor by which it needs
+# more steps (printed above, where both methods got there). With deeper
+# networks the cuts' errors compound and DNI falls further behind;
+# [results.md](results.md) has FCN-3 to FCN-6 over three seeds with longer
+# runs, cDNI beside it. Read the spread with care: a few seeds give only a
+# rough one, and it can differ a lot between depths.
 #
 # ### A small network: the synthesizers cost more than they save
 #
