@@ -305,7 +305,11 @@ def random_batches(input_dim, batch_size=PIPE_BATCH):
 
 
 def two_stages(width, layers_per_stage):
-    """Two stages of dense layers; the top one ends in ten logits."""
+    """Two stages of dense layers; the top one ends in ten logits.
+
+    Named `block_k`, not `stage_k`: the profiler tells the stages apart by
+    the `stage_k` name scopes that keras_sg puts around each stage's work.
+    """
     stages = []
     for k in range(2):
         layers = [keras.Input((width,))]
@@ -315,7 +319,7 @@ def two_stages(width, layers_per_stage):
         ]
         if k == 1:
             layers.append(keras.layers.Dense(10))
-        stages.append(keras.Sequential(layers, name=f"stage_{k}"))
+        stages.append(keras.Sequential(layers, name=f"block_{k}"))
     return stages
 
 
