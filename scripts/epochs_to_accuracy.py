@@ -1,0 +1,150 @@
+r"""Epochs to a MNIST test accuracy for one schedule of the benchmark's model.
+
+Time to accuracy is epochs times time per epoch. scripts/benchmark_pipeline.py
+measures both on placed devices; this script measures only the first factor,
+on the default device, where it costs seconds an epoch: the same model as the
+benchmark (K = 2 stages of two dense layers, width 1024, batch 256), the same
+data order, and the choices that change how many epochs a decoupled model
+needs (the stage optimizer's warm-up, an optimizer of the synthesizers' own,
+the synthesizer, the queue capacity of the asynchronous runtime).
+
+    python scripts/epochs_to_accuracy.py --model=pipelined --synth=linear \
+        --cdni --warmup_steps=500 --seed=0
+
+It prints the test accuracy after each epoch and stops at --target_accuracy
+or after --max_epochs; with --output it appends the run as one JSON line.
+Epoch counts do not depend on the machine's load, so this runs anywhere.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum(
+    "model", "pipelined", ["backprop", "pipelined", "async"], "The schedule."
+)
+flags.DEFINE_enum("synth", "linear", ["linear", "low_rank"], "The synthesizer.")
+flags.DEFINE_bool("cdni", True, "Synthesizers conditioned on the label (cDNI).")
+flags.DEFINE_float("learning_rate", 1e-3, "The stages' Adam rate.")
+flags.DEFINE_integer(
+    "warmup_steps", 0, "Steps of a linear warm-up of the stages' rate from 0."
+)
+flags.DEFINE_string(
+    "synthesizer_optimizer",
+    None,
+    "An optimizer of the synthesizers' own, by Keras name (none: they share "
+    "the stages').",
+)
+flags.DEFINE_float("synthesizer_learning_rate", 1e-3, "Its learning rate.")
+flags.DEFINE_integer("capacity", 2, "Queue capacity of --model=async.")
+flags.DEFINE_float("target_accuracy", 0.975, "Test accuracy to reach.")
+flags.DEFINE_integer("max_epochs", 6, "Epochs at most.")
+flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the shuffling.")
+flags.DEFINE_string("output", None, "JSON-lines file to append the run to.")
+
+BATCH_SIZE = 256
+
+
+def learning_rate(keras):
+    """The stages' rate: constant, or a linear warm-up from 0 (then flat)."""
+    if not FLAGS.warmup_steps:
+        return FLAGS.learning_rate
+    if FLAGS.warmup_steps < 0:
+        raise ValueError(f"--warmup_steps must be >= 0. Received: {FLAGS.warmup_steps}")
+    # CosineDecay with a decay too long to matter: the warm-up, then flat.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=10**9,
+        warmup_target=FLAGS.learning_rate,
+        warmup_steps=FLAGS.warmup_steps,
+    )
+
+
+def main(argv):
+    del argv
+    import keras
+    from benchmark_pipeline import build
+
+    import keras_sg
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    spec = dict(
+        devices=2,
+        width=1024,
+        batch_size=BATCH_SIZE,
+        micro_batches=8,
+        rank=64,
+        model=FLAGS.model,
+        synth=FLAGS.synth,
+        cdni=FLAGS.cdni,
+        capacity=FLAGS.capacity,
+    )
+    model = build(spec, keras, keras_sg, None, 784)
+    extra = {}
+    if FLAGS.synthesizer_optimizer:
+        extra["synthesizer_optimizer"] = keras.optimizers.get(
+            {
+                "class_name": FLAGS.synthesizer_optimizer,
+                "config": {"learning_rate": FLAGS.synthesizer_learning_rate},
+            }
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate(keras)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **extra,
+    )
+    manual_dir = keras_sg.data.manual_dir_from_env("mnist")
+    train_x, train_y = keras_sg.data.load_split("mnist", "train", manual_dir=manual_dir)
+    test = keras_sg.data.image_dataset(
+        "mnist", "test", 1000, flatten=True, manual_dir=manual_dir
+    )
+    steps = len(train_x) // BATCH_SIZE
+    curve = []
+    for epoch in range(FLAGS.max_epochs):
+        train = keras_sg.data.batches(
+            train_x,
+            train_y,
+            BATCH_SIZE,
+            flatten=True,
+            shuffle=True,
+            seed=FLAGS.seed,
+            first_epoch=epoch,
+        )
+        model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+        curve.append(round(float(accuracy), 4))
+        print(f"epoch {epoch + 1}: test accuracy {accuracy:.4f}", flush=True)
+        if accuracy >= FLAGS.target_accuracy:
+            break
+    reached = curve[-1] >= FLAGS.target_accuracy
+    epochs = len(curve) if reached else None
+    print(f"epochs to {FLAGS.target_accuracy:.1%}: {epochs or 'not reached'}")
+    if FLAGS.output:
+        flag_values = {
+            name: getattr(FLAGS, name)
+            for name in (
+                "model",
+                "synth",
+                "cdni",
+                "learning_rate",
+                "warmup_steps",
+                "synthesizer_optimizer",
+                "synthesizer_learning_rate",
+                "capacity",
+                "seed",
+            )
+        }
+        with open(FLAGS.output, "a") as f:
+            f.write(json.dumps(dict(flags=flag_values, curve=curve)) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
