@@ -180,6 +180,13 @@ class AsyncPipelinedModel(PipelinedModel):
     def _check_can_run(self):
         if not self.compiled:
             raise ValueError("Call `compile()` before `fit()`.")
+        if self.lock_step and self.steps_per_execution != 1:
+            raise ValueError(
+                "lock_step=True steps the stages together, one global step "
+                "per stage call, so it runs one step per execution. Compile "
+                "with steps_per_execution=1 or use lock_step=False. Received: "
+                f"steps_per_execution={self.steps_per_execution}"
+            )
         if (
             tf.distribute.has_strategy()
             or getattr(self, "_distribute_strategy", None) is not None
@@ -445,8 +452,15 @@ class AsyncPipelinedModel(PipelinedModel):
     # ---------------------------------------------------------- stage work
 
     def _stage_function(self, k, runtime):
-        """Stage k's step, as a `tf.function` of `n_back`: how many targets to
-        take from its backward queue (-1: all that have arrived)."""
+        """Stage k's steps, as a `tf.function` of `count` and `n_back`.
+
+        One call runs `count` steps in a `tf.while_loop` (the runtime's
+        free mode passes up to `steps_per_execution`, lock-step mode 1).
+        `n_back` is how many targets each step takes from the backward queue
+        (-1: all that have arrived). Returns each step's batch id, target
+        batch id and lag, stacked, and for the top stage the logs after the
+        last step.
+        """
         last = len(self.stages) - 1
         optimizer = runtime.optimizers[k]
         one = tf.constant(1.0)
@@ -528,7 +542,36 @@ class AsyncPipelinedModel(PipelinedModel):
                     out["logs"] = metrics
                 return out
 
-        return tf.function(step)
+        def steps(count, n_back):
+            # Iterations run one after the other: every output of an
+            # iteration waits for all of its stateful ops (tf.function's
+            # automatic control dependencies), so a step starts only once
+            # the previous one has sent its outputs and made its update.
+            records = tuple(tf.TensorArray(tf.int64, size=count) for _ in _RECORDS)
+
+            def body(i, records):
+                out = step(n_back)
+                written = tuple(
+                    r.write(i, out[name])
+                    for r, name in zip(records, _RECORDS, strict=True)
+                )
+                return i + 1, written
+
+            _, records = tf.while_loop(
+                lambda i, _: i < count,
+                body,
+                (tf.constant(0), records),
+                parallel_iterations=1,
+            )
+            out = {name: r.stack() for name, r in zip(_RECORDS, records, strict=True)}
+            if k == last:
+                # What the last step's `compute_metrics` returned (it
+                # returns `get_metrics_result()`), as Keras logs the last
+                # step of a call with `steps_per_execution`.
+                out["logs"] = self.get_metrics_result()
+            return out
+
+        return tf.function(steps)
 
     def _idle_function(self, k, runtime):
         """A lock-step stage without input: its optimizer counts the step."""
@@ -547,6 +590,10 @@ class AsyncPipelinedModel(PipelinedModel):
         config = super().get_config()
         config.update({"capacity": self.capacity, "lock_step": self.lock_step})
         return config
+
+
+# What a stage call records for each of its steps (`stage_log`).
+_RECORDS = ("batch", "target_batch", "lag")
 
 
 def _apply(optimizer, grads, variables):
@@ -620,7 +667,10 @@ class _Runtime:
         self.steps = []
         for k in range(self.num_stages):
             fn = model._stage_function(k, self)
-            self.steps.append(fn.get_concrete_function(int_spec))
+            self.steps.append(fn.get_concrete_function(int_spec, int_spec))
+        # Steps per stage call: Keras's `steps_per_execution` when free
+        # running; lock-step mode calls each stage one step at a time.
+        self.per_call = 1 if model.lock_step else model.steps_per_execution
         self.idles = []
         if model.lock_step:
             for k in range(self.num_stages):
@@ -719,23 +769,26 @@ class _Runtime:
                 if order is None:
                     return
                 kind, count, n_back = order
-                for _ in range(count):
+                while count > 0:
                     if kind == "idle":
                         self.idles[k]()
+                        count -= 1
                         continue
+                    n = min(count, self.per_call)
+                    count -= n
                     hook = self.model.stage_step_hook
                     if hook is not None:
-                        hook(k, "begin")
-                    out = self.steps[k](tf.constant(n_back, tf.int32))
+                        hook(k, "begin", n)
+                    out = self.steps[k](
+                        tf.constant(n, tf.int32), tf.constant(n_back, tf.int32)
+                    )
                     if hook is not None:
-                        hook(k, "end")
-                    log = self.log[k]
-                    log["batch"].append(int(out["batch"]))
-                    log["target_batch"].append(int(out["target_batch"]))
-                    log["lag"].append(int(out["lag"]))
+                        hook(k, "end", n)
+                    for name in _RECORDS:
+                        self.log[k][name].extend(out[name].numpy().tolist())
                     if k == last:
-                        logs = {n: float(v) for n, v in out["logs"].items()}
-                        self.events.put(("log", logs))
+                        logs = {m: float(v) for m, v in out["logs"].items()}
+                        self.events.put(("log", n, logs))
                 self.events.put(("done", k))
         except Exception as error:  # noqa: BLE001 - handed to the main thread
             self.events.put(("error", k, error))
@@ -747,9 +800,13 @@ class _Runtime:
             if event[0] == "done":
                 count -= 1
             elif event[0] == "log":
+                # One call of the top stage, as Keras with
+                # `steps_per_execution`: begin at its first step, end at
+                # its last, with the logs after the last.
+                _, n, logs = event
                 callbacks.on_train_batch_begin(state["batch"])
-                callbacks.on_train_batch_end(state["batch"], event[1])
-                state["batch"] += 1
+                callbacks.on_train_batch_end(state["batch"] + n - 1, logs)
+                state["batch"] += n
             else:
                 _, k, error = event
                 self.error = (k, error)

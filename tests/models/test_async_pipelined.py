@@ -187,16 +187,17 @@ class _Slow(keras.layers.Layer):
         return tf.ensure_shape(out, inputs.shape)
 
 
-@pytest.mark.parametrize("capacity", [1, 3])
-def test_capacity_bounds_staleness_when_free_running(capacity):
-    """The stages below a slow top run ahead as far as the queues let them."""
+@pytest.mark.parametrize("capacity, per_call", [(1, 1), (3, 1), (2, 3)])
+def test_capacity_bounds_staleness_when_free_running(capacity, per_call):
+    """The stages below a slow top run ahead as far as the queues let them,
+    one step per call or `per_call` steps per call (steps_per_execution)."""
     keras.utils.set_random_seed(3)
     net = _net()
     synths = [linear_synth() for _ in range(2)]
     top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
     stages = keras_sg.models.split_stages(net)[:2] + [top]
     model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=capacity)
-    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=per_call)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, D)).astype("float32")
     y = rng.normal(size=(120, OUT)).astype("float32")
@@ -209,6 +210,101 @@ def test_capacity_bounds_staleness_when_free_running(capacity):
     # The stage below the slow top reaches its bound: the test can see a
     # queue that lets it run further.
     assert log[1]["lag"].max() == capacity + 1
+
+
+# --------------------------------------------------- steps per execution
+
+
+class _Batches(keras.callbacks.Callback):
+    """Records the batch callbacks: begin indices, end indices and losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins, self.ends, self.losses = [], [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begins.append(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(batch)
+        self.losses.append(float(logs["loss"]))
+
+
+def test_steps_per_execution_runs_calls_of_n_steps_as_keras_does():
+    """Free running, steps_per_execution=4, two epochs of 10 batches.
+
+    Each stage runs calls of 4 + 4 + 2 steps. Below the top nothing can
+    learn (zero-initialised synthesizers that never train: sg_loss_weight=0,
+    so every synthetic gradient is 0 and Adam leaves the stages as they
+    are), so the top stage trains on fixed features in batch order, whatever
+    the schedule: it must equal Keras's own `fit` of the top layer on those
+    features with the same steps_per_execution, in its weights, its History
+    and its batch callbacks (one per call, at the call's last step, with
+    the logs after it).
+    """
+    x, y = _data(n=20)
+    model = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), sg_loss_weight=0.0
+    )
+    for synth in model.synthesizers:
+        synth.head.set_weights([np.zeros_like(w) for w in synth.head.get_weights()])
+    model.compile(keras.optimizers.Adam(0.05), "mse", steps_per_execution=4)
+    features = model.stages[1](model.stages[0](x)).numpy()
+    below = weights_of(_parts(model)[:2] + model.synthesizers)
+    reference = keras.Sequential([keras.Input((H,)), keras.layers.Dense(OUT)])
+    top_start = model.stages[2].get_weights()
+    reference.set_weights(top_start)
+    reference.compile(keras.optimizers.Adam(0.05), "mse", steps_per_execution=4)
+    want_batches = _Batches()
+    want = reference.fit(
+        features,
+        y,
+        batch_size=B,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[want_batches],
+    )
+
+    calls = [[], [], []]
+
+    def hook(k, phase, n):
+        if phase == "end":
+            calls[k].append(n)
+
+    model.stage_step_hook = hook
+    batches = _Batches()
+    history = model.fit(
+        x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, callbacks=[batches]
+    )
+    assert calls == [[4, 4, 2, 4, 4, 2]] * 3
+    for log in model.stage_log:
+        np.testing.assert_array_equal(log["batch"], np.arange(20))
+    for w, g in zip(
+        below, weights_of(_parts(model)[:2] + model.synthesizers), strict=True
+    ):
+        np.testing.assert_array_equal(g, w)
+    got = model.stages[2].get_weights()
+    for w, g, s in zip(reference.get_weights(), got, top_start, strict=True):
+        assert np.abs(g - s).max() > 1e-2  # the top learned
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(history.history["loss"], want.history["loss"], rtol=1e-6)
+    assert batches.begins == want_batches.begins == [0, 4, 8, 0, 4, 8]
+    # Keras numbers the end of the short last call as if it were full (11,
+    # in this version); here it is that call's last step.
+    assert batches.ends == [3, 7, 9, 3, 7, 9]
+    assert want_batches.ends[:2] == [3, 7]
+    np.testing.assert_allclose(batches.losses, want_batches.losses, rtol=1e-6)
+    assert int(model.stage_optimizers()[2].iterations) == 20
+
+
+def test_lock_step_refuses_steps_per_execution():
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+    model.compile("sgd", "mse", steps_per_execution=2)
+    with pytest.raises(ValueError, match="steps_per_execution=2"):
+        model.fit(x, y, batch_size=B, verbose=0)
+    assert _stage_threads() == []
 
 
 # ------------------------------------------------------------- fit front
