@@ -158,11 +158,20 @@ class AsyncPipelinedModel(PipelinedModel):
     @jit_compile.setter
     def jit_compile(self, value):
         if value is True:
-            raise ValueError(
-                "AsyncPipelinedModel does not compile its stages with XLA yet "
-                "(the queues it reads change shape). Compile with "
-                f"jit_compile=False or 'auto'. Received: jit_compile={value!r}"
-            )
+            # Each stage's math is compiled on its own (see
+            # `_stage_function`), not the model as a whole: Keras's check
+            # of the whole model (which PipelinedModel fails) does not apply.
+            for part in self.stages + self.synthesizers:
+                for layer in part._flatten_layers():
+                    if not layer.supports_jit:
+                        raise ValueError(
+                            "jit_compile=True compiles each stage with XLA, "
+                            f"and layer {layer.name!r} of {part.name!r} does "
+                            "not support XLA. Compile with jit_compile=False. "
+                            f"Received: jit_compile={value!r}"
+                        )
+            self._jit_compile = True
+            return
         keras.Model.jit_compile.fset(self, value)
 
     def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
@@ -388,7 +397,13 @@ class AsyncPipelinedModel(PipelinedModel):
             return made.optimizers
         optimizers = []
         for k in range(len(self.stages)):
-            optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+            # Made on the stage's device: Keras makes `iterations` and the
+            # learning rate's variable in the constructor (an XLA stage can
+            # only read variables on its own device).
+            with tf.device(self.devices[k] if self.devices else None):
+                optimizer = type(self.optimizer).from_config(
+                    self.optimizer.get_config()
+                )
             if self.devices is not None:
                 place_optimizer(optimizer)
             with self._on(k):
@@ -464,6 +479,19 @@ class AsyncPipelinedModel(PipelinedModel):
         last = len(self.stages) - 1
         optimizer = runtime.optimizers[k]
         one = tf.constant(1.0)
+        # The stage's math: forward and backward, the synthesizer's
+        # regression, the optimizer's update. With jit_compile=True each is
+        # an XLA function, called under the stage's device (the whole
+        # function then runs there); the queue ops, which XLA cannot
+        # compile, stay outside.
+        stage_step, top_step = self._stage_step, self._top_step
+        synthesizer_step, apply = self._synthesizer_step, _apply
+        if self.jit_compile is True:
+            stage_step, top_step, synthesizer_step = (
+                tf.function(f, jit_compile=True)
+                for f in (stage_step, top_step, synthesizer_step)
+            )
+            apply = _compiled_apply()
 
         def step(n_back):
             with self._on(k):
@@ -498,17 +526,17 @@ class AsyncPipelinedModel(PipelinedModel):
                 # Stage work, as PipelinedModel's.
                 sent = []
                 if k < last:
-                    h, target, grads = self._stage_step(
+                    h, target, grads = stage_step(
                         k, inputs, labels, 1.0, one, tf.constant(True)
                     )
                     with tf.control_dependencies([target_batch]):
                         sent.append(runtime.forward[k].enqueue([h, labels, batch]))
-                    synth_grads, sg_loss = self._synthesizer_step(
+                    synth_grads, sg_loss = synthesizer_step(
                         k, sg_in, sg_labels, sg_target, 1.0, valid
                     )
                 else:
                     _forget_losses(self.stages[:last] + self.synthesizers)
-                    loss, y_pred, target, grads = self._top_step(
+                    loss, y_pred, target, grads = top_step(
                         inputs, labels, one, tf.constant(True)
                     )
                 if k > 0:
@@ -520,17 +548,17 @@ class AsyncPipelinedModel(PipelinedModel):
                     synth_vars = list(self.synthesizers[k].trainable_variables)
                     applied = tf.cond(
                         valid,
-                        lambda: _apply(
+                        lambda: apply(
                             optimizer, grads + synth_grads, stage_vars + synth_vars
                         ),
-                        lambda: _apply(optimizer, grads, stage_vars),
+                        lambda: apply(optimizer, grads, stage_vars),
                     )
                     weight = tf.cast(valid, tf.float32)
                     self.sg_loss_trackers[k].update_state(
                         tf.where(valid, sg_loss, 0.0), sample_weight=weight
                     )
                 else:
-                    applied = _apply(optimizer, grads, stage_vars)
+                    applied = apply(optimizer, grads, stage_vars)
                 # Finished: what it sent is in the queues, its update made.
                 with tf.control_dependencies([*sent, applied]):
                     runtime.done[k].assign_add(1)
@@ -599,6 +627,22 @@ _RECORDS = ("batch", "target_batch", "lag")
 def _apply(optimizer, grads, variables):
     optimizer.apply(grads, variables)
     return tf.constant(True)
+
+
+def _compiled_apply():
+    """`_apply` as XLA functions of the gradients, one per variable list
+    (Keras variables cannot be arguments of a `tf.function`)."""
+    compiled = {}
+
+    def apply(optimizer, grads, variables):
+        key = (id(optimizer), *(id(v) for v in variables))
+        if key not in compiled:
+            compiled[key] = tf.function(
+                lambda g: _apply(optimizer, g, variables), jit_compile=True
+            )
+        return compiled[key](grads)
+
+    return apply
 
 
 def _unpack(data):
@@ -875,6 +919,11 @@ class _Runtime:
         if self.error is not None:
             k, error = self.error
             error.add_note(f"(raised in the thread of stage {k})")
+            if self.model.jit_compile is True:
+                error.add_note(
+                    f"(stage {k}'s math is compiled with XLA, jit_compile=True: "
+                    "compile with jit_compile=False if XLA cannot compile it)"
+                )
             raise error
 
     def log_arrays(self):

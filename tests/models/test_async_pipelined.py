@@ -483,10 +483,67 @@ def test_rejects_bad_arguments(kwargs, message):
         keras_sg.AsyncPipelinedModel(_net(), synths, **kwargs)
 
 
-def test_rejects_jit_compile():
-    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
-    with pytest.raises(ValueError, match="jit_compile=True"):
+# ------------------------------------------------------------ per-stage XLA
+
+
+def test_lock_step_with_xla_per_stage_equals_lock_step_without():
+    """jit_compile=True compiles each stage's math (forward, backward,
+    synthesizer regression, Adam's update) with XLA: 16 global steps of
+    lock-step training, K = 3, equal the uncompiled run (itself equal to
+    PipelinedModel), weight by weight, and each stage optimizer counts
+    every step."""
+    x, y = _data(n=16)
+    runs = []
+    for jit in (False, True):
+        model = _model(
+            keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+        )
+        start = weights_of(_parts(model))
+        model.compile(keras.optimizers.Adam(0.05), "mse", jit_compile=jit)
+        assert model.jit_compile is jit
+        history = model.fit(
+            x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False
+        )
+        runs.append((model, history.history["loss"]))
+    (plain, want_loss), (compiled, loss) = runs
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    want, got = weights_of(_parts(plain)), weights_of(_parts(compiled))
+    assert min(np.abs(w - s).max() for w, s in zip(want, start, strict=True)) > 1e-3
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+    assert [int(o.iterations) for o in compiled.stage_optimizers()] == [16] * 3
+
+
+class _NoXla(keras.layers.Layer):
+    """The identity, in a layer that says XLA cannot compile it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_jit = False
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_xla_per_stage_refuses_what_it_cannot_compile():
+    # A layer that says it does not support XLA: refused at compile.
+    synths = [linear_synth() for _ in range(2)]
+    stages = keras_sg.models.split_stages(_net())
+    stages[1] = keras.Sequential([_NoXla(name="no_xla"), stages[1]])
+    model = keras_sg.AsyncPipelinedModel(stages, synths)
+    with pytest.raises(ValueError, match="'no_xla'.*jit_compile=True"):
         model.compile("sgd", "mse", jit_compile=True)
+    # An op XLA cannot compile (a Python function): the stage's error,
+    # raised by fit, says the stage was compiled with XLA.
+    stages = keras_sg.models.split_stages(_net())[:2]
+    stages.append(keras.Sequential([_Slow(), keras.layers.Dense(OUT)]))
+    model = keras_sg.AsyncPipelinedModel(stages, synths)
+    model.compile("sgd", "mse", jit_compile=True)
+    x, y = _data(n=8)
+    with pytest.raises(Exception, match="jit_compile=True") as raised:
+        model.fit(x, y, batch_size=B, verbose=0)
+    assert "stage 2" in str(raised.value.__notes__)
+    assert _stage_threads() == []
 
 
 def test_rejects_a_synthesizer_optimizer():
