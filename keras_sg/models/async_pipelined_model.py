@@ -75,10 +75,28 @@ class AsyncPipelinedModel(PipelinedModel):
     batches that reached it. `evaluate` and `predict` run the plain forward
     pass.
 
+    Steps per call. In free mode each stage's function runs up to
+    `compile(steps_per_execution=N)` steps per call, in a `tf.while_loop`
+    (an epoch's remainder as a shorter call), so the client calls each
+    stage once per N batches. As Keras does with N, the batch callbacks run
+    once per call of the top stage (`on_train_batch_begin` at its first
+    step, `on_train_batch_end` at its last, with the logs after it);
+    `stage_log` still holds every step. Lock-step mode runs one step per
+    call and refuses N > 1.
+
+    Per-stage XLA. `compile(jit_compile=True)` compiles each stage's math
+    (its forward and backward pass, its synthesizer's regression, its
+    optimizer's update) as `tf.function(jit_compile=True)` functions that
+    the stage's function calls under its device, where XLA runs them; the
+    queue and dataset ops, which XLA cannot compile, stay outside. The
+    model as a whole is not compiled. A layer that says it does not support
+    XLA is refused at `compile`; an op XLA cannot compile fails the first
+    step of its stage, with a note naming `jit_compile=True`.
+
     Not supported yet (each raises an error): mixed precision policies,
     `tf.distribute` strategies, sample and class weights, `fit` without
-    labels, `jit_compile=True`. Each stage function runs one step per call.
-    The stage optimizers' state is saved with the model's own variables and
+    labels, `steps_per_execution` > 1 with `lock_step=True`. The stage
+    optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
     have.
@@ -139,9 +157,10 @@ class AsyncPipelinedModel(PipelinedModel):
         self.capacity = int(capacity)
         self.lock_step = lock_step
         self.stage_log = None
-        # Called in stage k's thread as hook(k, "begin") and hook(k, "end")
-        # around each of its training steps (the profiler's window,
-        # `keras_sg.profiling.Profile`); None: no call.
+        # Called in stage k's thread as hook(k, "begin", n) and
+        # hook(k, "end", n) around each call of its function, which runs n
+        # training steps (the profiler's window, `keras_sg.profiling.Profile`);
+        # None: no call.
         self.stage_step_hook = None
         # A plain object: Keras's saving would otherwise walk the optimizers
         # on its own, and only if they exist when it loads.
