@@ -1058,7 +1058,15 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         f" linked by queues of capacity {FLAGS.capacity}"
         f", {FLAGS.async_steps_per_execution} step(s) per call of each stage"
         f"{', its math compiled with XLA' if FLAGS.async_jit else ''}."
-        " Its examples/s are"
+        + (
+            " The profiler's trace does not show XLA-compiled work as ops"
+            " (only unnamed CpuExecutable events): this row's busy"
+            " fractions, costs, per-step overhead and simulator prediction"
+            " leave it out; its examples/s are measured as the others'."
+            if FLAGS.async_jit
+            else ""
+        )
+        + " Its examples/s are"
         " those of its top stage over the timed batches, after"
         " warm-up batches in the same `fit` (each `fit` of it traces its stage"
         " functions anew); its profile covers stage 0's steps once the queues"

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -98,7 +99,9 @@ class Profile(keras.callbacks.Callback):
     devices a stage's ops are counted on the stage's device. The optimizer's
     ops carry no stage scope: their cost is shared by the devices in
     proportion to the weights they hold, and they are not in the busy
-    fractions. With `steps_per_execution` > 1, `steps` and `skip` count
+    fractions. Work compiled by XLA (AsyncPipelinedModel with
+    `jit_compile=True`) is not traced as ops: it is in no number (a
+    warning says so). With `steps_per_execution` > 1, `steps` and `skip` count
     calls, and each call counts the steps it ran (`steps_per_execution`;
     with AsyncPipelinedModel, stage 0's calls, whose last in an epoch may
     be shorter).
@@ -254,6 +257,18 @@ def _is_async(model) -> bool:
     return hasattr(model, "stage_step_hook")
 
 
+def _warn_if_compiled(model):
+    """XLA's work is missing from the numbers: said, not left silent."""
+    if getattr(model, "_jit_compile", None) is True:
+        warnings.warn(
+            "keras_sg.profiling reads TensorFlow's op events; work compiled "
+            "by XLA runs as unnamed XLA executables (CpuExecutable events), "
+            "not ops, so it is in no busy fraction, cost or timeline. "
+            "Received: a model with jit_compile=True",
+            stacklevel=3,
+        )
+
+
 def read_result(
     logdir: str | os.PathLike,
     model,
@@ -270,6 +285,7 @@ def read_result(
         wall_time: their wall-clock ms.
         batch_size: examples per step, if known.
     """
+    _warn_if_compiled(model)
     devices, rows = placement_of(model)
     ops = [
         Op(name, start, end)
@@ -503,6 +519,7 @@ def read_servers(
     whose port is that of `addresses[k]`. Only TensorFlow's executor threads
     (lines `tf_Compute...`) are read.
     """
+    _warn_if_compiled(model)
     addresses = [a.removeprefix("grpc://") for a in addresses]
     ports = [a.rsplit(":", 1)[-1] for a in addresses]
     ops = []
