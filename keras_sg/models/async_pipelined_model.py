@@ -89,7 +89,8 @@ class AsyncPipelinedModel(PipelinedModel):
     optimizer's update) as `tf.function(jit_compile=True)` functions that
     the stage's function calls under its device, where XLA runs them; the
     queue and dataset ops, which XLA cannot compile, stay outside. The
-    model as a whole is not compiled. A layer that says it does not support
+    model as a whole is not compiled (`evaluate` and `predict` run the plain
+    forward pass uncompiled). A layer that says it does not support
     XLA is refused at `compile`; an op XLA cannot compile fails the first
     step of its stage, with a note naming `jit_compile=True`.
 
@@ -192,6 +193,19 @@ class AsyncPipelinedModel(PipelinedModel):
             self._jit_compile = True
             return
         keras.Model.jit_compile.fset(self, value)
+
+    # jit_compile=True compiles each stage's training math only: `evaluate`
+    # and `predict` run the plain forward pass of the whole model, which XLA
+    # would compile into one function on one device (a placed model's
+    # variables on other devices could not be read).
+
+    def make_test_function(self, force=False):
+        with _uncompiled(self):
+            return super().make_test_function(force)
+
+    def make_predict_function(self, force=False):
+        with _uncompiled(self):
+            return super().make_predict_function(force)
 
     def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
         synth = kwargs.get("synthesizer_optimizer")
@@ -646,6 +660,16 @@ _RECORDS = ("batch", "target_batch", "lag")
 def _apply(optimizer, grads, variables):
     optimizer.apply(grads, variables)
     return tf.constant(True)
+
+
+@contextlib.contextmanager
+def _uncompiled(model):
+    """The model's functions made inside are not compiled by XLA."""
+    jit, model._jit_compile = model._jit_compile, False
+    try:
+        yield
+    finally:
+        model._jit_compile = jit
 
 
 def _compiled_apply():

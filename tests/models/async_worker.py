@@ -84,6 +84,12 @@ if MODE == "xla":
     start = weights_of(parts(model))
     model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
     want, got = weights_of(parts(reference)), weights_of(parts(model))
+    # evaluate and predict run the forward pass uncompiled, as the reference.
+    evaluated = [
+        m.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+        for m in (reference, model)
+    ]
+    predicted = [m.predict(x, verbose=0) for m in (reference, model)]
     dataset, _ = model._dataset(x, y, B, False, None)
     runtime = _Runtime(model, dataset)
     calls = [xla_devices(step) for step in runtime.steps]
@@ -118,6 +124,9 @@ if MODE == "xla":
                 ],
                 "iterations": [int(o.iterations) for o in model.stage_optimizers()],
                 "xla_call_devices": calls,
+                "evaluated": evaluated,
+                "max_predict_diff": float(np.abs(predicted[0] - predicted[1]).max()),
+                "jit_after_evaluate": model.jit_compile,
                 "near_read": near_read,
                 "wrong_device_error": wrong_device_error,
             }

@@ -683,3 +683,9 @@ def test_xla_per_stage_runs_on_each_stage_device():
     assert result["moved"] > 1e-3
     assert result["max_weight_diff"] < 1e-6
     assert result["iterations"] == [10, 10]
+    # evaluate and predict run the placed forward pass uncompiled (XLA
+    # would run it whole on one device, and fail to read the other's
+    # variables); the training math stays compiled.
+    assert result["evaluated"][1] == pytest.approx(result["evaluated"][0], rel=1e-5)
+    assert result["max_predict_diff"] < 1e-5
+    assert result["jit_after_evaluate"] is True
