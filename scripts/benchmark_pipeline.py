@@ -28,7 +28,9 @@ table gives medians; the report states the machine's load average at the
 start and the end.
 
 `async_dni_low_rank` (and `async_cdni` to accuracy) is AsyncPipelinedModel,
-free-running, its queues of capacity --capacity (see `time_async`).
+free-running, its queues of capacity --capacity (see `time_async`), each
+stage running --async_steps_per_execution steps per call, its math compiled
+with XLA if --async_jit.
 
 The fully unlocked step (`fully_unlocked`) is `UnlockedModel`: every stage
 above the first runs on the prediction of an input synthesizer from x, so all
@@ -64,6 +66,17 @@ flags.DEFINE_integer("micro_batches", 8, "GPipe micro-batches M.")
 flags.DEFINE_integer("rank", 64, "Rank of the cheap (low-rank) synthesizer.")
 flags.DEFINE_integer(
     "capacity", 2, "Queue capacity of the asynchronous runtime (async_* schedules)."
+)
+flags.DEFINE_integer(
+    "async_steps_per_execution",
+    1,
+    "Steps per call of each stage's function in the async_* schedules "
+    "(Keras's steps_per_execution).",
+)
+flags.DEFINE_bool(
+    "async_jit",
+    False,
+    "Compile each stage's math with XLA in the async_* schedules (jit_compile=True).",
 )
 flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 flags.DEFINE_integer("profile_steps", 4, "Steps inside the profiler trace.")
@@ -188,10 +201,17 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
         model = keras_sg.PipelinedModel(
             stages, synthesizers(), method=method, devices=devices
         )
+    extra = {}
+    if kind == "async":
+        extra = dict(
+            steps_per_execution=spec.get("steps_per_execution", 1),
+            jit_compile=spec.get("jit", False),
+        )
     model.compile(
         optimizer=keras.optimizers.Adam(spec.get("learning_rate", 1e-3)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        **extra,
     )
     return model
 
@@ -295,7 +315,9 @@ def run_worker(spec):
         # The asynchronous runtime's window starts once its queues are full.
         skip = 1
         if spec["model"] == "async":
-            skip = (spec["devices"] - 1) * (spec["capacity"] + 1) + 1
+            # In calls of each stage's function (profile() counts calls).
+            batches = (spec["devices"] - 1) * (spec["capacity"] + 1) + 1
+            skip = math.ceil(batches / spec.get("steps_per_execution", 1))
         with tempfile.TemporaryDirectory(prefix="benchmark_trace_") as logdir:
             profile = keras_sg.profiling.profile(
                 model,
@@ -336,33 +358,41 @@ ASYNC_WARMUP = 5
 
 def time_async(model, data, steps):
     """Seconds for `steps` batches of an AsyncPipelinedModel's top stage,
-    and seconds from the start of its `fit` to its first batch's end.
+    and seconds from the start of its `fit` to its first call's end.
 
-    One `fit` of ASYNC_WARMUP + `steps` batches; the time runs from the end
-    of the top stage's ASYNC_WARMUP-th batch to the end of its last, read in
-    the top stage's own thread (`stage_step_hook`): its batch callbacks reach
-    the main thread late, and each `fit` traces the stage functions first.
+    One `fit` of about ASYNC_WARMUP + `steps` batches; the time runs from
+    the end of the top stage's ASYNC_WARMUP-th batch to the end of its last,
+    read in the top stage's own thread (`stage_step_hook`): its batch
+    callbacks reach the main thread late, and each `fit` traces the stage
+    functions first. With `steps_per_execution` N, a stage call runs N
+    batches: both counts are rounded up to whole calls, and the time of the
+    batches timed is scaled to `steps` batches.
     """
     top = len(model.stages) - 1
-    ends = []
+    per_call = model.steps_per_execution
+    warmup = per_call * math.ceil(ASYNC_WARMUP / per_call)
+    timed = per_call * math.ceil(steps / per_call)
+    ends, done = {}, [0]
     start = time.perf_counter()
 
-    def hook(k, phase):
+    def hook(k, phase, n):
         if k == top and phase == "end":
-            ends.append(time.perf_counter())
+            done[0] += n
+            ends[done[0]] = time.perf_counter()
 
     model.stage_step_hook = hook
     try:
         model.fit(
             data,
-            steps_per_epoch=ASYNC_WARMUP + steps,
+            steps_per_epoch=warmup + timed,
             epochs=1,
             verbose=0,
             shuffle=False,
         )
     finally:
         model.stage_step_hook = None
-    return ends[ASYNC_WARMUP + steps - 1] - ends[ASYNC_WARMUP - 1], ends[0] - start
+    seconds = (ends[warmup + timed] - ends[warmup]) * steps / timed
+    return seconds, min(ends.values()) - start
 
 
 def per_step_overhead(ops, wall_time, steps):
@@ -690,10 +720,16 @@ def main(argv):
 
 
 def with_capacity(spec):
-    """An asynchronous schedule's spec gets --capacity (the others' specs,
-    and so their cached measurements, stay as they were)."""
-    if spec["model"] == "async":
-        return dict(spec, capacity=FLAGS.capacity)
+    """An asynchronous schedule's spec gets --capacity, and
+    --async_steps_per_execution and --async_jit when not their defaults (the
+    others' specs, and so their cached measurements, stay as they were)."""
+    if spec["model"] != "async":
+        return spec
+    spec = dict(spec, capacity=FLAGS.capacity)
+    if FLAGS.async_steps_per_execution != 1:
+        spec["steps_per_execution"] = FLAGS.async_steps_per_execution
+    if FLAGS.async_jit:
+        spec["jit"] = True
     return spec
 
 
@@ -795,6 +831,11 @@ def costs_file(measured, load):
                 "per_step_overhead_ms": middle["per_step_overhead_ms"],
                 "transfer_ms": transfers(middle),
                 **({"capacity": spec["capacity"]} if "capacity" in spec else {}),
+                **{
+                    key: spec[key]
+                    for key in ("steps_per_execution", "jit")
+                    if key in spec
+                },
                 "predicted_examples_per_s": predict(middle),
                 "runs": [
                     {
@@ -826,6 +867,9 @@ def costs_file(measured, load):
         "transfer_ms": "per cut, ms per message: the devices' T shared by "
         "their cuts, over the messages per cut and step (2, or 2 M for GPipe)",
         "capacity": "queue capacity of an asynchronous schedule",
+        "steps_per_execution": "steps per call of each stage of an "
+        "asynchronous schedule (absent: 1)",
+        "jit": "each stage's math compiled with XLA (absent: not)",
         "repeats": FLAGS.repeats,
         "load_average": {"start": list(load[0]), "end": list(load[1])},
         "measurements": entries,
@@ -1011,7 +1055,18 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         "",
         "`async_dni_low_rank` is `AsyncPipelinedModel` free-running (docs/async.md):"
         " each stage in its own thread with its own optimizer, the stages"
-        f" linked by queues of capacity {FLAGS.capacity}. Its examples/s are"
+        f" linked by queues of capacity {FLAGS.capacity}"
+        f", {FLAGS.async_steps_per_execution} step(s) per call of each stage"
+        f"{', its math compiled with XLA' if FLAGS.async_jit else ''}."
+        + (
+            " The profiler's trace does not show XLA-compiled work as ops"
+            " (only unnamed CpuExecutable events): this row's busy"
+            " fractions, costs, per-step overhead and simulator prediction"
+            " leave it out; its examples/s are measured as the others'."
+            if FLAGS.async_jit
+            else ""
+        )
+        + " Its examples/s are"
         " those of its top stage over the timed batches, after"
         " warm-up batches in the same `fit` (each `fit` of it traces its stage"
         " functions anew); its profile covers stage 0's steps once the queues"

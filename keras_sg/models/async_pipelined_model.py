@@ -75,10 +75,29 @@ class AsyncPipelinedModel(PipelinedModel):
     batches that reached it. `evaluate` and `predict` run the plain forward
     pass.
 
+    Steps per call. In free mode each stage's function runs up to
+    `compile(steps_per_execution=N)` steps per call, in a `tf.while_loop`
+    (an epoch's remainder as a shorter call), so the client calls each
+    stage once per N batches. As Keras does with N, the batch callbacks run
+    once per call of the top stage (`on_train_batch_begin` at its first
+    step, `on_train_batch_end` at its last, with the logs after it);
+    `stage_log` still holds every step. Lock-step mode runs one step per
+    call and refuses N > 1.
+
+    Per-stage XLA. `compile(jit_compile=True)` compiles each stage's math
+    (its forward and backward pass, its synthesizer's regression, its
+    optimizer's update) as `tf.function(jit_compile=True)` functions that
+    the stage's function calls under its device, where XLA runs them; the
+    queue and dataset ops, which XLA cannot compile, stay outside. The
+    model as a whole is not compiled (`evaluate` and `predict` run the plain
+    forward pass uncompiled). A layer that says it does not support
+    XLA is refused at `compile`; an op XLA cannot compile fails the first
+    step of its stage, with a note naming `jit_compile=True`.
+
     Not supported yet (each raises an error): mixed precision policies,
     `tf.distribute` strategies, sample and class weights, `fit` without
-    labels, `jit_compile=True`. Each stage function runs one step per call.
-    The stage optimizers' state is saved with the model's own variables and
+    labels, `steps_per_execution` > 1 with `lock_step=True`. The stage
+    optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
     have.
@@ -139,9 +158,10 @@ class AsyncPipelinedModel(PipelinedModel):
         self.capacity = int(capacity)
         self.lock_step = lock_step
         self.stage_log = None
-        # Called in stage k's thread as hook(k, "begin") and hook(k, "end")
-        # around each of its training steps (the profiler's window,
-        # `keras_sg.profiling.Profile`); None: no call.
+        # Called in stage k's thread as hook(k, "begin", n) and
+        # hook(k, "end", n) around each call of its function, which runs n
+        # training steps (the profiler's window, `keras_sg.profiling.Profile`);
+        # None: no call.
         self.stage_step_hook = None
         # A plain object: Keras's saving would otherwise walk the optimizers
         # on its own, and only if they exist when it loads.
@@ -158,12 +178,34 @@ class AsyncPipelinedModel(PipelinedModel):
     @jit_compile.setter
     def jit_compile(self, value):
         if value is True:
-            raise ValueError(
-                "AsyncPipelinedModel does not compile its stages with XLA yet "
-                "(the queues it reads change shape). Compile with "
-                f"jit_compile=False or 'auto'. Received: jit_compile={value!r}"
-            )
+            # Each stage's math is compiled on its own (see
+            # `_stage_function`), not the model as a whole: Keras's check
+            # of the whole model (which PipelinedModel fails) does not apply.
+            for part in self.stages + self.synthesizers:
+                for layer in part._flatten_layers():
+                    if not layer.supports_jit:
+                        raise ValueError(
+                            "jit_compile=True compiles each stage with XLA, "
+                            f"and layer {layer.name!r} of {part.name!r} does "
+                            "not support XLA. Compile with jit_compile=False. "
+                            f"Received: jit_compile={value!r}"
+                        )
+            self._jit_compile = True
+            return
         keras.Model.jit_compile.fset(self, value)
+
+    # jit_compile=True compiles each stage's training math only: `evaluate`
+    # and `predict` run the plain forward pass of the whole model, which XLA
+    # would compile into one function on one device (a placed model's
+    # variables on other devices could not be read).
+
+    def make_test_function(self, force=False):
+        with _uncompiled(self):
+            return super().make_test_function(force)
+
+    def make_predict_function(self, force=False):
+        with _uncompiled(self):
+            return super().make_predict_function(force)
 
     def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
         synth = kwargs.get("synthesizer_optimizer")
@@ -180,6 +222,13 @@ class AsyncPipelinedModel(PipelinedModel):
     def _check_can_run(self):
         if not self.compiled:
             raise ValueError("Call `compile()` before `fit()`.")
+        if self.lock_step and self.steps_per_execution != 1:
+            raise ValueError(
+                "lock_step=True steps the stages together, one global step "
+                "per stage call, so it runs one step per execution. Compile "
+                "with steps_per_execution=1 or use lock_step=False. Received: "
+                f"steps_per_execution={self.steps_per_execution}"
+            )
         if (
             tf.distribute.has_strategy()
             or getattr(self, "_distribute_strategy", None) is not None
@@ -381,7 +430,13 @@ class AsyncPipelinedModel(PipelinedModel):
             return made.optimizers
         optimizers = []
         for k in range(len(self.stages)):
-            optimizer = type(self.optimizer).from_config(self.optimizer.get_config())
+            # Made on the stage's device: Keras makes `iterations` and the
+            # learning rate's variable in the constructor (an XLA stage can
+            # only read variables on its own device).
+            with tf.device(self.devices[k] if self.devices else None):
+                optimizer = type(self.optimizer).from_config(
+                    self.optimizer.get_config()
+                )
             if self.devices is not None:
                 place_optimizer(optimizer)
             with self._on(k):
@@ -445,11 +500,31 @@ class AsyncPipelinedModel(PipelinedModel):
     # ---------------------------------------------------------- stage work
 
     def _stage_function(self, k, runtime):
-        """Stage k's step, as a `tf.function` of `n_back`: how many targets to
-        take from its backward queue (-1: all that have arrived)."""
+        """Stage k's steps, as a `tf.function` of `count` and `n_back`.
+
+        One call runs `count` steps in a `tf.while_loop` (the runtime's
+        free mode passes up to `steps_per_execution`, lock-step mode 1).
+        `n_back` is how many targets each step takes from the backward queue
+        (-1: all that have arrived). Returns each step's batch id, target
+        batch id and lag, stacked, and for the top stage the logs after the
+        last step.
+        """
         last = len(self.stages) - 1
         optimizer = runtime.optimizers[k]
         one = tf.constant(1.0)
+        # The stage's math: forward and backward, the synthesizer's
+        # regression, the optimizer's update. With jit_compile=True each is
+        # an XLA function, called under the stage's device (the whole
+        # function then runs there); the queue ops, which XLA cannot
+        # compile, stay outside.
+        stage_step, top_step = self._stage_step, self._top_step
+        synthesizer_step, apply = self._synthesizer_step, _apply
+        if self.jit_compile is True:
+            stage_step, top_step, synthesizer_step = (
+                tf.function(f, jit_compile=True)
+                for f in (stage_step, top_step, synthesizer_step)
+            )
+            apply = _compiled_apply()
 
         def step(n_back):
             with self._on(k):
@@ -484,17 +559,17 @@ class AsyncPipelinedModel(PipelinedModel):
                 # Stage work, as PipelinedModel's.
                 sent = []
                 if k < last:
-                    h, target, grads = self._stage_step(
+                    h, target, grads = stage_step(
                         k, inputs, labels, 1.0, one, tf.constant(True)
                     )
                     with tf.control_dependencies([target_batch]):
                         sent.append(runtime.forward[k].enqueue([h, labels, batch]))
-                    synth_grads, sg_loss = self._synthesizer_step(
+                    synth_grads, sg_loss = synthesizer_step(
                         k, sg_in, sg_labels, sg_target, 1.0, valid
                     )
                 else:
                     _forget_losses(self.stages[:last] + self.synthesizers)
-                    loss, y_pred, target, grads = self._top_step(
+                    loss, y_pred, target, grads = top_step(
                         inputs, labels, one, tf.constant(True)
                     )
                 if k > 0:
@@ -506,17 +581,17 @@ class AsyncPipelinedModel(PipelinedModel):
                     synth_vars = list(self.synthesizers[k].trainable_variables)
                     applied = tf.cond(
                         valid,
-                        lambda: _apply(
+                        lambda: apply(
                             optimizer, grads + synth_grads, stage_vars + synth_vars
                         ),
-                        lambda: _apply(optimizer, grads, stage_vars),
+                        lambda: apply(optimizer, grads, stage_vars),
                     )
                     weight = tf.cast(valid, tf.float32)
                     self.sg_loss_trackers[k].update_state(
                         tf.where(valid, sg_loss, 0.0), sample_weight=weight
                     )
                 else:
-                    applied = _apply(optimizer, grads, stage_vars)
+                    applied = apply(optimizer, grads, stage_vars)
                 # Finished: what it sent is in the queues, its update made.
                 with tf.control_dependencies([*sent, applied]):
                     runtime.done[k].assign_add(1)
@@ -528,7 +603,36 @@ class AsyncPipelinedModel(PipelinedModel):
                     out["logs"] = metrics
                 return out
 
-        return tf.function(step)
+        def steps(count, n_back):
+            # Iterations run one after the other: every output of an
+            # iteration waits for all of its stateful ops (tf.function's
+            # automatic control dependencies), so a step starts only once
+            # the previous one has sent its outputs and made its update.
+            records = tuple(tf.TensorArray(tf.int64, size=count) for _ in _RECORDS)
+
+            def body(i, records):
+                out = step(n_back)
+                written = tuple(
+                    r.write(i, out[name])
+                    for r, name in zip(records, _RECORDS, strict=True)
+                )
+                return i + 1, written
+
+            _, records = tf.while_loop(
+                lambda i, _: i < count,
+                body,
+                (tf.constant(0), records),
+                parallel_iterations=1,
+            )
+            out = {name: r.stack() for name, r in zip(_RECORDS, records, strict=True)}
+            if k == last:
+                # What the last step's `compute_metrics` returned (it
+                # returns `get_metrics_result()`), as Keras logs the last
+                # step of a call with `steps_per_execution`.
+                out["logs"] = self.get_metrics_result()
+            return out
+
+        return tf.function(steps)
 
     def _idle_function(self, k, runtime):
         """A lock-step stage without input: its optimizer counts the step."""
@@ -549,9 +653,39 @@ class AsyncPipelinedModel(PipelinedModel):
         return config
 
 
+# What a stage call records for each of its steps (`stage_log`).
+_RECORDS = ("batch", "target_batch", "lag")
+
+
 def _apply(optimizer, grads, variables):
     optimizer.apply(grads, variables)
     return tf.constant(True)
+
+
+@contextlib.contextmanager
+def _uncompiled(model):
+    """The model's functions made inside are not compiled by XLA."""
+    jit, model._jit_compile = model._jit_compile, False
+    try:
+        yield
+    finally:
+        model._jit_compile = jit
+
+
+def _compiled_apply():
+    """`_apply` as XLA functions of the gradients, one per variable list
+    (Keras variables cannot be arguments of a `tf.function`)."""
+    compiled = {}
+
+    def apply(optimizer, grads, variables):
+        key = (id(optimizer), *(id(v) for v in variables))
+        if key not in compiled:
+            compiled[key] = tf.function(
+                lambda g: _apply(optimizer, g, variables), jit_compile=True
+            )
+        return compiled[key](grads)
+
+    return apply
 
 
 def _unpack(data):
@@ -620,7 +754,10 @@ class _Runtime:
         self.steps = []
         for k in range(self.num_stages):
             fn = model._stage_function(k, self)
-            self.steps.append(fn.get_concrete_function(int_spec))
+            self.steps.append(fn.get_concrete_function(int_spec, int_spec))
+        # Steps per stage call: Keras's `steps_per_execution` when free
+        # running; lock-step mode calls each stage one step at a time.
+        self.per_call = 1 if model.lock_step else model.steps_per_execution
         self.idles = []
         if model.lock_step:
             for k in range(self.num_stages):
@@ -719,23 +856,26 @@ class _Runtime:
                 if order is None:
                     return
                 kind, count, n_back = order
-                for _ in range(count):
+                while count > 0:
                     if kind == "idle":
                         self.idles[k]()
+                        count -= 1
                         continue
+                    n = min(count, self.per_call)
+                    count -= n
                     hook = self.model.stage_step_hook
                     if hook is not None:
-                        hook(k, "begin")
-                    out = self.steps[k](tf.constant(n_back, tf.int32))
+                        hook(k, "begin", n)
+                    out = self.steps[k](
+                        tf.constant(n, tf.int32), tf.constant(n_back, tf.int32)
+                    )
                     if hook is not None:
-                        hook(k, "end")
-                    log = self.log[k]
-                    log["batch"].append(int(out["batch"]))
-                    log["target_batch"].append(int(out["target_batch"]))
-                    log["lag"].append(int(out["lag"]))
+                        hook(k, "end", n)
+                    for name in _RECORDS:
+                        self.log[k][name].extend(out[name].numpy().tolist())
                     if k == last:
-                        logs = {n: float(v) for n, v in out["logs"].items()}
-                        self.events.put(("log", logs))
+                        logs = {m: float(v) for m, v in out["logs"].items()}
+                        self.events.put(("log", n, logs))
                 self.events.put(("done", k))
         except Exception as error:  # noqa: BLE001 - handed to the main thread
             self.events.put(("error", k, error))
@@ -747,9 +887,13 @@ class _Runtime:
             if event[0] == "done":
                 count -= 1
             elif event[0] == "log":
+                # One call of the top stage, as Keras with
+                # `steps_per_execution`: begin at its first step, end at
+                # its last, with the logs after the last.
+                _, n, logs = event
                 callbacks.on_train_batch_begin(state["batch"])
-                callbacks.on_train_batch_end(state["batch"], event[1])
-                state["batch"] += 1
+                callbacks.on_train_batch_end(state["batch"] + n - 1, logs)
+                state["batch"] += n
             else:
                 _, k, error = event
                 self.error = (k, error)
@@ -818,6 +962,11 @@ class _Runtime:
         if self.error is not None:
             k, error = self.error
             error.add_note(f"(raised in the thread of stage {k})")
+            if self.model.jit_compile is True:
+                error.add_note(
+                    f"(stage {k}'s math is compiled with XLA, jit_compile=True: "
+                    "compile with jit_compile=False if XLA cannot compile it)"
+                )
             raise error
 
     def log_arrays(self):

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -98,8 +99,12 @@ class Profile(keras.callbacks.Callback):
     devices a stage's ops are counted on the stage's device. The optimizer's
     ops carry no stage scope: their cost is shared by the devices in
     proportion to the weights they hold, and they are not in the busy
-    fractions. With `steps_per_execution` > 1, each Keras batch call counts
-    that many steps.
+    fractions. Work compiled by XLA (AsyncPipelinedModel with
+    `jit_compile=True`) is not traced as ops: it is in no number (a
+    warning says so). With `steps_per_execution` > 1, `steps` and `skip` count
+    calls, and each call counts the steps it ran (`steps_per_execution`;
+    with AsyncPipelinedModel, stage 0's calls, whose last in an epoch may
+    be shorter).
 
     Args:
         steps: training steps to profile.
@@ -137,6 +142,8 @@ class Profile(keras.callbacks.Callback):
         self.result: ProfileResult | None = None
         self._calls = 0
         self._tracing = None
+        self._traced = None
+        self._traced_steps = 0
 
     def on_train_begin(self, logs=None):
         placement_of(self.model)  # a keras_sg model, before any step
@@ -144,16 +151,19 @@ class Profile(keras.callbacks.Callback):
         self._calls = 0
         self._tracing = None
         self._traced = None
+        self._traced_steps = 0
         if _is_async(self.model):
             self.model.stage_step_hook = self._stage_step
 
-    def _stage_step(self, k, phase):
-        """An asynchronous model's window: stage 0's steps, in its thread.
+    def _stage_step(self, k, phase, steps):
+        """An asynchronous model's window: stage 0's calls, in its thread.
 
         Its batch callbacks run in the main thread whenever the top stage's
         results arrive there, well after the steps ran, so they cannot
-        bound a window; stage 0's own steps do (with bounded queues, the
-        stages above keep its pace). The trace is read in the main thread.
+        bound a window; stage 0's own calls do (with bounded queues, the
+        stages above keep its pace). A call runs `steps` steps (up to
+        `steps_per_execution`); the result counts the steps of the
+        profiled calls. The trace is read in the main thread.
         """
         if k != 0:
             return
@@ -161,21 +171,23 @@ class Profile(keras.callbacks.Callback):
             self._start()
             return
         self._calls += 1
+        if self._tracing:
+            self._traced_steps += steps
         if self._tracing and self._calls == self.skip + self.steps:
             logdir, start = self._tracing
             wall = 1000 * (time.perf_counter() - start)
             tf.profiler.experimental.stop()
             self._tracing = None
-            self._traced = (logdir, wall)
+            self._traced = (logdir, wall, self._traced_steps)
 
     def _read_traced(self):
-        logdir, wall = self._traced
+        logdir, wall, steps = self._traced
         self._traced = None
         try:
             self.result = read_result(
                 logdir,
                 self.model,
-                steps=self.steps,
+                steps=steps,
                 wall_time=wall,
                 batch_size=self.batch_size,
             )
@@ -194,6 +206,7 @@ class Profile(keras.callbacks.Callback):
             # is deleted then.
             tf.profiler.experimental.start(logdir)
             self._tracing = (logdir, time.perf_counter())
+            self._traced_steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
         if _is_async(self.model):
@@ -244,6 +257,18 @@ def _is_async(model) -> bool:
     return hasattr(model, "stage_step_hook")
 
 
+def _warn_if_compiled(model):
+    """XLA's work is missing from the numbers: said, not left silent."""
+    if getattr(model, "_jit_compile", None) is True:
+        warnings.warn(
+            "keras_sg.profiling reads TensorFlow's op events; work compiled "
+            "by XLA runs as unnamed XLA executables (CpuExecutable events), "
+            "not ops, so it is in no busy fraction, cost or timeline. "
+            "Received: a model with jit_compile=True",
+            stacklevel=3,
+        )
+
+
 def read_result(
     logdir: str | os.PathLike,
     model,
@@ -260,6 +285,7 @@ def read_result(
         wall_time: their wall-clock ms.
         batch_size: examples per step, if known.
     """
+    _warn_if_compiled(model)
     devices, rows = placement_of(model)
     ops = [
         Op(name, start, end)
@@ -306,6 +332,8 @@ def profile(
 ) -> ProfileResult:
     """Trains a compiled keras_sg model `skip + steps` steps, profiling the last.
 
+    With `steps_per_execution` N, `skip + steps` calls of N steps each.
+
     Args:
         model: a compiled keras_sg model, placed or not.
         x: a `tf.data.Dataset` of (inputs, targets) batches with at least
@@ -322,6 +350,8 @@ def profile(
     """
     data, batch_size = _as_dataset(x, y, batch_size)
     callback = Profile(steps=steps, skip=skip, batch_size=batch_size, logdir=logdir)
+    # The window counts calls, each of `steps_per_execution` steps.
+    per_call = int(getattr(model, "steps_per_execution", 1) or 1)
     more = 0
     if _is_async(model):
         # Stage 0 runs up to capacity + 1 batches ahead of the stage above:
@@ -329,7 +359,7 @@ def profile(
         more = (len(model.stages) - 1) * (model.capacity + 1)
     model.fit(
         data,
-        steps_per_epoch=skip + steps + more,
+        steps_per_epoch=(skip + steps) * per_call + more,
         epochs=1,
         verbose=0,
         shuffle=False,
@@ -489,6 +519,7 @@ def read_servers(
     whose port is that of `addresses[k]`. Only TensorFlow's executor threads
     (lines `tf_Compute...`) are read.
     """
+    _warn_if_compiled(model)
     addresses = [a.removeprefix("grpc://") for a in addresses]
     ports = [a.rsplit(":", 1)[-1] for a in addresses]
     ops = []

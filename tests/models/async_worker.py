@@ -13,11 +13,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_sg  # noqa: E402
 
-MODE = sys.argv[1]  # logical
+MODE = sys.argv[1]  # logical, or xla
 devices = keras_sg.placement.split_cpu(2, intra_op_threads=1, inter_op_threads=2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from conftest import linear_synth, weights_of  # noqa: E402
 
 from keras_sg.models.async_pipelined_model import _Runtime  # noqa: E402
@@ -58,6 +59,80 @@ def short(device):
 rng = np.random.default_rng(0)
 x = rng.normal(size=(10, D)).astype("float32")
 y = rng.integers(0, OUT, size=10)
+
+
+def xla_devices(concrete):
+    """The devices of the XLA function calls in a stage function's graph
+    and the functions it calls (the while loop's body and below)."""
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node)
+    for function in graph.library.function:
+        nodes += list(function.node_def)
+    return sorted(
+        short(n.device)
+        for n in nodes
+        if n.attr["_XlaMustCompile"].b and n.op.endswith("PartitionedCall")
+    )
+
+
+if MODE == "xla":
+    # Lock-step with each stage's math compiled by XLA, on two logical CPUs.
+    reference = build(keras_sg.AsyncPipelinedModel, lock_step=True)
+    reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+    model = build(keras_sg.AsyncPipelinedModel, lock_step=True)
+    model.compile(model.optimizer, model.loss, jit_compile=True)
+    start = weights_of(parts(model))
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+    want, got = weights_of(parts(reference)), weights_of(parts(model))
+    # evaluate and predict run the forward pass uncompiled, as the reference.
+    evaluated = [
+        m.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+        for m in (reference, model)
+    ]
+    predicted = [m.predict(x, verbose=0) for m in (reference, model)]
+    dataset, _ = model._dataset(x, y, B, False, None)
+    runtime = _Runtime(model, dataset)
+    calls = [xla_devices(step) for step in runtime.steps]
+    runtime.shutdown()
+    # XLA runs a compiled function on one device and reads only the
+    # variables there: a variable of CPU:1 read by a function called under
+    # CPU:0 is an error, under CPU:1 it is not.
+    with tf.device(devices[1]):
+        far = tf.Variable(1.0)
+    read = tf.function(lambda: far + 1.0, jit_compile=True)
+    with tf.device(devices[1]):
+        near_read = float(read())
+    try:
+        with tf.device(devices[0]):
+            read()
+        wrong_device_error = ""
+    except tf.errors.InvalidArgumentError as error:
+        wrong_device_error = str(error).splitlines()[0]
+    print(
+        json.dumps(
+            {
+                "jit_compile": model.jit_compile,
+                "max_weight_diff": float(
+                    max(np.abs(w - g).max() for w, g in zip(want, got, strict=True))
+                ),
+                "moved": float(
+                    min(np.abs(g - s).max() for g, s in zip(got, start, strict=True))
+                ),
+                "optimizer_devices": [
+                    sorted({short(v.value.device) for v in o.variables})
+                    for o in model.stage_optimizers()
+                ],
+                "iterations": [int(o.iterations) for o in model.stage_optimizers()],
+                "xla_call_devices": calls,
+                "evaluated": evaluated,
+                "max_predict_diff": float(np.abs(predicted[0] - predicted[1]).max()),
+                "jit_after_evaluate": model.jit_compile,
+                "near_read": near_read,
+                "wrong_device_error": wrong_device_error,
+            }
+        )
+    )
+    sys.exit(0)
 
 threads_before = threading.active_count()
 reference = build(keras_sg.PipelinedModel)

@@ -187,16 +187,17 @@ class _Slow(keras.layers.Layer):
         return tf.ensure_shape(out, inputs.shape)
 
 
-@pytest.mark.parametrize("capacity", [1, 3])
-def test_capacity_bounds_staleness_when_free_running(capacity):
-    """The stages below a slow top run ahead as far as the queues let them."""
+@pytest.mark.parametrize("capacity, per_call", [(1, 1), (3, 1), (2, 3)])
+def test_capacity_bounds_staleness_when_free_running(capacity, per_call):
+    """The stages below a slow top run ahead as far as the queues let them,
+    one step per call or `per_call` steps per call (steps_per_execution)."""
     keras.utils.set_random_seed(3)
     net = _net()
     synths = [linear_synth() for _ in range(2)]
     top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
     stages = keras_sg.models.split_stages(net)[:2] + [top]
     model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=capacity)
-    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=per_call)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, D)).astype("float32")
     y = rng.normal(size=(120, OUT)).astype("float32")
@@ -209,6 +210,104 @@ def test_capacity_bounds_staleness_when_free_running(capacity):
     # The stage below the slow top reaches its bound: the test can see a
     # queue that lets it run further.
     assert log[1]["lag"].max() == capacity + 1
+
+
+# --------------------------------------------------- steps per execution
+
+
+class _Batches(keras.callbacks.Callback):
+    """Records the batch callbacks: begin indices, end indices and losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins, self.ends, self.losses = [], [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begins.append(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(batch)
+        self.losses.append(float(logs["loss"]))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["plain", "xla"])
+def test_steps_per_execution_runs_calls_of_n_steps_as_keras_does(jit):
+    """Free running, steps_per_execution=4, two epochs of 10 batches.
+
+    Each stage runs calls of 4 + 4 + 2 steps. Below the top nothing can
+    learn (zero-initialised synthesizers that never train: sg_loss_weight=0,
+    so every synthetic gradient is 0 and Adam leaves the stages as they
+    are), so the top stage trains on fixed features in batch order, whatever
+    the schedule: it must equal Keras's own `fit` of the top layer on those
+    features with the same steps_per_execution, in its weights, its History
+    and its batch callbacks (one per call, at the call's last step, with
+    the logs after it). Also with each stage's math compiled by XLA.
+    """
+    x, y = _data(n=20)
+    model = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), sg_loss_weight=0.0
+    )
+    for synth in model.synthesizers:
+        synth.head.set_weights([np.zeros_like(w) for w in synth.head.get_weights()])
+    model.compile(
+        keras.optimizers.Adam(0.05), "mse", steps_per_execution=4, jit_compile=jit
+    )
+    features = model.stages[1](model.stages[0](x)).numpy()
+    below = weights_of(_parts(model)[:2] + model.synthesizers)
+    reference = keras.Sequential([keras.Input((H,)), keras.layers.Dense(OUT)])
+    top_start = model.stages[2].get_weights()
+    reference.set_weights(top_start)
+    reference.compile(keras.optimizers.Adam(0.05), "mse", steps_per_execution=4)
+    want_batches = _Batches()
+    want = reference.fit(
+        features,
+        y,
+        batch_size=B,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[want_batches],
+    )
+
+    calls = [[], [], []]
+
+    def hook(k, phase, n):
+        if phase == "end":
+            calls[k].append(n)
+
+    model.stage_step_hook = hook
+    batches = _Batches()
+    history = model.fit(
+        x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, callbacks=[batches]
+    )
+    assert calls == [[4, 4, 2, 4, 4, 2]] * 3
+    for log in model.stage_log:
+        np.testing.assert_array_equal(log["batch"], np.arange(20))
+    for w, g in zip(
+        below, weights_of(_parts(model)[:2] + model.synthesizers), strict=True
+    ):
+        np.testing.assert_array_equal(g, w)
+    got = model.stages[2].get_weights()
+    for w, g, s in zip(reference.get_weights(), got, top_start, strict=True):
+        assert np.abs(g - s).max() > 1e-2  # the top learned
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(history.history["loss"], want.history["loss"], rtol=1e-6)
+    assert batches.begins == want_batches.begins == [0, 4, 8, 0, 4, 8]
+    # Keras numbers the end of the short last call as if it were full (11,
+    # in this version); here it is that call's last step.
+    assert batches.ends == [3, 7, 9, 3, 7, 9]
+    assert want_batches.ends[:2] == [3, 7]
+    np.testing.assert_allclose(batches.losses, want_batches.losses, rtol=1e-6)
+    assert int(model.stage_optimizers()[2].iterations) == 20
+
+
+def test_lock_step_refuses_steps_per_execution():
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+    model.compile("sgd", "mse", steps_per_execution=2)
+    with pytest.raises(ValueError, match="steps_per_execution=2"):
+        model.fit(x, y, batch_size=B, verbose=0)
+    assert _stage_threads() == []
 
 
 # ------------------------------------------------------------- fit front
@@ -387,10 +486,71 @@ def test_rejects_bad_arguments(kwargs, message):
         keras_sg.AsyncPipelinedModel(_net(), synths, **kwargs)
 
 
-def test_rejects_jit_compile():
-    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
-    with pytest.raises(ValueError, match="jit_compile=True"):
+# ------------------------------------------------------------ per-stage XLA
+
+
+def test_lock_step_with_xla_per_stage_equals_lock_step_without():
+    """jit_compile=True compiles each stage's math (forward, backward,
+    synthesizer regression, the optimizer's update) with XLA: 8 steps of
+    lock-step training, K = 3, equal the uncompiled run (itself equal to
+    PipelinedModel), weight by weight, and each stage optimizer counts
+    every step. SGD with momentum: Adam, nearly invariant to a gradient's
+    scale, is checked compiled in free mode (with steps_per_execution) and
+    on two logical CPUs."""
+    optimizer = lambda: keras.optimizers.SGD(0.02, 0.5)  # noqa: E731
+    x, y = _data(n=8)
+    runs = []
+    for jit in (False, True):
+        model = _model(keras_sg.AsyncPipelinedModel, optimizer(), lock_step=True)
+        start = weights_of(_parts(model))
+        model.compile(optimizer(), "mse", jit_compile=jit)
+        assert model.jit_compile is jit
+        history = model.fit(
+            x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False
+        )
+        runs.append((model, history.history["loss"]))
+    (plain, want_loss), (compiled, loss) = runs
+    want, got = weights_of(_parts(plain)), weights_of(_parts(compiled))
+    assert min(np.abs(w - s).max() for w, s in zip(want, start, strict=True)) > 1e-3
+    # Scaling the stage gradients by 3 inside the compiled step fails this
+    # by ~1 (with Adam, by ~4e-5 only: it is scale-invariant but for its
+    # epsilon).
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    assert [int(o.iterations) for o in compiled.stage_optimizers()] == [8] * 3
+
+
+class _NoXla(keras.layers.Layer):
+    """The identity, in a layer that says XLA cannot compile it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_jit = False
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_xla_per_stage_refuses_what_it_cannot_compile():
+    # A layer that says it does not support XLA: refused at compile.
+    synths = [linear_synth() for _ in range(2)]
+    stages = keras_sg.models.split_stages(_net())
+    stages[1] = keras.Sequential([_NoXla(name="no_xla"), stages[1]])
+    model = keras_sg.AsyncPipelinedModel(stages, synths)
+    with pytest.raises(ValueError, match="'no_xla'.*jit_compile=True"):
         model.compile("sgd", "mse", jit_compile=True)
+    # An op XLA cannot compile (a Python function): the stage's error,
+    # raised by fit, says the stage was compiled with XLA.
+    stages = keras_sg.models.split_stages(_net())[:2]
+    stages.append(keras.Sequential([_Slow(), keras.layers.Dense(OUT)]))
+    model = keras_sg.AsyncPipelinedModel(stages, synths)
+    model.compile("sgd", "mse", jit_compile=True)
+    x, y = _data(n=8)
+    with pytest.raises(Exception, match="jit_compile=True") as raised:
+        model.fit(x, y, batch_size=B, verbose=0)
+    assert "stage 2" in str(raised.value.__notes__)
+    assert _stage_threads() == []
 
 
 def test_rejects_a_synthesizer_optimizer():
@@ -502,3 +662,30 @@ def test_placed_on_two_logical_devices_lock_step_equals_pipelined():
     assert result["free_staleness"]
     assert 1 <= min(result["free_staleness"]) <= max(result["free_staleness"]) <= 4
     assert result["threads_after"] == result["threads_before"]
+
+
+def test_xla_per_stage_runs_on_each_stage_device():
+    """Two logical CPUs, lock-step, jit_compile=True: each stage's XLA
+    functions are called on its device, and run there. XLA reads only the
+    variables of the device a compiled function runs on (shown by the
+    worker: a CPU:1 variable read under CPU:0 fails), so training stage 1
+    on its CPU:1 variables is proof that its compiled math ran on CPU:1."""
+    result = _worker("xla")
+    assert result["jit_compile"] is True
+    # Stage 0: its step, its synthesizer's and the two updates (with and
+    # without the synthesizer); stage 1 (the top): its step and update.
+    assert result["xla_call_devices"] == [["device:CPU:0"] * 4, ["device:CPU:1"] * 2]
+    assert result["optimizer_devices"] == [["device:CPU:0"], ["device:CPU:1"]]
+    assert result["near_read"] == 2.0
+    assert "located in device" in result["wrong_device_error"]
+    assert "device:CPU:1 from device" in result["wrong_device_error"]
+    # And it equals the uncompiled lock-step run.
+    assert result["moved"] > 1e-3
+    assert result["max_weight_diff"] < 1e-6
+    assert result["iterations"] == [10, 10]
+    # evaluate and predict run the placed forward pass uncompiled (XLA
+    # would run it whole on one device, and fail to read the other's
+    # variables); the training math stays compiled.
+    assert result["evaluated"][1] == pytest.approx(result["evaluated"][0], rel=1e-5)
+    assert result["max_predict_diff"] < 1e-5
+    assert result["jit_after_evaluate"] is True
