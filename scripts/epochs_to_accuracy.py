@@ -12,7 +12,7 @@ the synthesizer, the queue capacity of the asynchronous runtime).
         --cdni --warmup_steps=500 --seed=0
 
 It prints the test accuracy after each epoch and stops at --target_accuracy
-or after --max_epochs; with --output it appends the run as one JSON line.
+or after --max_epochs; with --runs_file it appends the run as one JSON line.
 Epoch counts do not depend on the machine's load, so this runs anywhere.
 """
 
@@ -25,6 +25,9 @@ from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The benchmark's model and flags: --capacity, --target_accuracy and
+# --max_epochs come from there.
+import benchmark_pipeline  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -43,11 +46,8 @@ flags.DEFINE_string(
     "the stages').",
 )
 flags.DEFINE_float("synthesizer_learning_rate", 1e-3, "Its learning rate.")
-flags.DEFINE_integer("capacity", 2, "Queue capacity of --model=async.")
-flags.DEFINE_float("target_accuracy", 0.975, "Test accuracy to reach.")
-flags.DEFINE_integer("max_epochs", 6, "Epochs at most.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the shuffling.")
-flags.DEFINE_string("output", None, "JSON-lines file to append the run to.")
+flags.DEFINE_string("runs_file", None, "JSON-lines file to append the run to.")
 
 BATCH_SIZE = 256
 
@@ -70,7 +70,6 @@ def learning_rate(keras):
 def main(argv):
     del argv
     import keras
-    from benchmark_pipeline import build
 
     import keras_sg
 
@@ -86,7 +85,7 @@ def main(argv):
         cdni=FLAGS.cdni,
         capacity=FLAGS.capacity,
     )
-    model = build(spec, keras, keras_sg, None, 784)
+    model = benchmark_pipeline.build(spec, keras, keras_sg, None, 784)
     extra = {}
     if FLAGS.synthesizer_optimizer:
         extra["synthesizer_optimizer"] = keras.optimizers.get(
@@ -127,7 +126,7 @@ def main(argv):
     reached = curve[-1] >= FLAGS.target_accuracy
     epochs = len(curve) if reached else None
     print(f"epochs to {FLAGS.target_accuracy:.1%}: {epochs or 'not reached'}")
-    if FLAGS.output:
+    if FLAGS.runs_file:
         flag_values = {
             name: getattr(FLAGS, name)
             for name in (
@@ -142,7 +141,7 @@ def main(argv):
                 "seed",
             )
         }
-        with open(FLAGS.output, "a") as f:
+        with open(FLAGS.runs_file, "a") as f:
             f.write(json.dumps(dict(flags=flag_values, curve=curve)) + "\n")
 
 
