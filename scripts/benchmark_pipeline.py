@@ -90,6 +90,12 @@ flags.DEFINE_bool("skip_cluster", False, "Skip the two-server (cluster) runs.")
 flags.DEFINE_list(
     "cdni_learning_rates", ["3e-4"], "Extra Adam rates for pipelined cDNI to 97.5%."
 )
+flags.DEFINE_integer(
+    "warmup_steps",
+    500,
+    "Steps of the stages' linear rate warm-up in the extra cDNI rows to 97.5% "
+    "(0: no such rows).",
+)
 flags.DEFINE_bool(
     "table_only",
     False,
@@ -207,8 +213,19 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
             steps_per_execution=spec.get("steps_per_execution", 1),
             jit_compile=spec.get("jit", False),
         )
+    rate = spec.get("learning_rate", 1e-3)
+    if spec.get("warmup_steps"):
+        # A linear warm-up from 0 (a cosine decay too long to matter after
+        # it): it keeps cDNI's first epochs from diverging
+        # (scripts/epochs_to_accuracy.py; docs/async.md).
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0,
+            decay_steps=10**9,
+            warmup_target=rate,
+            warmup_steps=spec["warmup_steps"],
+        )
     model.compile(
-        optimizer=keras.optimizers.Adam(spec.get("learning_rate", 1e-3)),
+        optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         **extra,
@@ -671,6 +688,14 @@ def main(argv):
             ("pipelined_cdni", "pipelined", "linear", True, 1e-3),
             ("async_cdni", "async", "linear", True, 1e-3),
         ]
+        if FLAGS.warmup_steps:
+            rows += [
+                (f"{name}, warm-up {FLAGS.warmup_steps}", model, "linear", True, 1e-3)
+                for name, model in (
+                    ("pipelined_cdni", "pipelined"),
+                    ("async_cdni", "async"),
+                )
+            ]
         for rate in FLAGS.cdni_learning_rates:
             for synth in ("linear", "low_rank"):
                 name = f"pipelined_cdni{'' if synth == 'linear' else ', low-rank'}"
@@ -687,6 +712,11 @@ def main(argv):
                     cdni=cdni,
                     mnist=True,
                     **({} if rate == 1e-3 else {"learning_rate": rate}),
+                    **(
+                        {"warmup_steps": FLAGS.warmup_steps}
+                        if ", warm-up " in name
+                        else {}
+                    ),
                     target_accuracy=FLAGS.target_accuracy,
                     max_epochs=FLAGS.max_epochs,
                     cluster=not FLAGS.skip_cluster,
@@ -1149,7 +1179,9 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             "",
         ]
     best = max(
-        median_speed(runs[n, 2]) for n, _, _ in SCHEDULES if n.startswith("pipelined")
+        median_speed(runs[n, 2])
+        for n, _, _ in SCHEDULES
+        if n.startswith(("pipelined", "async"))
     )
     plain_speed = median_speed(plain)
     lines += [
@@ -1157,12 +1189,15 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         "",
         f"A plain `keras.Sequential` of the same layers (K = 2 model), default"
         f" threading, no placement: {speeds_cell(plain)} examples/s (median"
-        f" (runs)). The best pipelined DNI on logical devices (K = 2), median:"
+        f" (runs)). The best pipelined or asynchronous DNI on logical devices"
+        f" (K = 2), median:"
         f" {best:.0f} examples/s ({best / plain_speed:.2f}x).",
     ]
     if cluster:
         best_cluster = max(
-            median_speed(cluster[n]) for n, _, _ in SCHEDULES if "pipelined" in n
+            median_speed(cluster[n])
+            for n, _, _ in SCHEDULES
+            if n.startswith(("pipelined", "async"))
         )
         lines.append(
             f" On the two servers: {best_cluster:.0f} examples/s"
@@ -1178,7 +1213,8 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             "Training time only (test evaluation after each epoch excluded);"
             f" at most {FLAGS.max_epochs} epochs. Same model for all, Adam (rate in"
             " the table); pipelined cDNI uses linear synthesizers conditioned on the"
-            f" labels, or low-rank ones (rank {FLAGS.rank}) where the name says so."
+            f" labels, or low-rank ones (rank {FLAGS.rank}) where the name says so;"
+            ' "warm-up n": the rate rises linearly from 0 over the first n steps.'
             " Seconds: the median of the runs (in brackets; a run that did not"
             " reach the target counts as the slowest); epochs and accuracies of"
             " the median run.",

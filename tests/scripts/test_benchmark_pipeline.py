@@ -252,10 +252,11 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         f"--figures={tmp_path}",
         "--cdni_learning_rates=3e-4",
     )
-    calls = []
+    calls, specs = [], {}
 
     def fake_measure(spec):
         calls.append(spec["name"])
+        specs[spec["name"]] = spec
         run = int(spec["name"].rsplit("run ", 1)[1][:-1])
         if spec.get("mnist"):
             seconds = {1: 30.0, 2: None, 3: 20.0}[run]
@@ -275,7 +276,12 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     logical = [f"{n} (K=2, run 1)" for n, _, _ in bench.SCHEDULES]
     logical.append("plain Keras, default threading (run 1)")
     assert calls[: len(logical)] == logical
-    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 6)
+    # To accuracy: 4 schedules, 2 at the extra rate, 2 with the warm-up.
+    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 8)
+    for name in ("pipelined_cdni", "async_cdni"):
+        assert "warmup_steps" not in specs[f"{name} (run 1)"]
+        assert specs[f"{name}, warm-up 500 (run 2)"]["warmup_steps"] == 500
+        assert specs[f"{name}, warm-up 500 (run 2)"]["cdni"] is True
     assert calls[len(logical)] == "backprop_mp (K=2, run 2)"
     report = output.read_text()
     assert "at the start: 1.00, 2.00, 3.00; at the end: 4.00, 5.00, 6.00" in report
@@ -369,3 +375,27 @@ def test_async_prediction_is_the_async_schedule_with_the_capacity(bench):
     # device 1 F + B + U + overhead + 1 are both 41.5 ms.
     assert sim.step_time / 8 == pytest.approx(10 + 4 + 20 + 6 + 0.5 + 1.0)
     assert sim.step_time / 8 == pytest.approx(12 + 22 + 6 + 0.5 + 1.0)
+
+
+def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
+    import keras
+
+    import keras_sg
+
+    spec = dict(
+        devices=2,
+        width=8,
+        batch_size=4,
+        micro_batches=2,
+        rank=2,
+        model="pipelined",
+        synth="linear",
+        cdni=True,
+        learning_rate=1e-3,
+    )
+    flat = bench.build(spec, keras, keras_sg, None, 5)
+    assert float(flat.optimizer.learning_rate) == pytest.approx(1e-3)
+    warm = bench.build(dict(spec, warmup_steps=10), keras, keras_sg, None, 5)
+    schedule = warm.optimizer._learning_rate
+    rates = [float(schedule(step)) for step in (0, 5, 10, 1000)]
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 1e-3], rel=1e-4)

@@ -1,0 +1,123 @@
+r"""The asynchronous runtime's options, measured beside the other schedules.
+
+scripts/benchmark_pipeline.py measures one setting of AsyncPipelinedModel per
+report. This script measures several side by side, on two TensorFlow servers
+pinned to one core each (or on logical devices with --logical): steps per call
+(`steps_per_execution`), per-stage XLA and the queue capacity, with backprop
+model-parallel, GPipe, pipelined DNI and plain Keras in the same run, every
+measurement --repeats times in turn. It prints a Markdown table of medians and
+the machine's load.
+
+    python scripts/benchmark_async.py --repeats=3 --variants=1,8,8+jit \
+        --capacities=2 --cache=workdirs/benchmark_async
+
+A variant is N (steps per call) or N+jit. The model, batch and timed steps are
+benchmark_pipeline's (its flags --width, --batch_size, --steps, ...). With
+per-stage XLA the profiler does not see the compiled work: those rows give
+examples/s only.
+"""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark_pipeline as bp  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("variants", ["1", "8", "8+jit"], "Steps per call, N or N+jit.")
+flags.DEFINE_list("capacities", ["2"], "Queue capacities of the async rows.")
+flags.DEFINE_bool("logical", False, "Two logical CPU devices instead of servers.")
+
+BASELINES = [  # (name, model, synthesizer)
+    ("backprop_mp", "backprop", None),
+    ("gpipe", "gpipe", None),
+    ("pipelined_dni_low_rank", "pipelined", "low_rank"),
+]
+
+
+def parse_variant(text):
+    """ "8+jit" -> (8, True)."""
+    steps, _, jit = text.partition("+")
+    if not steps.isdigit() or int(steps) < 1 or jit not in ("", "jit"):
+        raise ValueError(
+            f"Each of --variants must be N or N+jit with N >= 1. Received: {text!r}"
+        )
+    return int(steps), jit == "jit"
+
+
+def display_name(name):
+    """ "x (2 servers, run 1)" -> "x (2 servers)"; "x (run 1)" -> "x"."""
+    return re.sub(r" \(run \d+\)$", "", re.sub(r", run \d+\)$", ")", name))
+
+
+def specs():
+    base = dict(bp.base_spec(), devices=2)
+    where = "K=2" if FLAGS.logical else "2 servers"
+    cluster = {} if FLAGS.logical else {"cluster": True}
+    out = {}
+    for name, model, synth in BASELINES:
+        out[name] = dict(
+            base, name=f"{name} ({where})", model=model, synth=synth, **cluster
+        )
+    for capacity in map(int, FLAGS.capacities):
+        for text in FLAGS.variants:
+            steps, jit = parse_variant(text)
+            spec = dict(
+                base,
+                name=f"async_dni_low_rank C={capacity} N={steps}"
+                f"{' xla' if jit else ''} ({where})",
+                model="async",
+                synth="low_rank",
+                capacity=capacity,
+                **cluster,
+            )
+            # As benchmark_pipeline writes them: only when not the default.
+            if steps != 1:
+                spec["steps_per_execution"] = steps
+            if jit:
+                spec["jit"] = True
+            out[spec["name"]] = spec
+    out["plain"] = dict(
+        base, name="plain Keras, default threading", model="plain", synth=None
+    )
+    return out
+
+
+def main(argv):
+    del argv
+    load_start = os.getloadavg()
+    runs = bp.in_turn(specs(), FLAGS.repeats)
+    load = (load_start, os.getloadavg())
+    reference = bp.median_speed(runs["backprop_mp"])
+    gpipe = bp.median_speed(runs["gpipe"])
+    lines = [
+        "| schedule | examples/s, median (runs) | vs backprop MP | vs GPipe | busy "
+        "per device | per-step overhead (ms) | CPU load per server | client CPU |",
+        "| --- " * 8 + "|",
+    ]
+    for key, results in runs.items():
+        middle = bp.median_run(results)
+        speed = bp.median_speed(results)
+        jit = middle["spec"].get("jit")
+        traced = key != "plain" and not jit
+        cells = [
+            display_name(middle["spec"]["name"]),
+            bp.speeds_cell(results),
+            f"{speed / reference:.2f}x",
+            f"{speed / gpipe:.2f}x",
+            ", ".join(f"{b:.0%}" for b in middle["busy"]) if traced else "–",
+            f"{middle['per_step_overhead_ms']:.1f}" if traced else "–",
+            ", ".join(f"{c:.0%}" for c in middle["cpu"]) if "cpu" in middle else "–",
+            f"{middle['client']:.0%} of a core" if "client" in middle else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", bp.load_text(load)]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)
