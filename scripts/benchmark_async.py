@@ -14,7 +14,11 @@ the machine's load.
 A variant is N (steps per call) or N+jit. The model, batch and timed steps are
 benchmark_pipeline's (its flags --width, --batch_size, --steps, ...). With
 per-stage XLA the profiler does not see the compiled work: those rows give
-examples/s only.
+examples/s only. With --accuracy it measures wall time to
+--target_accuracy on MNIST instead (training time, evaluation excluded), for
+backprop model-parallel and pipelined and asynchronous cDNI:
+
+    python scripts/benchmark_async.py --accuracy --repeats=3 --variants=8
 """
 
 import os
@@ -31,6 +35,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", ["1", "8", "8+jit"], "Steps per call, N or N+jit.")
 flags.DEFINE_list("capacities", ["2"], "Queue capacities of the async rows.")
 flags.DEFINE_bool("logical", False, "Two logical CPU devices instead of servers.")
+flags.DEFINE_bool(
+    "accuracy",
+    False,
+    "Measure wall time to --target_accuracy instead: backprop model-parallel, "
+    "and pipelined and asynchronous cDNI (the first of --variants and "
+    "--capacities) with benchmark_pipeline's --warmup_steps.",
+)
 
 BASELINES = [  # (name, model, synthesizer)
     ("backprop_mp", "backprop", None),
@@ -87,9 +98,82 @@ def specs():
     return out
 
 
+def accuracy_specs():
+    """Time-to-accuracy runs, as benchmark_pipeline's (its accuracy_worker)."""
+    base = dict(
+        bp.base_spec(),
+        devices=2,
+        mnist=True,
+        target_accuracy=FLAGS.target_accuracy,
+        max_epochs=FLAGS.max_epochs,
+        **({} if FLAGS.logical else {"cluster": True}),
+    )
+    steps, jit = parse_variant(FLAGS.variants[0])
+    capacity = int(FLAGS.capacities[0])
+    warm = {"warmup_steps": FLAGS.warmup_steps} if FLAGS.warmup_steps else {}
+    name = f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
+    asynchronous = dict(
+        base,
+        name=name + (f", warm-up {FLAGS.warmup_steps}" if warm else ""),
+        model="async",
+        synth="linear",
+        cdni=True,
+        capacity=capacity,
+        **warm,
+    )
+    if steps != 1:
+        asynchronous["steps_per_execution"] = steps
+    if jit:
+        asynchronous["jit"] = True
+    return {
+        "backprop_mp": dict(base, name="backprop_mp", model="backprop", synth=None),
+        "pipelined_cdni": dict(
+            base,
+            name="pipelined_cdni" + (f", warm-up {FLAGS.warmup_steps}" if warm else ""),
+            model="pipelined",
+            synth="linear",
+            cdni=True,
+            **warm,
+        ),
+        "async_cdni": asynchronous,
+    }
+
+
+def accuracy_table(runs, load):
+    lines = [
+        "| schedule | seconds, median (runs) | vs backprop MP | epochs | test "
+        "accuracy per epoch |",
+        "| --- " * 5 + "|",
+    ]
+    medians = {}
+    for key, results in runs.items():
+        middle = bp.median_run(results, key="seconds")
+        medians[key] = middle["seconds"]
+        ratio = (
+            f"{middle['seconds'] / medians['backprop_mp']:.2f}x"
+            if middle["seconds"] is not None and medians.get("backprop_mp")
+            else "–"
+        )
+        each = ", ".join(bp.seconds_cell(r) for r in results)
+        curve = ", ".join(f"{a:.4f}" for _, _, a in middle["curve"])
+        cells = [
+            display_name(middle["spec"]["name"]),
+            f"{bp.seconds_cell(middle)} ({each})",
+            ratio,
+            str(len(middle["curve"])),
+            curve,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", bp.load_text(load)]
+
+
 def main(argv):
     del argv
     load_start = os.getloadavg()
+    if FLAGS.accuracy:
+        runs = bp.in_turn(accuracy_specs(), FLAGS.repeats)
+        print("\n".join(accuracy_table(runs, (load_start, os.getloadavg()))))
+        return
     runs = bp.in_turn(specs(), FLAGS.repeats)
     load = (load_start, os.getloadavg())
     reference = bp.median_speed(runs["backprop_mp"])
