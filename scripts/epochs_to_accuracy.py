@@ -11,7 +11,9 @@ the synthesizer, the queue capacity of the asynchronous runtime).
     python scripts/epochs_to_accuracy.py --model=pipelined --synth=linear \
         --cdni --warmup_steps=500 --seed=0
 
-It prints the test accuracy after each epoch and stops at --target_accuracy
+--warmup_steps (the benchmark's flag) is the length of a linear warm-up of
+the stages' rate from 0: 500 by default, 0 for none. It prints the test
+accuracy after each epoch and stops at --target_accuracy
 or after --max_epochs; with --runs_file it appends the run as one JSON line.
 Epoch counts do not depend on the machine's load, so this runs anywhere.
 """
@@ -25,8 +27,8 @@ from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The benchmark's model and flags: --capacity, --target_accuracy and
-# --max_epochs come from there.
+# The benchmark's model and flags: --capacity, --target_accuracy,
+# --max_epochs and --warmup_steps come from there.
 import benchmark_pipeline  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,9 +38,6 @@ flags.DEFINE_enum(
 flags.DEFINE_enum("synth", "linear", ["linear", "low_rank"], "The synthesizer.")
 flags.DEFINE_bool("cdni", True, "Synthesizers conditioned on the label (cDNI).")
 flags.DEFINE_float("learning_rate", 1e-3, "The stages' Adam rate.")
-flags.DEFINE_integer(
-    "warmup_steps", 0, "Steps of a linear warm-up of the stages' rate from 0."
-)
 flags.DEFINE_string(
     "synthesizer_optimizer",
     None,
