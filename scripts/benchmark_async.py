@@ -77,20 +77,19 @@ def specs():
     for capacity in map(int, FLAGS.capacities):
         for text in FLAGS.variants:
             steps, jit = parse_variant(text)
-            spec = dict(
-                base,
-                name=f"async_dni_low_rank C={capacity} N={steps}"
-                f"{' xla' if jit else ''} ({where})",
-                model="async",
-                synth="low_rank",
-                capacity=capacity,
-                **cluster,
+            spec = bp.async_spec(
+                dict(
+                    base,
+                    name=f"async_dni_low_rank C={capacity} N={steps}"
+                    f"{' xla' if jit else ''} ({where})",
+                    model="async",
+                    synth="low_rank",
+                    **cluster,
+                ),
+                capacity,
+                steps,
+                jit,
             )
-            # As benchmark_pipeline writes them: only when not the default.
-            if steps != 1:
-                spec["steps_per_execution"] = steps
-            if jit:
-                spec["jit"] = True
             out[spec["name"]] = spec
     out["plain"] = dict(
         base, name="plain Keras, default threading", model="plain", synth=None
@@ -112,19 +111,19 @@ def accuracy_specs():
     capacity = int(FLAGS.capacities[0])
     warm = {"warmup_steps": FLAGS.warmup_steps} if FLAGS.warmup_steps else {}
     name = f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
-    asynchronous = dict(
-        base,
-        name=name + (f", warm-up {FLAGS.warmup_steps}" if warm else ""),
-        model="async",
-        synth="linear",
-        cdni=True,
-        capacity=capacity,
-        **warm,
+    asynchronous = bp.async_spec(
+        dict(
+            base,
+            name=name + (f", warm-up {FLAGS.warmup_steps}" if warm else ""),
+            model="async",
+            synth="linear",
+            cdni=True,
+            **warm,
+        ),
+        capacity,
+        steps,
+        jit,
     )
-    if steps != 1:
-        asynchronous["steps_per_execution"] = steps
-    if jit:
-        asynchronous["jit"] = True
     return {
         "backprop_mp": dict(base, name="backprop_mp", model="backprop", synth=None),
         "pipelined_cdni": dict(

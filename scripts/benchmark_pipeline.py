@@ -214,16 +214,7 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
             jit_compile=spec.get("jit", False),
         )
     rate = spec.get("learning_rate", 1e-3)
-    if spec.get("warmup_steps"):
-        # A linear warm-up from 0 (a cosine decay too long to matter after
-        # it): it keeps cDNI's first epochs from diverging
-        # (scripts/epochs_to_accuracy.py; docs/async.md).
-        rate = keras.optimizers.schedules.CosineDecay(
-            0.0,
-            decay_steps=10**9,
-            warmup_target=rate,
-            warmup_steps=spec["warmup_steps"],
-        )
+    rate = warmed_up(keras, rate, spec.get("warmup_steps", 0))
     model.compile(
         optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -231,6 +222,20 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
         **extra,
     )
     return model
+
+
+def warmed_up(keras, rate, warmup_steps):
+    """`rate`, after a linear warm-up from 0 over `warmup_steps` steps (0:
+    none). The warm-up keeps cDNI's first epochs from diverging
+    (scripts/epochs_to_accuracy.py; docs/async.md)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0. Received: {warmup_steps}")
+    if not warmup_steps:
+        return rate
+    # A cosine decay too long to matter: the warm-up, then flat.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=10**9, warmup_target=rate, warmup_steps=warmup_steps
+    )
 
 
 def without_autotune(dataset):
@@ -755,10 +760,18 @@ def with_capacity(spec):
     others' specs, and so their cached measurements, stay as they were)."""
     if spec["model"] != "async":
         return spec
-    spec = dict(spec, capacity=FLAGS.capacity)
-    if FLAGS.async_steps_per_execution != 1:
-        spec["steps_per_execution"] = FLAGS.async_steps_per_execution
-    if FLAGS.async_jit:
+    return async_spec(
+        spec, FLAGS.capacity, FLAGS.async_steps_per_execution, FLAGS.async_jit
+    )
+
+
+def async_spec(spec, capacity, steps_per_execution=1, jit=False):
+    """An asynchronous run's spec: steps per call and XLA only when not
+    their defaults, so that specs cached before they existed still match."""
+    spec = dict(spec, capacity=capacity)
+    if steps_per_execution != 1:
+        spec["steps_per_execution"] = steps_per_execution
+    if jit:
         spec["jit"] = True
     return spec
 

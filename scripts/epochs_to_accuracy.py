@@ -53,17 +53,7 @@ BATCH_SIZE = 256
 
 def learning_rate(keras):
     """The stages' rate: constant, or a linear warm-up from 0 (then flat)."""
-    if not FLAGS.warmup_steps:
-        return FLAGS.learning_rate
-    if FLAGS.warmup_steps < 0:
-        raise ValueError(f"--warmup_steps must be >= 0. Received: {FLAGS.warmup_steps}")
-    # CosineDecay with a decay too long to matter: the warm-up, then flat.
-    return keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=10**9,
-        warmup_target=FLAGS.learning_rate,
-        warmup_steps=FLAGS.warmup_steps,
-    )
+    return benchmark_pipeline.warmed_up(keras, FLAGS.learning_rate, FLAGS.warmup_steps)
 
 
 def main(argv):
