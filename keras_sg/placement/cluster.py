@@ -15,6 +15,17 @@ import tensorflow as tf
 from keras_sg._checks import check_int
 from keras_sg._remote import failing_fast, keeping_alive, unreachable
 
+# Sizes the inter-op pool of the eager contexts that clients create on a
+# server (read when a client connects, not when the server starts).
+_INTEROP_VARIABLE = "TF_NUM_INTEROP_THREADS"
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity, where the OS tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 
 def _cluster_spec(cluster) -> tf.train.ClusterSpec:
     if isinstance(cluster, tf.distribute.cluster_resolver.ClusterResolver):
@@ -81,7 +92,22 @@ def start_server(
         intra_op_threads, inter_op_threads: the server's thread pools (None:
             TensorFlow's defaults). One intra-op thread makes the process
             behave like one accelerator that runs one op at a time.
+            `inter_op_threads` also sizes the pool in which the server runs
+            its clients' remote functions (see below); when it is None and
+            the process may use fewer than 2 cores, that pool gets 2.
         cpus: pin the process to these CPU cores (Linux only; None: no pinning).
+
+    Remote functions. A client's functions run on the server in the eager
+    context that the client creates when it connects. TensorFlow sizes that
+    context's inter-op pool from the `TF_NUM_INTEROP_THREADS` environment
+    variable or, failing it, from the cores the process may use: not from
+    `inter_op_threads` of the server's configuration. A server pinned to one
+    core then runs its clients' functions with one thread, and a function
+    that only has to move a tensor waits for the whole step of another (two
+    stages of `AsyncPipelinedModel` then take turns instead of running at
+    once). So this function sets `TF_NUM_INTEROP_THREADS` to
+    `inter_op_threads` (when given), or to 2 when the process may use fewer
+    than 2 cores and the variable is not set already.
 
     Returns:
         The started server; call `server.join()` to serve until killed.
@@ -104,6 +130,9 @@ def start_server(
         config.inter_op_parallelism_threads = check_int(
             "inter_op_threads", inter_op_threads, 1
         )
+        os.environ[_INTEROP_VARIABLE] = str(inter_op_threads)
+    elif _INTEROP_VARIABLE not in os.environ and _usable_cores() < 2:
+        os.environ[_INTEROP_VARIABLE] = "2"
     return tf.distribute.Server(
         tf.train.ClusterSpec({job_name: workers}),
         job_name=job_name,
