@@ -34,12 +34,14 @@ class AsyncPipelinedModel(PipelinedModel):
     Queues. Stage k sends the activation at cut k, with the labels and an
     int64 batch id, to stage k + 1 through a `tf.queue.FIFOQueue` of
     `capacity` items on stage k + 1's device; it blocks when the queue is
-    full, which is what bounds how far it runs ahead. Stage k + 1 sends back
-    the bootstrapped target, with the activation and labels it belongs to and
-    the batch id, through a queue on stage k's device. At the start of each
-    step stage k takes every target that has arrived, regresses the newest
-    and drops the older ones. Stage 0 reads its batches from the dataset
-    iterator itself, inside its own function.
+    full, which is what bounds how far it runs ahead. It also keeps the
+    activation, labels and batch id in a queue of its own (on its device),
+    for its synthesizer's regression. Stage k + 1 sends back only the
+    bootstrapped target and the batch id, through a queue on stage k's
+    device. At the start of each step stage k takes every target that has
+    arrived with the activations it kept for them (the batch ids must match),
+    regresses the newest and drops the older ones. Stage 0 reads its batches
+    from the dataset iterator itself, inside its own function.
 
     Staleness bound. Stage k's s-th step works on batch s. It can enqueue
     batch s - 1 only once stage k + 1 has dequeued batch s - 1 - C (C is
@@ -564,6 +566,7 @@ class AsyncPipelinedModel(PipelinedModel):
                     )
                     with tf.control_dependencies([target_batch]):
                         sent.append(runtime.forward[k].enqueue([h, labels, batch]))
+                        sent.append(runtime.keep(k, h, labels, batch))
                     synth_grads, sg_loss = synthesizer_step(
                         k, sg_in, sg_labels, sg_target, 1.0, valid
                     )
@@ -573,7 +576,7 @@ class AsyncPipelinedModel(PipelinedModel):
                         inputs, labels, one, tf.constant(True)
                     )
                 if k > 0:
-                    sent.append(runtime.send_back(k - 1, inputs, labels, target, batch))
+                    sent.append(runtime.send_back(k - 1, target, batch))
 
                 # Update: the stage, and the synthesizer if it regressed.
                 stage_vars = list(self.stages[k].trainable_variables)
@@ -722,9 +725,13 @@ class _Runtime:
         self.label_spec = y_spec
         capacity = model.capacity
         # Forward queue k feeds stage k + 1, on its device; backward queue k
-        # feeds the synthesizer at cut k, on stage k's device.
+        # feeds the synthesizer at cut k, on stage k's device, and kept queue
+        # k holds what stage k sent until its target comes back. A kept item
+        # is either on its way up (at most C + 1), or its target is in the
+        # backward queue (at most C + 2), or it is this step's.
         self.back_capacity = capacity + 2
-        self.forward, self.backward, self.done = [], [], []
+        self.kept_capacity = 2 * capacity + 4
+        self.forward, self.backward, self.kept, self.done = [], [], [], []
         for k in range(self.num_stages):
             with tf.device(devices[k] if devices else None):
                 self.done.append(tf.Variable(0, dtype=tf.int64, trainable=False))
@@ -732,8 +739,15 @@ class _Runtime:
                     self.backward.append(
                         tf.queue.FIFOQueue(
                             self.back_capacity,
-                            [tf.float32, y_spec.dtype, tf.float32, tf.int64],
+                            [tf.float32, tf.int64],
                             name=f"targets_{k}",
+                        )
+                    )
+                    self.kept.append(
+                        tf.queue.FIFOQueue(
+                            self.kept_capacity,
+                            [tf.float32, y_spec.dtype, tf.int64],
+                            name=f"kept_{k}",
                         )
                     )
                 if k > 0:
@@ -790,16 +804,17 @@ class _Runtime:
         return labels
 
     def take_newest(self, k, n_back):
-        """Takes `n_back` targets (-1: all present) from backward queue k.
+        """Takes `n_back` targets (-1: all present) from backward queue k,
+        each with the activation that stage k kept for it.
 
         Returns the newest (input, labels, target, batch id) and whether
         there was one; the older ones are dropped.
         """
-        q = self.backward[k]
+        q, kept = self.backward[k], self.kept[k]
         count = tf.where(n_back < 0, q.size(), n_back)
 
         def drop(i):
-            with tf.control_dependencies([q.dequeue()[3]]):
+            with tf.control_dependencies([q.dequeue()[1], kept.dequeue()[2]]):
                 return (i + 1,)
 
         (dropped,) = tf.while_loop(lambda i: i < count - 1, drop, (tf.constant(0),))
@@ -808,8 +823,20 @@ class _Runtime:
 
         def take():
             with tf.control_dependencies([dropped]):
-                a, y, g, batch = q.dequeue()
-            return a, y, g, batch
+                g, batch = q.dequeue()
+                a, y, kept_batch = kept.dequeue()
+            # Targets and kept activations both travel in batch order; a
+            # mismatch would regress one batch's target on another's input.
+            check = tf.debugging.assert_equal(
+                kept_batch,
+                batch,
+                message=(
+                    f"The target taken at cut {k} is not that of the "
+                    "activation kept for it"
+                ),
+            )
+            with tf.control_dependencies([check]):
+                return tf.identity(a), y, g, batch
 
         def none():
             empty = tf.zeros((0, *cut[1:]), tf.float32)
@@ -823,8 +850,9 @@ class _Runtime:
         g = tf.reshape(g, (-1, *cut[1:]))
         return a, self.shape_labels(y), g, batch, valid
 
-    def send_back(self, k, inputs, labels, target, batch):
-        """Sends stage k + 1's target to the synthesizer at cut k.
+    def send_back(self, k, target, batch):
+        """Sends stage k + 1's target, and its batch id, to the synthesizer
+        at cut k (stage k kept the activation and labels).
 
         The queue has room by the staleness bound; if it had none, waiting
         could deadlock, so the step fails instead.
@@ -844,7 +872,26 @@ class _Runtime:
             ),
         )
         with tf.control_dependencies([check]):
-            return q.enqueue([tf.cast(inputs, tf.float32), labels, target, batch])
+            return q.enqueue([target, batch])
+
+    def keep(self, k, h, labels, batch):
+        """Stage k keeps what it sent up, until the target for it comes back.
+
+        Only stage k takes from this queue, so a full one would block it for
+        ever: by the bound above it never fills, and if it did, the step
+        fails instead.
+        """
+        q = self.kept[k]
+        check = tf.debugging.assert_less(
+            q.size(),
+            self.kept_capacity,
+            message=(
+                f"The queue of activations kept at cut {k} is full "
+                f"({self.kept_capacity} items): the staleness bound is broken"
+            ),
+        )
+        with tf.control_dependencies([check]):
+            return q.enqueue([h, labels, batch])
 
     # ------------------------------------------------------- the threads
 
@@ -934,15 +981,24 @@ class _Runtime:
         weights and optimizers at an epoch's end are all the next epoch
         needs, and a run resumed from a checkpoint goes on as it would have.
         """
-        for k, q in enumerate(self.backward):
+        for k, (q, kept) in enumerate(zip(self.backward, self.kept, strict=True)):
+            # After a drain every batch has its target back: one kept
+            # activation per target still queued.
+            if int(kept.size()) != int(q.size()):
+                raise RuntimeError(
+                    f"At the end of an epoch, cut {k} holds {int(q.size())} "
+                    f"targets but {int(kept.size())} kept activations; "
+                    "expected as many of each"
+                )
             for _ in range(int(q.size())):
                 q.dequeue()
+                kept.dequeue()
             self.taken[k] = self.finished[k + 1]
 
     def shutdown(self):
         """Closes every queue (cancelling blocked enqueues and dequeues) and
         joins the threads; raises if one does not end in time."""
-        for q in self.forward + self.backward:
+        for q in self.forward + self.backward + self.kept:
             with contextlib.suppress(Exception):
                 q.close(cancel_pending_enqueues=True)
         for inbox in self.inboxes:
