@@ -465,7 +465,14 @@ def per_step_overhead(ops, wall_time, steps):
 
 
 def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
-    """Wall time of training (evaluation excluded) to the target test accuracy."""
+    """Wall time of training (evaluation excluded) to the target test accuracy.
+
+    One `fit` of up to `max_epochs` epochs, as a Keras user trains: a
+    callback evaluates on the test set after each epoch, with the clock
+    stopped, and ends training once the target is reached. The clock runs
+    from the call of `fit` (tracing and, for the asynchronous runtime,
+    starting its threads and queues count).
+    """
     manual_dir = keras_sg.data.manual_dir_from_env("mnist")
     train_x, train_y = keras_sg.data.load_split("mnist", "train", manual_dir=manual_dir)
     test = without_autotune(
@@ -479,30 +486,47 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
     )
     model = build(spec, keras, keras_sg, devices, 784)
     # Whole batches only (the pipeline's buffers and GPipe's split want them):
-    # each epoch drops its last, partial batch.
+    # the last 96 training examples (of 60000, at batch 256) are left out, so
+    # that every epoch is whole batches and the next epoch is shuffled anew.
     steps = len(train_x) // spec["batch_size"]
-    seconds, curve = 0.0, []
-    for epoch in range(spec["max_epochs"]):
-        start = time.perf_counter()
-        train = without_autotune(
-            keras_sg.data.batches(
-                train_x,
-                train_y,
-                spec["batch_size"],
-                flatten=True,
-                shuffle=True,
-                seed=0,
-                first_epoch=epoch,
-            )
+    used = steps * spec["batch_size"]
+    train = without_autotune(
+        keras_sg.data.batches(
+            train_x[:used],
+            train_y[:used],
+            spec["batch_size"],
+            flatten=True,
+            shuffle=True,
+            seed=0,
         )
-        model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-        seconds += time.perf_counter() - start
-        accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-        curve.append((epoch + 1, seconds, accuracy))
-        if accuracy >= spec["target_accuracy"]:
-            break
+    )
+    curve = []
+    clock = {"seconds": 0.0, "since": None}
+
+    class EvaluateAndStop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            clock["seconds"] += time.perf_counter() - clock["since"]
+            accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+            curve.append((epoch + 1, clock["seconds"], accuracy))
+            if accuracy >= spec["target_accuracy"]:
+                model.stop_training = True
+            clock["since"] = time.perf_counter()
+
+    clock["since"] = time.perf_counter()
+    model.fit(
+        train,
+        epochs=spec["max_epochs"],
+        verbose=0,
+        shuffle=False,
+        callbacks=[EvaluateAndStop()],
+    )
     reached = curve[-1][2] >= spec["target_accuracy"]
-    return {"spec": spec, "curve": curve, "seconds": seconds if reached else None}
+    return {
+        "spec": spec,
+        "curve": curve,
+        "seconds": clock["seconds"] if reached else None,
+        "one_fit": True,
+    }
 
 
 # ---------------------------------------------------------------- the parent
@@ -515,7 +539,13 @@ def measure(spec):
         cached = json.loads(cache.read_text())
         # Traced runs saved before the per-step overhead was measured: stale.
         traced = not spec.get("mnist") and spec["model"] != "plain"
-        if cached["spec"] == spec and ("per_step_overhead_ms" in cached or not traced):
+        # Accuracy runs saved before they trained in one `fit`: stale.
+        current = not spec.get("mnist") or cached.get("one_fit")
+        if (
+            cached["spec"] == spec
+            and current
+            and ("per_step_overhead_ms" in cached or not traced)
+        ):
             return cached
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, f"--worker={json.dumps(spec)}"]
