@@ -399,3 +399,30 @@ def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
     schedule = warm.optimizer._learning_rate
     rates = [float(schedule(step)) for step in (0, 5, 10, 1000)]
     assert rates == pytest.approx([0.0, 5e-4, 1e-3, 1e-3], rel=1e-4)
+
+
+def test_server_costs_are_scaled_to_the_busy_time(bench):
+    # Server 0: ops summing to 60 ms a step, busy 50% of an 80 ms step (40
+    # ms): two ops shared its core, so every kind is scaled by 40 / 60.
+    # Server 1: 30 ms of ops, busy 40 ms: left as measured.
+    costs = [
+        {"F": 12.0, "B": 30.0, "S": 3.0, "U": 9.0, "T": 6.0},
+        {"F": 10.0, "B": 14.0, "U": 6.0},
+    ]
+    run = {
+        "spec": _spec("pipelined", cluster=True),
+        "costs": costs,
+        "busy": [0.5, 0.5],
+        "traced_step_ms": 80.0,
+    }
+    scaled = bench.device_costs(run)
+    assert scaled[0] == pytest.approx(
+        {"F": 8.0, "B": 20.0, "S": 2.0, "U": 6.0, "T": 4.0}
+    )
+    assert scaled[1] == costs[1]
+    # The transfer per message comes from the scaled T: 4 ms over 2 messages.
+    assert bench.transfers(run) == pytest.approx([2.0])
+    # Logical devices keep the summed durations (their ops may run on two
+    # cores at once).
+    logical = dict(run, spec=_spec("pipelined"))
+    assert bench.device_costs(logical) == costs
