@@ -16,7 +16,9 @@ benchmark_pipeline's (its flags --width, --batch_size, --steps, ...). With
 per-stage XLA the profiler does not see the compiled work: those rows give
 examples/s only. With --accuracy it measures wall time to
 --target_accuracy on MNIST instead (training time, evaluation excluded), for
-backprop model-parallel and pipelined and asynchronous cDNI:
+backprop model-parallel and pipelined and asynchronous cDNI
+(--accuracy_schedules), with the staleness of the runtime's targets and each
+run's training logs kept in the cache:
 
     python scripts/benchmark_async.py --accuracy --repeats=3 --variants=8
 """
@@ -41,6 +43,17 @@ flags.DEFINE_bool(
     "Measure wall time to --target_accuracy instead: backprop model-parallel, "
     "and pipelined and asynchronous cDNI (the first of --variants and "
     "--capacities) with benchmark_pipeline's --warmup_steps.",
+)
+
+flags.DEFINE_list(
+    "accuracy_schedules",
+    ["backprop_mp", "pipelined_cdni", "async_cdni"],
+    "The schedules of --accuracy.",
+)
+flags.DEFINE_float(
+    "global_clipnorm",
+    0.0,
+    "With --accuracy: Adam's global_clipnorm for the cDNI rows (0: none).",
 )
 
 BASELINES = [  # (name, model, synthesizer)
@@ -97,8 +110,22 @@ def specs():
     return out
 
 
+ACCURACY_SCHEDULES = ("backprop_mp", "pipelined_cdni", "async_cdni")
+
+
 def accuracy_specs():
-    """Time-to-accuracy runs, as benchmark_pipeline's (its accuracy_worker)."""
+    """Time-to-accuracy runs, as benchmark_pipeline's (its accuracy_worker).
+
+    The cDNI rows train with --warmup_steps and --global_clipnorm. With
+    --decay_steps every row, backprop's too, trains with the same warm-up
+    and decay.
+    """
+    unknown = set(FLAGS.accuracy_schedules) - set(ACCURACY_SCHEDULES)
+    if unknown:
+        raise ValueError(
+            f"--accuracy_schedules takes {', '.join(ACCURACY_SCHEDULES)}. "
+            f"Received: {sorted(unknown)}"
+        )
     base = dict(
         bp.base_spec(),
         devices=2,
@@ -107,35 +134,52 @@ def accuracy_specs():
         max_epochs=FLAGS.max_epochs,
         **({} if FLAGS.logical else {"cluster": True}),
     )
+    schedule, suffix = {}, ""
+    if FLAGS.warmup_steps:
+        schedule["warmup_steps"] = FLAGS.warmup_steps
+        suffix += f", warm-up {FLAGS.warmup_steps}"
+    if FLAGS.decay_steps:
+        schedule["decay_steps"] = FLAGS.decay_steps
+        suffix += f", decay {FLAGS.decay_steps}"
+    cdni, cdni_suffix = dict(schedule), suffix
+    if FLAGS.global_clipnorm:
+        cdni["global_clipnorm"] = FLAGS.global_clipnorm
+        cdni_suffix += f", clip {FLAGS.global_clipnorm:g}"
+    backprop, backprop_suffix = (schedule, suffix) if FLAGS.decay_steps else ({}, "")
     steps, jit = parse_variant(FLAGS.variants[0])
     capacity = int(FLAGS.capacities[0])
-    warm = {"warmup_steps": FLAGS.warmup_steps} if FLAGS.warmup_steps else {}
-    name = f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
-    asynchronous = bp.async_spec(
-        dict(
+    every = {
+        "backprop_mp": dict(
             base,
-            name=name + (f", warm-up {FLAGS.warmup_steps}" if warm else ""),
-            model="async",
-            synth="linear",
-            cdni=True,
-            **warm,
+            name="backprop_mp" + backprop_suffix,
+            model="backprop",
+            synth=None,
+            **backprop,
         ),
-        capacity,
-        steps,
-        jit,
-    )
-    return {
-        "backprop_mp": dict(base, name="backprop_mp", model="backprop", synth=None),
         "pipelined_cdni": dict(
             base,
-            name="pipelined_cdni" + (f", warm-up {FLAGS.warmup_steps}" if warm else ""),
+            name="pipelined_cdni" + cdni_suffix,
             model="pipelined",
             synth="linear",
             cdni=True,
-            **warm,
+            **cdni,
         ),
-        "async_cdni": asynchronous,
+        "async_cdni": bp.async_spec(
+            dict(
+                base,
+                name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
+                + cdni_suffix,
+                model="async",
+                synth="linear",
+                cdni=True,
+                **cdni,
+            ),
+            capacity,
+            steps,
+            jit,
+        ),
     }
+    return {key: every[key] for key in FLAGS.accuracy_schedules}
 
 
 def accuracy_table(runs, load):

@@ -96,6 +96,13 @@ flags.DEFINE_integer(
     "Steps of the stages' linear rate warm-up in the extra cDNI rows to 97.5% "
     "(0: no such rows).",
 )
+flags.DEFINE_integer(
+    "decay_steps",
+    0,
+    "Steps of a cosine decay of the rate to a tenth, after the warm-up "
+    "(0: none). In benchmark_async.py --accuracy every row then trains with "
+    "the same warm-up and decay, backprop's included.",
+)
 flags.DEFINE_bool(
     "table_only",
     False,
@@ -214,9 +221,15 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
             jit_compile=spec.get("jit", False),
         )
     rate = spec.get("learning_rate", 1e-3)
-    rate = warmed_up(keras, rate, spec.get("warmup_steps", 0))
+    rate = warmed_up(
+        keras, rate, spec.get("warmup_steps", 0), spec.get("decay_steps", 0)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(rate),
+        # With global_clipnorm, the asynchronous runtime clips each stage's
+        # gradients (with its synthesizer's) on their own.
+        optimizer=keras.optimizers.Adam(
+            rate, global_clipnorm=spec.get("global_clipnorm")
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         **extra,
@@ -224,17 +237,29 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
     return model
 
 
-def warmed_up(keras, rate, warmup_steps):
+def warmed_up(keras, rate, warmup_steps, decay_steps=0):
     """`rate`, after a linear warm-up from 0 over `warmup_steps` steps (0:
     none). The warm-up keeps cDNI's first epochs from diverging
-    (scripts/epochs_to_accuracy.py; docs/async.md)."""
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0. Received: {warmup_steps}")
-    if not warmup_steps:
+    (scripts/epochs_to_accuracy.py; docs/async.md). With `decay_steps`, a
+    cosine decay to a tenth of `rate` over that many steps follows (then
+    flat): a schedule for a budget of warmup_steps + decay_steps steps."""
+    if warmup_steps < 0 or decay_steps < 0:
+        raise ValueError(
+            "warmup_steps and decay_steps must be >= 0. Received: "
+            f"warmup_steps={warmup_steps}, decay_steps={decay_steps}"
+        )
+    if not warmup_steps and not decay_steps:
         return rate
-    # A cosine decay too long to matter: the warm-up, then flat.
+    # Without decay_steps, a cosine decay too long to matter: the warm-up,
+    # then flat.
+    decay = dict(decay_steps=decay_steps, alpha=0.1) if decay_steps else {}
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(rate, **decay)
     return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=10**9, warmup_target=rate, warmup_steps=warmup_steps
+        0.0,
+        **(decay or dict(decay_steps=10**9)),
+        warmup_target=rate,
+        warmup_steps=warmup_steps,
     )
 
 
@@ -521,12 +546,42 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
         callbacks=[EvaluateAndStop()],
     )
     reached = curve[-1][2] >= spec["target_accuracy"]
-    return {
+    result = {
         "spec": spec,
         "curve": curve,
         "seconds": clock["seconds"] if reached else None,
         "one_fit": True,
     }
+    if spec["model"] == "async":
+        result["staleness"] = staleness(model.stage_log)
+    # The training logs per epoch (loss, accuracy and, for the decoupled
+    # models, each synthesizer's regression loss): what went wrong in a run
+    # that did not get there.
+    result["history"] = {
+        name: [float(v) for v in values]
+        for name, values in model.history.history.items()
+    }
+    return result
+
+
+def staleness(stage_log):
+    """How old the asynchronous runtime's synthesizer targets were, per cut:
+    the share of steps that took one, and the mean and largest age (the
+    step's batch id less the target's) of those taken."""
+    out = []
+    for log in stage_log[:-1]:
+        taken = log["target_batch"] >= 0
+        age = (log["batch"] - log["target_batch"])[taken]
+        out.append(
+            {
+                "steps": int(len(taken)),
+                "with_target": float(taken.mean()) if len(taken) else 0.0,
+                "mean_age": float(age.mean()) if len(age) else None,
+                "max_age": int(age.max()) if len(age) else None,
+                "mean_lag": float(log["lag"].mean()) if len(taken) else None,
+            }
+        )
+    return out
 
 
 # ---------------------------------------------------------------- the parent

@@ -12,7 +12,10 @@ the synthesizer, the queue capacity of the asynchronous runtime).
         --cdni --warmup_steps=500 --seed=0
 
 --warmup_steps (the benchmark's flag) is the length of a linear warm-up of
-the stages' rate from 0: 500 by default, 0 for none. It prints the test
+the stages' rate from 0: 500 by default, 0 for none; --decay_steps (also
+the benchmark's) adds a cosine decay to a tenth after it. For
+--model=async, --steps_per_execution and --jit_compile are the runtime's
+steps per call and per-stage XLA. It prints the test
 accuracy after each epoch and stops at --target_accuracy
 or after --max_epochs; with --runs_file it appends the run as one JSON line.
 Epoch counts do not depend on the machine's load, so this runs anywhere.
@@ -45,6 +48,10 @@ flags.DEFINE_string(
     "the stages').",
 )
 flags.DEFINE_float("synthesizer_learning_rate", 1e-3, "Its learning rate.")
+flags.DEFINE_integer(
+    "steps_per_execution", 1, "Steps per call of each stage (--model=async)."
+)
+flags.DEFINE_bool("jit_compile", False, "Per-stage XLA (--model=async).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the shuffling.")
 flags.DEFINE_string("runs_file", None, "JSON-lines file to append the run to.")
 
@@ -52,8 +59,11 @@ BATCH_SIZE = 256
 
 
 def learning_rate(keras):
-    """The stages' rate: constant, or a linear warm-up from 0 (then flat)."""
-    return benchmark_pipeline.warmed_up(keras, FLAGS.learning_rate, FLAGS.warmup_steps)
+    """The stages' rate: constant, or a linear warm-up from 0 (then flat, or
+    a cosine decay over --decay_steps)."""
+    return benchmark_pipeline.warmed_up(
+        keras, FLAGS.learning_rate, FLAGS.warmup_steps, FLAGS.decay_steps
+    )
 
 
 def main(argv):
@@ -76,6 +86,16 @@ def main(argv):
     )
     model = benchmark_pipeline.build(spec, keras, keras_sg, None, 784)
     extra = {}
+    if FLAGS.model == "async":
+        extra = dict(
+            steps_per_execution=FLAGS.steps_per_execution,
+            jit_compile=FLAGS.jit_compile,
+        )
+    elif FLAGS.steps_per_execution != 1 or FLAGS.jit_compile:
+        raise ValueError(
+            "--steps_per_execution and --jit_compile are options of "
+            f"--model=async. Received: --model={FLAGS.model}"
+        )
     if FLAGS.synthesizer_optimizer:
         extra["synthesizer_optimizer"] = keras.optimizers.get(
             {
@@ -124,9 +144,12 @@ def main(argv):
                 "cdni",
                 "learning_rate",
                 "warmup_steps",
+                "decay_steps",
                 "synthesizer_optimizer",
                 "synthesizer_learning_rate",
                 "capacity",
+                "steps_per_execution",
+                "jit_compile",
                 "seed",
             )
         }

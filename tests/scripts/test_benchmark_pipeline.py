@@ -401,6 +401,46 @@ def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
     assert rates == pytest.approx([0.0, 5e-4, 1e-3, 1e-3], rel=1e-4)
 
 
+def test_global_clipnorm_of_a_spec_reaches_the_optimizer(bench):
+    import keras
+
+    import keras_sg
+
+    spec = dict(
+        devices=2,
+        width=8,
+        batch_size=4,
+        micro_batches=2,
+        rank=2,
+        model="async",
+        synth="linear",
+        cdni=True,
+        capacity=2,
+    )
+    assert bench.build(spec, keras, keras_sg, None, 5).optimizer.global_clipnorm is None
+    clipped = bench.build(dict(spec, global_clipnorm=1.5), keras, keras_sg, None, 5)
+    assert clipped.optimizer.global_clipnorm == 1.5
+
+
+def test_staleness_of_the_targets_by_hand(bench):
+    import numpy as np
+
+    # Cut 0: five steps, the first two without a target (-1); the others
+    # took batches 0, 1 and 1 at batches 2, 3 and 4: ages 2, 2 and 3.
+    log = {
+        "batch": np.array([0, 1, 2, 3, 4]),
+        "target_batch": np.array([-1, -1, 0, 1, 1]),
+        "lag": np.array([0, 1, 2, 2, 1]),
+    }
+    top = {name: np.array([0, 1, 2, 3, 4]) for name in log}
+    (cut,) = bench.staleness([log, top])
+    assert cut["steps"] == 5
+    assert cut["with_target"] == pytest.approx(0.6)
+    assert cut["mean_age"] == pytest.approx(7 / 3)
+    assert cut["max_age"] == 3
+    assert cut["mean_lag"] == pytest.approx(1.2)
+
+
 def test_server_costs_are_scaled_to_the_busy_time(bench):
     # Server 0: ops summing to 60 ms a step, busy 50% of an 80 ms step (40
     # ms): two ops shared its core, so every kind is scaled by 40 / 60.

@@ -37,5 +37,26 @@ def test_no_warm_up_is_a_constant_rate_and_a_negative_one_is_refused(script):
     assert script.learning_rate(keras) == 2e-3
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["epochs_to_accuracy.py", "--warmup_steps=-3"])
-    with pytest.raises(ValueError, match="Received: -3"):
+    with pytest.raises(ValueError, match="Received: warmup_steps=-3"):
         script.learning_rate(keras)
+
+
+def test_a_decay_follows_the_warm_up_down_to_a_tenth(script):
+    flags.FLAGS(
+        [
+            "epochs_to_accuracy.py",
+            "--warmup_steps=10",
+            "--decay_steps=20",
+            "--learning_rate=2e-3",
+        ]
+    )
+    schedule = script.learning_rate(keras)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 20, 30, 1000)]
+    # Half-way through the cosine (step 20): the mean of 2e-3 and 2e-4.
+    assert rates == pytest.approx([0.0, 1e-3, 2e-3, 1.1e-3, 2e-4, 2e-4], rel=1e-4)
+
+
+def test_runtime_options_are_refused_for_the_other_models(script, monkeypatch):
+    flags.FLAGS(["epochs_to_accuracy.py", "--model=pipelined", "--jit_compile"])
+    with pytest.raises(ValueError, match="Received: --model=pipelined"):
+        script.main([])

@@ -1,0 +1,69 @@
+"""scripts/benchmark_async.py --accuracy: which rows it measures, and with
+which schedule, clipping and runtime options."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from conftest import script_module
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_async.py"
+
+
+@pytest.fixture
+def parse():
+    # The script imports benchmark_pipeline by name: a copy cached by another
+    # test would not define its flags again.
+    sys.modules.pop("benchmark_pipeline", None)
+    with script_module(SCRIPT, "keras_sg_benchmark_async") as module:
+
+        def parsed(*argv):
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["benchmark_async.py", *argv])
+            return module
+
+        yield parsed
+    sys.modules.pop("benchmark_pipeline", None)
+    flags.FLAGS.unparse_flags()
+
+
+def test_the_cdni_rows_get_warm_up_and_clipping_backprop_neither(parse):
+    script = parse(
+        "--accuracy",
+        "--warmup_steps=500",
+        "--global_clipnorm=1",
+        "--variants=32+jit",
+        "--capacities=1",
+    )
+    specs = script.accuracy_specs()
+    assert list(specs) == ["backprop_mp", "pipelined_cdni", "async_cdni"]
+    backprop = specs["backprop_mp"]
+    assert "warmup_steps" not in backprop and "global_clipnorm" not in backprop
+    assert backprop["name"] == "backprop_mp"
+    for key in ("pipelined_cdni", "async_cdni"):
+        assert specs[key]["warmup_steps"] == 500
+        assert specs[key]["global_clipnorm"] == 1.0
+        assert specs[key]["cdni"] and specs[key]["synth"] == "linear"
+        assert "decay_steps" not in specs[key]
+    runtime = specs["async_cdni"]
+    assert runtime["name"] == "async_cdni C=1 N=32 xla, warm-up 500, clip 1"
+    assert runtime["capacity"] == 1 and runtime["steps_per_execution"] == 32
+    assert runtime["jit"] is True
+
+
+def test_a_decay_is_every_rows_schedule_backprop_included(parse):
+    script = parse("--accuracy", "--warmup_steps=250", "--decay_steps=452")
+    specs = script.accuracy_specs()
+    for spec in specs.values():
+        assert spec["warmup_steps"] == 250 and spec["decay_steps"] == 452
+        assert "global_clipnorm" not in spec
+    assert specs["backprop_mp"]["name"] == "backprop_mp, warm-up 250, decay 452"
+
+
+def test_schedules_are_chosen_and_an_unknown_one_is_refused(parse):
+    script = parse("--accuracy", "--accuracy_schedules=async_cdni,backprop_mp")
+    assert list(script.accuracy_specs()) == ["async_cdni", "backprop_mp"]
+    script = parse("--accuracy", "--accuracy_schedules=async_dni")
+    with pytest.raises(ValueError, match=r"Received: \['async_dni'\]"):
+        script.accuracy_specs()
