@@ -523,7 +523,7 @@ class AsyncPipelinedModel(PipelinedModel):
         synthesizer_step, apply = self._synthesizer_step, _apply
         if self.jit_compile is True:
             stage_step, top_step, synthesizer_step = (
-                tf.function(f, jit_compile=True)
+                tf.function(f, jit_compile=True, autograph=False)
                 for f in (stage_step, top_step, synthesizer_step)
             )
             apply = _compiled_apply()
@@ -635,7 +635,10 @@ class AsyncPipelinedModel(PipelinedModel):
                 out["logs"] = self.get_metrics_result()
             return out
 
-        return tf.function(steps)
+        # No AutoGraph: every loop and branch here is written with
+        # tf.while_loop and tf.cond, and converting this code (Keras's own is
+        # never converted) took most of the tracing time, seconds at each fit.
+        return tf.function(steps, autograph=False)
 
     def _idle_function(self, k, runtime):
         """A lock-step stage without input: its optimizer counts the step."""
@@ -646,7 +649,7 @@ class AsyncPipelinedModel(PipelinedModel):
                 optimizer.iterations.assign_add(1)
             return tf.constant(0)
 
-        return tf.function(idle)
+        return tf.function(idle, autograph=False)
 
     # -------------------------------------------------------- serializing
 
@@ -684,7 +687,9 @@ def _compiled_apply():
         key = (id(optimizer), *(id(v) for v in variables))
         if key not in compiled:
             compiled[key] = tf.function(
-                lambda g: _apply(optimizer, g, variables), jit_compile=True
+                lambda g: _apply(optimizer, g, variables),
+                jit_compile=True,
+                autograph=False,
             )
         return compiled[key](grads)
 
