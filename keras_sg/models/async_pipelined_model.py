@@ -26,7 +26,11 @@ class AsyncPipelinedModel(PipelinedModel):
     schedule is not. Each stage runs in a Python thread of its own, calling
     its own `tf.function` under `tf.device(<its device>)`, with an optimizer
     of its own: a clone of the compiled optimizer that updates the stage and
-    the synthesizer at its output (which lives on its device). No variable,
+    the synthesizer at its output (which lives on its device). With
+    `compile(synthesizer_optimizer=...)` that synthesizer has its own clone
+    of the synthesizer optimizer instead, on the same device; it steps at
+    every step of the stage (counting, without an update, a step that took
+    no target), as `PipelinedModel`'s counts every training step. No variable,
     not even an optimizer's `iterations`, is shared between stages, and no
     step joins them (Jaderberg et al. 2016, arXiv:1608.05343, Section 2:
     update and backwards unlocking).
@@ -208,18 +212,6 @@ class AsyncPipelinedModel(PipelinedModel):
     def make_predict_function(self, force=False):
         with _uncompiled(self):
             return super().make_predict_function(force)
-
-    def compile(self, optimizer="rmsprop", loss=None, *args, **kwargs):
-        synth = kwargs.get("synthesizer_optimizer")
-        if synth is not None:
-            raise ValueError(
-                "AsyncPipelinedModel gives each stage one optimizer, cloned "
-                "from the compiled one, for the stage and the synthesizer at "
-                "its output; a synthesizer optimizer of their own is not "
-                "supported yet. Received: synthesizer_optimizer="
-                f"{type(synth).__name__ if not isinstance(synth, str) else synth!r}"
-            )
-        super().compile(optimizer, loss, *args, **kwargs)
 
     def _check_can_run(self):
         if not self.compiled:
@@ -425,42 +417,76 @@ class AsyncPipelinedModel(PipelinedModel):
 
     def stage_optimizers(self) -> list:
         """One optimizer per stage, cloned from the compiled one, built on
-        that stage's variables and the synthesizer's at its output, on its
-        device. Made on first use and kept (a new `compile` makes new ones)."""
+        that stage's variables and (without a synthesizer optimizer) the
+        synthesizer's at its output, on its device. Made on first use and
+        kept (a new `compile` makes new ones)."""
         made = self._stage_optimizers
-        if made.optimizers is not None and made.source is self.optimizer:
+        if (
+            made.optimizers is not None
+            and made.source is self.optimizer
+            and made.synthesizer_source is self.synthesizer_optimizer
+        ):
             return made.optimizers
-        optimizers = []
+        own = self.synthesizer_optimizer is not None
+        optimizers, synthesizer_optimizers = [], []
         for k in range(len(self.stages)):
-            # Made on the stage's device: Keras makes `iterations` and the
-            # learning rate's variable in the constructor (an XLA stage can
-            # only read variables on its own device).
-            with tf.device(self.devices[k] if self.devices else None):
-                optimizer = type(self.optimizer).from_config(
-                    self.optimizer.get_config()
+            optimizers.append(
+                self._clone_optimizer(
+                    self.optimizer, k, self.stage_variables(k, synthesizer=not own)
                 )
-            if self.devices is not None:
-                place_optimizer(optimizer)
-            with self._on(k):
-                optimizer.build(self.stage_variables(k))
-            optimizers.append(optimizer)
+            )
+            if own and k < len(self.synthesizers):
+                synth = self.synthesizers[k].trainable_variables
+                synthesizer_optimizers.append(
+                    self._clone_optimizer(self.synthesizer_optimizer, k, synth)
+                )
         made.source, made.optimizers = self.optimizer, optimizers
+        made.synthesizer_source = self.synthesizer_optimizer
+        made.synthesizer_optimizers = synthesizer_optimizers if own else None
         saved, self._saved_optimizers = self._saved_optimizers, None
         if saved is not None:
-            self._restore_optimizers(optimizers, saved)
+            self._restore_optimizers(saved)
         return optimizers
 
+    def synthesizer_optimizers(self):
+        """With `compile(synthesizer_optimizer=...)`, one clone of it per cut,
+        built on that synthesizer's variables on stage k's device; else None."""
+        self.stage_optimizers()
+        return self._stage_optimizers.synthesizer_optimizers
+
+    def _clone_optimizer(self, source, k, variables):
+        # Made on the stage's device: Keras makes `iterations` and the
+        # learning rate's variable in the constructor (an XLA stage can
+        # only read variables on its own device).
+        with tf.device(self.devices[k] if self.devices else None):
+            optimizer = type(source).from_config(source.get_config())
+        if self.devices is not None:
+            place_optimizer(optimizer)
+        with self._on(k):
+            optimizer.build(variables)
+        return optimizer
+
     # The stage optimizers' state (slots and `iterations`) is saved with the
-    # model's own variables, under keys `stage_<k>_optimizer_<i>`, and put
-    # back when the optimizers are made (on load, or at the next `fit`).
+    # model's own variables, under keys `stage_<k>_optimizer_<i>` (and the
+    # synthesizer optimizers' under `stage_<k>_synthesizer_optimizer_<i>`),
+    # and put back when the optimizers are made (on load, or at the next
+    # `fit`).
+
+    def _optimizer_keys(self):
+        """(key prefix, optimizer) of every stage and synthesizer optimizer."""
+        made = self._stage_optimizers
+        out = [(f"stage_{k}_optimizer", o) for k, o in enumerate(made.optimizers)]
+        for k, o in enumerate(made.synthesizer_optimizers or []):
+            out.append((f"stage_{k}_synthesizer_optimizer", o))
+        return out
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
         if self._stage_optimizers.optimizers is None:
             return
-        for k, optimizer in enumerate(self._stage_optimizers.optimizers):
+        for prefix, optimizer in self._optimizer_keys():
             for i, v in enumerate(optimizer.variables):
-                store[f"stage_{k}_optimizer_{i}"] = v
+                store[f"{prefix}_{i}"] = v
 
     def load_own_variables(self, store):
         keys = list(store.keys())
@@ -474,22 +500,25 @@ class AsyncPipelinedModel(PipelinedModel):
         if saved and self.compiled:
             self.stage_optimizers()
 
-    def _restore_optimizers(self, optimizers, saved):
-        want = sum(len(o.variables) for o in optimizers)
-        if len(saved) != want:
+    def _restore_optimizers(self, saved):
+        keys = self._optimizer_keys()
+        want = {f"{prefix}_{i}" for prefix, o in keys for i in range(len(o.variables))}
+        if set(saved) != want:
             raise ValueError(
                 f"The saved state of the stage optimizers has {len(saved)} "
-                f"variables; this model's optimizers have {want}. Received: "
-                "a file saved from a different model or optimizer"
+                f"variables; this model's optimizers have {len(want)}. Received: "
+                "a file saved from a different model or optimizer (or "
+                "compiled with or without a synthesizer optimizer)"
             )
-        for k, optimizer in enumerate(optimizers):
+        for prefix, optimizer in keys:
             for i, v in enumerate(optimizer.variables):
-                v.assign(saved[f"stage_{k}_optimizer_{i}"])
+                v.assign(saved[f"{prefix}_{i}"])
 
-    def stage_variables(self, k) -> list:
-        """Stage k's trainable variables and the synthesizer's at its output."""
+    def stage_variables(self, k, synthesizer=True) -> list:
+        """Stage k's trainable variables, and (by default) the synthesizer's
+        at its output."""
         parts = [self.stages[k]]
-        if k < len(self.synthesizers):
+        if synthesizer and k < len(self.synthesizers):
             parts.append(self.synthesizers[k])
         seen, variables = set(), []
         for part in parts:
@@ -513,6 +542,9 @@ class AsyncPipelinedModel(PipelinedModel):
         """
         last = len(self.stages) - 1
         optimizer = runtime.optimizers[k]
+        synth_optimizer = None
+        if runtime.synthesizer_optimizers is not None and k < last:
+            synth_optimizer = runtime.synthesizer_optimizers[k]
         one = tf.constant(1.0)
         # The stage's math: forward and backward, the synthesizer's
         # regression, the optimizer's update. With jit_compile=True each is
@@ -580,7 +612,19 @@ class AsyncPipelinedModel(PipelinedModel):
 
                 # Update: the stage, and the synthesizer if it regressed.
                 stage_vars = list(self.stages[k].trainable_variables)
-                if k < last:
+                if k < last and synth_optimizer is not None:
+                    # Two optimizers; the synthesizer's counts a step without
+                    # a target.
+                    synth_vars = list(self.synthesizers[k].trainable_variables)
+                    applied = tf.logical_and(
+                        apply(optimizer, grads, stage_vars),
+                        tf.cond(
+                            valid,
+                            lambda: apply(synth_optimizer, synth_grads, synth_vars),
+                            lambda: _count_step(synth_optimizer),
+                        ),
+                    )
+                elif k < last:
                     synth_vars = list(self.synthesizers[k].trainable_variables)
                     applied = tf.cond(
                         valid,
@@ -641,12 +685,15 @@ class AsyncPipelinedModel(PipelinedModel):
         return tf.function(steps, autograph=False)
 
     def _idle_function(self, k, runtime):
-        """A lock-step stage without input: its optimizer counts the step."""
-        optimizer = runtime.optimizers[k]
+        """A lock-step stage without input: its optimizers count the step."""
+        optimizers = [runtime.optimizers[k]]
+        if runtime.synthesizer_optimizers is not None and k < len(self.synthesizers):
+            optimizers.append(runtime.synthesizer_optimizers[k])
 
         def idle():
             with self._on(k):
-                optimizer.iterations.assign_add(1)
+                for optimizer in optimizers:
+                    optimizer.iterations.assign_add(1)
             return tf.constant(0)
 
         return tf.function(idle, autograph=False)
@@ -666,6 +713,13 @@ _RECORDS = ("batch", "target_batch", "lag")
 def _apply(optimizer, grads, variables):
     optimizer.apply(grads, variables)
     return tf.constant(True)
+
+
+def _count_step(optimizer):
+    """A step without an update: `iterations` only, as Keras's `apply` of a
+    step with no gradient would leave the slots."""
+    with tf.control_dependencies([optimizer.iterations.assign_add(1)]):
+        return tf.constant(True)
 
 
 @contextlib.contextmanager
@@ -708,6 +762,8 @@ class _StageOptimizers:
     def __init__(self):
         self.source = None
         self.optimizers = None
+        self.synthesizer_source = None
+        self.synthesizer_optimizers = None
 
 
 class _StageFailed(Exception):
@@ -767,6 +823,7 @@ class _Runtime:
                     self.counter = tf.Variable(0, dtype=tf.int64, trainable=False)
                     self.iterator = iter(dataset)
         self.optimizers = model.stage_optimizers()
+        self.synthesizer_optimizers = model.synthesizer_optimizers()
         # Trace every function here, one after the other: Keras's layers
         # keep Python state while they trace.
         int_spec = tf.TensorSpec([], tf.int32)

@@ -117,6 +117,80 @@ def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
             )
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["plain", "xla"])
+def test_lock_step_with_a_synthesizer_optimizer_equals_pipelined_model(jit):
+    """`compile(synthesizer_optimizer=...)`: each synthesizer gets its own
+    clone of it, the stages the model optimizer's; 16 global steps, K = 3,
+    weight by weight against PipelinedModel's two optimizers."""
+    x, y = _data()
+
+    def compiled(cls, **kwargs):
+        model = _model(cls, "sgd", **kwargs)
+        model.compile(
+            keras.optimizers.Adam(0.05),
+            "mse",
+            synthesizer_optimizer=keras.optimizers.SGD(0.3, momentum=0.5),
+            jit_compile=jit if cls is keras_sg.AsyncPipelinedModel else False,
+        )
+        return model
+
+    reference = compiled(keras_sg.PipelinedModel)
+    start = weights_of(_parts(reference))
+    reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    model = compiled(keras_sg.AsyncPipelinedModel, lock_step=True)
+    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+    want, got = weights_of(_parts(reference)), weights_of(_parts(model))
+    moved = [np.abs(w - s).max() for w, s in zip(want, start, strict=True)]
+    assert min(moved) > 1e-3  # every stage and synthesizer learned
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+    # Both kinds step at every global step, as the reference's two do.
+    steps = int(reference.synthesizer_optimizer.iterations)
+    assert steps == int(reference.optimizer.iterations) == 16
+    assert [int(o.iterations) for o in model.stage_optimizers()] == [16] * 3
+    synth_optimizers = model.synthesizer_optimizers()
+    assert [type(o).__name__ for o in synth_optimizers] == ["SGD", "SGD"]
+    assert [int(o.iterations) for o in synth_optimizers] == [16, 16]
+    # The stage optimizers hold no synthesizer variable.
+    synth_ids = {id(v) for s in model.synthesizers for v in s.trainable_variables}
+    for optimizer in model.stage_optimizers():
+        built = {id(v) for v in optimizer._trainable_variables}
+        assert not built & synth_ids
+
+
+def test_a_run_with_a_synthesizer_optimizer_resumes_from_a_file(tmp_path):
+    """Its clones' state is saved beside the stage optimizers' and put back."""
+    x, y = _data()
+
+    def compiled():
+        model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+        model.compile(
+            keras.optimizers.Adam(0.05),
+            "mse",
+            synthesizer_optimizer=keras.optimizers.Adam(0.02),
+        )
+        return model
+
+    straight = compiled()
+    straight.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    first = compiled()
+    first.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "epoch-1.keras"
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    resumed.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    want, got = weights_of(_parts(straight)), weights_of(_parts(resumed))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    assert [int(o.iterations) for o in resumed.synthesizer_optimizers()] == [20, 20]
+    # A file with the synthesizer optimizers does not load into a model
+    # without them.
+    plain = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+    plain.compile(keras.optimizers.Adam(0.05), "mse")
+    with pytest.raises(ValueError, match="with or without a synthesizer optimizer"):
+        plain.load_weights(path)
+
+
 def test_lock_step_drains_every_epoch():
     """With the default drain, every stage finishes each epoch's batches."""
     x, y = _data(n=8)
@@ -551,14 +625,6 @@ def test_xla_per_stage_refuses_what_it_cannot_compile():
         model.fit(x, y, batch_size=B, verbose=0)
     assert "stage 2" in str(raised.value.__notes__)
     assert _stage_threads() == []
-
-
-def test_rejects_a_synthesizer_optimizer():
-    # Each stage's one optimizer would train its synthesizer: refused, not
-    # silently ignored.
-    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
-    with pytest.raises(ValueError, match="synthesizer_optimizer='adam'"):
-        model.compile("sgd", "mse", synthesizer_optimizer="adam")
 
 
 @pytest.mark.parametrize(
