@@ -55,6 +55,11 @@ flags.DEFINE_float(
     0.0,
     "With --accuracy: Adam's global_clipnorm for the cDNI rows (0: none).",
 )
+flags.DEFINE_float(
+    "clipvalue",
+    0.0,
+    "With --accuracy: Adam's clipvalue for the cDNI rows (0: none).",
+)
 
 BASELINES = [  # (name, model, synthesizer)
     ("backprop_mp", "backprop", None),
@@ -116,7 +121,8 @@ ACCURACY_SCHEDULES = ("backprop_mp", "pipelined_cdni", "async_cdni")
 def accuracy_specs():
     """Time-to-accuracy runs, as benchmark_pipeline's (its accuracy_worker).
 
-    The cDNI rows train with --warmup_steps and --global_clipnorm. With
+    The cDNI rows train with --warmup_steps, --global_clipnorm and
+    --clipvalue. With
     --decay_steps every row, backprop's too, trains with the same warm-up
     and decay.
     """
@@ -145,6 +151,9 @@ def accuracy_specs():
     if FLAGS.global_clipnorm:
         cdni["global_clipnorm"] = FLAGS.global_clipnorm
         cdni_suffix += f", clip {FLAGS.global_clipnorm:g}"
+    if FLAGS.clipvalue:
+        cdni["clipvalue"] = FLAGS.clipvalue
+        cdni_suffix += f", clipvalue {FLAGS.clipvalue:g}"
     backprop, backprop_suffix = (schedule, suffix) if FLAGS.decay_steps else ({}, "")
     steps, jit = parse_variant(FLAGS.variants[0])
     capacity = int(FLAGS.capacities[0])

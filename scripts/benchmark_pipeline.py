@@ -226,9 +226,12 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
     )
     model.compile(
         # With global_clipnorm, the asynchronous runtime clips each stage's
-        # gradients (with its synthesizer's) on their own.
+        # gradients (with its synthesizer's) on their own; clipvalue clips
+        # each gradient element (free under XLA: it fuses into the update).
         optimizer=keras.optimizers.Adam(
-            rate, global_clipnorm=spec.get("global_clipnorm")
+            rate,
+            global_clipnorm=spec.get("global_clipnorm"),
+            clipvalue=spec.get("clipvalue"),
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],

@@ -61,6 +61,14 @@ def test_a_decay_is_every_rows_schedule_backprop_included(parse):
     assert specs["backprop_mp"]["name"] == "backprop_mp, warm-up 250, decay 452"
 
 
+def test_clipping_by_value_goes_to_the_cdni_rows(parse):
+    script = parse("--accuracy", "--clipvalue=0.01", "--warmup_steps=0")
+    specs = script.accuracy_specs()
+    assert "clipvalue" not in specs["backprop_mp"]
+    assert specs["async_cdni"]["clipvalue"] == 0.01
+    assert specs["pipelined_cdni"]["name"] == "pipelined_cdni, clipvalue 0.01"
+
+
 def test_schedules_are_chosen_and_an_unknown_one_is_refused(parse):
     script = parse("--accuracy", "--accuracy_schedules=async_cdni,backprop_mp")
     assert list(script.accuracy_specs()) == ["async_cdni", "backprop_mp"]

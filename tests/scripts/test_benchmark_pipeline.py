@@ -401,7 +401,7 @@ def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
     assert rates == pytest.approx([0.0, 5e-4, 1e-3, 1e-3], rel=1e-4)
 
 
-def test_global_clipnorm_of_a_spec_reaches_the_optimizer(bench):
+def test_clipping_of_a_spec_reaches_the_optimizer(bench):
     import keras
 
     import keras_sg
@@ -420,6 +420,10 @@ def test_global_clipnorm_of_a_spec_reaches_the_optimizer(bench):
     assert bench.build(spec, keras, keras_sg, None, 5).optimizer.global_clipnorm is None
     clipped = bench.build(dict(spec, global_clipnorm=1.5), keras, keras_sg, None, 5)
     assert clipped.optimizer.global_clipnorm == 1.5
+    assert clipped.optimizer.clipvalue is None
+    by_value = bench.build(dict(spec, clipvalue=0.01), keras, keras_sg, None, 5)
+    assert by_value.optimizer.clipvalue == 0.01
+    assert by_value.optimizer.global_clipnorm is None
 
 
 def test_staleness_of_the_targets_by_hand(bench):
