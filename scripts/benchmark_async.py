@@ -140,20 +140,22 @@ def accuracy_specs():
         max_epochs=FLAGS.max_epochs,
         **({} if FLAGS.logical else {"cluster": True}),
     )
-    schedule, suffix = {}, ""
-    if FLAGS.warmup_steps:
-        schedule["warmup_steps"] = FLAGS.warmup_steps
-        suffix += f", warm-up {FLAGS.warmup_steps}"
-    if FLAGS.decay_steps:
-        schedule["decay_steps"] = FLAGS.decay_steps
-        suffix += f", decay {FLAGS.decay_steps}"
-    cdni, cdni_suffix = dict(schedule), suffix
-    if FLAGS.global_clipnorm:
-        cdni["global_clipnorm"] = FLAGS.global_clipnorm
-        cdni_suffix += f", clip {FLAGS.global_clipnorm:g}"
-    if FLAGS.clipvalue:
-        cdni["clipvalue"] = FLAGS.clipvalue
-        cdni_suffix += f", clipvalue {FLAGS.clipvalue:g}"
+
+    def options(pairs):
+        """The set flags among (spec key, label) pairs, and the name's suffix."""
+        chosen = {key: getattr(FLAGS, key) for key, _ in pairs if getattr(FLAGS, key)}
+        suffix = "".join(
+            f", {label} {getattr(FLAGS, key):g}"
+            for key, label in pairs
+            if key in chosen
+        )
+        return chosen, suffix
+
+    schedule, suffix = options([("warmup_steps", "warm-up"), ("decay_steps", "decay")])
+    clipping, clip_suffix = options(
+        [("global_clipnorm", "clip"), ("clipvalue", "clipvalue")]
+    )
+    cdni, cdni_suffix = dict(schedule, **clipping), suffix + clip_suffix
     backprop, backprop_suffix = (schedule, suffix) if FLAGS.decay_steps else ({}, "")
     steps, jit = parse_variant(FLAGS.variants[0])
     capacity = int(FLAGS.capacities[0])

@@ -160,7 +160,6 @@ def test_lock_step_with_a_synthesizer_optimizer_equals_pipelined_model(jit):
 
 def test_a_run_with_a_synthesizer_optimizer_resumes_from_a_file(tmp_path):
     """Its clones' state is saved beside the stage optimizers' and put back."""
-    x, y = _data()
 
     def compiled():
         model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
@@ -171,17 +170,7 @@ def test_a_run_with_a_synthesizer_optimizer_resumes_from_a_file(tmp_path):
         )
         return model
 
-    straight = compiled()
-    straight.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
-    first = compiled()
-    first.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
-    path = tmp_path / "epoch-1.keras"
-    first.save(path)
-    resumed = keras.models.load_model(path)
-    resumed.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
-    want, got = weights_of(_parts(straight)), weights_of(_parts(resumed))
-    for w, g in zip(want, got, strict=True):
-        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    resumed, path = _straight_against_resumed(compiled, tmp_path)
     assert [int(o.iterations) for o in resumed.synthesizer_optimizers()] == [20, 20]
     # A file with the synthesizer optimizers does not load into a model
     # without them.
@@ -205,20 +194,14 @@ def test_lock_step_drains_every_epoch():
     assert [int(o.iterations) for o in model.stage_optimizers()] == [18] * 3
 
 
-def test_a_run_resumed_from_a_file_goes_on_as_it_would_have(tmp_path):
-    """Lock-step, Adam: two epochs straight, or one, save, load and one more.
-
-    The file holds each stage optimizer's moments and `iterations`, and a
-    drained epoch leaves nothing in flight.
-    """
+def _straight_against_resumed(compiled, tmp_path):
+    """Two lock-step epochs of `compiled()` straight, and one, save, load and
+    one more: the weights must be the same. Returns the resumed model and
+    the file."""
     x, y = _data()
-    straight = _model(
-        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
-    )
+    straight = compiled()
     straight.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
-    first = _model(
-        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
-    )
+    first = compiled()
     first.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
     path = tmp_path / "epoch-1.keras"
     first.save(path)
@@ -227,6 +210,21 @@ def test_a_run_resumed_from_a_file_goes_on_as_it_would_have(tmp_path):
     want, got = weights_of(_parts(straight)), weights_of(_parts(resumed))
     for w, g in zip(want, got, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    return resumed, path
+
+
+def test_a_run_resumed_from_a_file_goes_on_as_it_would_have(tmp_path):
+    """Lock-step, Adam: two epochs straight, or one, save, load and one more.
+
+    The file holds each stage optimizer's moments and `iterations`, and a
+    drained epoch leaves nothing in flight.
+    """
+    resumed, _ = _straight_against_resumed(
+        lambda: _model(
+            keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+        ),
+        tmp_path,
+    )
     iterations = [int(o.iterations) for o in resumed.stage_optimizers()]
     assert iterations == [20, 20, 20]  # 2 x (8 batches + 2 drain steps)
 

@@ -377,22 +377,27 @@ def test_async_prediction_is_the_async_schedule_with_the_capacity(bench):
     assert sim.step_time / 8 == pytest.approx(12 + 22 + 6 + 0.5 + 1.0)
 
 
-def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
-    import keras
-
-    import keras_sg
-
-    spec = dict(
+def _tiny(model, **spec):
+    """The spec of a tiny cDNI model of `build`, K = 2."""
+    return dict(
         devices=2,
         width=8,
         batch_size=4,
         micro_batches=2,
         rank=2,
-        model="pipelined",
+        model=model,
         synth="linear",
         cdni=True,
-        learning_rate=1e-3,
+        **spec,
     )
+
+
+def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
+    import keras
+
+    import keras_sg
+
+    spec = _tiny("pipelined", learning_rate=1e-3)
     flat = bench.build(spec, keras, keras_sg, None, 5)
     assert float(flat.optimizer.learning_rate) == pytest.approx(1e-3)
     warm = bench.build(dict(spec, warmup_steps=10), keras, keras_sg, None, 5)
@@ -406,17 +411,7 @@ def test_clipping_of_a_spec_reaches_the_optimizer(bench):
 
     import keras_sg
 
-    spec = dict(
-        devices=2,
-        width=8,
-        batch_size=4,
-        micro_batches=2,
-        rank=2,
-        model="async",
-        synth="linear",
-        cdni=True,
-        capacity=2,
-    )
+    spec = _tiny("async", capacity=2)
     assert bench.build(spec, keras, keras_sg, None, 5).optimizer.global_clipnorm is None
     clipped = bench.build(dict(spec, global_clipnorm=1.5), keras, keras_sg, None, 5)
     assert clipped.optimizer.global_clipnorm == 1.5
