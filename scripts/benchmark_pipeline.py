@@ -100,8 +100,9 @@ flags.DEFINE_integer(
     "decay_steps",
     0,
     "Steps of a cosine decay of the rate to a tenth, after the warm-up "
-    "(0: none). In benchmark_async.py --accuracy every row then trains with "
-    "the same warm-up and decay, backprop's included.",
+    "(0: none), for benchmark_async.py --accuracy (where every row then "
+    "trains with the same warm-up and decay, backprop's included) and "
+    "epochs_to_accuracy.py; this script's own report does not use it.",
 )
 flags.DEFINE_bool(
     "table_only",

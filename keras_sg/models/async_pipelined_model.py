@@ -681,7 +681,8 @@ class AsyncPipelinedModel(PipelinedModel):
 
         # No AutoGraph: every loop and branch here is written with
         # tf.while_loop and tf.cond, and converting this code (Keras's own is
-        # never converted) took most of the tracing time, seconds at each fit.
+        # never converted) took most of the tracing time, seconds at the
+        # first fit of a process.
         return tf.function(steps, autograph=False)
 
     def _idle_function(self, k, runtime):
@@ -716,8 +717,8 @@ def _apply(optimizer, grads, variables):
 
 
 def _count_step(optimizer):
-    """A step without an update: `iterations` only, as Keras's `apply` of a
-    step with no gradient would leave the slots."""
+    """A step without an update: only `iterations` moves, the slots stay, as
+    `PipelinedModel`'s optimizer counts a step that gives it no gradient."""
     with tf.control_dependencies([optimizer.iterations.assign_add(1)]):
         return tf.constant(True)
 
