@@ -45,10 +45,9 @@ flags.DEFINE_bool(
     "--capacities) with benchmark_pipeline's --warmup_steps.",
 )
 
+ACCURACY_SCHEDULES = ("backprop_mp", "pipelined_cdni", "async_cdni")
 flags.DEFINE_list(
-    "accuracy_schedules",
-    ["backprop_mp", "pipelined_cdni", "async_cdni"],
-    "The schedules of --accuracy.",
+    "accuracy_schedules", list(ACCURACY_SCHEDULES), "The schedules of --accuracy."
 )
 flags.DEFINE_float(
     "global_clipnorm",
@@ -115,16 +114,12 @@ def specs():
     return out
 
 
-ACCURACY_SCHEDULES = ("backprop_mp", "pipelined_cdni", "async_cdni")
-
-
 def accuracy_specs():
     """Time-to-accuracy runs, as benchmark_pipeline's (its accuracy_worker).
 
     The cDNI rows train with --warmup_steps, --global_clipnorm and
-    --clipvalue. With
-    --decay_steps every row, backprop's too, trains with the same warm-up
-    and decay.
+    --clipvalue. With --decay_steps every row, backprop's too, trains with
+    the same warm-up and decay.
     """
     unknown = set(FLAGS.accuracy_schedules) - set(ACCURACY_SCHEDULES)
     if unknown:

@@ -254,16 +254,16 @@ def warmed_up(keras, rate, warmup_steps, decay_steps=0):
         )
     if not warmup_steps and not decay_steps:
         return rate
-    # Without decay_steps, a cosine decay too long to matter: the warm-up,
-    # then flat.
-    decay = dict(decay_steps=decay_steps, alpha=0.1) if decay_steps else {}
+    # Without decay_steps, a cosine decay too long to matter: flat.
+    if decay_steps:
+        decay = {"decay_steps": decay_steps, "alpha": 0.1}
+    else:
+        decay = {"decay_steps": 10**9}
+    schedules = keras.optimizers.schedules
     if not warmup_steps:
-        return keras.optimizers.schedules.CosineDecay(rate, **decay)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0,
-        **(decay or dict(decay_steps=10**9)),
-        warmup_target=rate,
-        warmup_steps=warmup_steps,
+        return schedules.CosineDecay(rate, **decay)
+    return schedules.CosineDecay(
+        0.0, **decay, warmup_target=rate, warmup_steps=warmup_steps
     )
 
 
