@@ -612,33 +612,35 @@ class AsyncPipelinedModel(PipelinedModel):
 
                 # Update: the stage, and the synthesizer if it regressed.
                 stage_vars = list(self.stages[k].trainable_variables)
-                if k < last and synth_optimizer is not None:
-                    # Two optimizers; the synthesizer's counts a step without
-                    # a target.
+                if k == last:
+                    applied = apply(optimizer, grads, stage_vars)
+                else:
                     synth_vars = list(self.synthesizers[k].trainable_variables)
-                    applied = tf.logical_and(
-                        apply(optimizer, grads, stage_vars),
-                        tf.cond(
+                    if synth_optimizer is not None:
+                        # Two optimizers; the synthesizer's counts a step
+                        # without a target.
+                        applied = tf.logical_and(
+                            apply(optimizer, grads, stage_vars),
+                            tf.cond(
+                                valid,
+                                lambda: apply(synth_optimizer, synth_grads, synth_vars),
+                                lambda: _count_step(synth_optimizer),
+                            ),
+                        )
+                    else:
+                        applied = tf.cond(
                             valid,
-                            lambda: apply(synth_optimizer, synth_grads, synth_vars),
-                            lambda: _count_step(synth_optimizer),
-                        ),
-                    )
-                elif k < last:
-                    synth_vars = list(self.synthesizers[k].trainable_variables)
-                    applied = tf.cond(
-                        valid,
-                        lambda: apply(
-                            optimizer, grads + synth_grads, stage_vars + synth_vars
-                        ),
-                        lambda: apply(optimizer, grads, stage_vars),
-                    )
+                            lambda: apply(
+                                optimizer,
+                                grads + synth_grads,
+                                stage_vars + synth_vars,
+                            ),
+                            lambda: apply(optimizer, grads, stage_vars),
+                        )
                     weight = tf.cast(valid, tf.float32)
                     self.sg_loss_trackers[k].update_state(
                         tf.where(valid, sg_loss, 0.0), sample_weight=weight
                     )
-                else:
-                    applied = apply(optimizer, grads, stage_vars)
                 # Finished: what it sent is in the queues, its update made.
                 with tf.control_dependencies([*sent, applied]):
                     runtime.done[k].assign_add(1)

@@ -136,9 +136,16 @@ def test_lock_step_with_a_synthesizer_optimizer_equals_pipelined_model(jit):
 
     reference = compiled(keras_sg.PipelinedModel)
     start = weights_of(_parts(reference))
-    reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    want_history = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
     model = compiled(keras_sg.AsyncPipelinedModel, lock_step=True)
-    model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+    history = model.fit(
+        x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False
+    )
+    # The loss and each synthesizer's regression loss, as the reference
+    # logs them.
+    assert history.history.keys() == want_history.history.keys()
+    for name, values in want_history.history.items():
+        np.testing.assert_allclose(history.history[name], values, rtol=1e-6)
     want, got = weights_of(_parts(reference)), weights_of(_parts(model))
     moved = [np.abs(w - s).max() for w, s in zip(want, start, strict=True)]
     assert min(moved) > 1e-3  # every stage and synthesizer learned
