@@ -596,15 +596,16 @@ def measure(spec):
     cache = Path(FLAGS.cache) / (re.sub(r"[^A-Za-z0-9]+", "_", spec["name"]) + ".json")
     if cache.exists():
         cached = json.loads(cache.read_text())
-        # Traced runs saved before the per-step overhead was measured: stale.
+        # Traced runs saved before the per-step overhead was measured, and
+        # server runs saved before their core costs were: stale.
         traced = not spec.get("mnist") and spec["model"] != "plain"
+        stale = traced and (
+            "per_step_overhead_ms" not in cached
+            or (spec.get("cluster") and "core_costs" not in cached["profile"])
+        )
         # Accuracy runs saved before they trained in one `fit`: stale.
         current = not spec.get("mnist") or cached.get("one_fit")
-        if (
-            cached["spec"] == spec
-            and current
-            and ("per_step_overhead_ms" in cached or not traced)
-        ):
+        if cached["spec"] == spec and current and not stale:
             return cached
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, f"--worker={json.dumps(spec)}"]
@@ -675,27 +676,20 @@ def messages_per_cut(spec):
 def device_costs(result):
     """The run's costs per device for the simulator, ms per step.
 
-    The summed durations of each device's ops by kind; on the servers,
-    scaled down, all kinds alike, where they add up to more than the
-    server's busy time (the union of its op intervals, per step). A server
-    is pinned to one core: two ops that overlap on it share that core, each
-    running at about half speed, and each one's duration counts the other's
-    work too. The servers run two at once since `start_server` gives their
-    clients' functions two threads; their summed op time was then 1.4 to 1.9
-    times their busy time. Logical devices are left as they are: their ops
-    share a pool of threads over both cores, so two ops of one device may
-    really run at once.
+    On logical devices, the summed durations of each device's ops by kind:
+    their ops share a pool of threads over both cores, so two ops of one
+    device may really run at once. On the servers, each server's busy time
+    by kind with the time in which several of its ops ran at once shared
+    equally by them (`keras_sg.profiling.core_shares`): a server is pinned
+    to one core, and `start_server` gives its clients' functions two
+    threads, so two ops that overlap share the core, each running at about
+    half speed, and each one's duration counts the other's work too (their
+    summed op time was 1.4 to 1.9 times their busy time). The costs then add
+    up to the server's busy time.
     """
     if not result["spec"].get("cluster"):
         return result["costs"]
-    busy, step = result.get("busy"), result.get("traced_step_ms")
-    scaled = []
-    for k, costs in enumerate(result["costs"]):
-        total = sum(costs.values())
-        limit = busy[k] * step if busy and step else None
-        factor = limit / total if limit is not None and total > limit else 1.0
-        scaled.append({kind: value * factor for kind, value in costs.items()})
-    return scaled
+    return result["profile"]["core_costs"]
 
 
 def transfers(result):
@@ -1020,9 +1014,10 @@ def costs_file(measured, load):
         "queue ops; in transfer_ms, not in the simulator's costs), C other "
         "work (on the servers: control edges), from the median run's profiler "
         "trace: the summed durations of each device's ops by kind; on the "
-        "servers scaled down where they add up to more than the server's busy "
-        "time (ops that overlapped on its one core shared it)",
-        "op_costs": "the same, not scaled: the summed op durations",
+        "servers each server's busy time by kind, the time in which several "
+        "of its ops ran at once shared equally by them (they shared its one "
+        "core; keras_sg.profiling.core_shares)",
+        "op_costs": "the same, on the servers too: the summed op durations",
         "per_step_overhead_ms": "ms per step in which no op runs on any device "
         "(wall time of the traced steps minus the union of every op's "
         "interval, over the steps), in the median run's trace",
@@ -1263,12 +1258,13 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         f" and overheads of every measured schedule are in [{costs_name}]"
         f"({costs_name}); `keras_sg.schedules.validation.validate_measured_costs`"
         " recomputes every prediction from that file. On the servers a"
-        " device's costs are its ops' summed durations scaled down to its busy"
-        " time where they add up to more: a server has one core, and"
+        " device's costs are its busy time by kind, the time in which several"
+        " of its ops ran at once shared equally by them"
+        " (`keras_sg.profiling.core_shares`): a server has one core, and"
         " `keras_sg.placement.start_server` gives its clients' functions two"
         " threads, so two ops may share the core and each one's duration then"
-        " counts the other's work too (the raw sums are kept in the file as"
-        " `op_costs`; `device_costs` in the script).",
+        " counts the other's work too (the summed durations are kept in the"
+        " file as `op_costs`; `device_costs` in the script).",
         "",
     ]
     if cluster:

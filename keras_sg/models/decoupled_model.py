@@ -431,7 +431,13 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
         if self.method == "backprop":
             for k in reversed(range(last)):
                 with self._on(k):
+                    # Stage k + 1 updates once its gradient has reached stage k.
+                    sent = steps.arrived(true_grad)
                     true_grad, stage_grads = pullbacks[k]((true_grad, loss_scale))
+                above = self.stages[k + 1].trainable_variables
+                with self._on(k + 1):
+                    waiting = steps.after(sent, [grads[id(v)] for v in above])
+                grads.update(zip(map(id, above), waiting, strict=True))
                 grads.update(
                     zip(
                         map(id, self.stages[k].trainable_variables),

@@ -59,7 +59,7 @@ class GPipeModel(DecoupledModel):
         weight = self._loss_scale() / m
         last = len(self.stages) - 1
 
-        total, losses, preds = {}, [], []
+        total, losses, preds, sent = {}, [], [], {}
         for x_m, y_m, sw_m in zip(xs, ys, sws, strict=True):
             pullbacks, h = [], x_m
             for k, stage in enumerate(self.stages[:-1]):
@@ -84,11 +84,22 @@ class GPipeModel(DecoupledModel):
                 _accumulate(total, top.trainable_variables, stage_grads)
             for k in reversed(range(last)):
                 with self._on(k):
+                    sent.setdefault(k, []).append(grad)  # sent down to stage k
                     grad, stage_grads = pullbacks[k]((grad, weight))
                     _accumulate(total, self.stages[k].trainable_variables, stage_grads)
             losses.append(loss)
             preds.append(y_pred)
 
+        # Stage k + 1 updates once every micro-batch's gradient has reached
+        # stage k (see `steps.arrived`; the executor may run the micro-batches'
+        # backward passes in any order).
+        for k, grads in sent.items():
+            with self._on(k):
+                arrived = steps.arrived(grads)
+            above = self.stages[k + 1].trainable_variables
+            with self._on(k + 1):
+                waiting = steps.after(arrived, [total[id(v)] for v in above])
+            total.update(zip(map(id, above), waiting, strict=True))
         self._apply(total)
 
         loss = tf.add_n(losses) / m

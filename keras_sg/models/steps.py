@@ -92,6 +92,52 @@ def vjp(
     return outputs, pullback
 
 
+def after(first, tensors):
+    """`tensors`, ready in a graph only once `first` is computed.
+
+    Args:
+        first: a tensor or op, or None (then `tensors` are returned as they
+            are).
+        tensors: a list of tensors, `tf.IndexedSlices` or None.
+
+    Returns:
+        A list of the same values; in eager mode, `tensors` themselves.
+    """
+    if first is None or tf.executing_eagerly():
+        return list(tensors)
+    with tf.control_dependencies([first]):
+        return [
+            None
+            if t is None
+            else tf.nest.map_structure(tf.identity, t, expand_composites=True)
+            for t in tensors
+        ]
+
+
+def arrived(tensors):
+    """An op on the current device that runs once `tensors` are here.
+
+    It reads one element of each tensor, so in a graph placed over devices it
+    runs only after the tensors have been received on the device in scope.
+    A stage's update made to wait for it (`after`) runs only once the
+    gradient the stage sends down has reached the stage below: on a device
+    that runs one op at a time, TensorFlow's executor otherwise may run the
+    whole update before the send, and the stage below waits for both
+    (measured on two one-core TensorFlow servers; docs/simulation.md). The
+    tensor is sent once whatever reads it there, so this adds no transfer.
+
+    Args:
+        tensors: a tensor or a nest of them (None entries are skipped).
+
+    Returns:
+        An op, or None in eager mode or for no tensor.
+    """
+    flat = [t for t in tf.nest.flatten(tensors) if t is not None]
+    if not flat or tf.executing_eagerly():
+        return None
+    return tf.group(*(tf.reshape(t, [-1])[:1] for t in flat))
+
+
 def synthesizer_loss(synthetic, target):
     """Mean squared error of a synthetic gradient and its (stopped) target.
 

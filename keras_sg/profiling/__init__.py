@@ -13,7 +13,7 @@ colours of the simulator's (`keras_sg.schedules`).
 or, inside your own `fit`, the callback `Profile(steps=4, skip=1)`. A model
 whose stages run on TensorFlow servers is traced from the servers with
 `profile_servers`. The trace arithmetic (`op_kind`, `union_length`,
-`summarize`) is pure Python.
+`core_shares`, `summarize`) is pure Python.
 """
 
 from keras_sg.profiling.drawing import COLORS, draw_timelines
@@ -35,6 +35,7 @@ from keras_sg.profiling.trace import (
     TRANSFER_TYPES,
     Op,
     TraceSummary,
+    core_shares,
     cut_transfers,
     is_op,
     op_kind,
@@ -53,6 +54,7 @@ __all__ = [
     "ProfileResult",
     "TRANSFER_TYPES",
     "TraceSummary",
+    "core_shares",
     "cpu_seconds",
     "cut_transfers",
     "draw_timelines",

@@ -35,6 +35,10 @@ class ProfileResult:
         steps: training steps traced.
         wall_time: wall-clock ms of those steps.
         batch_size: examples per step, None if not known.
+        core_costs: per device, its busy time per step by kind, ops that run
+            at once sharing their time (see `keras_sg.profiling.core_shares`):
+            the costs of a device with one core, such as a TensorFlow server
+            pinned to one. Empty in a result saved before they were kept.
     """
 
     devices: tuple[str, ...]
@@ -48,6 +52,7 @@ class ProfileResult:
     steps: float
     wall_time: float
     batch_size: int | None = None
+    core_costs: tuple[dict[str, float], ...] = ()
 
     @classmethod
     def from_summary(
@@ -71,6 +76,7 @@ class ProfileResult:
             steps=summary.steps,
             wall_time=wall_time,
             batch_size=batch_size,
+            core_costs=summary.core_costs,
         )
 
     @property
@@ -153,6 +159,7 @@ class ProfileResult:
             busy=list(self.busy),
             costs=[dict(c) for c in self.costs],
             stage_costs=[dict(c) for c in self.stage_costs],
+            core_costs=[dict(c) for c in self.core_costs],
             events=kept,
         )
         return fields
@@ -171,6 +178,7 @@ class ProfileResult:
             busy=tuple(fields.pop("busy")),
             costs=tuple(dict(c) for c in fields.pop("costs")),
             stage_costs=tuple(dict(c) for c in fields.pop("stage_costs")),
+            core_costs=tuple(dict(c) for c in fields.pop("core_costs", ())),
             events=events,
             **fields,
         )

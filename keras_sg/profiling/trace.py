@@ -99,6 +99,13 @@ class TraceSummary:
         stage_costs: per stage, the same from the ops of its `stage_k` scope;
             the optimizer update ("U") and other work ("C") of a device are
             shared by the stages on it.
+        core_costs: per device, its busy time by kind, in ms per step, with
+            the time in which several of its ops run at once shared equally
+            by them (`core_shares`): the costs of a device that runs on one
+            core, where two ops at once each run at about half speed and
+            each one's duration counts the other's work too. They add up to
+            the device's busy time (plus its share of an update that no
+            device claims, as in `costs`).
         unplaced: ms per step of ops that neither carry a stage scope nor
             run on a known device (on logical devices: the loss, metrics,
             step counters); in no device's numbers.
@@ -116,6 +123,7 @@ class TraceSummary:
     events: tuple[Event, ...]
     window: float
     steps: float
+    core_costs: tuple[dict[str, float], ...] = ()
 
 
 def is_op(name: str) -> bool:
@@ -183,6 +191,43 @@ def union_length(
             covered += stop - start
             last_end = stop
     return covered
+
+
+def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:
+    """One device's busy time by kind, overlapping ops sharing it equally.
+
+    While n ops run at once, each is given 1/n of that time, so the kinds'
+    times add up to the union of the intervals (`union_length`). On a device
+    with one core this is the work each kind did: two ops that overlap share
+    the core, and their summed durations count the shared time twice.
+
+    Args:
+        intervals: (start, end, kind, ...) tuples of one device, in any
+            order; items after the third are ignored.
+
+    Returns:
+        A dict from each kind of `intervals` to its time.
+    """
+    points, kinds = [], []
+    for i, (start, end, kind, *_) in enumerate(intervals):
+        kinds.append(kind)
+        if end > start:
+            points += [(start, 1, i), (end, -1, i)]
+    shares = dict.fromkeys(kinds, 0.0)
+    running: set[int] = set()
+    last = None
+    # At one instant, ends before starts: touching ops do not overlap.
+    for time, change, i in sorted(points, key=lambda p: (p[0], p[1])):
+        if running and time > last:
+            share = (time - last) / len(running)
+            for j in running:
+                shares[kinds[j]] += share
+        last = time
+        if change > 0:
+            running.add(i)
+        else:
+            running.discard(i)
+    return shares
 
 
 def summarize(
@@ -257,8 +302,11 @@ def summarize(
             "The trace holds no op of a stage (name scope `stage_k`) or of a "
             "known device: was a keras_sg model trained while it was taken?"
         )
+    core = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_devices)]
     for device in range(num_devices):
         costs[device]["U"] += update * update_shares[device]
+        core[device].update(core_shares(placed[device]))
+        core[device]["U"] += update * update_shares[device]
     # A device's update and other work, shared by its stages (the update
     # is under a stage scope only with AsyncPipelinedModel's per-stage
     # optimizers, one stage per device in its use so far).
@@ -292,6 +340,7 @@ def summarize(
         events=tuple(events),
         window=window,
         steps=steps,
+        core_costs=tuple(per_step(c) for c in core),
     )
 
 

@@ -18,6 +18,7 @@ def _flush_dependencies(
     num_stages: int,
     num_devices: int,
     comm_latency: float,
+    last_backward: dict[int, int] | None = None,
 ) -> list[tuple[OpKey, float]]:
     kind, m, stage = op
 
@@ -33,6 +34,10 @@ def _flush_dependencies(
     deps = [(("F", m, stage), 0.0)]
     if stage < num_stages - 1:
         deps.append((("B", m, stage + 1), lag(stage + 1)))
+        if last_backward is not None and last_backward[stage + 1] == m:
+            # The gradient that the stage above's last backward sends down
+            # leaves after that stage's update.
+            deps.append((("U", 0, stage + 1), lag(stage + 1)))
     return deps
 
 
@@ -51,6 +56,7 @@ def simulate_flush(
     update: Sequence[float] | None = None,
     transfer: Sequence[float] | None = None,
     per_step_overhead: float = 0.0,
+    update_before_send: bool = False,
 ) -> SimulationResult:
     """Times one training step of a flushed schedule and measures it.
 
@@ -59,7 +65,9 @@ def simulate_flush(
     m. A message between two devices adds `comm_latency`. With W operations
     (ZB-H1), B is the input gradient only and W of stage s on m, the weight
     gradient, waits for B of stage s on m. The update U of each stage runs
-    on its device after the device's last operation of the step.
+    on its device after the device's last operation of the step. With
+    `update_before_send`, the gradient of each stage's last backward is sent
+    down only after the stage's update (one stage per device, no W).
 
     Args:
         schedule: the schedule's name, stored in the result.
@@ -78,6 +86,8 @@ def simulate_flush(
         transfer: per cut, the receiving device's time per message.
         per_step_overhead: time every device waits at the end of the step
             (counted as idle).
+        update_before_send: whether the B of stage s - 1 on the micro-batch
+            of stage s's last backward also waits for stage s's update.
 
     Returns:
         The SimulationResult of one step; `step_time` is its makespan plus
@@ -101,8 +111,24 @@ def simulate_flush(
         for order in orders
     ]
 
+    last_backward = None
+    if update_before_send:
+        if num_stages != num_devices or any(op[0] == "W" for o in orders for op in o):
+            raise ValueError(
+                "`update_before_send` needs one stage per device and no "
+                "separate weight-gradient operations (W)."
+            )
+        last_backward = {
+            op[2]: op[1] for order in orders for op in order if op[0] == "B"
+        }
+
     def dependencies(op):
-        return _flush_dependencies(op, num_stages, num_devices, comm_latency)
+        return _flush_dependencies(
+            op, num_stages, num_devices, comm_latency, last_backward
+        )
+
+    def messages(op):  # what an op receives: no update is sent anywhere
+        return [d for d in dependencies(op) if d[0][0] != "U"]
 
     def base(op):
         if op[0] == "U":
@@ -111,7 +137,7 @@ def simulate_flush(
 
     placed = list_schedule(
         orders,
-        with_transfers(base, dependencies, lambda s: s % num_devices, transfer),
+        with_transfers(base, messages, lambda s: s % num_devices, transfer),
         dependencies,
     )
     by_op = {
@@ -132,5 +158,5 @@ def simulate_flush(
         step_time=makespan,
         busy_time=busy,
         idle_fraction=idle_fractions(busy, makespan),
-        messages=cross_device_messages(placed, dependencies, by_op),
+        messages=cross_device_messages(placed, messages, by_op),
     )

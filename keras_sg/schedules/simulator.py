@@ -58,6 +58,7 @@ def simulate(
     per_step_overhead: float = 0.0,
     weight_grad_fraction: float | None = None,
     queue_capacity: int | None = None,
+    update_before_send: bool = False,
 ) -> SimulationResult:
     """Simulates one training step of a pipeline schedule.
 
@@ -117,6 +118,15 @@ def simulate(
       schedules add it once per step; "dni" and "fully_unlocked" between
       steps (all devices wait) and after the last; "pipelined_dni" and
       "async" after each step of each device.
+    - `update_before_send` ("naive", "gpipe" and "1f1b" only): each stage's
+      update runs before the gradient of its last backward is sent down, so
+      the stage below waits for that update too. This is what TensorFlow's
+      executor did on the two one-core servers of docs/benchmarks.md: the
+      update's ops are ready as soon as each weight gradient is, and they
+      ran before the input gradient of the stage's first layer, the last
+      op of its backward (docs/simulation.md). Off, the update overlaps
+      the backward of the stages below, as a runtime that sends first
+      would have it.
 
     Gradient synthesizer costs only matter to "pipelined_dni", "dni" and
     "fully_unlocked"; the other schedules have no synthesizers and ignore
@@ -155,6 +165,9 @@ def simulate(
             products of the same size).
         queue_capacity: "async" only: capacity C >= 1 of each activation
             queue; None gives 1.
+        update_before_send: "naive", "gpipe" and "1f1b" only: whether the
+            gradient of each stage's last backward leaves after the stage's
+            update.
 
     Returns:
         The SimulationResult: timeline, step time, per-device busy time and
@@ -214,6 +227,17 @@ def simulate(
             f"queues. Received: queue_capacity={queue_capacity!r} with "
             f"schedule={schedule!r}"
         )
+    if not isinstance(update_before_send, bool):
+        raise ValueError(
+            "`update_before_send` must be True or False. "
+            f"Received: update_before_send={update_before_send!r}"
+        )
+    if update_before_send and schedule not in ("naive", "gpipe", "1f1b"):
+        raise ValueError(
+            "`update_before_send` needs schedule 'naive', 'gpipe' or '1f1b' "
+            "(one stage per device, the backward not split). "
+            f"Received: update_before_send=True with schedule={schedule!r}"
+        )
     common = dict(
         num_microbatches=num_microbatches,
         microbatch_size=microbatch_size,
@@ -255,5 +279,6 @@ def simulate(
         num_chunks=num_chunks,
         cost_scale=float(num_microbatches) if schedule == "naive" else 1.0,
         weight_grad=weight_grad,
+        update_before_send=update_before_send,
         **common,
     )

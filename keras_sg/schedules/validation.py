@@ -1,179 +1,22 @@
 """The simulator against the schedules measured in docs/benchmarks.md.
 
-`MEASURED` holds, for every schedule measured by `scripts/benchmark_pipeline.py`
-and committed in docs/benchmarks.md, its measured examples/s and the
-simulator's examples/s printed beside it. That prediction came from the
-run's own per-stage costs, read from its profiler trace: forward, backward,
-synthesizer, the transfers (counted with the backward) and the optimizer
-update (added where it sits in each schedule; see `predict` in the script).
-The per-stage costs themselves were not committed, only the prediction.
-
-What the prediction leaves out is the per-step overhead: the time per
-training step in which every device waits (on the two TensorFlow servers,
-about 10 ms in which the client ends one step and starts the next). Every
-schedule benchmarked runs one training step per batch (GPipe one step of 8
-micro-batches, pipelined DNI one step per batch in steady state), and
-`simulate(..., per_step_overhead=h)` adds h to each step of each of them, so
-with the overhead the prediction is
-
-    examples/s = batch / (batch / predicted + h).
-
-`fit_per_step_overhead` fits ONE h per setting (the two servers; the logical
-devices of one process, K = 2 and 4 together), never one per schedule.
-
-Since then the script also writes the measured costs themselves into a JSON
-file beside its report (docs/benchmarks.json): for every measured schedule,
-each device's forward, backward, synthesizer, input synthesizer, update and
-other costs (ms per step) and the per-step overhead measured in its trace.
-`predict_examples_per_s` is the simulator's prediction from such costs (the
-script calls it too), and `validate_measured_costs` recomputes it for every
-schedule of a file, so that a rerun validates the simulator on real costs,
-with no fitted term.
+`scripts/benchmark_pipeline.py` writes, beside its report, the measured costs
+of every schedule it measured (docs/benchmarks.json): each device's forward,
+backward, synthesizer, input synthesizer, update, transfer and other costs
+(ms per step) and the per-step overhead seen in its trace (the time in which
+no device runs an op). `predict_examples_per_s` is the simulator's prediction
+from such costs, and `validate_measured_costs` recomputes it for every
+schedule of a file: the simulator is checked against real costs, with no
+fitted term.
 """
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
 from keras_sg.schedules.simulator import simulate
-
-BATCH_SIZE = 256
-SOURCE = (
-    "docs/benchmarks.md, tables 'K = 2 devices: two TensorFlow server "
-    "processes', 'K = 2 logical devices', 'K = 4 logical devices' (commit "
-    "b2230fb, 2026-11-25) and 'The fully unlocked step on placed devices' "
-    "(commit 00edf12, 2026-11-27, medians of 3 runs on a loaded machine)"
-)
-SETTINGS = ("servers", "logical", "logical (loaded)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Measured:
-    """One measured schedule.
-
-    Attributes:
-        setting: "servers" (two TensorFlow servers, one core each),
-            "logical" (K logical CPU devices in one process) or "logical
-            (loaded)" (the same, measured while the machine's load average
-            was 5 to 10 on 2 cores).
-        num_devices: K.
-        schedule: the benchmark's schedule name.
-        examples_per_s: measured examples/s.
-        predicted: the simulator's examples/s printed beside it (no
-            per-step overhead).
-    """
-
-    setting: str
-    num_devices: int
-    schedule: str
-    examples_per_s: float
-    predicted: float
-
-
-MEASURED = (
-    Measured("servers", 2, "backprop_mp", 4008, 5360),
-    Measured("servers", 2, "gpipe", 3477, 4918),
-    Measured("servers", 2, "dni_unlocked", 4090, 5015),
-    Measured("servers", 2, "pipelined_dni_linear", 4987, 6334),
-    Measured("servers", 2, "pipelined_dni_low_rank", 6123, 8679),
-    Measured("logical", 2, "backprop_mp", 6931, 5693),
-    Measured("logical", 2, "gpipe", 6366, 5041),
-    Measured("logical", 2, "dni_unlocked", 8062, 4356),
-    Measured("logical", 2, "pipelined_dni_linear", 7051, 6625),
-    Measured("logical", 2, "pipelined_dni_low_rank", 8513, 9530),
-    Measured("logical", 4, "backprop_mp", 3530, 2494),
-    Measured("logical", 4, "gpipe", 2860, 2068),
-    Measured("logical", 4, "dni_unlocked", 3765, 1917),
-    Measured("logical", 4, "pipelined_dni_linear", 3005, 2864),
-    Measured("logical", 4, "pipelined_dni_low_rank", 3919, 3704),
-    Measured("logical (loaded)", 2, "backprop_mp", 1765, 971),
-    Measured("logical (loaded)", 2, "dni_unlocked", 1699, 614),
-    Measured("logical (loaded)", 2, "pipelined_dni_low_rank", 1409, 995),
-    Measured("logical (loaded)", 2, "fully_unlocked", 1338, 1320),
-    Measured("logical (loaded)", 4, "backprop_mp", 734, 972),
-    Measured("logical (loaded)", 4, "dni_unlocked", 603, 270),
-    Measured("logical (loaded)", 4, "pipelined_dni_low_rank", 757, 656),
-    Measured("logical (loaded)", 4, "fully_unlocked", 694, 602),
-)
-
-
-def with_overhead(row: Measured, per_step_overhead_ms: float) -> float:
-    """Returns the simulator's examples/s for `row` with a per-step overhead.
-
-    Args:
-        row: a measured schedule.
-        per_step_overhead_ms: the overhead per training step, in ms (>= 0).
-
-    Returns:
-        `batch / (batch / row.predicted + overhead)`, in examples/s.
-    """
-    if not (math.isfinite(per_step_overhead_ms) and per_step_overhead_ms >= 0):
-        raise ValueError(
-            "`per_step_overhead_ms` must be a finite, non-negative number. "
-            f"Received: per_step_overhead_ms={per_step_overhead_ms!r}"
-        )
-    seconds = BATCH_SIZE / row.predicted + per_step_overhead_ms / 1000.0
-    return BATCH_SIZE / seconds
-
-
-def relative_error(row: Measured, per_step_overhead_ms: float = 0.0) -> float:
-    """Returns (predicted - measured) / measured, with the overhead added."""
-    predicted = with_overhead(row, per_step_overhead_ms)
-    return (predicted - row.examples_per_s) / row.examples_per_s
-
-
-def fit_per_step_overhead(
-    rows: Sequence[Measured], max_ms: float = 100.0, resolution_ms: float = 0.01
-) -> float:
-    """Fits one per-step overhead to `rows`: least squares of log(pred / measured).
-
-    The overhead is searched on a grid from 0 to `max_ms` (it cannot be
-    negative: a per-step cost cannot make the prediction faster).
-
-    Args:
-        rows: the measured schedules of one setting.
-        max_ms: the largest overhead tried, in ms.
-        resolution_ms: the grid step, in ms.
-
-    Returns:
-        The overhead in ms that minimises the sum of squared log ratios.
-    """
-    if not rows:
-        raise ValueError("`rows` must hold at least one measured schedule.")
-
-    def loss(h):
-        return sum(math.log(with_overhead(r, h) / r.examples_per_s) ** 2 for r in rows)
-
-    steps = int(round(max_ms / resolution_ms))
-    return min((i * resolution_ms for i in range(steps + 1)), key=loss)
-
-
-def validation_table(
-    overheads_ms: dict[str, float],
-) -> list[tuple[Measured, float, float]]:
-    """Returns every measured schedule with its error without and with overhead.
-
-    Args:
-        overheads_ms: per setting, the per-step overhead in ms (a setting
-            left out gets 0).
-
-    Returns:
-        (row, error without the overhead, error with it) per measured schedule.
-    """
-    unknown = set(overheads_ms) - set(SETTINGS)
-    if unknown:
-        raise ValueError(
-            f"`overheads_ms` keys must be settings of {SETTINGS}. "
-            f"Received: overheads_ms={overheads_ms!r}"
-        )
-    return [
-        (r, relative_error(r), relative_error(r, overheads_ms.get(r.setting, 0.0)))
-        for r in MEASURED
-    ]
-
 
 # ------------------------------------------------ predictions from measured costs
 
@@ -215,6 +58,7 @@ def predict_examples_per_s(
     per_step_overhead: float = 0.0,
     transfer: float | Sequence[float] = 0.0,
     queue_capacity: int = 2,
+    update_before_send: bool = False,
 ) -> float:
     """The simulator's examples/s for measured per-device costs.
 
@@ -253,6 +97,11 @@ def predict_examples_per_s(
         transfer: ms the receiving device spends per message across each
             cut (one micro-batch's activation or gradient).
         queue_capacity: "async" only: the capacity of its queues.
+        update_before_send: "backprop" and "gpipe" only: each stage's update
+            runs before the gradient of its last backward is sent down
+            (`simulate(..., update_before_send=True)`), as TensorFlow's
+            executor sometimes ordered it on the servers before
+            `keras_sg.models.steps.after` made the input gradient go first.
 
     Returns:
         Examples per second.
@@ -267,11 +116,18 @@ def predict_examples_per_s(
         raise ValueError(
             f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}"
         )
+    if update_before_send and model not in ("backprop", "gpipe"):
+        raise ValueError(
+            "`update_before_send` needs model 'backprop' or 'gpipe'. "
+            f"Received: update_before_send=True with model={model!r}"
+        )
     c = _device_costs(costs)
     k = len(costs)
     forward = c["F"]
     backward = [b + o for b, o in zip(c["B"], c["C"], strict=True)]
     extra = dict(update=c["U"], transfer=transfer, per_step_overhead=per_step_overhead)
+    if update_before_send:
+        extra["update_before_send"] = True
     if model == "backprop":
         sim = simulate("naive", k, 1, forward, backward, **extra)
         return batch_size / sim.step_time * 1000
@@ -324,7 +180,8 @@ class MeasuredCosts:
     """One measured schedule with its measured costs, as the script writes them.
 
     Attributes:
-        setting: "servers" or "logical" (see `Measured`).
+        setting: "servers" (two TensorFlow servers pinned to one core each)
+            or "logical" (K logical CPU devices of one process).
         name: the measurement's name, e.g. "gpipe (K=2)".
         model: the model kind, one of `MODELS` but "zb_h1".
         num_devices: K.

@@ -109,6 +109,41 @@ gpipe_sums = [
     and tuple(op.outputs[0].shape) in shapes
 ]
 
+
+def waits_for_arrival(model, graph):
+    """Per gradient that waits for the gradient sent down to have arrived
+    (`steps.arrived`): its device, the device of what it waits for, the
+    devices of what that reads, and how many tensors it reads."""
+    found = []
+    for op in graph.get_operations():
+        for gate in op.control_inputs:
+            if gate.type == "NoOp" and gate.name.endswith("group_deps"):
+                # Each input a slice of a reshape of the gradient.
+                reads = sorted(
+                    {s.inputs[0].op.inputs[0].device for s in gate.control_inputs}
+                )
+                found.append([op.device, gate.device, reads, len(gate.control_inputs)])
+    return found
+
+
+# Backprop and GPipe: stage 1's update waits for its gradient to reach stage 0.
+backprop = keras_sg.DecoupledModel(
+    keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False),
+    method="backprop",
+    devices=devices,
+)
+backprop.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+backprop_graph = (
+    tf.function(backprop.train_step)
+    .get_concrete_function((tf.constant(x[:16]), tf.constant(y[:16])))
+    .graph
+)
+send_first = {
+    "backprop": waits_for_arrival(backprop, backprop_graph),
+    "gpipe": waits_for_arrival(gpipe, gpipe_graph),
+    "stage_1_variables": len(backprop.stages[1].trainable_variables),
+}
+
 plain = build(False)
 plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
 diff = max(
@@ -123,6 +158,7 @@ print(
             "matmul_devices": matmul_devices,
             "sqrt_devices": sqrt_devices,
             "gpipe_sum_devices": gpipe_sums,
+            "send_first": send_first,
             "slots": slots,
             "loaded_slots": loaded_slots,
             "loaded_optimizer_equal": loaded_same,

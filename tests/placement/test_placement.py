@@ -62,6 +62,17 @@ def test_variables_and_ops_live_on_the_requested_devices(tmp_path):
         "device:CPU:1",
     ]
     assert result["jit"] is False
+    # Backprop and GPipe: each of stage 1's gradients waits, on CPU:1, for an
+    # op on CPU:0 that reads the gradient sent down from CPU:1 (GPipe: those
+    # of all 4 micro-batches); the update runs once they have arrived.
+    send_first = result["send_first"]
+    for kind, messages in (("backprop", 1), ("gpipe", 4)):
+        gates = send_first[kind]
+        assert len(gates) == send_first["stage_1_variables"], kind
+        for device, gate, reads, read in gates:
+            assert device.endswith("CPU:1") and gate.endswith("CPU:0"), kind
+            assert len(reads) == 1 and reads[0].endswith("CPU:1"), kind
+            assert read == messages, kind
     # Placement changes where the math runs, not the math.
     assert result["max_weight_diff"] < 1e-5
 

@@ -5,6 +5,7 @@ import pytest
 
 from keras_sg.profiling import (
     Op,
+    core_shares,
     cut_transfers,
     is_op,
     op_kind,
@@ -143,6 +144,11 @@ def test_busy_costs_and_timeline_of_a_hand_written_trace():
         "C": 0.0,
     }
     assert summary.stage_costs == summary.costs  # one stage per device
+    # On one core, F and S share 3-4 ms: 0.5 each (per step, of 2 steps).
+    assert summary.core_costs[0] == pytest.approx(
+        {"F": 1.75, "B": 0.5, "S": 0.75, "I": 0.0, "U": 1.2, "T": 0.0, "C": 0.0}
+    )
+    assert summary.core_costs[1] == pytest.approx(summary.costs[1])  # no overlap
     assert summary.unplaced == 0.25
     assert summary.steps == 2
     assert [(e.device, e.start, e.end, e.kind, e.stage) for e in summary.events] == [
@@ -153,6 +159,33 @@ def test_busy_costs_and_timeline_of_a_hand_written_trace():
         (1, 6.0, 9.0, "B", 1),
         (0, 7.0, 8.0, "B", 0),
     ]
+
+
+def test_core_shares_split_overlapping_time_equally():
+    shares = core_shares(
+        [
+            (0.0, 4.0, "F"),
+            (3.0, 5.0, "S", 0),
+            (3.5, 4.5, "B"),
+            (5.0, 6.0, "U"),  # touches S's end: no overlap
+            (6.0, 7.0, "U"),
+            (9.0, 9.0, "T"),  # empty
+        ]
+    )
+    # 0-3 F alone; 3-3.5 F and S; 3.5-4 all three; 4-4.5 S and B; 4.5-5 S.
+    assert shares == pytest.approx(
+        {
+            "F": 3.0 + 0.5 / 2 + 0.5 / 3,
+            "S": 0.5 / 2 + 0.5 / 3 + 0.5 / 2 + 0.5,
+            "B": 0.5 / 3 + 0.5 / 2,
+            "U": 2.0,
+            "T": 0.0,
+        }
+    )
+    assert sum(shares.values()) == pytest.approx(
+        union_length([(0.0, 4.0), (3.0, 5.0), (3.5, 4.5), (5.0, 7.0)])
+    )
+    assert core_shares([]) == {}
 
 
 def test_equal_update_shares_by_default():

@@ -157,6 +157,35 @@ def test_gpipe_updates_after_the_flush_by_hand():
     assert r.idle_fraction == pytest.approx([1 - 7 / 12.5, 1 - 7 / 12.5])
 
 
+def test_the_update_before_the_gradient_is_sent_by_hand():
+    # As test_naive_with_update_and_transfer_by_hand, but device 0's
+    # backward also waits for device 1's update (4.95): B 4.95-7.2, U 7.2-7.7.
+    r = simulate(
+        "naive", 2, 1, F, B, update=[0.5, 0.7], transfer=0.25, update_before_send=True
+    )
+    t = _times(r)
+    assert t["U", 0, 1] == pytest.approx((4.25, 4.95))
+    assert t["B", 0, 0] == pytest.approx((4.95, 7.2))
+    assert r.step_time == pytest.approx(7.7)
+    # The update waits only once, no transfer for it: the busy time is as
+    # without it.
+    assert r.busy_time == pytest.approx([1.0 + 2.25 + 0.5, 1.25 + 2.0 + 0.7])
+    # K = 3, U = 0.5: B2 3-5, U2 5-5.5, B1 5.5-7.5, U1 7.5-8, B0 8-10, U0
+    # 10-10.5 (without: B1 5-7, B0 7-9, U0 9-9.5).
+    r = simulate("naive", 3, 1, F, B, update=0.5, update_before_send=True)
+    assert r.step_time == pytest.approx(10.5)
+    assert simulate("naive", 3, 1, F, B, update=0.5).step_time == pytest.approx(9.5)
+    # GPipe, K = 2, M = 2 (see test_gpipe_updates_after_the_flush_by_hand):
+    # device 0's first backward 5-7 does not wait; its last, on the
+    # micro-batch of device 1's last backward, waits for U 7-8: 8-10, U
+    # 10-11.
+    r = simulate("gpipe", 2, 2, F, B, update=1.0, update_before_send=True)
+    t = _times(r)
+    assert t["B", 0, 0] == pytest.approx((5.0, 7.0))
+    assert t["B", 1, 0] == pytest.approx((8.0, 10.0))
+    assert r.step_time == pytest.approx(11.0)
+
+
 def test_dni_update_and_overhead_by_hand():
     # K = 2, S = 0.4, U = 0.5. Device 0: F 0-1, S 1-1.2, B 1.2-3.2, U
     # 3.2-3.7, R waits for B above (4): 4-4.2. Device 1: F 1-2, B 2-4, U
@@ -314,6 +343,9 @@ def test_async_latency_is_hidden_by_the_queue():
         (("gpipe", 4, 8, F, B), {"transfer": None}, "transfer=None"),
         (("gpipe", 4, 8, F, B), {"per_step_overhead": -2}, "overhead=-2"),
         (("async", 4, 8, F, B), {"per_step_overhead": float("inf")}, "overhead=inf"),
+        (("zb_h1", 4, 8, F, B), {"update_before_send": True}, "schedule='zb_h1'"),
+        (("dni", 4, 8, F, B), {"update_before_send": True}, "schedule='dni'"),
+        (("naive", 4, 8, F, B), {"update_before_send": 1}, "update_before_send=1"),
     ],
 )
 def test_bad_cost_terms_raise_value_error_naming_them(args, kwargs, message):

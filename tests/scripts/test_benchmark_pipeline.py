@@ -170,6 +170,7 @@ def _fake_run(spec, speed, run=0):
         "traced_step_ms": 1.0,
         "busy": [0.5, 0.25 + 0.1 * run],
         "costs": _costs(update=float(run)),
+        "profile": {"core_costs": _costs(update=float(run))},
         "per_step_overhead_ms": 0.5,
     }
 
@@ -440,26 +441,26 @@ def test_staleness_of_the_targets_by_hand(bench):
     assert cut["mean_lag"] == pytest.approx(1.2)
 
 
-def test_server_costs_are_scaled_to_the_busy_time(bench):
-    # Server 0: ops summing to 60 ms a step, busy 50% of an 80 ms step (40
-    # ms): two ops shared its core, so every kind is scaled by 40 / 60.
-    # Server 1: 30 ms of ops, busy 40 ms: left as measured.
+def test_server_costs_are_their_core_shares(bench):
+    # Server 0's summed op durations are 60 ms a step, but two ops shared
+    # its one core: its core shares (keras_sg.profiling.core_shares) add up
+    # to its busy time, 40 ms. Those are the simulator's costs on servers.
     costs = [
         {"F": 12.0, "B": 30.0, "S": 3.0, "U": 9.0, "T": 6.0},
+        {"F": 10.0, "B": 14.0, "U": 6.0},
+    ]
+    core = [
+        {"F": 12.0, "B": 15.0, "S": 2.0, "U": 7.0, "T": 4.0},
         {"F": 10.0, "B": 14.0, "U": 6.0},
     ]
     run = {
         "spec": _spec("pipelined", cluster=True),
         "costs": costs,
-        "busy": [0.5, 0.5],
-        "traced_step_ms": 80.0,
+        "profile": {"core_costs": core},
     }
-    scaled = bench.device_costs(run)
-    assert scaled[0] == pytest.approx(
-        {"F": 8.0, "B": 20.0, "S": 2.0, "U": 6.0, "T": 4.0}
-    )
-    assert scaled[1] == costs[1]
-    # The transfer per message comes from the scaled T: 4 ms over 2 messages.
+    assert bench.device_costs(run) == core
+    # The transfer per message comes from the core share of T: 4 ms over 2
+    # messages.
     assert bench.transfers(run) == pytest.approx([2.0])
     # Logical devices keep the summed durations (their ops may run on two
     # cores at once).
