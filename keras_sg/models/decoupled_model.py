@@ -431,8 +431,10 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
         if self.method == "backprop":
             for k in reversed(range(last)):
                 with self._on(k):
-                    # Stage k + 1 updates once its gradient has reached stage k.
-                    sent = steps.arrived(true_grad)
+                    # Placed, stage k + 1 updates once its gradient has
+                    # reached stage k.
+                    placed = self.devices is not None
+                    sent = steps.arrived(true_grad) if placed else None
                     true_grad, stage_grads = pullbacks[k]((true_grad, loss_scale))
                 above = self.stages[k + 1].trainable_variables
                 with self._on(k + 1):

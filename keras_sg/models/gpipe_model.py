@@ -84,15 +84,16 @@ class GPipeModel(DecoupledModel):
                 _accumulate(total, top.trainable_variables, stage_grads)
             for k in reversed(range(last)):
                 with self._on(k):
-                    sent.setdefault(k, []).append(grad)  # sent down to stage k
+                    if self.devices is not None:  # sent down to stage k
+                        sent.setdefault(k, []).append(grad)
                     grad, stage_grads = pullbacks[k]((grad, weight))
                     _accumulate(total, self.stages[k].trainable_variables, stage_grads)
             losses.append(loss)
             preds.append(y_pred)
 
-        # Stage k + 1 updates once every micro-batch's gradient has reached
-        # stage k (see `steps.arrived`; the executor may run the micro-batches'
-        # backward passes in any order).
+        # Placed, stage k + 1 updates once every micro-batch's gradient has
+        # reached stage k (see `steps.arrived`; the executor may run the
+        # micro-batches' backward passes in any order).
         for k, grads in sent.items():
             with self._on(k):
                 arrived = steps.arrived(grads)

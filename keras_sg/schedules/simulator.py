@@ -121,12 +121,12 @@ def simulate(
     - `update_before_send` ("naive", "gpipe" and "1f1b" only): each stage's
       update runs before the gradient of its last backward is sent down, so
       the stage below waits for that update too. This is what TensorFlow's
-      executor did on the two one-core servers of docs/benchmarks.md: the
+      executor did in some runs on the two one-core servers of
+      docs/benchmarks.md before `keras_sg.models.steps.arrived`: the
       update's ops are ready as soon as each weight gradient is, and they
-      ran before the input gradient of the stage's first layer, the last
-      op of its backward (docs/simulation.md). Off, the update overlaps
-      the backward of the stages below, as a runtime that sends first
-      would have it.
+      ran before the send of the input gradient (docs/simulation.md). Off,
+      the update overlaps the backward of the stages below, as a runtime
+      that sends first has it.
 
     Gradient synthesizer costs only matter to "pipelined_dni", "dni" and
     "fully_unlocked"; the other schedules have no synthesizers and ignore

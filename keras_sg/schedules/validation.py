@@ -101,7 +101,7 @@ def predict_examples_per_s(
             runs before the gradient of its last backward is sent down
             (`simulate(..., update_before_send=True)`), as TensorFlow's
             executor sometimes ordered it on the servers before
-            `keras_sg.models.steps.after` made the input gradient go first.
+            `keras_sg.models.steps.arrived` made the gradient go first.
 
     Returns:
         Examples per second.

@@ -87,19 +87,24 @@ loaded_same = all(
     np.array_equal(a.numpy(), b.numpy())
     for a, b in zip(loaded.optimizer.variables, placed.optimizer.variables, strict=True)
 )
+
+
+def placed_graph(model_class, **kwargs):
+    """A placed two-stage MLP of `model_class` (SGD) and its train step's graph."""
+    model = model_class(
+        keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False),
+        devices=devices,
+        **kwargs,
+    )
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    step = tf.function(model.train_step)
+    data = (tf.constant(x[:16]), tf.constant(y[:16]))
+    return model, step.get_concrete_function(data).graph
+
+
 # GPipe sums its micro-batch gradients on the stages' devices: every op
 # that makes a tensor of a trainable variable's shape has a device.
-gpipe = keras_sg.GPipeModel(
-    keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False),
-    micro_batches=4,
-    devices=devices,
-)
-gpipe.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-gpipe_graph = (
-    tf.function(gpipe.train_step)
-    .get_concrete_function((tf.constant(x[:16]), tf.constant(y[:16])))
-    .graph
-)
+gpipe, gpipe_graph = placed_graph(keras_sg.GPipeModel, micro_batches=4)
 shapes = {tuple(v.shape) for v in gpipe.trainable_variables}
 gpipe_sums = [
     op.device
@@ -110,7 +115,7 @@ gpipe_sums = [
 ]
 
 
-def waits_for_arrival(model, graph):
+def waits_for_arrival(graph):
     """Per gradient that waits for the gradient sent down to have arrived
     (`steps.arrived`): its device, the device of what it waits for, the
     devices of what that reads, and how many tensors it reads."""
@@ -127,20 +132,10 @@ def waits_for_arrival(model, graph):
 
 
 # Backprop and GPipe: stage 1's update waits for its gradient to reach stage 0.
-backprop = keras_sg.DecoupledModel(
-    keras_sg.models.fully_connected((6,), 3, depth=2, units=8, batch_norm=False),
-    method="backprop",
-    devices=devices,
-)
-backprop.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-backprop_graph = (
-    tf.function(backprop.train_step)
-    .get_concrete_function((tf.constant(x[:16]), tf.constant(y[:16])))
-    .graph
-)
+backprop, backprop_graph = placed_graph(keras_sg.DecoupledModel, method="backprop")
 send_first = {
-    "backprop": waits_for_arrival(backprop, backprop_graph),
-    "gpipe": waits_for_arrival(gpipe, gpipe_graph),
+    "backprop": waits_for_arrival(backprop_graph),
+    "gpipe": waits_for_arrival(gpipe_graph),
     "stage_1_variables": len(backprop.stages[1].trainable_variables),
 }
 
