@@ -75,7 +75,10 @@ def predict_examples_per_s(
     - "zb_h1": "zb_h1" on the same costs as "gpipe" (half of each backward
       the weight gradient): what ZB-H1 would do with GPipe's work;
     - "dni" (`DecoupledModel(method="dni")`): "dni", one step;
-    - "unlocked" (`UnlockedModel`): "fully_unlocked", one step;
+    - "unlocked" (`UnlockedModel`): the composed forward pass that it runs
+      before each step for the loss it logs (stage on stage, with a
+      transfer per cut; half of each measured F), then "fully_unlocked",
+      one step, on the other half of F;
     - "pipelined" (`PipelinedModel`): "pipelined_dni", over
       `PIPELINED_DNI_STEPS` steady-state steps;
     - "async" (`AsyncPipelinedModel`, free-running): "async" with
@@ -147,6 +150,12 @@ def predict_examples_per_s(
         sim = simulate("dni", k, 1, forward, backward, synth, **extra)
         return batch_size / sim.step_time * 1000
     if model == "unlocked":
+        # UnlockedModel first runs the composed network, stage on stage, for
+        # the loss it logs, and trains only after it: half of each measured
+        # forward is that pass, each stage waiting for the one below.
+        forward = [f / 2 for f in forward]
+        cuts = [transfer] * (k - 1) if isinstance(transfer, int | float) else transfer
+        composed = sum(forward) + sum(cuts)
         sim = simulate(
             "fully_unlocked",
             k,
@@ -157,7 +166,7 @@ def predict_examples_per_s(
             input_synth=c["I"][1:],
             **extra,
         )
-        return batch_size / sim.step_time * 1000
+        return batch_size / (composed + sim.step_time) * 1000
     m = PIPELINED_DNI_STEPS
     if model == "async":
         sim = simulate(

@@ -51,9 +51,11 @@ def test_validate_measured_costs_by_hand(tmp_path):
     # dni: device 0 F 0-8, S/2 8-10, B 10-28, U 28-31, regression (S/2)
     # after B1; device 1 F 8-18, B 18-36, U 36-41; device 0's regression
     # 36-38: 45.
-    # fully unlocked: device 1 I/2 0-1.5, F 1.5-11.5, B 11.5-29.5, U
-    # 29.5-34.5, its regression (I/2) 34.5-36; device 0 as in dni to 31, its
-    # regression after B1: 31-33: 40.
+    # fully unlocked: first the composed forward pass on half of each F,
+    # stage on stage: 4 + 5 = 9. Then the unlocked step on the other half:
+    # device 1 I/2 0-1.5, F 1.5-6.5, B 6.5-24.5, U 24.5-29.5, its regression
+    # (I/2) 29.5-31; device 0 F 0-4, S/2 4-6, B 6-24, U 24-27, its
+    # regression after B1 (24.5): 27-29. 9 + 31 + 4 = 44.
     # pipelined DNI: device 0 F + S + B + U = 8 + 4 + 18 + 3 = 33, device 1
     # 10 + 18 + 5 = 33; with the overhead, 37 a step, one batch each.
     entries = [
@@ -67,7 +69,7 @@ def test_validate_measured_costs_by_hand(tmp_path):
     path = tmp_path / "benchmarks.json"
     path.write_text(json.dumps({"repeats": 3, "measurements": entries}))
     table = v.validate_measured_costs(path)
-    steps = [61.0, 63.0, 48.0, 45.0, 40.0, 37.0]
+    steps = [61.0, 63.0, 48.0, 45.0, 44.0, 37.0]
     assert [row.name for row, _, _ in table] == [e["name"] for e in entries]
     for (row, predicted, error), step, entry in zip(table, steps, entries, strict=True):
         assert predicted == pytest.approx(100 / step * 1000), row.name

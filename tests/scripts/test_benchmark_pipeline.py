@@ -154,12 +154,14 @@ def test_zb_h1_is_predicted_from_gpipe_costs_by_hand(bench):
 
 
 def test_fully_unlocked_prediction_by_hand(bench):
-    # Device 0: F 0-10, S 10-12, B 12-32, Adam 32-38; its regression (2)
-    # waits for B of stage 1. Device 1: I 0-1.5, F 1.5-13.5, B 13.5-35.5,
-    # Adam 35.5-41.5, its regression (1.5) 41.5-43. Device 0's regression:
-    # 38-40. With 2 ms of per-step overhead: 45 ms a step of 256 examples.
+    # Half of each F is the composed forward pass, stage on stage: 5 + 6 =
+    # 11. Then the step on the other half. Device 0: F 0-5, S 5-7, B 7-27,
+    # Adam 27-33; its regression (2) waits for B of stage 1. Device 1: I
+    # 0-1.5, F 1.5-7.5, B 7.5-29.5, Adam 29.5-35.5, its regression (1.5)
+    # 35.5-37. Device 0's regression: 33-35. With 2 ms of per-step
+    # overhead: 11 + 39 = 50 ms a step of 256 examples.
     run = {"spec": _spec("unlocked"), "costs": _costs(), "per_step_overhead_ms": 2.0}
-    assert bench.predict(run) == pytest.approx(256 / 45 * 1000)
+    assert bench.predict(run) == pytest.approx(256 / 50 * 1000)
 
 
 def _fake_run(spec, speed, run=0):
@@ -222,9 +224,10 @@ def test_medians_table_reports_medians_of_the_runs(
     assert unlocked[4] == "50%, 45%"
     assert unlocked[5] == "13%"  # (4 + 0) / (10 + 20)
     assert unlocked[6] == "0.5"
-    # Device 0: F 0-10, S 10-12, B 12-32, U 32-34, R 35.5-37.5; device 1:
-    # I 0-1.5, F 1.5-13.5, B 13.5-35.5, U 35.5-37.5, R 37.5-39; + 0.5 ms.
-    predicted = 256 / 39.5 * 1000
+    # The composed forward pass on half of each F: 5 + 6 = 11. Then device
+    # 0: F 0-5, S 5-7, B 7-27, U 27-29, R 29.5-31.5; device 1: I 0-1.5, F
+    # 1.5-7.5, B 7.5-29.5, U 29.5-31.5, R 31.5-33; + 0.5 ms: 11 + 33.5.
+    predicted = 256 / 44.5 * 1000
     assert unlocked[7] == f"{predicted:.0f} ({(predicted - 4400) / 4400:+.0%})"
     assert table[-1].startswith(
         "Load average (1, 5 and 15 min, `os.getloadavg`) at the start: "
