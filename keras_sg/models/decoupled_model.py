@@ -429,11 +429,11 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
             id(v): g for v, g in zip(top.trainable_variables, top_grads, strict=True)
         }
         if self.method == "backprop":
+            placed = self.devices is not None
             for k in reversed(range(last)):
                 with self._on(k):
                     # Placed, stage k + 1 updates once its gradient has
                     # reached stage k.
-                    placed = self.devices is not None
                     sent = steps.arrived(true_grad) if placed else None
                     true_grad, stage_grads = pullbacks[k]((true_grad, loss_scale))
                 above = self.stages[k + 1].trainable_variables

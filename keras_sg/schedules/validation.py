@@ -16,6 +16,7 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from keras_sg.schedules import _validation as checks
 from keras_sg.schedules.simulator import simulate
 
 # ------------------------------------------------ predictions from measured costs
@@ -154,8 +155,7 @@ def predict_examples_per_s(
         # the loss it logs, and trains only after it: half of each measured
         # forward is that pass, each stage waiting for the one below.
         forward = [f / 2 for f in forward]
-        cuts = [transfer] * (k - 1) if isinstance(transfer, int | float) else transfer
-        composed = sum(forward) + sum(cuts)
+        composed = sum(forward) + sum(checks.cut_costs("transfer", transfer, k))
         sim = simulate(
             "fully_unlocked",
             k,
