@@ -10,7 +10,15 @@ from keras_sg._backend import check_backend
 
 check_backend()
 
-from keras_sg import callbacks, data, layers, models, placement, profiling  # noqa: E402
+from keras_sg import (  # noqa: E402
+    callbacks,
+    data,
+    layers,
+    models,
+    optimizers,
+    placement,
+    profiling,
+)
 from keras_sg.layers import (  # noqa: E402
     ConvInputSynthesizer,
     ConvSynthesizer,
@@ -60,6 +68,7 @@ __all__ = [
     "data",
     "layers",
     "models",
+    "optimizers",
     "placement",
     "profiling",
     "split_stages",

@@ -60,6 +60,15 @@ flags.DEFINE_float(
     "With --accuracy: Adam's clipvalue for the cDNI rows (0: none).",
 )
 
+flags.DEFINE_list(
+    "optimizers",
+    ["adam"],
+    "Every row once per optimizer: adam (Keras's) and fused_adam "
+    "(keras_sg.optimizers.FusedAdam).",
+)
+
+OPTIMIZER_LABELS = {"adam": "", "fused_adam": " fused Adam"}
+
 BASELINES = [  # (name, model, synthesizer)
     ("backprop_mp", "backprop", None),
     ("gpipe", "gpipe", None),
@@ -80,6 +89,27 @@ def parse_variant(text):
 def display_name(name):
     """ "x (2 servers, run 1)" -> "x (2 servers)"; "x (run 1)" -> "x"."""
     return re.sub(r" \(run \d+\)$", "", re.sub(r", run \d+\)$", ")", name))
+
+
+def with_optimizers(specs):
+    """Each spec once per --optimizers, the fused ones named so; the key
+    "optimizer" only when it is not Adam (cached runs still match)."""
+    unknown = set(FLAGS.optimizers) - set(OPTIMIZER_LABELS)
+    if unknown or not FLAGS.optimizers:
+        raise ValueError(
+            f"--optimizers takes {', '.join(OPTIMIZER_LABELS)}. "
+            f"Received: {FLAGS.optimizers}"
+        )
+    out = {}
+    for key, spec in specs.items():
+        for name in FLAGS.optimizers:
+            label = OPTIMIZER_LABELS[name]
+            if not label:
+                out[key] = spec
+                continue
+            row = re.sub(r"( \(|$)", label + r"\1", spec["name"], count=1)
+            out[key + label] = dict(spec, name=row, optimizer=name)
+    return out
 
 
 def specs():
@@ -111,7 +141,7 @@ def specs():
     out["plain"] = dict(
         base, name="plain Keras, default threading", model="plain", synth=None
     )
-    return out
+    return with_optimizers(out)
 
 
 def accuracy_specs():
@@ -185,7 +215,7 @@ def accuracy_specs():
             jit,
         ),
     }
-    return {key: every[key] for key in FLAGS.accuracy_schedules}
+    return with_optimizers({key: every[key] for key in FLAGS.accuracy_schedules})
 
 
 def accuracy_table(runs, load):
@@ -225,23 +255,30 @@ def main(argv):
         return
     runs = bp.in_turn(specs(), FLAGS.repeats)
     load = (load_start, os.getloadavg())
-    reference = bp.median_speed(runs["backprop_mp"])
-    gpipe = bp.median_speed(runs["gpipe"])
+    # One "vs" column per optimizer's backprop model-parallel and GPipe.
+    labels = [OPTIMIZER_LABELS[name] for name in FLAGS.optimizers]
+    references = [
+        (f"vs {base}{label}", bp.median_speed(runs[key + label]))
+        for key, base in (("backprop_mp", "backprop MP"), ("gpipe", "GPipe"))
+        for label in labels
+    ]
+    heads = [name for name, _ in references]
     lines = [
-        "| schedule | examples/s, median (runs) | vs backprop MP | vs GPipe | busy "
-        "per device | per-step overhead (ms) | CPU load per server | client CPU |",
-        "| --- " * 8 + "|",
+        "| schedule | examples/s, median (runs) | "
+        + " | ".join(heads)
+        + " | busy per device | per-step overhead (ms) | CPU load per server "
+        "| client CPU |",
+        "| --- " * (6 + len(heads)) + "|",
     ]
     for key, results in runs.items():
         middle = bp.median_run(results)
         speed = bp.median_speed(results)
         jit = middle["spec"].get("jit")
-        traced = key != "plain" and not jit
+        traced = not key.startswith("plain") and not jit
         cells = [
             display_name(middle["spec"]["name"]),
             bp.speeds_cell(results),
-            f"{speed / reference:.2f}x",
-            f"{speed / gpipe:.2f}x",
+            *(f"{speed / reference:.2f}x" for _, reference in references),
             ", ".join(f"{b:.0%}" for b in middle["busy"]) if traced else "–",
             f"{middle['per_step_overhead_ms']:.1f}" if traced else "–",
             ", ".join(f"{c:.0%}" for c in middle["cpu"]) if "cpu" in middle else "–",

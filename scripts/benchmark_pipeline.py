@@ -78,6 +78,13 @@ flags.DEFINE_bool(
     False,
     "Compile each stage's math with XLA in the async_* schedules (jit_compile=True).",
 )
+flags.DEFINE_enum(
+    "optimizer",
+    "adam",
+    ["adam", "fused_adam"],
+    "Every model's optimizer: Keras's Adam, or keras_sg.optimizers.FusedAdam "
+    "(the same math, each variable's update one kernel).",
+)
 flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 flags.DEFINE_integer("profile_steps", 4, "Steps inside the profiler trace.")
 flags.DEFINE_float("target_accuracy", 0.975, "MNIST test accuracy to reach.")
@@ -229,7 +236,7 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
         # With global_clipnorm, the asynchronous runtime clips each stage's
         # gradients (with its synthesizer's) on their own; clipvalue clips
         # each gradient element (free under XLA: it fuses into the update).
-        optimizer=keras.optimizers.Adam(
+        optimizer=optimizer_class(spec, keras, keras_sg)(
             rate,
             global_clipnorm=spec.get("global_clipnorm"),
             clipvalue=spec.get("clipvalue"),
@@ -239,6 +246,19 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
         **extra,
     )
     return model
+
+
+def optimizer_class(spec, keras, keras_sg):
+    """A spec's optimizer. "optimizer" is in a spec only when it is not
+    Adam, so that specs cached before the key existed still match."""
+    name = spec.get("optimizer", "adam")
+    if name == "fused_adam":
+        return keras_sg.optimizers.FusedAdam
+    if name != "adam":
+        raise ValueError(
+            f"A spec's optimizer must be adam or fused_adam. Received: {name!r}"
+        )
+    return keras.optimizers.Adam
 
 
 def warmed_up(keras, rate, warmup_steps, decay_steps=0):
@@ -895,6 +915,7 @@ def base_spec():
         steps=FLAGS.steps,
         profile_steps=FLAGS.profile_steps,
         autotune=False,
+        **({} if FLAGS.optimizer == "adam" else {"optimizer": FLAGS.optimizer}),
     )
 
 

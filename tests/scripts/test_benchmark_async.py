@@ -75,3 +75,25 @@ def test_schedules_are_chosen_and_an_unknown_one_is_refused(parse):
     script = parse("--accuracy", "--accuracy_schedules=async_dni")
     with pytest.raises(ValueError, match=r"Received: \['async_dni'\]"):
         script.accuracy_specs()
+
+
+def test_every_row_once_per_optimizer(parse):
+    script = parse("--optimizers=adam,fused_adam", "--variants=32")
+    specs = script.specs()
+    assert "optimizer" not in specs["backprop_mp"]
+    fused = specs["backprop_mp fused Adam"]
+    assert fused["optimizer"] == "fused_adam"
+    assert fused["name"] == "backprop_mp fused Adam (2 servers)"
+    assert (
+        specs["plain fused Adam"]["name"] == "plain Keras, default threading fused Adam"
+    )
+    assert len(specs) == 2 * 5
+    script = parse("--accuracy", "--optimizers=fused_adam", "--warmup_steps=0")
+    names = [spec["name"] for spec in script.accuracy_specs().values()]
+    assert names[0] == "backprop_mp fused Adam"
+    assert all(
+        spec["optimizer"] == "fused_adam" for spec in script.accuracy_specs().values()
+    )
+    script = parse("--optimizers=sgd")
+    with pytest.raises(ValueError, match=r"Received: \['sgd'\]"):
+        script.specs()
