@@ -49,6 +49,13 @@ ACCURACY_SCHEDULES = ("backprop_mp", "pipelined_cdni", "async_cdni")
 flags.DEFINE_list(
     "accuracy_schedules", list(ACCURACY_SCHEDULES), "The schedules of --accuracy."
 )
+flags.DEFINE_bool(
+    "vary_seed",
+    False,
+    "With --accuracy: run r initializes the weights and orders the data with "
+    "seed r - 1, so that the medians are over seeds (which decide how many "
+    "epochs a run needs), not only over the machine's noise.",
+)
 flags.DEFINE_float(
     "global_clipnorm",
     0.0,
@@ -250,7 +257,7 @@ def main(argv):
     del argv
     load_start = os.getloadavg()
     if FLAGS.accuracy:
-        runs = bp.in_turn(accuracy_specs(), FLAGS.repeats)
+        runs = bp.in_turn(accuracy_specs(), FLAGS.repeats, FLAGS.vary_seed)
         print("\n".join(accuracy_table(runs, (load_start, os.getloadavg()))))
         return
     runs = bp.in_turn(specs(), FLAGS.repeats)

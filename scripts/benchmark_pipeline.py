@@ -316,7 +316,7 @@ def run_worker(spec):
     import numpy as np
     import tensorflow as tf
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(spec.get("seed", 0))
     if spec.get("mnist"):
         return accuracy_worker(spec, keras, keras_sg, tf, np, devices)
     rng = np.random.default_rng(0)
@@ -546,7 +546,7 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
             spec["batch_size"],
             flatten=True,
             shuffle=True,
-            seed=0,
+            seed=spec.get("seed", 0),
         )
     )
     curve = []
@@ -926,7 +926,7 @@ def run_name(name, run):
     return f"{name} (run {run})"
 
 
-def in_turn(specs, repeats):
+def in_turn(specs, repeats, vary_seed=False):
     """Measures every spec `repeats` times, each run in a fresh process.
 
     The runs go in turn (every spec once, then again), so that a change of
@@ -935,6 +935,9 @@ def in_turn(specs, repeats):
     Args:
         specs: {key: spec}.
         repeats: runs of each spec.
+        vary_seed: run r initializes the weights and orders the data with
+            seed r - 1 (the spec's "seed", kept only when not 0), so that a
+            median is over seeds too, not only over the machine's noise.
 
     Returns:
         {key: [result of each run]}.
@@ -943,6 +946,8 @@ def in_turn(specs, repeats):
     for run in range(1, repeats + 1):
         for key, spec in specs.items():
             spec = dict(spec, name=run_name(spec["name"], run))
+            if vary_seed and run > 1:
+                spec["seed"] = run - 1
             print(f"[measure] {spec['name']}", flush=True)
             result = measure(spec)
             if "examples_per_s" in result:

@@ -97,3 +97,23 @@ def test_every_row_once_per_optimizer(parse):
     script = parse("--optimizers=sgd")
     with pytest.raises(ValueError, match=r"Received: \['sgd'\]"):
         script.specs()
+
+
+def test_vary_seed_gives_each_run_its_own_seed(parse, monkeypatch):
+    script = parse("--accuracy", "--vary_seed")
+    seen = []
+    monkeypatch.setattr(script.bp, "measure", lambda spec: seen.append(spec) or {})
+    script.bp.in_turn({"a": {"name": "a"}, "b": {"name": "b"}}, 3, vary_seed=True)
+    # Run 1 keeps no key (its cached runs still match); both specs share each
+    # run's seed.
+    assert [(s["name"], s.get("seed")) for s in seen] == [
+        ("a (run 1)", None),
+        ("b (run 1)", None),
+        ("a (run 2)", 1),
+        ("b (run 2)", 1),
+        ("a (run 3)", 2),
+        ("b (run 3)", 2),
+    ]
+    seen.clear()
+    script.bp.in_turn({"a": {"name": "a"}}, 2)
+    assert [s.get("seed") for s in seen] == [None, None]
