@@ -21,6 +21,13 @@ backprop model-parallel and pipelined and asynchronous cDNI
 run's training logs kept in the cache:
 
     python scripts/benchmark_async.py --accuracy --repeats=3 --variants=8
+
+--optimizers=adam,fused_adam measures every row with Keras's Adam and with
+keras_sg.optimizers.FusedAdam, with a "vs" column for each optimizer's
+backprop model-parallel. With --accuracy, --vary_seed gives run r its own
+seed (r - 1) for the weights and the data order: with one seed every run of
+a row needs the same number of epochs, so its median says nothing about how
+that number varies.
 """
 
 import os

@@ -71,8 +71,10 @@ def _parts(model):
     [
         (lambda: keras.optimizers.Adam(0.05), "dni"),
         (lambda: keras.optimizers.SGD(0.1, momentum=0.5), "cdni"),
+        # Each stage's clone is a FusedAdam too (the type is checked below).
+        (lambda: keras_sg.optimizers.FusedAdam(0.05), "dni"),
     ],
-    ids=["adam-dni", "sgd-cdni"],
+    ids=["adam-dni", "sgd-cdni", "fusedadam-dni"],
 )
 def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
     """Two epochs of 8 batches (the last partial): 16 global steps, K = 3.
@@ -106,6 +108,7 @@ def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
         np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
     iterations = [int(o.iterations) for o in model.stage_optimizers()]
     assert iterations == [16, 16, 16] == [int(reference.optimizer.iterations)] * 3
+    assert {type(o) for o in model.stage_optimizers()} == {type(reference.optimizer)}
     # Batch ids: stage k saw every batch of the 16 steps that reached it.
     for k, log in enumerate(model.stage_log):
         np.testing.assert_array_equal(log["batch"], np.arange(16 - k))
