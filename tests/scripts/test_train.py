@@ -92,7 +92,7 @@ def _final_weights(workdir: Path, epochs: int):
 
 
 def test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    epochs = 8
+    epochs = 6
     args = [
         "--config=configs/mnist_fcn.py:dni,smoke",
         f"--config.epochs={epochs}",
