@@ -21,7 +21,7 @@ class FusedAdam(keras.optimizers.Adam):
     schedules are Keras's, applied around the update as for Adam. The update
     of each dense gradient is `tf.raw_ops.ResourceApplyAdam`, which XLA
     compiles too. A sparse gradient (`tf.IndexedSlices`, from an `Embedding`)
-    gets Keras's own update, which reads only the rows it touches.
+    gets Keras's own update.
 
     `amsgrad=True` is refused: XLA has no fused AMSGrad kernel. Use
     `keras.optimizers.Adam(amsgrad=True)`.
