@@ -1323,7 +1323,7 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             " element-wise ops over every weight and both moments. Every schedule"
             " pays it, so it dilutes what unlocking gains. `--optimizer=fused_adam`"
             " measures every schedule with keras_sg.optimizers.FusedAdam instead,"
-            " one kernel per variable (docs/async.md, \"A fused Adam\").",
+            ' one kernel per variable (docs/async.md, "A fused Adam").',
             "",
         ]
     for k in map(int, FLAGS.devices):
