@@ -429,17 +429,10 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
             id(v): g for v, g in zip(top.trainable_variables, top_grads, strict=True)
         }
         if self.method == "backprop":
-            placed = self.devices is not None
             for k in reversed(range(last)):
+                self._update_after_send(k, true_grad, grads)
                 with self._on(k):
-                    # Placed, stage k + 1 updates once its gradient has
-                    # reached stage k.
-                    sent = steps.arrived(true_grad) if placed else None
                     true_grad, stage_grads = pullbacks[k]((true_grad, loss_scale))
-                above = self.stages[k + 1].trainable_variables
-                with self._on(k + 1):
-                    waiting = steps.after(sent, [grads[id(v)] for v in above])
-                grads.update(zip(map(id, above), waiting, strict=True))
                 grads.update(
                     zip(
                         map(id, self.stages[k].trainable_variables),
@@ -483,6 +476,19 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
 
     def _synthesizer_layers(self):
         return list(self.synthesizers) if self.uses_synthesizers else []
+
+    def _update_after_send(self, k, sent, grads):
+        """Placed, stage k + 1's gradients in `grads` (by variable id) wait
+        until `sent`, what stage k + 1 sends down, has reached stage k's
+        device (`steps.arrived`); unplaced, nothing changes."""
+        if self.devices is None:
+            return
+        with self._on(k):
+            arrived = steps.arrived(sent)
+        above = self.stages[k + 1].trainable_variables
+        with self._on(k + 1):
+            waiting = steps.after(arrived, [grads[id(v)] for v in above])
+        grads.update(zip(map(id, above), waiting, strict=True))
 
     def _apply(self, grads):
         """One optimizer step over the variables in `grads` (keyed by `id`).

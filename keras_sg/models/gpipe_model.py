@@ -59,7 +59,8 @@ class GPipeModel(DecoupledModel):
         weight = self._loss_scale() / m
         last = len(self.stages) - 1
 
-        total, losses, preds, sent = {}, [], [], {}
+        total, losses, preds = {}, [], []
+        sent = [[] for _ in range(last)]  # the gradients sent down to stage k
         for x_m, y_m, sw_m in zip(xs, ys, sws, strict=True):
             pullbacks, h = [], x_m
             for k, stage in enumerate(self.stages[:-1]):
@@ -83,9 +84,8 @@ class GPipeModel(DecoupledModel):
                 # Accumulate where the variables live, not on the default device.
                 _accumulate(total, top.trainable_variables, stage_grads)
             for k in reversed(range(last)):
+                sent[k].append(grad)
                 with self._on(k):
-                    if self.devices is not None:  # sent down to stage k
-                        sent.setdefault(k, []).append(grad)
                     grad, stage_grads = pullbacks[k]((grad, weight))
                     _accumulate(total, self.stages[k].trainable_variables, stage_grads)
             losses.append(loss)
@@ -94,13 +94,8 @@ class GPipeModel(DecoupledModel):
         # Placed, stage k + 1 updates once every micro-batch's gradient has
         # reached stage k (see `steps.arrived`; the executor may run the
         # micro-batches' backward passes in any order).
-        for k, grads in sent.items():
-            with self._on(k):
-                arrived = steps.arrived(grads)
-            above = self.stages[k + 1].trainable_variables
-            with self._on(k + 1):
-                waiting = steps.after(arrived, [total[id(v)] for v in above])
-            total.update(zip(map(id, above), waiting, strict=True))
+        for k, grads in enumerate(sent):
+            self._update_after_send(k, grads, total)
         self._apply(total)
 
         loss = tf.add_n(losses) / m

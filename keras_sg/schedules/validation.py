@@ -129,9 +129,12 @@ def predict_examples_per_s(
     k = len(costs)
     forward = c["F"]
     backward = [b + o for b, o in zip(c["B"], c["C"], strict=True)]
-    extra = dict(update=c["U"], transfer=transfer, per_step_overhead=per_step_overhead)
-    if update_before_send:
-        extra["update_before_send"] = True
+    extra = dict(
+        update=c["U"],
+        transfer=transfer,
+        per_step_overhead=per_step_overhead,
+        update_before_send=update_before_send,
+    )
     if model == "backprop":
         sim = simulate("naive", k, 1, forward, backward, **extra)
         return batch_size / sim.step_time * 1000
