@@ -30,7 +30,6 @@ a row needs the same number of epochs, so its median says nothing about how
 that number varies.
 """
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -262,13 +261,12 @@ def accuracy_table(runs, load):
 
 def main(argv):
     del argv
-    load_start = os.getloadavg()
     if FLAGS.accuracy:
         runs = bp.in_turn(accuracy_specs(), FLAGS.repeats, FLAGS.vary_seed)
-        print("\n".join(accuracy_table(runs, (load_start, os.getloadavg()))))
+        print("\n".join(accuracy_table(runs, bp.measured_load(runs))))
         return
     runs = bp.in_turn(specs(), FLAGS.repeats)
-    load = (load_start, os.getloadavg())
+    load = bp.measured_load(runs)
     # One "vs" column per optimizer's backprop model-parallel and GPipe.
     labels = [OPTIMIZER_LABELS[name] for name in FLAGS.optimizers]
     references = [

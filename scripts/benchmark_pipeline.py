@@ -616,12 +616,16 @@ def measure(spec):
     cache = Path(FLAGS.cache) / (re.sub(r"[^A-Za-z0-9]+", "_", spec["name"]) + ".json")
     if cache.exists():
         cached = json.loads(cache.read_text())
-        # Traced runs saved before the per-step overhead was measured, and
-        # server runs saved before their core costs were: stale.
+        # Traced runs saved before the per-step overhead was measured, or
+        # before their core costs were, and runs saved before their load
+        # was recorded: stale.
         traced = not spec.get("mnist") and spec["model"] != "plain"
-        stale = traced and (
-            "per_step_overhead_ms" not in cached
-            or (spec.get("cluster") and "core_costs" not in cached["profile"])
+        stale = "load" not in cached or (
+            traced
+            and (
+                "per_step_overhead_ms" not in cached
+                or "core_costs" not in cached["profile"]
+            )
         )
         # Accuracy runs saved before they trained in one `fit`: stale.
         current = not spec.get("mnist") or cached.get("one_fit")
@@ -629,6 +633,7 @@ def measure(spec):
             return cached
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, f"--worker={json.dumps(spec)}"]
+    began, load_before = time.time(), os.getloadavg()
     servers = start_servers(spec["devices"], env) if spec.get("cluster") else []
     try:
         if servers:
@@ -645,9 +650,14 @@ def measure(spec):
     if done.returncode:
         raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
     line = [s for s in done.stdout.splitlines() if s.startswith("{")][-1]
+    result = json.loads(line)
+    # The machine's load and the time around the run, kept with it, so that
+    # a report written from cached runs states the load they ran under.
+    result["load"] = [list(load_before), list(os.getloadavg())]
+    result["measured_utc"] = [began, time.time()]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(line)
-    return json.loads(line)
+    cache.write_text(json.dumps(result))
+    return result
 
 
 def start_servers(n, env):
@@ -696,19 +706,20 @@ def messages_per_cut(spec):
 def device_costs(result):
     """The run's costs per device for the simulator, ms per step.
 
-    On logical devices, the summed durations of each device's ops by kind:
-    their ops share a pool of threads over both cores, so two ops of one
-    device may really run at once. On the servers, each server's busy time
-    by kind with the time in which several of its ops ran at once shared
-    equally by them (`keras_sg.profiling.core_shares`): a server is pinned
-    to one core, and `start_server` gives its clients' functions two
-    threads, so two ops that overlap share the core, each running at about
-    half speed, and each one's duration counts the other's work too (their
-    summed op time was 1.4 to 1.9 times their busy time). The costs then add
-    up to the server's busy time.
+    Each device's busy time by kind, the time in which several of its ops
+    ran at once shared equally by them (`keras_sg.profiling.core_shares`):
+    the simulator's device runs one thing at a time, so its cost is the
+    time the device was taken, not the work done in it. On the servers, a
+    server is pinned to one core and `start_server` gives its clients'
+    functions two threads, so two ops that overlap share the core, each at
+    about half speed, and each one's duration counts the other's work too
+    (their summed op time was 1.4 to 1.9 times their busy time). On logical
+    devices two ops of one device may run at once on the two cores (a
+    layer's input and weight gradients), and their summed durations would
+    count as serial what ran side by side. The optimizer's ops carry no
+    device on logical devices: their summed durations are shared out by
+    the devices' weights (`keras_sg.profiling.summarize`).
     """
-    if not result["spec"].get("cluster"):
-        return result["costs"]
     return result["profile"]["core_costs"]
 
 
@@ -777,7 +788,6 @@ def main(argv):
     if FLAGS.table_only:
         print(medians_table())
         return
-    load_start = os.getloadavg()
     base = base_spec()
     devices = list(map(int, FLAGS.devices))
     logical = {
@@ -859,7 +869,7 @@ def main(argv):
             for name, model, synth, cdni, rate in rows
         }
         accuracy = in_turn(specs, FLAGS.repeats)
-    load = (load_start, os.getloadavg())
+    load = measured_load(runs, {"plain": plain}, cluster, accuracy)
 
     figures = Path(FLAGS.figures)
     figures.mkdir(parents=True, exist_ok=True)
@@ -969,12 +979,47 @@ def median_speed(results):
     return statistics.median(r["examples_per_s"] for r in results)
 
 
+def measured_load(*groups):
+    """The machine's load average before the first of some runs and after
+    the last, and the UTC times of both, as each run recorded them when it
+    was measured (`measure`), so that a report written from cached runs
+    states the load they ran under, not the load while it is written.
+
+    Args:
+        groups: {key: [result of each run]} (as `in_turn` returns).
+
+    Returns:
+        (load at the start, load at the end, (start, end) in seconds since
+        the epoch), the form `load_text` takes.
+    """
+    every = [r for group in groups for results in group.values() for r in results]
+    missing = [r["spec"]["name"] for r in every if "load" not in r]
+    if not every or missing:
+        raise ValueError(
+            "Every run must carry the load it was measured under (`measure` "
+            f"records it). Received runs without: {missing or 'no runs'}"
+        )
+    first = min(every, key=lambda r: r["measured_utc"][0])
+    last = max(every, key=lambda r: r["measured_utc"][1])
+    return (
+        tuple(first["load"][0]),
+        tuple(last["load"][1]),
+        (first["measured_utc"][0], last["measured_utc"][1]),
+    )
+
+
 def load_text(load):
-    """The machine's load average at the start and the end of the runs."""
-    start, end = load
+    """The machine's load average at the start and the end of the runs
+    (`measured_load`), and when they ran."""
+    start, end, (began, ended) = load
+
+    def utc(seconds):
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(seconds))
+
     cores = len(os.sched_getaffinity(0))
     return (
-        "Load average (1, 5 and 15 min, `os.getloadavg`) at the start: "
+        f"Measured {utc(began)} to {utc(ended)} UTC. Load average (1, 5 and 15"
+        " min, `os.getloadavg`) at the start: "
         + ", ".join(f"{x:.2f}" for x in start)
         + "; at the end: "
         + ", ".join(f"{x:.2f}" for x in end)
@@ -1039,11 +1084,12 @@ def costs_file(measured, load):
         "input synthesizer, U optimizer update, T transfers (sends, receives, "
         "queue ops; in transfer_ms, not in the simulator's costs), C other "
         "work (on the servers: control edges), from the median run's profiler "
-        "trace: the summed durations of each device's ops by kind; on the "
-        "servers each server's busy time by kind, the time in which several "
-        "of its ops ran at once shared equally by them (they shared its one "
-        "core; keras_sg.profiling.core_shares)",
-        "op_costs": "the same, on the servers too: the summed op durations",
+        "trace: each device's busy time by kind, the time in which several of "
+        "its ops ran at once shared equally by them "
+        "(keras_sg.profiling.core_shares); on logical devices the optimizer's "
+        "ops, which carry no device, by their summed durations shared out by "
+        "the devices' weights",
+        "op_costs": "the same kinds, each the summed durations of the device's ops",
         "per_step_overhead_ms": "ms per step in which no op runs on any device "
         "(wall time of the traced steps minus the union of every op's "
         "interval, over the steps), in the median run's trace",
@@ -1055,6 +1101,7 @@ def costs_file(measured, load):
         "jit": "each stage's math compiled with XLA (absent: not)",
         "repeats": FLAGS.repeats,
         "load_average": {"start": list(load[0]), "end": list(load[1])},
+        "measured_utc": list(load[2]),
         "measurements": entries,
     }
 
@@ -1100,7 +1147,6 @@ def medians_table():
                 f"`--schedules` must name schedules of {list(known)}. "
                 f"Received: {name!r}"
             )
-    load_start = os.getloadavg()
     base = base_spec()
     specs = {
         (name, k): with_capacity(
@@ -1116,7 +1162,7 @@ def medians_table():
         for name in chosen
     }
     runs = in_turn(specs, FLAGS.repeats)
-    load = (load_start, os.getloadavg())
+    load = measured_load(runs)
     lines = [
         "| K | schedule | examples/s, median (runs) | vs backprop_mp | busy per "
         "device | SG overhead per stage | per-step overhead (ms) | simulator's "
@@ -1285,14 +1331,18 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " weight gradient, and was never measured: its row says so. The costs"
         f" and overheads of every measured schedule are in [{costs_name}]"
         f"({costs_name}); `keras_sg.schedules.validation.validate_measured_costs`"
-        " recomputes every prediction from that file. On the servers a"
-        " device's costs are its busy time by kind, the time in which several"
-        " of its ops ran at once shared equally by them"
-        " (`keras_sg.profiling.core_shares`): a server has one core, and"
-        " `keras_sg.placement.start_server` gives its clients' functions two"
-        " threads, so two ops may share the core and each one's duration then"
-        " counts the other's work too (the summed durations are kept in the"
-        " file as `op_costs`; `device_costs` in the script).",
+        " recomputes every prediction from that file. A device's costs are"
+        " its busy time by kind, the time in which several of its ops ran at"
+        " once shared equally by them (`keras_sg.profiling.core_shares`): the"
+        " simulator's device runs one thing at a time. A server has one core,"
+        " and `keras_sg.placement.start_server` gives its clients' functions"
+        " two threads, so two ops may share the core and each one's duration"
+        " then counts the other's work too; a logical device may run two ops"
+        " at once on the two cores, and their summed durations would count as"
+        " serial what ran side by side (the summed durations are kept in the"
+        " file as `op_costs`; `device_costs` in the script). On logical"
+        " devices the optimizer's ops carry no device: their summed durations"
+        " are shared out by the devices' weights.",
         "",
     ]
     if cluster:

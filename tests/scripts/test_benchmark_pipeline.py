@@ -2,6 +2,7 @@
 prediction and the table of medians, without measuring anything."""
 
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,7 @@ def test_per_step_overhead_of_a_synthetic_profile_result(bench):
 def test_predictions_with_update_and_overhead_by_hand(bench):
     costs = _costs()
     costs[0]["C"] = 1.0  # other work: busy time with the backward pass
-    run = {"costs": costs, "per_step_overhead_ms": 5.0}
+    run = {"profile": {"core_costs": costs}, "per_step_overhead_ms": 5.0}
     # Backprop: F0 0-10, F1 10-22, B1 22-44 (U1 44-50), B0 (20 + 1) 44-65,
     # U0 65-71; then 5 ms in which both wait: 76 ms.
     predicted = bench.predict(dict(run, spec=_spec("backprop")))
@@ -140,7 +141,8 @@ def test_predictions_with_update_and_overhead_by_hand(bench):
 
 def test_zb_h1_is_predicted_from_gpipe_costs_by_hand(bench):
     # M = 2 micro-batches: F 5 and 6, B 10 and 11 each; U 6; no overhead.
-    run = {"spec": _spec("gpipe", micro_batches=2), "costs": _costs()}
+    run = {"spec": _spec("gpipe", micro_batches=2)}
+    run["profile"] = {"core_costs": _costs()}
     run["per_step_overhead_ms"] = 0.0
     # GPipe: device 1 runs F 5-11, 11-17, B 17-28, 28-39, U 39-45; device 0
     # B 28-38, 39-49, U 49-55.
@@ -160,8 +162,22 @@ def test_fully_unlocked_prediction_by_hand(bench):
     # 0-1.5, F 1.5-7.5, B 7.5-29.5, Adam 29.5-35.5, its regression (1.5)
     # 35.5-37. Device 0's regression: 33-35. With 2 ms of per-step
     # overhead: 11 + 39 = 50 ms a step of 256 examples.
-    run = {"spec": _spec("unlocked"), "costs": _costs(), "per_step_overhead_ms": 2.0}
+    run = {"spec": _spec("unlocked"), "per_step_overhead_ms": 2.0}
+    run["profile"] = {"core_costs": _costs()}
     assert bench.predict(run) == pytest.approx(256 / 50 * 1000)
+
+
+# 2026-11-27 00:00 UTC, in seconds since the epoch.
+MIDNIGHT = 1795737600.0
+
+
+def _recorded(n):
+    """What `measure` records of the n-th run (from 1): the load before and
+    after it, and its start and end, a minute apart from run to run."""
+    return {
+        "load": [[n, 2.0 * n, 3.0 * n], [n + 0.5, 2.0 * n + 0.5, 3.0 * n + 0.5]],
+        "measured_utc": [MIDNIGHT + 60.0 * n, MIDNIGHT + 60.0 * n + 30.0],
+    }
 
 
 def _fake_run(spec, speed, run=0):
@@ -200,10 +216,11 @@ def test_medians_table_reports_medians_of_the_runs(
         name = spec["name"].split(" (")[0]
         calls.append(spec["name"])
         run = sum(c.startswith(name + " ") for c in calls) - 1
-        return _fake_run(spec, speeds[name][run], run)
+        return dict(_fake_run(spec, speeds[name][run], run), **_recorded(len(calls)))
 
     monkeypatch.setattr(bench, "measure", fake_measure)
-    monkeypatch.setattr(bench.os, "getloadavg", lambda: (5.25, 4.0, 3.5))
+    # The load while the table is written is not the runs' load.
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
     table = bench.medians_table().splitlines()
     # Runs in turn: every schedule once, then again.
     assert calls == [
@@ -229,9 +246,12 @@ def test_medians_table_reports_medians_of_the_runs(
     # 1.5-7.5, B 7.5-29.5, U 29.5-31.5, R 31.5-33; + 0.5 ms: 11 + 33.5.
     predicted = 256 / 44.5 * 1000
     assert unlocked[7] == f"{predicted:.0f} ({(predicted - 4400) / 4400:+.0%})"
+    # The load before the first of the 9 runs and after the last, as they
+    # recorded it.
     assert table[-1].startswith(
-        "Load average (1, 5 and 15 min, `os.getloadavg`) at the start: "
-        "5.25, 4.00, 3.50; at the end: 5.25, 4.00, 3.50; on "
+        "Measured 2026-11-27 00:01 to 2026-11-27 00:09 UTC. Load average (1, 5"
+        " and 15 min, `os.getloadavg`) at the start: 1.00, 2.00, 3.00; at the"
+        " end: 9.50, 18.50, 27.50; on "
     )
     # With --costs, the median runs' costs go to a file the validation reads.
     costs = validation.read_measured_costs(tmp_path / "costs.json")
@@ -271,10 +291,13 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         result.update(cpu=[0.5, 0.5], client=0.25)
         return result
 
-    loads = iter([(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)])
-    monkeypatch.setattr(bench, "measure", fake_measure)
+    def recorded(spec):
+        # Runs in the order measured; the last one is an accuracy run.
+        return dict(fake_measure(spec), **_recorded(len(calls)))
+
+    monkeypatch.setattr(bench, "measure", recorded)
     monkeypatch.setattr(bench, "draw", lambda results, path: None)
-    monkeypatch.setattr(bench.os, "getloadavg", lambda: next(loads))
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
     bench.main([])
     # Each table's measurements in turn, three times.
     logical = [f"{n} (K=2, run 1)" for n, _, _ in bench.SCHEDULES]
@@ -288,7 +311,12 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         assert specs[f"{name}, warm-up 500 (run 2)"]["cdni"] is True
     assert calls[len(logical)] == "backprop_mp (K=2, run 2)"
     report = output.read_text()
-    assert "at the start: 1.00, 2.00, 3.00; at the end: 4.00, 5.00, 6.00" in report
+    # The load before the first of the 69 runs and after the last.
+    assert (
+        "Measured 2026-11-27 00:01 to 2026-11-27 01:09 UTC. Load average (1, 5"
+        " and 15 min, `os.getloadavg`) at the start: 1.00, 2.00, 3.00; at the"
+        " end: 69.50, 138.50, 207.50" in report
+    )
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     medians = [r for r in rows if "2000 (3000, 2000, 1000)" in r]
     # Seven schedules on logical devices and seven on the servers.
@@ -318,7 +346,11 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     assert gpipe.costs == tuple(_costs(update=1.0))  # run 2
     assert gpipe.per_step_overhead == 0.5
     written = json.loads((tmp_path / "bench.json").read_text())
-    assert written["load_average"] == {"start": [1.0, 2.0, 3.0], "end": [4.0, 5.0, 6.0]}
+    assert written["load_average"] == {
+        "start": [1.0, 2.0, 3.0],
+        "end": [69.5, 138.5, 207.5],
+    }
+    assert written["measured_utc"] == [MIDNIGHT + 60.0, MIDNIGHT + 60.0 * 69 + 30.0]
     assert [r["examples_per_s"] for r in written["measurements"][1]["runs"]] == [
         3000.0,
         2000.0,
@@ -344,15 +376,17 @@ def test_measured_transfers_go_to_the_simulator_by_hand(bench):
         {"F": 10.0, "B": 20.0, "S": 0.0, "I": 0.0, "U": 0.0, "T": 1.0, "C": 0.0},
         {"F": 12.0, "B": 22.0, "S": 0.0, "I": 0.0, "U": 0.0, "T": 3.0, "C": 0.0},
     ]
-    run = {"spec": _spec("backprop"), "costs": costs, "per_step_overhead_ms": 0.0}
+    run = {"spec": _spec("backprop"), "per_step_overhead_ms": 0.0}
+    run["profile"] = {"core_costs": costs}
     assert bench.transfers(run) == [2.0]
     assert bench.predict(run) == pytest.approx(256 / 68 * 1000)
     # GPipe: 2 M = 16 messages a step.
     assert bench.transfers(dict(run, spec=_spec("gpipe"))) == [4.0 / 16]
     # Runs measured before T existed: no transfer.
     old = [{k: v for k, v in c.items() if k != "T"} for c in costs]
-    assert bench.transfers(dict(run, costs=old)) == [0.0]
-    assert bench.predict(dict(run, costs=old)) == pytest.approx(256 / 64 * 1000)
+    run = dict(run, profile={"core_costs": old})
+    assert bench.transfers(run) == [0.0]
+    assert bench.predict(run) == pytest.approx(256 / 64 * 1000)
 
 
 def test_async_prediction_is_the_async_schedule_with_the_capacity(bench):
@@ -360,7 +394,8 @@ def test_async_prediction_is_the_async_schedule_with_the_capacity(bench):
 
     costs = [dict(c, T=1.0) for c in _costs()]
     spec = _spec("async", capacity=3)
-    run = {"spec": spec, "costs": costs, "per_step_overhead_ms": 0.5}
+    run = {"spec": spec, "profile": {"core_costs": costs}}
+    run["per_step_overhead_ms"] = 0.5
     sim = simulate(
         "async",
         2,
@@ -444,10 +479,10 @@ def test_staleness_of_the_targets_by_hand(bench):
     assert cut["mean_lag"] == pytest.approx(1.2)
 
 
-def test_server_costs_are_their_core_shares(bench):
+def test_device_costs_are_their_core_shares(bench):
     # Server 0's summed op durations are 60 ms a step, but two ops shared
     # its one core: its core shares (keras_sg.profiling.core_shares) add up
-    # to its busy time, 40 ms. Those are the simulator's costs on servers.
+    # to its busy time, 40 ms. Those are the simulator's costs.
     costs = [
         {"F": 12.0, "B": 30.0, "S": 3.0, "U": 9.0, "T": 6.0},
         {"F": 10.0, "B": 14.0, "U": 6.0},
@@ -465,7 +500,42 @@ def test_server_costs_are_their_core_shares(bench):
     # The transfer per message comes from the core share of T: 4 ms over 2
     # messages.
     assert bench.transfers(run) == pytest.approx([2.0])
-    # Logical devices keep the summed durations (their ops may run on two
-    # cores at once).
+    # On logical devices too: two ops of a device that ran at once on the
+    # two cores take the device for the time they ran, not for its sum.
     logical = dict(run, spec=_spec("pipelined"))
-    assert bench.device_costs(logical) == costs
+    assert bench.device_costs(logical) == core
+
+
+def test_a_run_records_its_load_and_a_cached_run_without_it_is_stale(
+    bench, parsed, monkeypatch, tmp_path
+):
+    parsed(f"--cache={tmp_path}")
+    spec = {"name": "plain Keras (run 1)", "model": "plain"}
+    loads = iter([(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)])
+    clock = iter([MIDNIGHT, MIDNIGHT + 42.0])
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        line = json.dumps({"spec": spec, "examples_per_s": 1000.0})
+        return types.SimpleNamespace(returncode=0, stdout=f"noise\n{line}\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: next(loads))
+    monkeypatch.setattr(bench.time, "time", lambda: next(clock))
+    result = bench.measure(spec)
+    assert result["load"] == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert result["measured_utc"] == [MIDNIGHT, MIDNIGHT + 42.0]
+    # Cached with it: measured again only when the spec changes.
+    assert bench.measure(spec) == result
+    assert len(commands) == 1
+    # A run cached before loads were recorded is measured again.
+    (cached,) = tmp_path.glob("*.json")
+    cached.write_text(json.dumps({"spec": spec, "examples_per_s": 1.0}))
+    loads = iter([(7.0, 7.0, 7.0), (8.0, 8.0, 8.0)])
+    clock = iter([MIDNIGHT + 100.0, MIDNIGHT + 142.0])
+    assert bench.measure(spec)["load"] == [[7.0, 7.0, 7.0], [8.0, 8.0, 8.0]]
+    assert len(commands) == 2
+    # A report needs every run's load.
+    with pytest.raises(ValueError, match="plain Keras"):
+        bench.measured_load({"plain": [{"spec": spec, "examples_per_s": 1.0}]})
