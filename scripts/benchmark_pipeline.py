@@ -1235,6 +1235,43 @@ def _table(rows, with_trace):
     return lines
 
 
+# Flags the report's command always shows, then those it shows when they
+# are not their defaults: every flag that changes what is measured.
+SHOWN_FLAGS = (
+    "devices",
+    "width",
+    "batch_size",
+    "micro_batches",
+    "rank",
+    "steps",
+    "profile_steps",
+    "repeats",
+)
+SHOWN_IF_SET = (
+    "capacity",
+    "async_steps_per_execution",
+    "async_jit",
+    "optimizer",
+    "target_accuracy",
+    "max_epochs",
+    "skip_accuracy",
+    "skip_cluster",
+    "cdni_learning_rates",
+    "warmup_steps",
+)
+
+
+def command_line():
+    """The command that measures what the report shows, with its flags."""
+    shown = list(SHOWN_FLAGS) + [
+        name for name in SHOWN_IF_SET if FLAGS[name].value != FLAGS[name].default
+    ]
+    return " ".join(
+        ["python scripts/benchmark_pipeline.py"]
+        + [FLAGS[name].serialize() for name in shown]
+    )
+
+
 def report(runs, plain, cluster, accuracy, load, costs_name):
     """The Markdown report; every table holds medians of --repeats runs."""
     lines = [
@@ -1252,11 +1289,7 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " ([api.md](api.md#profiling-keras_sgprofiling)).",
         "",
         "```",
-        f"python scripts/benchmark_pipeline.py --devices={','.join(FLAGS.devices)} "
-        f"--width={FLAGS.width} --batch_size={FLAGS.batch_size} "
-        f"--micro_batches={FLAGS.micro_batches} --rank={FLAGS.rank} "
-        f"--steps={FLAGS.steps} --profile_steps={FLAGS.profile_steps} "
-        f"--repeats={FLAGS.repeats}",
+        command_line(),
         "```",
         "",
         f"Model: K equal stages of two dense layers of {FLAGS.width} units (the last "

@@ -729,10 +729,11 @@ def main(argv):
         "seen in that trace (the time per step in which no device runs an "
         "op). The simulator's prediction takes those costs and nothing "
         "else: no term is fitted "
-        "(`keras_sg.schedules.validation.validate_measured_costs`). On the "
-        "servers a device's costs are its busy time by kind, the time in "
-        "which two of its ops ran at once shared by them "
-        "(`keras_sg.profiling.core_shares`), since a server has one core.",
+        "(`keras_sg.schedules.validation.validate_measured_costs`). A "
+        "device's costs are its busy time by kind, the time in which several "
+        "of its ops ran at once shared by them "
+        "(`keras_sg.profiling.core_shares`), since the simulator's device runs "
+        "one thing at a time.",
         "",
     ]
     sections += validation_text

@@ -299,6 +299,16 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     monkeypatch.setattr(bench, "draw", lambda results, path: None)
     monkeypatch.setattr(bench.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
     bench.main([])
+    # The command shown measures the same: every flag not its default.
+    assert (
+        "python scripts/benchmark_pipeline.py --devices=2 --width=1024 "
+        "--batch_size=256 --micro_batches=8 --rank=64 --steps=20 "
+        "--profile_steps=4 --repeats=3\n" in output.read_text()
+    )
+    parsed("--devices=2", "--async_steps_per_execution=32", "--async_jit")
+    assert bench.command_line().endswith(
+        "--repeats=3 --async_steps_per_execution=32 --async_jit"
+    )
     # Each table's measurements in turn, three times.
     logical = [f"{n} (K=2, run 1)" for n, _, _ in bench.SCHEDULES]
     logical.append("plain Keras, default threading (run 1)")
