@@ -113,5 +113,9 @@ class GPipeModel(DecoupledModel):
 
 
 def _accumulate(total, variables, grads):
-    for v, g in zip(variables, grads, strict=True):
-        total[id(v)] = g if id(v) not in total else total[id(v)] + g
+    # The sums are backward work: a name with "gradient" in it tells the
+    # profiler so (`keras_sg.profiling.op_kind`), which would otherwise count
+    # them as the stage's forward pass.
+    with tf.name_scope("gradient_sum"):
+        for v, g in zip(variables, grads, strict=True):
+            total[id(v)] = g if id(v) not in total else total[id(v)] + g

@@ -42,3 +42,26 @@ def test_gpipe_round_trip_and_bad_micro_batches(tmp_path):
     x, y = classification_data(n=6)
     with pytest.raises(Exception, match="divisible"):
         model.fit(x, y, batch_size=3, epochs=1, verbose=0)
+
+
+def test_profiler_counts_the_micro_batch_gradient_sums_as_backward_work():
+    import tensorflow as tf
+
+    from keras_sg.profiling import op_kind, stage_of
+
+    x, y = classification_data(n=8)
+    model = keras_sg.GPipeModel(mlp([8], 6, out_units=3), micro_batches=4)
+    model.compile(optimizer="sgd", loss=LOSS)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    graph = (
+        tf.function(model.train_step)
+        .get_concrete_function((tf.constant(x), tf.constant(y)))
+        .graph
+    )
+    # Each of the 4 variables (2 per stage) sums 4 micro-batches' gradients:
+    # 3 additions each, all of them a stage's backward work.
+    sums = [op.name for op in graph.get_operations() if op.type == "AddV2"]
+    sums = [name for name in sums if "gradient_sum" in name]
+    assert len(sums) == 4 * 3
+    assert {op_kind(name) for name in sums} == {"B"}
+    assert {stage_of(name) for name in sums} == {0, 1}
