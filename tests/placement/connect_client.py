@@ -6,12 +6,17 @@ killed by the test's own timeout instead of hanging the suite:
     connect_client.py ADDRESSES TIMEOUT
 """
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# SIGUSR1 prints every thread's stack to stderr: the test sends it before
+# killing a client that hung, so that its failure says where.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 import keras_sg  # noqa: E402
 
