@@ -17,6 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # SIGUSR1 prints every thread's stack to stderr: the test sends it before
 # killing a client that hung, so that its failure says where.
 faulthandler.register(signal.SIGUSR1, all_threads=True)
+# Ctrl-C raises KeyboardInterrupt, as in a terminal, even when the suite was
+# started with SIGINT ignored (a background job of a non-interactive shell
+# is), which a child inherits and Python then leaves ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import keras_sg  # noqa: E402
 

@@ -122,7 +122,7 @@ def test_ctrl_c_stops_a_connect_that_waits():
         try:
             _, stderr = client.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            # Seen once in CI (2026-11-28): say where it hung.
+            # Say where it hung.
             client.send_signal(signal.SIGUSR1)
             time.sleep(2.0)
             client.kill()
