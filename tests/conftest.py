@@ -20,6 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"
 
 
+# The longest tests (most of their time is spent waiting on subprocesses,
+# servers and timeouts) run first: pytest-xdist gives each worker a run of
+# the collection and idle workers take tests from the end of a busy one's,
+# so a long test left there would run alone at the end of the suite.
+LONGEST_FIRST = (
+    "tests/placement/test_cluster.py::"
+    "test_killed_worker_fails_clearly_and_training_resumes",
+    "tests/scripts/test_train.py::"
+    "test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run",
+    "tests/test_lesson.py::test_lesson_runs_top_to_bottom_in_the_small_setting_smoke",
+    "tests/placement/test_cluster.py::test_frozen_worker_fails_the_step_within_a_bound",
+    "tests/scripts/test_train_faults.py::"
+    "test_lock_then_sigkill_mid_write_then_a_damaged_file_then_resume",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {nodeid: i for i, nodeid in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
