@@ -17,8 +17,8 @@ per-stage XLA the profiler does not see the compiled work: those rows give
 examples/s only. With --accuracy it measures wall time to
 --target_accuracy on MNIST instead (training time, evaluation excluded), for
 backprop model-parallel and pipelined and asynchronous cDNI
-(--accuracy_schedules), with the staleness of the runtime's targets and each
-run's training logs kept in the cache:
+(--accuracy_schedules; the runtime once per --capacities), with the staleness
+of the runtime's targets and each run's training logs kept in the cache:
 
     python scripts/benchmark_async.py --accuracy --repeats=3 --variants=8
 
@@ -30,7 +30,9 @@ a row needs the same number of epochs, so its median says nothing about how
 that number varies.
 """
 
+import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,8 +49,8 @@ flags.DEFINE_bool(
     "accuracy",
     False,
     "Measure wall time to --target_accuracy instead: backprop model-parallel, "
-    "and pipelined and asynchronous cDNI (the first of --variants and "
-    "--capacities) with benchmark_pipeline's --warmup_steps.",
+    "and pipelined and asynchronous cDNI (the first of --variants, one row "
+    "per --capacities) with benchmark_pipeline's --warmup_steps.",
 )
 
 ACCURACY_SCHEDULES = ("backprop_mp", "pipelined_cdni", "async_cdni")
@@ -196,7 +198,27 @@ def accuracy_specs():
     cdni, cdni_suffix = dict(schedule, **clipping), suffix + clip_suffix
     backprop, backprop_suffix = (schedule, suffix) if FLAGS.decay_steps else ({}, "")
     steps, jit = parse_variant(FLAGS.variants[0])
-    capacity = int(FLAGS.capacities[0])
+    capacities = [int(c) for c in FLAGS.capacities]
+    # One row of the runtime per capacity, side by side with the others.
+    runtimes = {
+        "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}": (
+            bp.async_spec(
+                dict(
+                    base,
+                    name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
+                    + cdni_suffix,
+                    model="async",
+                    synth="linear",
+                    cdni=True,
+                    **cdni,
+                ),
+                capacity,
+                steps,
+                jit,
+            )
+        )
+        for capacity in capacities
+    }
     every = {
         "backprop_mp": dict(
             base,
@@ -213,47 +235,61 @@ def accuracy_specs():
             cdni=True,
             **cdni,
         ),
-        "async_cdni": bp.async_spec(
-            dict(
-                base,
-                name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
-                + cdni_suffix,
-                model="async",
-                synth="linear",
-                cdni=True,
-                **cdni,
-            ),
-            capacity,
-            steps,
-            jit,
-        ),
     }
-    return with_optimizers({key: every[key] for key in FLAGS.accuracy_schedules})
+    chosen = {}
+    for schedule in FLAGS.accuracy_schedules:
+        if schedule == "async_cdni":
+            chosen.update(runtimes)
+        else:
+            chosen[schedule] = every[schedule]
+    return with_optimizers(chosen)
+
+
+def median_seconds(results):
+    """The median seconds to accuracy of some runs (the mean of the middle
+    two of an even count), a run that did not get there counting as slower
+    than any; None when the median is such a run."""
+    middle = statistics.median(
+        math.inf if r["seconds"] is None else r["seconds"] for r in results
+    )
+    return None if math.isinf(middle) else middle
 
 
 def accuracy_table(runs, load):
+    """Per row: the median seconds, each run's seconds, epochs and (for the
+    runtime) the mean age of its synthesizer's targets, and the accuracy
+    curve of the median run."""
     lines = [
-        "| schedule | seconds, median (runs) | vs backprop MP | epochs | test "
-        "accuracy per epoch |",
-        "| --- " * 5 + "|",
+        "| schedule | seconds, median (runs) | vs backprop MP | epochs per run "
+        "| mean target age per run (batches) | test accuracy per epoch, "
+        "median run |",
+        "| --- " * 6 + "|",
     ]
-    medians = {}
+    medians = {key: median_seconds(results) for key, results in runs.items()}
+    reference = medians.get("backprop_mp")
     for key, results in runs.items():
         middle = bp.median_run(results, key="seconds")
-        medians[key] = middle["seconds"]
+        seconds = medians[key]
         ratio = (
-            f"{middle['seconds'] / medians['backprop_mp']:.2f}x"
-            if middle["seconds"] is not None and medians.get("backprop_mp")
+            f"{seconds / reference:.3f}x"
+            if seconds is not None and reference is not None
             else "–"
         )
-        each = ", ".join(bp.seconds_cell(r) for r in results)
-        curve = ", ".join(f"{a:.4f}" for _, _, a in middle["curve"])
+        each = ", ".join(
+            "not reached" if r["seconds"] is None else f"{r['seconds']:.1f}"
+            for r in results
+        )
+        ages = [r["staleness"][0]["mean_age"] for r in results if "staleness" in r]
         cells = [
             display_name(middle["spec"]["name"]),
-            f"{bp.seconds_cell(middle)} ({each})",
+            f"{'not reached' if seconds is None else f'{seconds:.1f}'} ({each})",
             ratio,
-            str(len(middle["curve"])),
-            curve,
+            ", ".join(
+                str(len(r["curve"])) if r["seconds"] is not None else "–"
+                for r in results
+            ),
+            ", ".join("–" if a is None else f"{a:.2f}" for a in ages) or "–",
+            ", ".join(f"{a:.4f}" for _, _, a in middle["curve"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", bp.load_text(load)]

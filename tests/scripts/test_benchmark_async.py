@@ -117,3 +117,74 @@ def test_vary_seed_gives_each_run_its_own_seed(parse, monkeypatch):
     seen.clear()
     script.bp.in_turn({"a": {"name": "a"}}, 2)
     assert [s.get("seed") for s in seen] == [None, None]
+
+
+def test_one_runtime_row_per_capacity_side_by_side(parse):
+    script = parse(
+        "--accuracy",
+        "--variants=32+jit",
+        "--capacities=1,2",
+        "--clipvalue=0.01",
+        "--warmup_steps=250",
+        "--accuracy_schedules=backprop_mp,async_cdni",
+    )
+    specs = script.accuracy_specs()
+    assert list(specs) == ["backprop_mp", "async_cdni C=1", "async_cdni C=2"]
+    for capacity in (1, 2):
+        spec = specs[f"async_cdni C={capacity}"]
+        assert spec["capacity"] == capacity
+        assert spec["steps_per_execution"] == 32 and spec["jit"] is True
+        assert spec["clipvalue"] == 0.01 and spec["warmup_steps"] == 250
+        assert spec["name"] == (
+            f"async_cdni C={capacity} N=32 xla, warm-up 250, clipvalue 0.01"
+        )
+    # One capacity keeps the row's key (and its cached runs' names).
+    script = parse("--accuracy", "--capacities=1")
+    assert "async_cdni" in script.accuracy_specs()
+
+
+def _run(name, seconds, epochs, age=None):
+    run = {
+        "spec": {"name": name},
+        "seconds": seconds,
+        "curve": [(e + 1, 10.0 * (e + 1), 0.9 + 0.01 * e) for e in range(epochs)],
+        "load": [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]],
+        "measured_utc": [0.0, 60.0],
+    }
+    if age is not None:
+        run["staleness"] = [{"mean_age": age}]
+    return run
+
+
+def test_the_accuracy_table_takes_true_medians_and_counts_a_miss_as_slowest(parse):
+    script = parse("--accuracy")
+    runs = {
+        # Four runs: the median is the mean of the middle two, 45 and 47.
+        "backprop_mp": [
+            _run("backprop_mp (run 1)", 47.0, 3),
+            _run("backprop_mp (run 2)", 60.0, 4),
+            _run("backprop_mp (run 3)", 44.0, 3),
+            _run("backprop_mp (run 4)", 45.0, 3),
+        ],
+        # One run did not get there: it counts as the slowest, so the median
+        # is the mean of 35 and 36.
+        "async_cdni": [
+            _run("async_cdni C=1 (run 1)", 36.0, 3, age=2.1),
+            _run("async_cdni C=1 (run 2)", None, 8, age=2.9),
+            _run("async_cdni C=1 (run 3)", 35.0, 3, age=2.0),
+            _run("async_cdni C=1 (run 4)", 30.0, 2, age=2.2),
+        ],
+    }
+    lines = script.accuracy_table(runs, script.bp.measured_load(runs))
+    backprop, runtime = (line.split(" | ") for line in lines[2:4])
+    assert backprop[1] == "46.0 (47.0, 60.0, 44.0, 45.0)"
+    assert backprop[2] == "1.000x" and backprop[3] == "3, 4, 3, 3"
+    assert backprop[4] == "–"
+    assert runtime[1] == "35.5 (36.0, not reached, 35.0, 30.0)"
+    assert runtime[2] == f"{35.5 / 46.0:.3f}x"
+    assert runtime[3] == "3, –, 3, 2" and runtime[4] == "2.10, 2.90, 2.00, 2.20"
+    # More misses than reaches in the middle: no median.
+    runs["async_cdni"][0]["seconds"] = None
+    lines = script.accuracy_table(runs, script.bp.measured_load(runs))
+    runtime = lines[3].split(" | ")
+    assert runtime[1].startswith("not reached (") and runtime[2] == "–"
