@@ -108,6 +108,10 @@ class AsyncPipelinedModel(PipelinedModel):
     flight), a run resumed from an epoch's checkpoint goes on as it would
     have.
 
+    The first `fit` traces the stage functions (and XLA compiles them); the
+    next ones reuse them, with the queues, unless the batches' spec or the
+    settings changed, `compile` was called again or a `fit` failed.
+
     After `fit`, `stage_log` holds, per stage, numpy arrays of the batch ids
     it processed (`"batch"`), the batch id of the target its synthesizer
     regressed at each of those steps (`"target_batch"`, -1 for none) and its
@@ -173,6 +177,10 @@ class AsyncPipelinedModel(PipelinedModel):
         # on its own, and only if they exist when it loads.
         self._stage_optimizers = _StageOptimizers()
         self._saved_optimizers = None
+        # The runtime of the last `fit` (its queues and traced stage
+        # functions), kept for the next while nothing it was made for
+        # changes; a plain object, neither tracked nor saved.
+        self._kept_runtime = None
         super().__init__(network, synthesizers, method=method, **kwargs)
 
     # ------------------------------------------------------------- checks
@@ -183,6 +191,7 @@ class AsyncPipelinedModel(PipelinedModel):
 
     @jit_compile.setter
     def jit_compile(self, value):
+        self._discard_runtime()
         if value is True:
             # Each stage's math is compiled on its own (see
             # `_stage_function`), not the model as a whole: Keras's check
@@ -311,7 +320,8 @@ class AsyncPipelinedModel(PipelinedModel):
                 model=self,
             )
         with self._reporting_lost_workers(), reporting_label_errors():
-            runtime = _Runtime(self, dataset)
+            runtime = self._runtime(dataset)
+            trained = False
             try:
                 self._train(
                     runtime,
@@ -322,13 +332,56 @@ class AsyncPipelinedModel(PipelinedModel):
                     validation_data,
                     drain,
                 )
+                trained = True
             except _StageFailed:
                 pass  # the stage's own error is raised below, after shutdown
             finally:
-                runtime.shutdown()
+                # A runtime that trained to the end is kept for the next
+                # `fit`, its threads ended and its queues emptied; after an
+                # error (or an interrupt) its queues are closed and it goes.
+                if not (trained and runtime.stop()):
+                    self._kept_runtime = None
+                    runtime.shutdown()
                 self.stage_log = runtime.log_arrays()
             runtime.raise_error()
         return self.history
+
+    def _runtime(self, dataset):
+        """The runtime for this `fit`, started on `dataset`: the last one's if
+        it was made for the same batches and settings, else a new one (which
+        traces the stage functions, and compiles them anew with XLA)."""
+        key = (
+            dataset.element_spec,
+            self.capacity,
+            self.lock_step,
+            int(self.steps_per_execution),
+            self.jit_compile,
+        )
+        optimizers = self.stage_optimizers()
+        kept = self._kept_runtime
+        if kept is not None and (kept.key != key or kept.optimizers is not optimizers):
+            self._discard_runtime()
+            kept = None
+        with tf.device(self.devices[0] if self.devices else None):
+            iterator = iter(dataset)
+        if kept is None:
+            kept = _Runtime(self, dataset.element_spec, iterator)
+            kept.key = key
+        self._kept_runtime = kept
+        kept.start(iterator)
+        return kept
+
+    def _discard_runtime(self):
+        """Drops the kept runtime, closing its queues."""
+        kept = getattr(self, "_kept_runtime", None)
+        self._kept_runtime = None
+        if kept is not None:
+            kept.shutdown()
+
+    def compile(self, *args, **kwargs):
+        # New optimizers, loss or metrics: the stage functions use them.
+        self._discard_runtime()
+        super().compile(*args, **kwargs)
 
     def _train(
         self,
@@ -496,6 +549,7 @@ class AsyncPipelinedModel(PipelinedModel):
             key: np.asarray(store[key]) for key in keys if key.startswith("stage_")
         }
         self._saved_optimizers = saved or None
+        self._discard_runtime()
         self._stage_optimizers = _StageOptimizers()
         if saved and self.compiled:
             self.stage_optimizers()
@@ -531,7 +585,8 @@ class AsyncPipelinedModel(PipelinedModel):
     # ---------------------------------------------------------- stage work
 
     def _stage_function(self, k, runtime):
-        """Stage k's steps, as a `tf.function` of `count` and `n_back`.
+        """Stage k's steps, as a `tf.function` of `count` and `n_back` (and,
+        for stage 0, first the iterator of the `fit`'s batches).
 
         One call runs `count` steps in a `tf.while_loop` (the runtime's
         free mode passes up to `steps_per_execution`, lock-step mode 1).
@@ -560,12 +615,12 @@ class AsyncPipelinedModel(PipelinedModel):
             )
             apply = _compiled_apply()
 
-        def step(n_back):
+        def step(n_back, iterator):
             with self._on(k):
                 # Forward input: stage 0 reads the dataset, the others the
                 # queue below them.
                 if k == 0:
-                    x, labels = next(runtime.iterator)
+                    x, labels = next(iterator)
                     if self.method == "cdni":
                         labels = self._context(labels)
                     batch = runtime.counter.read_value()
@@ -652,7 +707,7 @@ class AsyncPipelinedModel(PipelinedModel):
                     out["logs"] = metrics
                 return out
 
-        def steps(count, n_back):
+        def steps(count, n_back, iterator=None):
             # Iterations run one after the other: every output of an
             # iteration waits for all of its stateful ops (tf.function's
             # automatic control dependencies), so a step starts only once
@@ -660,7 +715,7 @@ class AsyncPipelinedModel(PipelinedModel):
             records = tuple(tf.TensorArray(tf.int64, size=count) for _ in _RECORDS)
 
             def body(i, records):
-                out = step(n_back)
+                out = step(n_back, iterator)
                 written = tuple(
                     r.write(i, out[name])
                     for r, name in zip(records, _RECORDS, strict=True)
@@ -684,7 +739,15 @@ class AsyncPipelinedModel(PipelinedModel):
         # No AutoGraph: every loop and branch here is written with
         # tf.while_loop and tf.cond, and converting this code (Keras's own is
         # never converted) took most of the tracing time, seconds at the
-        # first fit of a process.
+        # first fit of a process. Stage 0 takes the iterator as an argument,
+        # not as a capture, so that the next `fit` can call the same
+        # function on its own batches.
+        if k == 0:
+
+            def steps_on(iterator, count, n_back):
+                return steps(count, n_back, iterator)
+
+            return tf.function(steps_on, autograph=False)
         return tf.function(steps, autograph=False)
 
     def _idle_function(self, k, runtime):
@@ -774,18 +837,23 @@ class _StageFailed(Exception):
 
 
 class _Runtime:
-    """The queues, stage functions and threads of one `fit` call.
+    """The queues and stage functions of `fit`, and the threads of one call.
 
-    A plain object: Keras neither tracks nor saves it. Made afresh by each
-    `fit` (a closed queue cannot be reopened), and shut down at its end.
+    A plain object: Keras neither tracks nor saves it. The model keeps it
+    from one `fit` to the next while the batches' spec and its settings stay
+    the same (`AsyncPipelinedModel._runtime`): each `fit` starts it on its
+    own iterator (`start`) and stops it at the end (`stop`: the threads end,
+    the queues are emptied). After an error it is shut down (its queues
+    closed: a closed queue cannot be reopened) and dropped.
     """
 
-    def __init__(self, model, dataset):
+    def __init__(self, model, element_spec, iterator):
         self.model = model
+        self.key = None
         devices = model.devices
         last = len(model.stages) - 1
         self.num_stages = last + 1
-        x_spec, y_spec = dataset.element_spec
+        x_spec, y_spec = element_spec
         self.label_spec = y_spec
         capacity = model.capacity
         # Forward queue k feeds stage k + 1, on its device; backward queue k
@@ -824,7 +892,6 @@ class _Runtime:
                     )
                 if k == 0:
                     self.counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-                    self.iterator = iter(dataset)
         self.optimizers = model.stage_optimizers()
         self.synthesizer_optimizers = model.synthesizer_optimizers()
         # Trace every function here, one after the other: Keras's layers
@@ -833,7 +900,8 @@ class _Runtime:
         self.steps = []
         for k in range(self.num_stages):
             fn = model._stage_function(k, self)
-            self.steps.append(fn.get_concrete_function(int_spec, int_spec))
+            args = (iterator,) if k == 0 else ()
+            self.steps.append(fn.get_concrete_function(*args, int_spec, int_spec))
         # Steps per stage call: Keras's `steps_per_execution` when free
         # running; lock-step mode calls each stage one step at a time.
         self.per_call = 1 if model.lock_step else model.steps_per_execution
@@ -841,6 +909,16 @@ class _Runtime:
         if model.lock_step:
             for k in range(self.num_stages):
                 self.idles.append(model._idle_function(k, self).get_concrete_function())
+        self.threads = []
+
+    def start(self, iterator):
+        """Starts a `fit`: its batches, fresh batch ids and logs, the threads."""
+        self.iterator = iterator
+        # Batch ids count from 0 in every fit, and so does each stage's
+        # progress (the lag it logs).
+        self.counter.assign(0)
+        for done in self.done:
+            done.assign(0)
         self.log = [
             {"batch": [], "target_batch": [], "lag": []} for _ in range(self.num_stages)
         ]
@@ -859,6 +937,25 @@ class _Runtime:
         # fit (the schedule of lock-step mode is computed from them).
         self.finished = [0] * self.num_stages
         self.taken = [0] * (self.num_stages - 1)
+
+    def stop(self):
+        """Ends a `fit` that trained to the end: the threads end and every
+        queue is emptied (batches still in flight without the drain are
+        dropped), so that the next `fit` starts from nothing in flight.
+
+        Returns whether it could be kept: False if a thread did not end in
+        time (the caller then shuts it down).
+        """
+        for inbox in self.inboxes:
+            inbox.put(None)
+        for thread in self.threads:
+            thread.join(JOIN_TIMEOUT)
+        if any(thread.is_alive() for thread in self.threads):
+            return False
+        for q in self.forward + self.backward + self.kept:
+            for _ in range(int(q.size())):
+                q.dequeue()
+        return True
 
     # ------------------------------------------------------ in the graph
 
@@ -978,8 +1075,9 @@ class _Runtime:
                     hook = self.model.stage_step_hook
                     if hook is not None:
                         hook(k, "begin", n)
+                    args = (self.iterator,) if k == 0 else ()
                     out = self.steps[k](
-                        tf.constant(n, tf.int32), tf.constant(n_back, tf.int32)
+                        *args, tf.constant(n, tf.int32), tf.constant(n_back, tf.int32)
                     )
                     if hook is not None:
                         hook(k, "end", n)

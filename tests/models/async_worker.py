@@ -21,8 +21,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from conftest import linear_synth, weights_of  # noqa: E402
 
-from keras_sg.models.async_pipelined_model import _Runtime  # noqa: E402
-
 D, H, OUT, B = 3, 4, 2, 2
 
 
@@ -90,10 +88,9 @@ if MODE == "xla":
         for m in (reference, model)
     ]
     predicted = [m.predict(x, verbose=0) for m in (reference, model)]
-    dataset, _ = model._dataset(x, y, B, False, None)
-    runtime = _Runtime(model, dataset)
+    # The runtime its fit traced, kept by the model for the next fit.
+    runtime = model._kept_runtime
     calls = [xla_devices(step) for step in runtime.steps]
-    runtime.shutdown()
     # XLA runs a compiled function on one device and reads only the
     # variables there: a variable of CPU:1 read by a function called under
     # CPU:0 is an error, under CPU:1 it is not.
@@ -160,13 +157,11 @@ slot_devices = [
 free = build(keras_sg.AsyncPipelinedModel, capacity=2)
 free.fit(x, y, batch_size=B, epochs=4, verbose=0)
 
-dataset, _ = free._dataset(x, y, B, False, None)
-runtime = _Runtime(free, dataset)
+runtime = free._kept_runtime
 queue_devices = {
     "activations_0": short(runtime.forward[0].queue_ref.device),
     "targets_0": short(runtime.backward[0].queue_ref.device),
 }
-runtime.shutdown()
 
 print(
     json.dumps(

@@ -204,6 +204,99 @@ def test_lock_step_drains_every_epoch():
     assert [int(o.iterations) for o in model.stage_optimizers()] == [18] * 3
 
 
+def _counting_traces(monkeypatch):
+    """Counts the stage functions the runtime traces."""
+    traced = []
+    make = keras_sg.AsyncPipelinedModel._stage_function
+
+    def counted(self, k, runtime):
+        traced.append(k)
+        return make(self, k, runtime)
+
+    monkeypatch.setattr(keras_sg.AsyncPipelinedModel, "_stage_function", counted)
+    return traced
+
+
+def test_fits_of_one_epoch_reuse_the_runtime_and_train_as_one_fit(monkeypatch):
+    """Lock-step, Adam: three fits of one epoch give the weights of one fit
+    of three, tracing the stage functions once; each fit's batch ids count
+    from 0."""
+    traced = _counting_traces(monkeypatch)
+    x, y = _data(n=8)
+
+    def compiled():
+        return _model(
+            keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+        )
+
+    straight = compiled()
+    straight.fit(x, y, batch_size=B, epochs=3, shuffle=False, verbose=0)
+    assert len(traced) == 3
+    stepwise = compiled()
+    runtimes = []
+    for _ in range(3):
+        stepwise.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+        runtimes.append(stepwise._kept_runtime)
+        for log in stepwise.stage_log:
+            np.testing.assert_array_equal(log["batch"], np.arange(4))
+    assert len(traced) == 6  # the second model's first fit only
+    assert runtimes[0] is runtimes[1] is runtimes[2]
+    want, got = weights_of(_parts(straight)), weights_of(_parts(stepwise))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+    assert _stage_threads() == []
+
+
+def test_a_kept_runtime_drops_what_was_in_flight(monkeypatch):
+    """Without the drain, batches are still in the queues when `fit` ends:
+    the next `fit` on the kept runtime starts from empty queues, as one on
+    a new runtime does."""
+    traced = _counting_traces(monkeypatch)
+    x, y = _data(n=8)
+    fit = dict(batch_size=B, epochs=1, shuffle=False, verbose=0, drain=False)
+    kept, fresh = (
+        _model(
+            keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+        )
+        for _ in range(2)
+    )
+    for _ in range(2):
+        kept.fit(x, y, **fit)
+        runtime = kept._kept_runtime
+        queues = runtime.forward + runtime.backward + runtime.kept
+        assert [int(q.size()) for q in queues] == [0] * len(queues)
+        fresh.fit(x, y, **fit)
+        fresh._discard_runtime()
+    assert len(traced) == 3 + 2 * 3
+    want, got = weights_of(_parts(fresh)), weights_of(_parts(kept))
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+
+
+def test_a_new_compile_or_other_batches_make_a_new_runtime(monkeypatch):
+    traced = _counting_traces(monkeypatch)
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    model.fit(x, y, batch_size=B, verbose=0)
+    first = model._kept_runtime
+    model.fit(x, y, batch_size=B, verbose=0)
+    assert model._kept_runtime is first and len(traced) == 3
+    # New optimizers (and loss and metrics): the old runtime is closed.
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    assert model._kept_runtime is None
+    model.fit(x, y, batch_size=B, verbose=0)
+    second = model._kept_runtime
+    assert second is not first and len(traced) == 6
+    # Batches of another spec (float64 inputs): traced anew.
+    model.fit(x.astype("float64"), y, batch_size=B, verbose=0)
+    assert model._kept_runtime is not second and len(traced) == 9
+    # More steps per call: traced anew.
+    model.compile(model.optimizer, "mse", steps_per_execution=2)
+    model.fit(x, y, batch_size=B, verbose=0)
+    assert len(traced) == 12
+    assert _stage_threads() == []
+
+
 def _straight_against_resumed(compiled, tmp_path):
     """Two lock-step epochs of `compiled()` straight, and one, save, load and
     one more: the weights must be the same. Returns the resumed model and
@@ -546,6 +639,8 @@ def test_an_error_anywhere_is_raised_and_leaves_no_threads(where, lock_step):
         model.fit(data, epochs=3, verbose=0, callbacks=callbacks)
     assert _stage_threads() == []
     assert threading.active_count() == before
+    # The failed fit's runtime is closed, not kept: the next fit makes one.
+    assert model._kept_runtime is None
 
 
 # ---------------------------------------------------------------- errors
