@@ -354,7 +354,7 @@ class AsyncPipelinedModel(PipelinedModel):
             dataset.element_spec,
             self.capacity,
             self.lock_step,
-            int(self.steps_per_execution),
+            self.steps_per_execution,
             self.jit_compile,
         )
         optimizers = self.stage_optimizers()
@@ -943,8 +943,9 @@ class _Runtime:
         queue is emptied (batches still in flight without the drain are
         dropped), so that the next `fit` starts from nothing in flight.
 
-        Returns whether it could be kept: False if a thread did not end in
-        time (the caller then shuts it down).
+        Returns whether it can be kept: False if a thread did not end in
+        time or a queue could not be emptied (its worker gone, say); the
+        caller then shuts it down, as `shutdown` ignores errors of closing.
         """
         for inbox in self.inboxes:
             inbox.put(None)
@@ -952,9 +953,12 @@ class _Runtime:
             thread.join(JOIN_TIMEOUT)
         if any(thread.is_alive() for thread in self.threads):
             return False
-        for q in self.forward + self.backward + self.kept:
-            for _ in range(int(q.size())):
-                q.dequeue()
+        try:
+            for q in self.forward + self.backward + self.kept:
+                for _ in range(int(q.size())):
+                    q.dequeue()
+        except tf.errors.OpError:
+            return False
         return True
 
     # ------------------------------------------------------ in the graph

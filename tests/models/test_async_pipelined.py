@@ -273,6 +273,28 @@ def test_a_kept_runtime_drops_what_was_in_flight(monkeypatch):
         np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
 
 
+def test_a_runtime_whose_queues_cannot_be_emptied_is_not_kept():
+    """A queue that fails at the end of a `fit` (its worker gone, say): the
+    fit's training stands, the runtime is closed, the next fit makes one."""
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+
+    class Unavailable(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            def dequeue(*args, **kwargs):
+                raise tf.errors.UnavailableError(None, None, "worker gone")
+
+            # Without the drain, batches are left in the queues to empty.
+            model._kept_runtime.forward[0].dequeue = dequeue
+
+    fit = dict(batch_size=B, shuffle=False, verbose=0, drain=False)
+    model.fit(x, y, callbacks=[Unavailable()], **fit)
+    assert model._kept_runtime is None
+    assert _stage_threads() == []
+    model.fit(x, y, **fit)
+    assert model._kept_runtime is not None
+
+
 def test_a_new_compile_or_other_batches_make_a_new_runtime(monkeypatch):
     traced = _counting_traces(monkeypatch)
     x, y = _data(n=8)
