@@ -255,6 +255,11 @@ def median_seconds(results):
     return None if math.isinf(middle) else middle
 
 
+def seconds_text(seconds):
+    """Seconds to accuracy to a tenth, or "not reached" (None)."""
+    return "not reached" if seconds is None else f"{seconds:.1f}"
+
+
 def accuracy_table(runs, load):
     """Per row: the median seconds, each run's seconds, epochs and (for the
     runtime) the mean age of its synthesizer's targets, and the accuracy
@@ -275,14 +280,11 @@ def accuracy_table(runs, load):
             if seconds is not None and reference is not None
             else "–"
         )
-        each = ", ".join(
-            "not reached" if r["seconds"] is None else f"{r['seconds']:.1f}"
-            for r in results
-        )
+        each = ", ".join(seconds_text(r["seconds"]) for r in results)
         ages = [r["staleness"][0]["mean_age"] for r in results if "staleness" in r]
         cells = [
             display_name(middle["spec"]["name"]),
-            f"{'not reached' if seconds is None else f'{seconds:.1f}'} ({each})",
+            f"{seconds_text(seconds)} ({each})",
             ratio,
             ", ".join(
                 str(len(r["curve"])) if r["seconds"] is not None else "–"

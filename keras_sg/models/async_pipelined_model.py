@@ -947,11 +947,7 @@ class _Runtime:
         time or a queue could not be emptied (its worker gone, say); the
         caller then shuts it down, as `shutdown` ignores errors of closing.
         """
-        for inbox in self.inboxes:
-            inbox.put(None)
-        for thread in self.threads:
-            thread.join(JOIN_TIMEOUT)
-        if any(thread.is_alive() for thread in self.threads):
+        if self._end_threads():
             return False
         try:
             for q in self.forward + self.backward + self.kept:
@@ -1168,6 +1164,16 @@ class _Runtime:
         for q in self.forward + self.backward + self.kept:
             with contextlib.suppress(Exception):
                 q.close(cancel_pending_enqueues=True)
+        stuck = self._end_threads()
+        if stuck and self.error is None:
+            raise RuntimeError(
+                f"Stage threads did not end within {JOIN_TIMEOUT} s of "
+                f"shutdown. Received: still running {stuck}"
+            )
+
+    def _end_threads(self):
+        """Tells every stage thread to end and joins it; returns the names of
+        those still running after JOIN_TIMEOUT."""
         for inbox in self.inboxes:
             inbox.put(None)
         stuck = []
@@ -1175,11 +1181,7 @@ class _Runtime:
             thread.join(JOIN_TIMEOUT)
             if thread.is_alive():
                 stuck.append(thread.name)
-        if stuck and self.error is None:
-            raise RuntimeError(
-                f"Stage threads did not end within {JOIN_TIMEOUT} s of "
-                f"shutdown. Received: still running {stuck}"
-            )
+        return stuck
 
     def raise_error(self):
         if self.error is not None:
