@@ -313,19 +313,40 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     logical = [f"{n} (K=2, run 1)" for n, _, _ in bench.SCHEDULES]
     logical.append("plain Keras, default threading (run 1)")
     assert calls[: len(logical)] == logical
-    # To accuracy: 4 schedules, 2 at the extra rate, 2 with the warm-up.
-    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 8)
+    # To accuracy: 4 schedules, 2 at the extra rate, 2 with the warm-up, and
+    # the runtime in its recommended setting.
+    assert len(calls) == 3 * (len(bench.SCHEDULES) * 2 + 1 + 9)
     for name in ("pipelined_cdni", "async_cdni"):
         assert "warmup_steps" not in specs[f"{name} (run 1)"]
         assert specs[f"{name}, warm-up 500 (run 2)"]["warmup_steps"] == 500
         assert specs[f"{name}, warm-up 500 (run 2)"]["cdni"] is True
+    recommended = specs[f"{bench.RECOMMENDED_ASYNC_NAME} (run 3)"]
+    assert {k: recommended[k] for k in ("model", "synth", "cdni")} == {
+        "model": "async",
+        "synth": "linear",
+        "cdni": True,
+    }
+    assert recommended["capacity"] == 1
+    assert recommended["steps_per_execution"] == 32
+    assert recommended["jit"] is True
+    assert recommended["warmup_steps"] == 500
+    assert recommended["clipvalue"] == 0.01
+    # The other async rows keep the flags' setting (--capacity 2, N = 1).
+    assert specs["async_cdni (run 3)"]["capacity"] == 2
+    assert "clipvalue" not in specs["async_cdni (run 3)"]
+    assert "steps_per_execution" not in specs["async_cdni (run 3)"]
+    # Seeds vary over the accuracy runs (run r, seed r - 1), not the others.
+    assert "seed" not in specs["backprop_mp (run 1)"]
+    assert specs["backprop_mp (run 2)"]["seed"] == 1
+    assert specs["backprop_mp (run 3)"]["seed"] == 2
+    assert "seed" not in specs["backprop_mp (K=2, run 3)"]
     assert calls[len(logical)] == "backprop_mp (K=2, run 2)"
     report = output.read_text()
-    # The load before the first of the 69 runs and after the last.
+    # The load before the first of the 72 runs and after the last.
     assert (
-        "Measured 2026-11-27 00:01 to 2026-11-27 01:09 UTC. Load average (1, 5"
+        "Measured 2026-11-27 00:01 to 2026-11-27 01:12 UTC. Load average (1, 5"
         " and 15 min, `os.getloadavg`) at the start: 1.00, 2.00, 3.00; at the"
-        " end: 69.50, 138.50, 207.50" in report
+        " end: 72.50, 144.50, 216.50" in report
     )
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     medians = [r for r in rows if "2000 (3000, 2000, 1000)" in r]
@@ -337,8 +358,10 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     # Time to accuracy: the median of 30, not reached and 20 s is 30 s.
     accuracy = [r for r in rows if r.startswith("| backprop_mp | 0.001")]
     assert accuracy == [
-        "| backprop_mp | 0.001 | 30 (30, not reached, 20) | 2 | 0.9000, 0.9800 |"
+        "| backprop_mp | 0.001 | 30 (30, not reached, 20) | 2 (2, –, 2) |"
+        " 0.9000, 0.9800 |"
     ]
+    assert "Run r of each row initializes the weights" in report
     # The costs file: the median run's costs and overhead, read back by the
     # simulator's validation, which recomputes the predictions.
     costs = validation.read_measured_costs(tmp_path / "bench.json")
@@ -358,9 +381,9 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["load_average"] == {
         "start": [1.0, 2.0, 3.0],
-        "end": [69.5, 138.5, 207.5],
+        "end": [72.5, 144.5, 216.5],
     }
-    assert written["measured_utc"] == [MIDNIGHT + 60.0, MIDNIGHT + 60.0 * 69 + 30.0]
+    assert written["measured_utc"] == [MIDNIGHT + 60.0, MIDNIGHT + 60.0 * 72 + 30.0]
     assert [r["examples_per_s"] for r in written["measurements"][1]["runs"]] == [
         3000.0,
         2000.0,
