@@ -431,8 +431,9 @@ def run_worker(spec):
     return result
 
 
-# Batches the asynchronous runtime runs before its timed ones: each `fit`
-# traces its stage functions anew, and its queues fill.
+# Batches the asynchronous runtime runs before its timed ones: its first
+# `fit` traces the stage functions, and every `fit` starts with its queues
+# empty.
 ASYNC_WARMUP = 5
 
 
@@ -443,9 +444,9 @@ def time_async(model, data, steps):
     One `fit` of about ASYNC_WARMUP + `steps` batches; the time runs from
     the end of the top stage's ASYNC_WARMUP-th batch to the end of its last,
     read in the top stage's own thread (`stage_step_hook`): its batch
-    callbacks reach the main thread late, and each `fit` traces the stage
-    functions first. With `steps_per_execution` N, a stage call runs N
-    batches: both counts are rounded up to whole calls, and the time of the
+    callbacks reach the main thread late, and a model's first `fit` traces
+    the stage functions first. With `steps_per_execution` N, a stage call
+    runs N batches: both counts are rounded up to whole calls, and the time of the
     batches timed is scaled to `steps` batches.
     """
     top = len(model.stages) - 1
@@ -1356,9 +1357,10 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         )
         + " Its examples/s are"
         " those of its top stage over the timed batches, after"
-        " warm-up batches in the same `fit` (each `fit` of it traces its stage"
-        " functions anew); its profile covers stage 0's steps once the queues"
-        ' are full; its prediction is the simulator\'s "async" schedule with'
+        " warm-up batches in the same `fit` (its first `fit` traces the stage"
+        " functions, and every `fit` starts with its queues empty); its"
+        " profile covers stage 0's steps once the queues are full;"
+        ' its prediction is the simulator\'s "async" schedule with'
         " the same capacity.",
         "",
         "The simulator's prediction (`keras_sg.schedules.validation."
