@@ -1020,21 +1020,26 @@ class _Runtime:
         could deadlock, so the step fails instead.
         """
         q = self.backward[k]
-        # Read after this step's input arrived (the target depends on it),
-        # not early, when the queue may still hold what the stage below
-        # has not taken yet.
-        with tf.control_dependencies([target]):
-            size = q.size()
-        check = tf.debugging.assert_less(
-            size,
-            self.back_capacity,
-            message=(
-                f"The target queue at cut {k} is full ({self.back_capacity} "
-                "items): the staleness bound is broken"
-            ),
-        )
-        with tf.control_dependencies([check]):
-            return q.enqueue([target, batch])
+        devices = self.model.devices
+        # The check runs beside the queue, on stage k's device: on stage
+        # k + 1's, the size would travel to it and the check's go-ahead
+        # back before the enqueue, a second round trip every step.
+        with tf.device(devices[k] if devices else None):
+            # Read after this step's input arrived (the target depends on
+            # it), not early, when the queue may still hold what the stage
+            # below has not taken yet.
+            with tf.control_dependencies([target]):
+                size = q.size()
+            check = tf.debugging.assert_less(
+                size,
+                self.back_capacity,
+                message=(
+                    f"The target queue at cut {k} is full ({self.back_capacity} "
+                    "items): the staleness bound is broken"
+                ),
+            )
+            with tf.control_dependencies([check]):
+                return q.enqueue([target, batch])
 
     def keep(self, k, h, labels, batch):
         """Stage k keeps what it sent up, until the target for it comes back.

@@ -163,6 +163,21 @@ queue_devices = {
     "targets_0": short(runtime.backward[0].queue_ref.device),
 }
 
+
+def op_devices(concrete, ops):
+    """The devices of the nodes of types `ops` in a stage function's graph
+    and the functions it calls."""
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node)
+    for function in graph.library.function:
+        nodes += list(function.node_def)
+    return sorted({short(n.device) for n in nodes if n.op in ops})
+
+
+# Stage 1 sends its targets to the queue on CPU:0; the check that the queue
+# has room (its size, the assertion) runs there too, beside the queue.
+target_check_devices = op_devices(runtime.steps[1], ("QueueSizeV2", "Assert"))
+
 print(
     json.dumps(
         {
@@ -170,6 +185,7 @@ print(
             "variable_devices": variable_devices,
             "slot_devices": slot_devices,
             "queue_devices": queue_devices,
+            "target_check_devices": target_check_devices,
             "moved": float(
                 min(np.abs(w - s).max() for w, s in zip(want, start, strict=True))
             ),

@@ -618,6 +618,30 @@ def test_no_threads_left_after_fit():
     assert threading.active_count() == before
 
 
+def test_a_full_target_queue_fails_the_step_instead_of_waiting(monkeypatch):
+    """If the staleness bound ever broke, the target queue could fill, and
+    a sender waiting on it could wait for ever: the step fails, naming the
+    cut. Here the synthesizer takes no target, so the queue (C + 2 = 3
+    items) fills; lock-step, so that the target queue is full before the
+    queue of kept activations (2 C + 4)."""
+    from keras_sg.models import async_pipelined_model as apm
+
+    take_newest = apm._Runtime.take_newest
+
+    def takes_none(self, k, n_back):
+        return take_newest(self, k, tf.zeros_like(n_back))
+
+    monkeypatch.setattr(apm._Runtime, "take_newest", takes_none)
+    x, y = _data(n=16)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="The target queue at cut 0 is full"
+    ):
+        model.fit(x, y, batch_size=B, shuffle=False, verbose=0)
+    assert _stage_threads() == []
+    assert model._kept_runtime is None
+
+
 def _failing_loss(y_true, y_pred):
     """MSE that fails on a label of 100 or more: an error in the top stage."""
     check = tf.debugging.assert_less(tf.reduce_max(y_true), 100.0, message="big y")
@@ -844,6 +868,8 @@ def test_placed_on_two_logical_devices_lock_step_equals_pipelined():
         "activations_0": "device:CPU:1",
         "targets_0": "device:CPU:0",
     }
+    # The check that the target queue has room runs beside it, on CPU:0.
+    assert result["target_check_devices"] == ["device:CPU:0"]
     assert result["moved"] > 1e-3
     assert result["max_weight_diff"] < 1e-6
     assert result["iterations"] == [10, 10]
