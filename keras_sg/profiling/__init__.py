@@ -33,10 +33,12 @@ from keras_sg.profiling.trace import (
     KIND_NAMES,
     MEASURED_KINDS,
     TRANSFER_TYPES,
+    Gap,
     Op,
     TraceSummary,
     core_shares,
     cut_transfers,
+    idle_gaps,
     is_op,
     op_kind,
     stage_of,
@@ -47,6 +49,7 @@ from keras_sg.profiling.xplane import read_ops, trace_files
 
 __all__ = [
     "COLORS",
+    "Gap",
     "KIND_NAMES",
     "MEASURED_KINDS",
     "Op",
@@ -58,6 +61,7 @@ __all__ = [
     "cpu_seconds",
     "cut_transfers",
     "draw_timelines",
+    "idle_gaps",
     "is_op",
     "op_kind",
     "placement_of",

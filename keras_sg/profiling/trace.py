@@ -193,6 +193,60 @@ def union_length(
     return covered
 
 
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """A time in which a device ran no op.
+
+    Attributes:
+        start: when its last running op ended (ms).
+        end: when its next op started (ms).
+        before: the name of the op whose end began the gap: of the ops that
+            started before it, the one that ended last.
+        after: the name of the op that ended it.
+    """
+
+    start: float
+    end: float
+    before: str
+    after: str
+
+    @property
+    def length(self) -> float:
+        return self.end - self.start
+
+
+def idle_gaps(ops: Iterable[Op], device: int | None = None) -> list[Gap]:
+    """The times within a trace in which a device ran no op, in order.
+
+    What a device waits for shows in the ops on either side of its gaps: a
+    gap that always follows the send of a cross-device edge and ends with
+    the next step's first op is a wait for the other side. Group the gaps
+    by (before, after) names to see where the idle time goes.
+
+    Args:
+        ops: the trace's op events (`Op`), in any order.
+        device: read only the ops of this device (`Op.device`); None: all
+            of `ops`, which should then be one device's.
+
+    Returns:
+        The gaps between the first op's start and the last op's end.
+    """
+    mine = sorted(
+        (op for op in ops if device is None or op.device == device),
+        key=lambda op: (op.start, op.end),
+    )
+    gaps = []
+    if not mine:
+        return gaps
+    last = mine[0]
+    for op in mine[1:]:
+        if op.start > last.end:
+            gaps.append(Gap(last.end, op.start, last.name, op.name))
+        if op.end > last.end:
+            last = op
+    return gaps
+
+
 def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:
     """One device's busy time by kind, overlapping ops sharing it equally.
 

@@ -4,9 +4,11 @@ busy fractions and costs of hand-written traces."""
 import pytest
 
 from keras_sg.profiling import (
+    Gap,
     Op,
     core_shares,
     cut_transfers,
+    idle_gaps,
     is_op,
     op_kind,
     stage_of,
@@ -186,6 +188,30 @@ def test_core_shares_split_overlapping_time_equally():
         union_length([(0.0, 4.0), (3.0, 5.0), (3.5, 4.5), (5.0, 7.0)])
     )
     assert core_shares([]) == {}
+
+
+def test_idle_gaps_name_the_ops_on_either_side():
+    ops = [
+        Op("stage_1/MatMul:MatMul", 0.0, 4.0, 1),
+        Op("stage_1/Relu:Relu", 1.0, 2.0, 1),  # inside MatMul: not "before"
+        Op("stage_1/x/_7:_Send", 3.0, 4.5, 1),  # ends last: begins the gap
+        Op("stage_1/Assign:AssignVariableOp", 6.0, 7.0, 1),
+        Op("stage_1/Add:AddV2", 7.0, 8.0, 1),  # touches: no gap
+        Op("stage_0/MatMul:MatMul", 4.5, 9.0, 0),  # another device
+        Op("stage_1/Sub:Sub", 9.5, 10.0, 1),
+        Op("stage_1/Mul:Mul", 9.6, 9.7, 1),
+    ]
+    gaps = idle_gaps(reversed(ops), device=1)
+    assert gaps == [
+        Gap(4.5, 6.0, "stage_1/x/_7:_Send", "stage_1/Assign:AssignVariableOp"),
+        Gap(8.0, 9.5, "stage_1/Add:AddV2", "stage_1/Sub:Sub"),
+    ]
+    assert [g.length for g in gaps] == [1.5, 1.5]
+    # Device 0 alone: one op, no gap; one device's ops without devices.
+    assert idle_gaps(ops, device=0) == []
+    alone = [Op(o.name, o.start, o.end) for o in ops if o.device == 1]
+    assert idle_gaps(alone) == gaps
+    assert idle_gaps([]) == []
 
 
 def test_equal_update_shares_by_default():
