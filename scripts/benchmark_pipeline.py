@@ -367,14 +367,27 @@ def run_worker(spec):
         )
         # And the servers' own profiler traces, taken while training goes on:
         # every op a server runs counts, per server (device).
-        profile = keras_sg.profiling.trace_servers(
-            model,
-            data,
-            FLAGS.addresses,
-            result["step_ms"],
-            duration_ms=1000,
-            lead_ms=lead_ms,
-        )
+        with tempfile.TemporaryDirectory(prefix="benchmark_trace_") as logdir:
+            profile = keras_sg.profiling.trace_servers(
+                model,
+                data,
+                FLAGS.addresses,
+                result["step_ms"],
+                duration_ms=1000,
+                lead_ms=lead_ms,
+                logdir=logdir,
+            )
+            # What each server waited for: its idle gaps, grouped by the
+            # ops on either side (the traces' op names).
+            ports = [a.rsplit(":", 1)[-1] for a in FLAGS.addresses]
+            named = [[] for _ in ports]
+            for path in keras_sg.profiling.trace_files(logdir):
+                port = path.name.split(".xplane")[0].rsplit("_", 1)[-1]
+                named[ports.index(port)] = [
+                    keras_sg.profiling.Op(*op)
+                    for op in keras_sg.profiling.read_ops(path, "tf_Compute")
+                ]
+        result["idle_gaps"] = [gap_groups(ops, profile.steps) for ops in named]
         # Every op the servers ran is in the timeline; the trace's wall time
         # is its window.
         ops = [(e.start, e.end) for e in profile.events]
@@ -474,6 +487,43 @@ def time_async(model, data, steps):
         model.stage_step_hook = None
     seconds = (ends[warmup + timed] - ends[warmup]) * steps / timed
     return seconds, min(ends.values()) - start
+
+
+# The scopes of loops and branches, in the names of the ops inside them.
+LOOP_SCOPES = re.compile(r"while/body/_\d+/while/|cond(?:_\d+)?/(?:then|else)/_\d+/")
+
+
+def short_op_name(name):
+    """An op's trace name without the scopes of the loops and branches it
+    runs in: "while/body/_1/while/stage_1/x:Op" -> "stage_1/x:Op"."""
+    return LOOP_SCOPES.sub("", name)
+
+
+def gap_groups(ops, steps, top=3):
+    """One device's idle time, grouped by the ops on either side of each gap.
+
+    Args:
+        ops: the device's `keras_sg.profiling.Op`s, names included.
+        steps: training steps the trace covers.
+        top: how many groups to return.
+
+    Returns:
+        The `top` largest groups, largest first, each {"before", "after",
+        "ms_per_step", "gaps"}: the shortened names of the op that began and
+        the op that ended the gaps, their idle ms per step and their count.
+    """
+    from keras_sg.profiling import idle_gaps
+
+    groups = {}
+    for gap in idle_gaps(ops):
+        key = (short_op_name(gap.before), short_op_name(gap.after))
+        total, count = groups.get(key, (0.0, 0))
+        groups[key] = (total + gap.length, count + 1)
+    largest = sorted(groups.items(), key=lambda item: -item[1][0])[:top]
+    return [
+        {"before": b, "after": a, "ms_per_step": total / steps, "gaps": count}
+        for (b, a), (total, count) in largest
+    ]
 
 
 def per_step_overhead(ops, wall_time, steps):
@@ -1419,6 +1469,7 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             "",
             "![timelines on two servers](figures/measured_timeline_servers.png)",
             "",
+            *idle_lines(cluster),
             "What keeps pipelined DNI from the 2x limit here, as the timelines show"
             " (the asynchronous runtime has no step shared by the devices: see"
             " docs/async.md for where its time goes):",
@@ -1526,6 +1577,34 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def idle_lines(cluster):
+    """Where the asynchronous runtime's servers idle in its median run: the
+    largest groups of each server's gaps (none if the runs did not record
+    them)."""
+    name = "async_dni_low_rank"
+    if name not in cluster:
+        return []
+    run = median_run(cluster[name])
+    if not run.get("idle_gaps"):
+        return []
+    lines = [
+        f"Where {name}'s servers idle (median run): each server's idle time"
+        " in its trace, grouped by the ops on either side of each gap"
+        " (`keras_sg.profiling.idle_gaps`; op names without their loop and"
+        " branch scopes), the largest groups:",
+        "",
+        "| server | idle ms per step | gaps | op before | op after |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for device, groups in enumerate(run["idle_gaps"]):
+        for group in groups:
+            lines.append(
+                f"| {device} | {group['ms_per_step']:.2f} | {group['gaps']} |"
+                f" `{group['before']}` | `{group['after']}` |"
+            )
+    return [*lines, ""]
 
 
 def seconds_cell(run):

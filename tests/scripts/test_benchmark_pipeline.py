@@ -289,6 +289,12 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         speed = 1000.0 * (1 + (run * 2) % 3)  # 3000, 2000, 1000
         result = _fake_run(spec, speed, run - 1)
         result.update(cpu=[0.5, 0.5], client=0.25)
+        if spec.get("cluster") and spec["model"] == "async":
+            group = {"before": f"send {run}", "after": "next", "gaps": 9}
+            result["idle_gaps"] = [
+                [dict(group, ms_per_step=1.0 + run)],
+                [dict(group, ms_per_step=2.5)],
+            ]
         return result
 
     def recorded(spec):
@@ -355,6 +361,9 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     assert sum("zb_h1 (simulated, not measured)" in r for r in rows) == 2
     assert "plain` of the same layers" not in report
     assert "2000 (3000, 2000, 1000) examples/s (median (runs))" in report
+    # Where the runtime's servers idle: the median run's (run 2) gaps.
+    assert "| 0 | 3.00 | 9 | `send 2` | `next` |" in rows
+    assert "| 1 | 2.50 | 9 | `send 2` | `next` |" in rows
     # Time to accuracy: the median of 30, not reached and 20 s is 30 s.
     accuracy = [r for r in rows if r.startswith("| backprop_mp | 0.001")]
     assert accuracy == [
@@ -398,6 +407,36 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
             if m["name"] == row.name and m["setting"] == row.setting
         )
         assert predicted == pytest.approx(entry["predicted_examples_per_s"])
+
+
+def test_idle_gaps_grouped_by_the_ops_on_either_side_by_hand(bench):
+    from keras_sg.profiling import Op
+
+    send = "GroupCrossDeviceControlEdges_0/while/body/_1/while/NoOp/_63:_Send"
+    ops = [
+        Op(send, 0.0, 1.0),
+        Op("while/body/_1/while/stage_1/Assign:AssignVariableOp", 3.0, 4.0),
+        Op("while/body/_1/while/stage_1/b:MatMul", 4.0, 5.0),
+        Op(send.replace("_1/", "_2/"), 5.0, 6.0),
+        Op("while/body/_2/while/stage_1/Assign:AssignVariableOp", 7.0, 8.0),
+        Op("while/body/_2/while/stage_1/cond/then/_5/x:Mul", 8.5, 9.0),
+    ]
+    # Gaps 1-3 and 6-7 (send -> assign), 8-8.5 (assign -> mul); 2 steps.
+    assert bench.gap_groups(ops, steps=2) == [
+        {
+            "before": "GroupCrossDeviceControlEdges_0/NoOp/_63:_Send",
+            "after": "stage_1/Assign:AssignVariableOp",
+            "ms_per_step": 1.5,
+            "gaps": 2,
+        },
+        {
+            "before": "stage_1/Assign:AssignVariableOp",
+            "after": "stage_1/x:Mul",
+            "ms_per_step": 0.25,
+            "gaps": 1,
+        },
+    ]
+    assert len(bench.gap_groups(ops, steps=2, top=1)) == 1
 
 
 def test_measured_transfers_go_to_the_simulator_by_hand(bench):
