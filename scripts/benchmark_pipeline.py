@@ -379,15 +379,11 @@ def run_worker(spec):
             )
             # What each server waited for: its idle gaps, grouped by the
             # ops on either side (the traces' op names).
-            ports = [a.rsplit(":", 1)[-1] for a in FLAGS.addresses]
-            named = [[] for _ in ports]
-            for path in keras_sg.profiling.trace_files(logdir):
-                port = path.name.split(".xplane")[0].rsplit("_", 1)[-1]
-                named[ports.index(port)] = [
-                    keras_sg.profiling.Op(*op)
-                    for op in keras_sg.profiling.read_ops(path, "tf_Compute")
-                ]
-        result["idle_gaps"] = [gap_groups(ops, profile.steps) for ops in named]
+            named = keras_sg.profiling.read_server_ops(logdir, FLAGS.addresses)
+        result["idle_gaps"] = [
+            gap_groups([op for op in named if op.device == k], profile.steps)
+            for k in range(len(FLAGS.addresses))
+        ]
         # Every op the servers ran is in the timeline; the trace's wall time
         # is its window.
         ops = [(e.start, e.end) for e in profile.events]

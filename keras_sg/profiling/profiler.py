@@ -521,20 +521,7 @@ def read_servers(
     """
     _warn_if_compiled(model)
     addresses = [a.removeprefix("grpc://") for a in addresses]
-    ports = [a.rsplit(":", 1)[-1] for a in addresses]
-    ops = []
-    for path in trace_files(logdir):
-        port = path.name.split(".xplane")[0].rsplit("_", 1)[-1]
-        if port not in ports:
-            raise ValueError(
-                f"The trace {path.name} is of no server listed. "
-                f"Received: addresses={list(addresses)}"
-            )
-        device = ports.index(port)
-        ops += [
-            Op(name, start, end, device)
-            for name, start, end in read_ops(path, line_prefix="tf_Compute")
-        ]
+    ops = read_server_ops(logdir, addresses)
     if getattr(model, "devices", None) is None:
         raise ValueError(
             "read_servers needs a model placed on the servers' tasks. "
@@ -553,6 +540,30 @@ def read_servers(
     return ProfileResult.from_summary(
         summary, list(addresses), rows, summary.window, batch_size
     )
+
+
+def read_server_ops(logdir: str | os.PathLike, addresses) -> list[Op]:
+    """The ops, names included, of the servers' traces under `logdir`.
+
+    Trace files are named `<host>_<port>.xplane.pb`; server k is the one
+    whose port is that of `addresses[k]`, and its ops have device k. Only
+    TensorFlow's executor threads (lines `tf_Compute...`) are read.
+    """
+    ports = [a.removeprefix("grpc://").rsplit(":", 1)[-1] for a in addresses]
+    ops = []
+    for path in trace_files(logdir):
+        port = path.name.split(".xplane")[0].rsplit("_", 1)[-1]
+        if port not in ports:
+            raise ValueError(
+                f"The trace {path.name} is of no server listed. "
+                f"Received: addresses={list(addresses)}"
+            )
+        device = ports.index(port)
+        ops += [
+            Op(name, start, end, device)
+            for name, start, end in read_ops(path, line_prefix="tf_Compute")
+        ]
+    return ops
 
 
 def _server_of(device: str, addresses) -> int:

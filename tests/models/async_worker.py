@@ -59,16 +59,21 @@ x = rng.normal(size=(10, D)).astype("float32")
 y = rng.integers(0, OUT, size=10)
 
 
-def xla_devices(concrete):
-    """The devices of the XLA function calls in a stage function's graph
-    and the functions it calls (the while loop's body and below)."""
+def graph_nodes(concrete):
+    """The nodes of a stage function's graph and of the functions it calls
+    (the while loop's body and below)."""
     graph = concrete.graph.as_graph_def()
     nodes = list(graph.node)
     for function in graph.library.function:
         nodes += list(function.node_def)
+    return nodes
+
+
+def xla_devices(concrete):
+    """The devices of the XLA function calls in a stage function."""
     return sorted(
         short(n.device)
-        for n in nodes
+        for n in graph_nodes(concrete)
         if n.attr["_XlaMustCompile"].b and n.op.endswith("PartitionedCall")
     )
 
@@ -165,13 +170,8 @@ queue_devices = {
 
 
 def op_devices(concrete, ops):
-    """The devices of the nodes of types `ops` in a stage function's graph
-    and the functions it calls."""
-    graph = concrete.graph.as_graph_def()
-    nodes = list(graph.node)
-    for function in graph.library.function:
-        nodes += list(function.node_def)
-    return sorted({short(n.device) for n in nodes if n.op in ops})
+    """The devices of the nodes of types `ops` in a stage function."""
+    return sorted({short(n.device) for n in graph_nodes(concrete) if n.op in ops})
 
 
 # Stage 1 sends its targets to the queue on CPU:0; the check that the queue
