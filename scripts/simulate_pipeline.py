@@ -932,11 +932,15 @@ VALIDATION_TEXT = [
     "reports. Each server idles 8% to 14% of its time (86% and 92% busy "
     "above), in gaps that are neither the per-step overhead (0.8 ms a step "
     "above, both servers idle) nor the other stage's work: the largest are "
-    "the waits of each stage's loop for its sends to the other server "
+    "the waits of each stage's loop at its edges to the other server "
     "(docs/benchmarks.md lists them by the ops on either side, "
     '`keras_sg.profiling.idle_gaps`; docs/async.md, "The round trips of '
     'a step"), which the simulator, taking one overhead for both devices, '
-    "does not see.",
+    "does not see. Sending each output during the next step, queues on the "
+    "sending stage's server and half the bytes across each left them as "
+    'they were (docs/async.md, "Three ways to hide the wait that is '
+    "left\"), where a message's latency (`comm_latency`) would have been "
+    "hidden by the first.",
     "- GPipe (+9%, +11% and +6% on the servers, +9%, +14% and +13% on two "
     "logical devices in the three reports): the sums of "
     "the micro-batches' weight gradients are now counted as backward work "
