@@ -5,6 +5,12 @@ context). Prints one JSON line.
 
     async_cluster_worker.py parity ADDRESSES
     async_cluster_worker.py lost ADDRESSES  (prints "training", then trains on)
+    async_cluster_worker.py checkpointed ADDRESSES DIR
+        (lock-step, a checkpoint per epoch in DIR; prints "saved" after the
+        second, then trains on slowly)
+    async_cluster_worker.py resume ADDRESSES CHECKPOINT
+        (lock-step from CHECKPOINT to the end, on the servers, against the
+        same run straight through in the client)
 """
 
 import json
@@ -58,6 +64,11 @@ def weights(model):
     return [w for part in model.stages + model.synthesizers for w in part.get_weights()]
 
 
+def failure(error):
+    """What the tests read of the error that ended a `fit`, and when."""
+    return {"error": type(error).__name__, "message": str(error), "at": time.time()}
+
+
 rng = np.random.default_rng(0)
 x = rng.normal(size=(10, D)).astype("float32")
 y = rng.integers(0, OUT, size=10)
@@ -81,13 +92,94 @@ if MODE == "lost":
         )
         result = {"error": None}
     except Exception as error:  # the test reads which error it was
-        result = {"error": type(error).__name__, "message": str(error)}
-    result["at"] = time.time()
+        result = failure(error)
     result["threads_left"] = threading.active_count() - threads
     print(json.dumps(result), flush=True)
     # Skip the interpreter's exit: TensorFlow would try to reach the dead
     # task again while tearing down its context.
     os._exit(0)
+
+# Lock-step runs for the lost worker and the resume: deterministic, so the
+# resumed run can be compared with one that was never interrupted.
+EPOCHS = 4
+x_long = rng.normal(size=(40, D)).astype("float32")
+y_long = rng.integers(0, OUT, size=40)
+
+
+if MODE == "checkpointed":
+    folder = sys.argv[3]
+
+    class Saved(keras.callbacks.Callback):
+        """After the second epoch's checkpoint (the callback before this
+        one), says so; then slows training, so that the kill lands in the
+        middle of an epoch."""
+
+        slow = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.slow = True
+                print("saved", flush=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.slow:
+                time.sleep(0.1)
+
+    model = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
+    threads = threading.active_count()
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        os.path.join(folder, "epoch-{epoch:02d}.keras")
+    )
+    try:
+        model.fit(
+            x_long,
+            y_long,
+            batch_size=B,
+            epochs=EPOCHS,
+            shuffle=False,
+            verbose=0,
+            callbacks=[checkpoint, Saved()],
+        )
+        result = {"error": None}
+    except Exception as error:  # the test reads which error it was
+        result = failure(error)
+    result["threads_left"] = threading.active_count() - threads
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # as above: the dead task would be reached again at exit
+
+if MODE == "resume":
+    path = sys.argv[3]
+    done = int(os.path.basename(path)[len("epoch-") : -len(".keras")])
+    model = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
+    model.load_weights(path)
+    model.fit(
+        x_long,
+        y_long,
+        batch_size=B,
+        epochs=EPOCHS,
+        initial_epoch=done,
+        shuffle=False,
+        verbose=0,
+    )
+    straight = build(keras_sg.AsyncPipelinedModel, False, lock_step=True)
+    straight.fit(x_long, y_long, batch_size=B, epochs=EPOCHS, shuffle=False, verbose=0)
+    want, got = weights(straight), weights(model)
+    print(
+        json.dumps(
+            {
+                "resumed_from": done,
+                "max_weight_diff": float(
+                    max(np.abs(w - g).max() for w, g in zip(want, got, strict=True))
+                ),
+                "iterations": [int(o.iterations) for o in model.stage_optimizers()],
+                "straight_iterations": [
+                    int(o.iterations) for o in straight.stage_optimizers()
+                ],
+            }
+        ),
+        flush=True,
+    )
+    sys.exit(0)
 
 reference = build(keras_sg.PipelinedModel, False)
 start = weights(reference)

@@ -1,4 +1,5 @@
-"""AsyncPipelinedModel on two TensorFlow servers: lock-step parity; a lost worker.
+"""AsyncPipelinedModel on two TensorFlow servers: lock-step parity; a lost
+worker; resuming from a checkpoint after one.
 
 Uses the two-server fixture of test_cluster.py; the client runs in a
 subprocess (connecting resets TensorFlow's context), with a timeout.
@@ -60,3 +61,59 @@ def test_killed_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
     assert f"{lost} (it holds stage 1)" in result["message"]
     assert result["threads_left"] == 0
     assert result["at"] - killed_at < 60
+
+
+def test_killed_worker_in_lock_step_and_training_resumes_from_the_checkpoint(
+    cluster,  # noqa: F811
+    tmp_path,
+):
+    """Lock-step with a checkpoint per epoch: the server of stage 1 killed in
+    the third epoch ends `fit` with WorkerLostError; on the restarted server
+    a model loads the second epoch's checkpoint (weights and every stage
+    optimizer's state) and ends where a run never interrupted ends."""
+    client = subprocess.Popen(
+        [sys.executable, str(CLIENT), "checkpointed", cluster.spec, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    try:
+        ready, _, _ = select.select([client.stdout], [], [], 120)
+        assert ready, "the client did not finish its second epoch within 120 s"
+        assert client.stdout.readline().strip() == "saved"
+        cluster.kill(1)
+        killed_at = time.time()
+        stdout, _ = client.communicate(timeout=90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=30)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["error"] == "WorkerLostError", result
+    assert f"Lost the TensorFlow server {TASK_1}" in result["message"]
+    assert result["threads_left"] == 0
+    assert result["at"] - killed_at < 60
+    assert (tmp_path / "epoch-02.keras").exists()
+    assert not (tmp_path / "epoch-04.keras").exists()
+
+    cluster.start(1)  # the same address again
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(CLIENT),
+            "resume",
+            cluster.spec,
+            str(tmp_path / "epoch-02.keras"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert resumed["resumed_from"] == 2
+    # 4 epochs of 20 batches and one drain step each, every stage counting.
+    assert resumed["iterations"] == resumed["straight_iterations"] == [84, 84]
+    assert resumed["max_weight_diff"] < 1e-6
