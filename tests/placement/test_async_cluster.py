@@ -1,12 +1,14 @@
 """AsyncPipelinedModel on two TensorFlow servers: lock-step parity; a lost
-worker; resuming from a checkpoint after one.
+or frozen worker; resuming from a checkpoint after a lost one.
 
 Uses the two-server fixture of test_cluster.py; the client runs in a
 subprocess (connecting resets TensorFlow's context), with a timeout.
 """
 
 import json
+import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -117,3 +119,38 @@ def test_killed_worker_in_lock_step_and_training_resumes_from_the_checkpoint(
     # 4 epochs of 20 batches and one drain step each, every stage counting.
     assert resumed["iterations"] == resumed["straight_iterations"] == [84, 84]
     assert resumed["max_weight_diff"] < 1e-6
+
+
+def test_frozen_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
+    """SIGSTOP keeps the server's connections open: only gRPC pings notice,
+    in a stage thread's call or in the shutdown's closing of its queues."""
+    client = subprocess.Popen(
+        [sys.executable, str(CLIENT), "lost", cluster.spec],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    server = cluster.servers[1]
+    stopped_at = None
+    try:
+        ready, _, _ = select.select([client.stdout], [], [], 120)
+        assert ready, "the client did not start training within 120 s"
+        assert client.stdout.readline().strip() == "training"
+        os.kill(server.pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        stdout, _ = client.communicate(timeout=150)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=30)
+        if stopped_at is not None:
+            os.kill(server.pid, signal.SIGCONT)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["error"] == "WorkerLostError", result
+    lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
+    assert f"{lost} (it holds stage 1)" in result["message"]
+    assert result["threads_left"] == 0
+    # As for the other models (test_cluster.py): at most 20 s without
+    # reads, 15 s for the ping's answer, then the probe.
+    assert result["at"] - stopped_at < 45
