@@ -30,7 +30,11 @@ LONGEST_FIRST = (
     "tests/scripts/test_train.py::"
     "test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run",
     "tests/test_lesson.py::test_lesson_runs_top_to_bottom_in_the_small_setting_smoke",
+    "tests/placement/test_async_cluster.py::"
+    "test_frozen_worker_stops_fit_with_worker_lost_error",
     "tests/placement/test_cluster.py::test_frozen_worker_fails_the_step_within_a_bound",
+    "tests/placement/test_async_cluster.py::"
+    "test_killed_worker_in_lock_step_and_training_resumes_from_the_checkpoint",
     "tests/scripts/test_train_faults.py::"
     "test_lock_then_sigkill_mid_write_then_a_damaged_file_then_resume",
 )
