@@ -7,14 +7,12 @@ subprocess (connecting resets TensorFlow's context), with a timeout.
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from test_cluster import ENV, TASK_1, cluster  # noqa: F401 - the fixture
+from test_cluster import ENV, TASK_1, cluster, interrupted  # noqa: F401 - the fixture
 
 CLIENT = Path(__file__).with_name("async_cluster_worker.py")
 
@@ -39,25 +37,9 @@ def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
 
 
 def test_killed_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
-    client = subprocess.Popen(
-        [sys.executable, str(CLIENT), "lost", cluster.spec],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
+    result, killed_at = interrupted(
+        CLIENT, ["lost", cluster.spec], "training", lambda: cluster.kill(1)
     )
-    try:
-        ready, _, _ = select.select([client.stdout], [], [], 120)
-        assert ready, "the client did not start training within 120 s"
-        assert client.stdout.readline().strip() == "training"
-        cluster.kill(1)
-        killed_at = time.time()
-        stdout, _ = client.communicate(timeout=90)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(timeout=30)
-    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["error"] == "WorkerLostError", result
     lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
     assert f"{lost} (it holds stage 1)" in result["message"]
@@ -73,25 +55,12 @@ def test_killed_worker_in_lock_step_and_training_resumes_from_the_checkpoint(
     the third epoch ends `fit` with WorkerLostError; on the restarted server
     a model loads the second epoch's checkpoint (weights and every stage
     optimizer's state) and ends where a run never interrupted ends."""
-    client = subprocess.Popen(
-        [sys.executable, str(CLIENT), "checkpointed", cluster.spec, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
+    result, killed_at = interrupted(
+        CLIENT,
+        ["checkpointed", cluster.spec, str(tmp_path)],
+        "saved",
+        lambda: cluster.kill(1),
     )
-    try:
-        ready, _, _ = select.select([client.stdout], [], [], 120)
-        assert ready, "the client did not finish its second epoch within 120 s"
-        assert client.stdout.readline().strip() == "saved"
-        cluster.kill(1)
-        killed_at = time.time()
-        stdout, _ = client.communicate(timeout=90)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(timeout=30)
-    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["error"] == "WorkerLostError", result
     assert f"Lost the TensorFlow server {TASK_1}" in result["message"]
     assert result["threads_left"] == 0
@@ -124,29 +93,17 @@ def test_killed_worker_in_lock_step_and_training_resumes_from_the_checkpoint(
 def test_frozen_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
     """SIGSTOP keeps the server's connections open: only gRPC pings notice,
     in a stage thread's call or in the shutdown's closing of its queues."""
-    client = subprocess.Popen(
-        [sys.executable, str(CLIENT), "lost", cluster.spec],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-    )
     server = cluster.servers[1]
-    stopped_at = None
     try:
-        ready, _, _ = select.select([client.stdout], [], [], 120)
-        assert ready, "the client did not start training within 120 s"
-        assert client.stdout.readline().strip() == "training"
-        os.kill(server.pid, signal.SIGSTOP)
-        stopped_at = time.time()
-        stdout, _ = client.communicate(timeout=150)
+        result, stopped_at = interrupted(
+            CLIENT,
+            ["lost", cluster.spec],
+            "training",
+            lambda: os.kill(server.pid, signal.SIGSTOP),
+            timeout=150,
+        )
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(timeout=30)
-        if stopped_at is not None:
-            os.kill(server.pid, signal.SIGCONT)
-    result = json.loads(stdout.strip().splitlines()[-1])
+        os.kill(server.pid, signal.SIGCONT)
     assert result["error"] == "WorkerLostError", result
     lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
     assert f"{lost} (it holds stage 1)" in result["message"]

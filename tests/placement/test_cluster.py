@@ -87,6 +87,36 @@ def cluster():
             cluster.kill(task)
 
 
+def interrupted(client, args, line, interrupt, timeout=90):
+    """Runs the script `client` with `args` until it prints `line`, then
+    calls `interrupt()` (a server killed or stopped) and waits up to
+    `timeout` s for the client to end.
+
+    Returns the client's last line, as JSON, and the time of the interrupt.
+    The client has 120 s to print `line`, and is killed if it is still
+    running when this returns or fails.
+    """
+    process = subprocess.Popen(
+        [sys.executable, str(client), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, f"the client did not print {line!r} within 120 s"
+        assert process.stdout.readline().strip() == line
+        interrupt()
+        at = time.time()
+        stdout, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    return json.loads(stdout.strip().splitlines()[-1]), at
+
+
 def _client(*args):
     done = subprocess.run(
         [sys.executable, str(CLIENT), *args],
@@ -190,29 +220,16 @@ def test_killed_worker_fails_clearly_and_training_resumes(cluster, tmp_path):
 
 def test_frozen_worker_fails_the_step_within_a_bound(cluster):
     """SIGSTOP keeps the server's connections open: only gRPC pings notice."""
-    client = subprocess.Popen(
-        [sys.executable, str(CLIENT), "freeze", cluster.spec],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-    )
     server = cluster.servers[1]
-    stopped_at = None
     try:
-        ready, _, _ = select.select([client.stdout], [], [], 120)
-        assert ready, "the client did not start training within 120 s"
-        assert client.stdout.readline().strip() == "training"
-        os.kill(server.pid, signal.SIGSTOP)
-        stopped_at = time.time()
-        stdout, _ = client.communicate(timeout=90)
+        result, stopped_at = interrupted(
+            CLIENT,
+            ["freeze", cluster.spec],
+            "training",
+            lambda: os.kill(server.pid, signal.SIGSTOP),
+        )
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(timeout=30)
-        if stopped_at is not None:
-            os.kill(server.pid, signal.SIGCONT)
-    result = json.loads(stdout.strip().splitlines()[-1])
+        os.kill(server.pid, signal.SIGCONT)
     assert result["error"] == "WorkerLostError", result
     lost = f"Lost the TensorFlow server {TASK_1} at {cluster.addresses[1]}"
     assert f"{lost} (it holds stage 1)" in result["message"]
