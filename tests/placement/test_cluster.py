@@ -46,22 +46,25 @@ class Cluster:
         self.addresses = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
         self.servers = [None, None]
 
-    def start(self, task: int):
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                str(SERVER),
-                f"--workers={','.join(self.addresses)}",
-                f"--task={task}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=ENV,
-        )
-        self.servers[task] = server
-        line = server.stdout.readline()  # blocks until it serves (or dies)
-        assert line.startswith("serving"), f"server {task} did not start: {line!r}"
+    def start(self, *tasks: int):
+        """Starts the servers of `tasks`, all at once (each takes seconds to
+        import TensorFlow), and waits until each serves."""
+        for task in tasks:
+            self.servers[task] = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(SERVER),
+                    f"--workers={','.join(self.addresses)}",
+                    f"--task={task}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=ENV,
+            )
+        for task in tasks:
+            line = self.servers[task].stdout.readline()  # until it serves (or dies)
+            assert line.startswith("serving"), f"server {task} did not start: {line!r}"
 
     def kill(self, task: int):
         server = self.servers[task]
@@ -79,8 +82,7 @@ class Cluster:
 def cluster():
     cluster = Cluster()
     try:
-        for task in range(2):
-            cluster.start(task)
+        cluster.start(0, 1)
         yield cluster
     finally:
         for task in range(2):
