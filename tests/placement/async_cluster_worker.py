@@ -64,9 +64,22 @@ def weights(model):
     return [w for part in model.stages + model.synthesizers for w in part.get_weights()]
 
 
-def failure(error):
-    """What the tests read of the error that ended a `fit`, and when."""
-    return {"error": type(error).__name__, "message": str(error), "at": time.time()}
+def fit_until_lost(model, *args, **kwargs):
+    """`model.fit(*args, **kwargs)` while the test kills or stops a server;
+    prints which error ended it, when, and the threads it left, then exits.
+    """
+    threads = threading.active_count()
+    try:
+        model.fit(*args, **kwargs)
+        result = {"error": None}
+    except Exception as error:  # the test reads which error it was
+        result = {"error": type(error).__name__, "message": str(error)}
+    result["at"] = time.time()
+    result["threads_left"] = threading.active_count() - threads
+    print(json.dumps(result), flush=True)
+    # Skip the interpreter's exit: TensorFlow would try to reach the dead
+    # task again while tearing down its context.
+    os._exit(0)
 
 
 rng = np.random.default_rng(0)
@@ -81,23 +94,14 @@ if MODE == "lost":
                 print("training", flush=True)
 
     model = build(keras_sg.AsyncPipelinedModel, True, capacity=2)
-    threads = threading.active_count()
-    try:
-        model.fit(
-            x.repeat(5000, 0),
-            y.repeat(5000, 0),
-            batch_size=B,
-            verbose=0,
-            callbacks=[Started()],
-        )
-        result = {"error": None}
-    except Exception as error:  # the test reads which error it was
-        result = failure(error)
-    result["threads_left"] = threading.active_count() - threads
-    print(json.dumps(result), flush=True)
-    # Skip the interpreter's exit: TensorFlow would try to reach the dead
-    # task again while tearing down its context.
-    os._exit(0)
+    fit_until_lost(
+        model,
+        x.repeat(5000, 0),
+        y.repeat(5000, 0),
+        batch_size=B,
+        verbose=0,
+        callbacks=[Started()],
+    )
 
 # Lock-step runs for the lost worker and the resume: deterministic, so the
 # resumed run can be compared with one that was never interrupted.
@@ -126,26 +130,19 @@ if MODE == "checkpointed":
                 time.sleep(0.1)
 
     model = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
-    threads = threading.active_count()
     checkpoint = keras.callbacks.ModelCheckpoint(
         os.path.join(folder, "epoch-{epoch:02d}.keras")
     )
-    try:
-        model.fit(
-            x_long,
-            y_long,
-            batch_size=B,
-            epochs=EPOCHS,
-            shuffle=False,
-            verbose=0,
-            callbacks=[checkpoint, Saved()],
-        )
-        result = {"error": None}
-    except Exception as error:  # the test reads which error it was
-        result = failure(error)
-    result["threads_left"] = threading.active_count() - threads
-    print(json.dumps(result), flush=True)
-    os._exit(0)  # as above: the dead task would be reached again at exit
+    fit_until_lost(
+        model,
+        x_long,
+        y_long,
+        batch_size=B,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[checkpoint, Saved()],
+    )
 
 if MODE == "resume":
     path = sys.argv[3]
