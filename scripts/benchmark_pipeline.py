@@ -14,8 +14,8 @@ synthesizer overhead, the last two read from a TensorFlow profiler trace by
 so the trace tells the stages apart). It then feeds
 the measured per-stage forward, backward, synthesizer and update costs, the
 measured transfer per message (`transfers`) and the measured per-step
-overhead (the time per step in which no op runs on any device, see
-`per_step_overhead`) to the simulator (keras_sg.schedules) and
+overhead (the time per step in which no op runs on any device,
+`ProfileResult.per_step_overhead`) to the simulator (keras_sg.schedules) and
 reports how far its prediction is from the measured throughput, with ZB-H1
 simulated (not measured) on GPipe's costs. The costs and overheads go to a
 JSON file beside the report (docs/benchmarks.json), from which
@@ -374,6 +374,7 @@ def run_worker(spec):
                 FLAGS.addresses,
                 result["step_ms"],
                 duration_ms=1000,
+                batch_size=spec["batch_size"],
                 lead_ms=lead_ms,
                 logdir=logdir,
             )
@@ -381,20 +382,15 @@ def run_worker(spec):
             # ops on either side (the traces' op names).
             named = keras_sg.profiling.read_server_ops(logdir, FLAGS.addresses)
         result["idle_gaps"] = [
-            gap_groups([op for op in named if op.device == k], profile.steps)
+            keras_sg.profiling.idle_groups(named, profile.steps, device=k)
             for k in range(len(FLAGS.addresses))
         ]
-        # Every op the servers ran is in the timeline; the trace's wall time
-        # is its window.
-        ops = [(e.start, e.end) for e in profile.events]
         result.update(
             costs=[dict(c) for c in profile.costs],
             hosts=list(profile.devices),
             busy=list(profile.busy),
             traced_step_ms=profile.traced_step_time,
-            per_step_overhead_ms=per_step_overhead(
-                ops, profile.wall_time, profile.steps
-            ),
+            per_step_overhead_ms=profile.per_step_overhead,
             profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     elif spec["model"] != "plain":
@@ -407,34 +403,22 @@ def run_worker(spec):
             # In calls of each stage's function (profile() counts calls).
             batches = (spec["devices"] - 1) * (spec["capacity"] + 1) + 1
             skip = math.ceil(batches / spec.get("steps_per_execution", 1))
-        with tempfile.TemporaryDirectory(prefix="benchmark_trace_") as logdir:
-            profile = keras_sg.profiling.profile(
-                model,
-                data,
-                steps=spec["profile_steps"],
-                skip=skip,
-                batch_size=spec["batch_size"],
-                logdir=logdir,
-            )
-            # Every op of the trace, on any device or none (the optimizer's,
-            # the loss's): the timeline holds only the stages' ops.
-            ops = [
-                (start, end)
-                for path in keras_sg.profiling.trace_files(logdir)
-                for _, start, end in keras_sg.profiling.read_ops(path)
-            ]
-        wall = profile.wall_time
-        if spec["model"] == "async":
-            # Its wall time is that of stage 0's profiled steps; the stages
-            # above run on while the profiler stops, so the trace may hold a
-            # little more work than that time (see keras_sg.profiling.Profile).
-            wall = max(wall, keras_sg.profiling.union_length(ops))
+        profile = keras_sg.profiling.profile(
+            model,
+            data,
+            steps=spec["profile_steps"],
+            skip=skip,
+            batch_size=spec["batch_size"],
+        )
         result.update(
             busy=list(profile.busy),
             costs=[dict(c) for c in profile.stage_costs],
             traced_step_ms=profile.traced_step_time,
             profiled_step_ms=profile.step_time,
-            per_step_overhead_ms=per_step_overhead(ops, wall, profile.steps),
+            # Every op of the trace counts, on any device or none (the
+            # optimizer's, the loss's), though the timeline holds only the
+            # stages' ops.
+            per_step_overhead_ms=profile.per_step_overhead,
             profile=profile.to_dict(max_events=MAX_EVENTS),
         )
     return result
@@ -483,90 +467,6 @@ def time_async(model, data, steps):
         model.stage_step_hook = None
     seconds = (ends[warmup + timed] - ends[warmup]) * steps / timed
     return seconds, min(ends.values()) - start
-
-
-# The scopes of loops and branches, in the names of the ops inside them.
-LOOP_SCOPES = re.compile(r"while/body/_\d+/while/|cond(?:_\d+)?/(?:then|else)/_\d+/")
-
-
-def short_op_name(name):
-    """An op's trace name without the scopes of the loops and branches it
-    runs in: "while/body/_1/while/stage_1/x:Op" -> "stage_1/x:Op"."""
-    return LOOP_SCOPES.sub("", name)
-
-
-def gap_groups(ops, steps, top=3):
-    """One device's idle time, grouped by the ops on either side of each gap.
-
-    Args:
-        ops: the device's `keras_sg.profiling.Op`s, names included.
-        steps: training steps the trace covers.
-        top: how many groups to return.
-
-    Returns:
-        The `top` largest groups, largest first, each {"before", "after",
-        "ms_per_step", "gaps"}: the shortened names of the op that began and
-        the op that ended the gaps, their idle ms per step and their count.
-    """
-    from keras_sg.profiling import idle_gaps
-
-    groups = {}
-    for gap in idle_gaps(ops):
-        key = (short_op_name(gap.before), short_op_name(gap.after))
-        total, count = groups.get(key, (0.0, 0))
-        groups[key] = (total + gap.length, count + 1)
-    largest = sorted(groups.items(), key=lambda item: -item[1][0])[:top]
-    return [
-        {"before": b, "after": a, "ms_per_step": total / steps, "gaps": count}
-        for (b, a), (total, count) in largest
-    ]
-
-
-def per_step_overhead(ops, wall_time, steps):
-    """The measured per-step overhead: ms per step in which no op runs.
-
-    In the wall time of the traced steps, the time in which the trace shows
-    no op running, on any device (the union of every op's interval is the
-    time at least one device works), per step:
-
-        (wall_time - length of the union of the ops' intervals) / steps.
-
-    It is the idle time in which every device waits: for the client to
-    finish one step and start the next (Python, Keras's callbacks, the
-    dispatch of the step's function and of its input), for messages in
-    flight while no device works, and between one op and the next when no
-    other runs (the executor's dispatch; more ops, more such gaps: small
-    models and many micro-batches have more). It is measured, not fitted; the
-    simulator adds it to each step (`simulate(..., per_step_overhead=)`),
-    in which a schedule with no message latency always has some device at
-    work.
-
-    Args:
-        ops: (start, end, ...) of every op of the trace, in ms; only their
-            union counts, so ops that overlap (two devices) count once.
-        wall_time: ms of wall time of the traced steps (on the servers, the
-            trace's window).
-        steps: training steps in that time (may be fractional).
-
-    Returns:
-        ms per step.
-
-    Raises:
-        ValueError: if `steps` is not positive, or the ops cover more than
-            `wall_time` (ops from outside the timed steps).
-    """
-    from keras_sg.profiling import union_length
-
-    if not steps > 0:
-        raise ValueError(f"`steps` must be positive. Received: steps={steps!r}")
-    busy = union_length(ops)
-    if busy > wall_time * (1 + 1e-9):
-        raise ValueError(
-            "The ops of the trace cover more time than the traced steps' "
-            f"wall time: some ran outside them. Received: wall_time={wall_time!r} "
-            f"with {busy!r} ms of ops"
-        )
-    return (wall_time - busy) / steps
 
 
 def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
@@ -760,65 +660,34 @@ def messages_per_cut(spec):
 
 
 def device_costs(result):
-    """The run's costs per device for the simulator, ms per step.
-
-    Each device's busy time by kind, the time in which several of its ops
-    ran at once shared equally by them (`keras_sg.profiling.core_shares`):
-    the simulator's device runs one thing at a time, so its cost is the
-    time the device was taken, not the work done in it. On the servers, a
-    server is pinned to one core and `start_server` gives its clients'
-    functions two threads, so two ops that overlap share the core, each at
-    about half speed, and each one's duration counts the other's work too
-    (their summed op time was 1.4 to 1.9 times their busy time). On logical
-    devices two ops of one device may run at once on the two cores (a
-    layer's input and weight gradients), and their summed durations would
-    count as serial what ran side by side. The optimizer's ops carry no
-    device on logical devices: their summed durations are shared out by
-    the devices' weights (`keras_sg.profiling.summarize`).
-    """
+    """The run's costs per device for the simulator, ms per step: each
+    device's busy time by kind, ops that ran at once sharing it
+    (`ProfileResult.core_costs`; see keras_sg.profiling.core_shares)."""
     return result["profile"]["core_costs"]
 
 
 def transfers(result):
-    """The run's measured transfer per message and cut, ms: its devices'
-    transfer time ("T", sends and receives; keras_sg.profiling.op_kind)
-    shared by their cuts, over the messages per cut and step
-    (`keras_sg.profiling.cut_transfers`), from `device_costs`. 0 for runs
-    measured before transfers were a kind of their own."""
+    """The run's measured transfer per message and cut, ms
+    (`keras_sg.profiling.cut_transfers` on `device_costs`)."""
     from keras_sg.profiling import cut_transfers
 
-    costs = device_costs(result)
     return cut_transfers(
-        costs, list(range(len(costs))), messages_per_cut(result["spec"])
+        device_costs(result),
+        result["profile"]["stage_devices"],
+        messages_per_cut(result["spec"]),
     )
 
 
 def predict(result, model=None):
-    """The simulator's examples/s for a run, from the run's own measured costs.
-
-    Its per-device costs (F, B, S, I, U and C, ms per step), its measured
-    per-step overhead and its measured transfers (`transfers`) go to
-    `keras_sg.schedules.validation.predict_examples_per_s`, which runs
-    `simulate` with the update, the overhead and the transfer per message;
-    an asynchronous run's with its queue capacity.
-
-    Args:
-        result: a measurement of a model with stages.
-        model: the model kind to simulate instead of the run's own ("zb_h1"
-            for GPipe's costs).
-    """
-    from keras_sg.schedules import validation
+    """The simulator's examples/s for a run, from the run's own measured
+    costs (`ProfileResult.predict_examples_per_s`); `model` is the model
+    kind to simulate instead of the run's own ("zb_h1" for GPipe's costs)."""
+    from keras_sg.profiling import ProfileResult
 
     spec = result["spec"]
     extra = {"queue_capacity": spec["capacity"]} if "capacity" in spec else {}
-    return validation.predict_examples_per_s(
-        model or spec["model"],
-        device_costs(result),
-        batch_size=spec["batch_size"],
-        micro_batches=spec["micro_batches"],
-        per_step_overhead=result["per_step_overhead_ms"],
-        transfer=transfers(result),
-        **extra,
+    return ProfileResult.from_dict(result["profile"]).predict_examples_per_s(
+        model or spec["model"], micro_batches=spec["micro_batches"], **extra
     )
 
 
@@ -1588,7 +1457,7 @@ def idle_lines(cluster):
     lines = [
         f"Where {name}'s servers idle (median run): each server's idle time"
         " in its trace, grouped by the ops on either side of each gap"
-        " (`keras_sg.profiling.idle_gaps`; op names without their loop and"
+        " (`keras_sg.profiling.idle_groups`; op names without their loop and"
         " branch scopes), the largest groups:",
         "",
         "| server | idle ms per step | gaps | op before | op after |",

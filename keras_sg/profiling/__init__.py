@@ -13,7 +13,9 @@ colours of the simulator's (`keras_sg.schedules`).
 or, inside your own `fit`, the callback `Profile(steps=4, skip=1)`. A model
 whose stages run on TensorFlow servers is traced from the servers with
 `profile_servers`. The trace arithmetic (`op_kind`, `union_length`,
-`core_shares`, `summarize`) is pure Python.
+`core_shares`, `summarize`, `idle_groups`, `per_step_overhead`) is pure
+Python, and `result.predict_examples_per_s("gpipe")` asks the simulator
+what another schedule would do with the measured costs.
 """
 
 from keras_sg.profiling.drawing import COLORS, draw_timelines
@@ -40,8 +42,11 @@ from keras_sg.profiling.trace import (
     core_shares,
     cut_transfers,
     idle_gaps,
+    idle_groups,
     is_op,
     op_kind,
+    per_step_overhead,
+    short_op_name,
     stage_of,
     summarize,
     union_length,
@@ -63,8 +68,10 @@ __all__ = [
     "cut_transfers",
     "draw_timelines",
     "idle_gaps",
+    "idle_groups",
     "is_op",
     "op_kind",
+    "per_step_overhead",
     "placement_of",
     "profile",
     "profile_servers",
@@ -72,6 +79,7 @@ __all__ = [
     "read_result",
     "read_server_ops",
     "read_servers",
+    "short_op_name",
     "stage_of",
     "summarize",
     "trace_files",

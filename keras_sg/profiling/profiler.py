@@ -299,6 +299,14 @@ def read_result(
         steps=steps,
         update_shares=update_shares(model, devices),
     )
+    # An asynchronous model's stages above stage 0 run on while the profiler
+    # stops (see `Profile`); any other model's ops all ran in `wall_time`.
+    if not _is_async(model) and summary.op_union > wall_time * (1 + 1e-9):
+        raise ValueError(
+            "The ops of the trace cover more time than the traced steps' "
+            f"wall time: some ran outside them. Received: wall_time={wall_time!r} "
+            f"with {summary.op_union!r} ms of ops"
+        )
     return ProfileResult.from_summary(summary, devices, rows, wall_time, batch_size)
 
 

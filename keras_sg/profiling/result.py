@@ -39,6 +39,9 @@ class ProfileResult:
             at once sharing their time (see `keras_sg.profiling.core_shares`):
             the costs of a device with one core, such as a TensorFlow server
             pinned to one. Empty in a result saved before they were kept.
+        op_union: ms in which at least one op of the trace ran, on any
+            device or none (the optimizer's and the loss's ops on logical
+            devices included); None in a result saved before it was kept.
     """
 
     devices: tuple[str, ...]
@@ -53,6 +56,7 @@ class ProfileResult:
     wall_time: float
     batch_size: int | None = None
     core_costs: tuple[dict[str, float], ...] = ()
+    op_union: float | None = None
 
     @classmethod
     def from_summary(
@@ -77,6 +81,7 @@ class ProfileResult:
             wall_time=wall_time,
             batch_size=batch_size,
             core_costs=summary.core_costs,
+            op_union=summary.op_union,
         )
 
     @property
@@ -107,6 +112,92 @@ class ProfileResult:
         from keras_sg.profiling.trace import cut_transfers
 
         return cut_transfers(self.costs, self.stage_devices, messages)
+
+    @property
+    def per_step_overhead(self) -> float | None:
+        """ms per step in which no op ran, on any device: the time in which
+        every device waited (`keras_sg.profiling.per_step_overhead`), the
+        simulator's `per_step_overhead`.
+
+        The wall time less `op_union`, over the steps. An asynchronous
+        model's stages above stage 0 run on while the profiler stops, so its
+        trace may hold a little more work than stage 0's window: then the
+        ops' time counts as the wall time, and the overhead is 0. None in a
+        result saved before `op_union` was kept.
+        """
+        if self.op_union is None:
+            return None
+        wall = max(self.wall_time, self.op_union)
+        return (wall - self.op_union) / self.steps
+
+    def predict_examples_per_s(
+        self,
+        model: str,
+        *,
+        micro_batches: int = 8,
+        queue_capacity: int = 2,
+        update_before_send: bool = False,
+    ) -> float:
+        """The simulator's examples/s for a schedule on these measured costs.
+
+        What `scripts/benchmark_pipeline.py` predicts for each schedule it
+        measures (docs/benchmarks.md): each device's busy time by kind
+        (`core_costs`), the transfer per message across each cut
+        (`keras_sg.profiling.cut_transfers` on those costs) and the
+        per-step overhead go to
+        `keras_sg.schedules.validation.predict_examples_per_s`. On the
+        costs of a profiled GPipe model, model="zb_h1" says what Zero Bubble
+        would do with the same work; on a backprop model's, "pipelined" or
+        "async" says what decoupling would give if each stage's work stayed
+        as it is (a synthesizer's cost, not measured there, counts as 0).
+
+        Args:
+            model: the schedule, one of
+                `keras_sg.schedules.validation.MODELS`.
+            micro_batches: "gpipe" and "zb_h1": micro-batches per step (2
+                messages per cut and micro-batch; 2 per step for the others).
+            queue_capacity: "async": the capacity of its queues.
+            update_before_send: see `predict_examples_per_s`.
+
+        Raises:
+            ValueError: if the result lacks what the simulator needs (its
+                batch size, its core costs, its ops' time), or its stages
+                are not one per device, stage k on device k.
+        """
+        from keras_sg.profiling.trace import cut_transfers
+        from keras_sg.schedules.validation import predict_examples_per_s
+
+        missing = [
+            name
+            for name, value in (
+                ("batch_size", self.batch_size),
+                ("core_costs", self.core_costs or None),
+                ("op_union", self.op_union),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                "A prediction needs the result's batch size, core costs and "
+                f"ops' time. Received: a result without {', '.join(missing)}"
+            )
+        if self.stage_devices != tuple(range(self.num_devices)):
+            raise ValueError(
+                "The simulator runs stage k on device k, one stage per device. "
+                f"Received: stage_devices={list(self.stage_devices)} on "
+                f"{self.num_devices} devices"
+            )
+        messages = 2 * micro_batches if model in ("gpipe", "zb_h1") else 2
+        return predict_examples_per_s(
+            model,
+            self.core_costs,
+            batch_size=self.batch_size,
+            micro_batches=micro_batches,
+            per_step_overhead=self.per_step_overhead,
+            transfer=cut_transfers(self.core_costs, self.stage_devices, messages),
+            queue_capacity=queue_capacity,
+            update_before_send=update_before_send,
+        )
 
     @property
     def idle_fraction(self) -> tuple[float, ...]:

@@ -114,6 +114,8 @@ class TraceSummary:
             does not tell them; stage is -1 for ops without a stage scope).
         window: ms from the first placed op's start to the last one's end.
         steps: training steps the trace covers.
+        op_union: ms in which at least one op of the trace ran, placed or
+            not (the union of every op's interval; see `per_step_overhead`).
     """
 
     busy: tuple[float, ...]
@@ -124,6 +126,7 @@ class TraceSummary:
     window: float
     steps: float
     core_costs: tuple[dict[str, float], ...] = ()
+    op_union: float | None = None
 
 
 def is_op(name: str) -> bool:
@@ -247,6 +250,96 @@ def idle_gaps(ops: Iterable[Op], device: int | None = None) -> list[Gap]:
     return gaps
 
 
+# The scopes of loops and branches, in the names of the ops inside them.
+LOOP_SCOPES = re.compile(r"while/body/_\d+/while/|cond(?:_\d+)?/(?:then|else)/_\d+/")
+
+
+def short_op_name(name: str) -> str:
+    """An op's trace name without the scopes of the loops and branches it
+    runs in: "while/body/_1/while/stage_1/x:Op" -> "stage_1/x:Op"."""
+    return LOOP_SCOPES.sub("", name)
+
+
+def idle_groups(
+    ops: Iterable[Op], steps: float, device: int | None = None, top: int = 3
+) -> list[dict]:
+    """A device's idle time, grouped by the ops on either side of each gap.
+
+    The gaps of `idle_gaps`, keyed by the names of the op that began and
+    the op that ended each one, without their loop and branch scopes
+    (`short_op_name`): every step of a loop then falls in the same group.
+
+    Args:
+        ops: the trace's op events (`Op`), names included.
+        steps: training steps the trace covers (the groups' times are per
+            step).
+        device: read only the ops of this device; None: all of `ops`, which
+            should then be one device's.
+        top: how many groups to return.
+
+    Returns:
+        The `top` largest groups, largest first, each a dict of "before" and
+        "after" (the shortened names), "ms_per_step" (their idle ms per
+        step) and "gaps" (their count).
+    """
+    if not steps > 0:
+        raise ValueError(f"`steps` must be positive. Received: steps={steps!r}")
+    groups = {}
+    for gap in idle_gaps(ops, device):
+        key = (short_op_name(gap.before), short_op_name(gap.after))
+        total, count = groups.get(key, (0.0, 0))
+        groups[key] = (total + gap.length, count + 1)
+    largest = sorted(groups.items(), key=lambda item: -item[1][0])[:top]
+    return [
+        {"before": b, "after": a, "ms_per_step": total / steps, "gaps": count}
+        for (b, a), (total, count) in largest
+    ]
+
+
+def per_step_overhead(
+    intervals: Iterable[Sequence[float]], wall_time: float, steps: float
+) -> float:
+    """The per-step overhead: ms per step in which no op runs, on any device.
+
+    In the wall time of some traced steps, the time in which the trace shows
+    no op running (the union of every op's interval is the time in which at
+    least one device works), per step:
+
+        (wall_time - length of the union of the ops' intervals) / steps.
+
+    It is the idle time in which every device waits: for the client to
+    finish one step and start the next (Python, Keras's callbacks, the
+    dispatch of the step's function and of its input), for messages in
+    flight while no device works, and between one op and the next when no
+    other runs (the executor's dispatch; more ops, more such gaps). The
+    simulator adds it to each step (`simulate(..., per_step_overhead=)`).
+
+    Args:
+        intervals: (start, end, ...) of every op of the trace, in ms; only
+            their union counts, so ops that overlap (two devices) count once.
+        wall_time: ms of wall time of the traced steps (on the servers, the
+            trace's window).
+        steps: training steps in that time (may be fractional).
+
+    Returns:
+        ms per step.
+
+    Raises:
+        ValueError: if `steps` is not positive, or the ops cover more than
+            `wall_time` (ops from outside the timed steps).
+    """
+    if not steps > 0:
+        raise ValueError(f"`steps` must be positive. Received: steps={steps!r}")
+    busy = union_length(intervals)
+    if busy > wall_time * (1 + 1e-9):
+        raise ValueError(
+            "The ops of the trace cover more time than the traced steps' "
+            f"wall time: some ran outside them. Received: wall_time={wall_time!r} "
+            f"with {busy!r} ms of ops"
+        )
+    return (wall_time - busy) / steps
+
+
 def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:
     """One device's busy time by kind, overlapping ops sharing it equally.
 
@@ -333,7 +426,9 @@ def summarize(
     costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_devices)]
     stage_costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_stages)]
     update = unplaced = 0.0
+    every = []
     for op in ops:
+        every.append((op.start, op.end))
         kind, stage = op_kind(op.name), stage_of(op.name)
         if stage is not None and stage >= num_stages:
             stage = None
@@ -395,6 +490,7 @@ def summarize(
         window=window,
         steps=steps,
         core_costs=tuple(per_step(c) for c in core),
+        op_union=union_length(every),
     )
 
 

@@ -107,6 +107,16 @@ def test_profile_of_a_placed_model(profiled, kind):
     # The work traced fits in the wall time of two one-op-at-a-time devices.
     total = sum(sum(c.values()) for c in result.costs) * steps
     assert total <= result.wall_time * result.num_devices
+    # Every op of the trace counts in the per-step overhead: on logical
+    # devices the optimizer's update, which carries no device, is not in the
+    # timeline but is in the time in which some op ran.
+    timeline = union_length([(e.start, e.end) for e in result.events])
+    assert result.op_union >= timeline
+    if not kind.startswith("async"):
+        assert timeline < result.op_union <= result.wall_time
+        assert result.per_step_overhead == pytest.approx(
+            (result.wall_time - result.op_union) / steps
+        )
     # The timeline is the busy fraction's source.
     for d, intervals in enumerate(result.intervals()):
         assert all(0 <= s <= e <= result.window + 1e-9 for s, e, _ in intervals)

@@ -1,20 +1,26 @@
 """The pure trace arithmetic: op names to kinds, unions of intervals, and the
 busy fractions and costs of hand-written traces."""
 
+import dataclasses
+
 import pytest
 
 from keras_sg.profiling import (
     Gap,
     Op,
+    ProfileResult,
     core_shares,
     cut_transfers,
     idle_gaps,
+    idle_groups,
     is_op,
     op_kind,
+    per_step_overhead,
     stage_of,
     summarize,
     union_length,
 )
+from keras_sg.schedules import simulate
 
 
 @pytest.mark.parametrize(
@@ -212,6 +218,141 @@ def test_idle_gaps_name_the_ops_on_either_side():
     alone = [Op(o.name, o.start, o.end) for o in ops if o.device == 1]
     assert idle_gaps(alone) == gaps
     assert idle_gaps([]) == []
+
+
+def test_idle_gaps_grouped_by_the_ops_on_either_side_by_hand():
+    send = "GroupCrossDeviceControlEdges_0/while/body/_1/while/NoOp/_63:_Send"
+    ops = [
+        Op(send, 0.0, 1.0),
+        Op("while/body/_1/while/stage_1/Assign:AssignVariableOp", 3.0, 4.0),
+        Op("while/body/_1/while/stage_1/b:MatMul", 4.0, 5.0),
+        Op(send.replace("_1/", "_2/"), 5.0, 6.0),
+        Op("while/body/_2/while/stage_1/Assign:AssignVariableOp", 7.0, 8.0),
+        Op("while/body/_2/while/stage_1/cond/then/_5/x:Mul", 8.5, 9.0),
+    ]
+    # Gaps 1-3 and 6-7 (send -> assign), 8-8.5 (assign -> mul); 2 steps.
+    assert idle_groups(ops, steps=2) == [
+        {
+            "before": "GroupCrossDeviceControlEdges_0/NoOp/_63:_Send",
+            "after": "stage_1/Assign:AssignVariableOp",
+            "ms_per_step": 1.5,
+            "gaps": 2,
+        },
+        {
+            "before": "stage_1/Assign:AssignVariableOp",
+            "after": "stage_1/x:Mul",
+            "ms_per_step": 0.25,
+            "gaps": 1,
+        },
+    ]
+    assert len(idle_groups(ops, steps=2, top=1)) == 1
+    # One device's ops among others': the other device's gap is not counted.
+    placed = [dataclasses.replace(op, device=1) for op in ops]
+    other = [Op("stage_0/y:Mul", 0.0, 1.0, 0), Op("stage_0/z:Mul", 20.0, 21.0, 0)]
+    assert idle_groups(placed + other, steps=2, device=1) == idle_groups(ops, steps=2)
+    with pytest.raises(ValueError, match="steps=0"):
+        idle_groups(ops, steps=0)
+
+
+def test_per_step_overhead_of_a_synthetic_trace():
+    # Two steps in 20 ms of wall time. Step 1: device 0 runs 0-3 and 4-6,
+    # device 1 runs 2-5: some device works from 0 to 6. Then the optimizer
+    # (on no device) 7-8. Step 2: 10-13, 14-16 and 12-15: 10 to 16. No op
+    # runs for 20 - 6 - 1 - 6 = 7 ms: 3.5 ms per step.
+    ops = [(0, 3), (4, 6), (2, 5), (7, 8), (10, 13), (14, 16), (12, 15)]
+    assert per_step_overhead(ops, 20.0, 2) == pytest.approx(3.5)
+    # Over a fractional number of steps (the servers' trace window).
+    assert per_step_overhead(ops, 20.0, 2.5) == pytest.approx(2.8)
+    with pytest.raises(ValueError, match="wall_time=12.0"):
+        per_step_overhead(ops, 12.0, 2)
+    with pytest.raises(ValueError, match="steps=0"):
+        per_step_overhead(ops, 20.0, 0)
+
+
+def test_a_results_per_step_overhead_counts_every_op_placed_or_not():
+    summary = summarize(_ops(), num_devices=2, stage_devices=[0, 1], steps=2)
+    # Some device works from 0 to 9, the update (no device) 9-11: 11 ms in
+    # which an op runs; the timeline alone would say 9.
+    assert summary.op_union == 11.0
+    result = ProfileResult.from_summary(
+        summary, ["/cpu:0", "/cpu:1"], [0, 1], wall_time=15.0
+    )
+    # 4 ms of the 15 with no op, over 2 steps.
+    assert result.per_step_overhead == 2.0
+    assert ProfileResult.from_dict(result.to_dict()).per_step_overhead == 2.0
+    saved_before = {k: v for k, v in result.to_dict().items() if k != "op_union"}
+    assert ProfileResult.from_dict(saved_before).per_step_overhead is None
+    # An asynchronous model's stages above stage 0 run on while the profiler
+    # stops: more work than stage 0's wall time, no overhead.
+    assert dataclasses.replace(result, wall_time=10.0).per_step_overhead == 0.0
+
+
+def _measured(**fields):
+    """A profile of 2 steps of 256 examples: core costs, and summed
+    durations twice as large (ops that shared a core)."""
+    core = (
+        {"F": 10.0, "B": 20.0, "U": 6.0, "T": 1.0, "C": 1.0},
+        {"F": 12.0, "B": 22.0, "U": 6.0, "T": 3.0},
+    )
+    summed = tuple({k: 2 * v for k, v in c.items()} for c in core)
+    return ProfileResult(
+        **{
+            **dict(
+                devices=("127.0.0.1:1", "127.0.0.1:2"),
+                stage_devices=(0, 1),
+                busy=(0.5, 0.5),
+                costs=summed,
+                stage_costs=summed,
+                unplaced=0.0,
+                events=(),
+                window=100.0,
+                steps=2,
+                wall_time=110.0,
+                batch_size=256,
+                core_costs=core,
+                op_union=100.0,
+            ),
+            **fields,
+        }
+    )
+
+
+def test_a_prediction_from_measured_core_costs_by_hand():
+    result = _measured()
+    # Backprop: 4 ms of transfers a step (core costs) over the cut's two
+    # messages, 2 ms each on the receiver. F0 0-10, the activation on device
+    # 1 10-12, F1 12-24, B1 24-46 (U1 46-52), the gradient on device 0
+    # 46-48, B0 with the other work 48-69, U0 69-75; then the overhead,
+    # (110 - 100) / 2 = 5 ms: 80 ms a step.
+    assert result.predict_examples_per_s("backprop") == pytest.approx(256 / 80 * 1000)
+    # GPipe, 2 micro-batches: 2 M = 4 messages a step, 1 ms each.
+    sim = simulate(
+        "gpipe",
+        2,
+        2,
+        [5.0, 6.0],
+        [10.5, 11.0],
+        update=[6.0, 6.0],
+        transfer=[1.0],
+        per_step_overhead=5.0,
+    )
+    assert result.predict_examples_per_s("gpipe", micro_batches=2) == pytest.approx(
+        256 / sim.step_time * 1000
+    )
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"batch_size": None}, "without batch_size"),
+        ({"core_costs": ()}, "without core_costs"),
+        ({"op_union": None}, "without op_union"),
+        ({"stage_devices": (1, 0)}, r"stage_devices=\[1, 0\] on 2 devices"),
+    ],
+)
+def test_a_prediction_without_what_it_needs_is_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _measured(**fields).predict_examples_per_s("pipelined")
 
 
 def test_equal_update_shares_by_default():

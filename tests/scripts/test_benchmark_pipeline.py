@@ -68,66 +68,39 @@ def _costs(update=6.0):
     ]
 
 
+def _profile(costs, overhead=0.0):
+    """A profile of one step of 256 examples, stage k on device k, with
+    these core costs and `overhead` ms in which no op ran, as a dict."""
+    from keras_sg import profiling
+
+    k = len(costs)
+    return profiling.ProfileResult(
+        devices=tuple(f"/cpu:{d}" for d in range(k)),
+        stage_devices=tuple(range(k)),
+        busy=(0.5,) * k,
+        costs=tuple(costs),
+        stage_costs=tuple(costs),
+        unplaced=0.0,
+        events=(),
+        window=50.0,
+        steps=1,
+        wall_time=50.0 + overhead,
+        batch_size=256,
+        core_costs=tuple(costs),
+        op_union=50.0,
+    ).to_dict()
+
+
 def _spec(model, **kw):
     return dict(
         {"model": model, "devices": 2, "batch_size": 256, "micro_batches": 8}, **kw
     )
 
 
-def test_per_step_overhead_of_a_synthetic_trace(bench):
-    # Two steps in 20 ms of wall time. Step 1: device 0 runs 0-3 and 4-6,
-    # device 1 runs 2-5: some device works from 0 to 6. Then the optimizer
-    # (on no device) 7-8. Step 2: 10-13, 14-16 and 12-15: 10 to 16. No op
-    # runs for 20 - 6 - 1 - 6 = 7 ms: 3.5 ms per step.
-    ops = [(0, 3), (4, 6), (2, 5), (7, 8), (10, 13), (14, 16), (12, 15)]
-    assert bench.per_step_overhead(ops, 20.0, 2) == pytest.approx(3.5)
-    # Over a fractional number of steps (the servers' trace window).
-    assert bench.per_step_overhead(ops, 20.0, 2.5) == pytest.approx(2.8)
-    with pytest.raises(ValueError, match="wall_time=12.0"):
-        bench.per_step_overhead(ops, 12.0, 2)
-    with pytest.raises(ValueError, match="steps=0"):
-        bench.per_step_overhead(ops, 20.0, 0)
-
-
-def test_per_step_overhead_of_a_synthetic_profile_result(bench):
-    # On the servers every op is in the result's timeline and the wall time
-    # is the trace's window: the worker passes the events.
-    from keras_sg import profiling
-    from keras_sg.schedules import Event
-
-    events = (
-        Event(0, 0.0, 4.0, "F", -1, 0, -1),
-        Event(1, 3.0, 9.0, "F", -1, 1, -1),
-        Event(1, 9.0, 15.0, "B", -1, 1, -1),
-        Event(0, 15.0, 21.0, "B", -1, 0, -1),
-        Event(0, 21.0, 24.0, "U", -1, -1, -1),
-        Event(1, 22.0, 23.0, "C", -1, -1, -1),
-        # 10 ms in which both wait, then the next step's forward.
-        Event(0, 34.0, 38.0, "F", -1, 0, -1),
-    )
-    profile = profiling.ProfileResult(
-        devices=("a:1", "a:2"),
-        stage_devices=(0, 1),
-        busy=(0.0, 0.0),
-        costs=(),
-        stage_costs=(),
-        unplaced=0.0,
-        events=events,
-        window=38.0,
-        steps=38.0 / 34.0,
-        wall_time=38.0,
-    )
-    ops = [(e.start, e.end) for e in profile.events]
-    # Busy 0-24 and 34-38: 28 of 38 ms; 10 ms idle over 38/34 steps.
-    assert bench.per_step_overhead(
-        ops, profile.wall_time, profile.steps
-    ) == pytest.approx(10.0 * 34.0 / 38.0)
-
-
 def test_predictions_with_update_and_overhead_by_hand(bench):
     costs = _costs()
     costs[0]["C"] = 1.0  # other work: busy time with the backward pass
-    run = {"profile": {"core_costs": costs}, "per_step_overhead_ms": 5.0}
+    run = {"profile": _profile(costs, overhead=5.0)}
     # Backprop: F0 0-10, F1 10-22, B1 22-44 (U1 44-50), B0 (20 + 1) 44-65,
     # U0 65-71; then 5 ms in which both wait: 76 ms.
     predicted = bench.predict(dict(run, spec=_spec("backprop")))
@@ -142,8 +115,7 @@ def test_predictions_with_update_and_overhead_by_hand(bench):
 def test_zb_h1_is_predicted_from_gpipe_costs_by_hand(bench):
     # M = 2 micro-batches: F 5 and 6, B 10 and 11 each; U 6; no overhead.
     run = {"spec": _spec("gpipe", micro_batches=2)}
-    run["profile"] = {"core_costs": _costs()}
-    run["per_step_overhead_ms"] = 0.0
+    run["profile"] = _profile(_costs())
     # GPipe: device 1 runs F 5-11, 11-17, B 17-28, 28-39, U 39-45; device 0
     # B 28-38, 39-49, U 49-55.
     assert bench.predict(run) == pytest.approx(256 / 55 * 1000)
@@ -162,8 +134,7 @@ def test_fully_unlocked_prediction_by_hand(bench):
     # 0-1.5, F 1.5-7.5, B 7.5-29.5, Adam 29.5-35.5, its regression (1.5)
     # 35.5-37. Device 0's regression: 33-35. With 2 ms of per-step
     # overhead: 11 + 39 = 50 ms a step of 256 examples.
-    run = {"spec": _spec("unlocked"), "per_step_overhead_ms": 2.0}
-    run["profile"] = {"core_costs": _costs()}
+    run = {"spec": _spec("unlocked"), "profile": _profile(_costs(), overhead=2.0)}
     assert bench.predict(run) == pytest.approx(256 / 50 * 1000)
 
 
@@ -188,7 +159,7 @@ def _fake_run(spec, speed, run=0):
         "traced_step_ms": 1.0,
         "busy": [0.5, 0.25 + 0.1 * run],
         "costs": _costs(update=float(run)),
-        "profile": {"core_costs": _costs(update=float(run))},
+        "profile": _profile(_costs(update=float(run)), overhead=0.5),
         "per_step_overhead_ms": 0.5,
     }
 
@@ -409,36 +380,6 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         assert predicted == pytest.approx(entry["predicted_examples_per_s"])
 
 
-def test_idle_gaps_grouped_by_the_ops_on_either_side_by_hand(bench):
-    from keras_sg.profiling import Op
-
-    send = "GroupCrossDeviceControlEdges_0/while/body/_1/while/NoOp/_63:_Send"
-    ops = [
-        Op(send, 0.0, 1.0),
-        Op("while/body/_1/while/stage_1/Assign:AssignVariableOp", 3.0, 4.0),
-        Op("while/body/_1/while/stage_1/b:MatMul", 4.0, 5.0),
-        Op(send.replace("_1/", "_2/"), 5.0, 6.0),
-        Op("while/body/_2/while/stage_1/Assign:AssignVariableOp", 7.0, 8.0),
-        Op("while/body/_2/while/stage_1/cond/then/_5/x:Mul", 8.5, 9.0),
-    ]
-    # Gaps 1-3 and 6-7 (send -> assign), 8-8.5 (assign -> mul); 2 steps.
-    assert bench.gap_groups(ops, steps=2) == [
-        {
-            "before": "GroupCrossDeviceControlEdges_0/NoOp/_63:_Send",
-            "after": "stage_1/Assign:AssignVariableOp",
-            "ms_per_step": 1.5,
-            "gaps": 2,
-        },
-        {
-            "before": "stage_1/Assign:AssignVariableOp",
-            "after": "stage_1/x:Mul",
-            "ms_per_step": 0.25,
-            "gaps": 1,
-        },
-    ]
-    assert len(bench.gap_groups(ops, steps=2, top=1)) == 1
-
-
 def test_measured_transfers_go_to_the_simulator_by_hand(bench):
     # Backprop model-parallel, device 0 spends 1 ms a step on transfers and
     # device 1 3 ms: 4 ms over the 2 messages across the cut, 2 ms each. The
@@ -448,15 +389,14 @@ def test_measured_transfers_go_to_the_simulator_by_hand(bench):
         {"F": 10.0, "B": 20.0, "S": 0.0, "I": 0.0, "U": 0.0, "T": 1.0, "C": 0.0},
         {"F": 12.0, "B": 22.0, "S": 0.0, "I": 0.0, "U": 0.0, "T": 3.0, "C": 0.0},
     ]
-    run = {"spec": _spec("backprop"), "per_step_overhead_ms": 0.0}
-    run["profile"] = {"core_costs": costs}
+    run = {"spec": _spec("backprop"), "profile": _profile(costs)}
     assert bench.transfers(run) == [2.0]
     assert bench.predict(run) == pytest.approx(256 / 68 * 1000)
     # GPipe: 2 M = 16 messages a step.
     assert bench.transfers(dict(run, spec=_spec("gpipe"))) == [4.0 / 16]
     # Runs measured before T existed: no transfer.
     old = [{k: v for k, v in c.items() if k != "T"} for c in costs]
-    run = dict(run, profile={"core_costs": old})
+    run = dict(run, profile=_profile(old))
     assert bench.transfers(run) == [0.0]
     assert bench.predict(run) == pytest.approx(256 / 64 * 1000)
 
@@ -466,8 +406,7 @@ def test_async_prediction_is_the_async_schedule_with_the_capacity(bench):
 
     costs = [dict(c, T=1.0) for c in _costs()]
     spec = _spec("async", capacity=3)
-    run = {"spec": spec, "profile": {"core_costs": costs}}
-    run["per_step_overhead_ms"] = 0.5
+    run = {"spec": spec, "profile": _profile(costs, overhead=0.5)}
     sim = simulate(
         "async",
         2,
@@ -566,7 +505,7 @@ def test_device_costs_are_their_core_shares(bench):
     run = {
         "spec": _spec("pipelined", cluster=True),
         "costs": costs,
-        "profile": {"core_costs": core},
+        "profile": _profile(core),
     }
     assert bench.device_costs(run) == core
     # The transfer per message comes from the core share of T: 4 ms over 2
