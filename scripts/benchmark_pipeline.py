@@ -51,7 +51,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -367,24 +366,18 @@ def run_worker(spec):
         )
         # And the servers' own profiler traces, taken while training goes on:
         # every op a server runs counts, per server (device).
-        with tempfile.TemporaryDirectory(prefix="benchmark_trace_") as logdir:
-            profile = keras_sg.profiling.trace_servers(
-                model,
-                data,
-                FLAGS.addresses,
-                result["step_ms"],
-                duration_ms=1000,
-                batch_size=spec["batch_size"],
-                lead_ms=lead_ms,
-                logdir=logdir,
-            )
-            # What each server waited for: its idle gaps, grouped by the
-            # ops on either side (the traces' op names).
-            named = keras_sg.profiling.read_server_ops(logdir, FLAGS.addresses)
-        result["idle_gaps"] = [
-            keras_sg.profiling.idle_groups(named, profile.steps, device=k)
-            for k in range(len(FLAGS.addresses))
-        ]
+        profile = keras_sg.profiling.trace_servers(
+            model,
+            data,
+            FLAGS.addresses,
+            result["step_ms"],
+            duration_ms=1000,
+            batch_size=spec["batch_size"],
+            lead_ms=lead_ms,
+        )
+        # What each server waited for: its idle gaps, grouped by the ops on
+        # either side.
+        result["idle_gaps"] = [list(groups) for groups in profile.idle_groups]
         result.update(
             costs=[dict(c) for c in profile.costs],
             hosts=list(profile.devices),

@@ -42,6 +42,11 @@ class ProfileResult:
         op_union: ms in which at least one op of the trace ran, on any
             device or none (the optimizer's and the loss's ops on logical
             devices included); None in a result saved before it was kept.
+        idle_groups: per device, where it waited: the largest groups of its
+            idle time by the ops on either side of each gap, each a dict of
+            "before", "after", "ms_per_step" and "gaps"
+            (`keras_sg.profiling.idle_groups`); empty in a result saved
+            before they were kept.
     """
 
     devices: tuple[str, ...]
@@ -57,6 +62,7 @@ class ProfileResult:
     batch_size: int | None = None
     core_costs: tuple[dict[str, float], ...] = ()
     op_union: float | None = None
+    idle_groups: tuple[list[dict], ...] = ()
 
     @classmethod
     def from_summary(
@@ -82,6 +88,7 @@ class ProfileResult:
             batch_size=batch_size,
             core_costs=summary.core_costs,
             op_union=summary.op_union,
+            idle_groups=summary.idle_groups,
         )
 
     @property
@@ -251,6 +258,7 @@ class ProfileResult:
             costs=[dict(c) for c in self.costs],
             stage_costs=[dict(c) for c in self.stage_costs],
             core_costs=[dict(c) for c in self.core_costs],
+            idle_groups=[[dict(g) for g in groups] for groups in self.idle_groups],
             events=kept,
         )
         return fields
@@ -270,6 +278,9 @@ class ProfileResult:
             costs=tuple(dict(c) for c in fields.pop("costs")),
             stage_costs=tuple(dict(c) for c in fields.pop("stage_costs")),
             core_costs=tuple(dict(c) for c in fields.pop("core_costs", ())),
+            idle_groups=tuple(
+                [dict(g) for g in groups] for groups in fields.pop("idle_groups", ())
+            ),
             events=events,
             **fields,
         )

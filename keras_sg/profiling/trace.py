@@ -116,6 +116,8 @@ class TraceSummary:
         steps: training steps the trace covers.
         op_union: ms in which at least one op of the trace ran, placed or
             not (the union of every op's interval; see `per_step_overhead`).
+        idle_groups: per device, the largest groups of its idle time, by
+            the ops on either side of each gap (`idle_groups`, top 3).
     """
 
     busy: tuple[float, ...]
@@ -127,6 +129,7 @@ class TraceSummary:
     steps: float
     core_costs: tuple[dict[str, float], ...] = ()
     op_union: float | None = None
+    idle_groups: tuple[list[dict], ...] = ()
 
 
 def is_op(name: str) -> bool:
@@ -423,6 +426,7 @@ def summarize(
             f"Received: update_shares={list(update_shares)}"
         )
     placed = [[] for _ in range(num_devices)]
+    named = [[] for _ in range(num_devices)]
     costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_devices)]
     stage_costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_stages)]
     update = unplaced = 0.0
@@ -443,6 +447,7 @@ def summarize(
                 unplaced += duration
             continue
         placed[device].append((op.start, op.end, kind, -1 if stage is None else stage))
+        named[device].append(op)
         costs[device][kind] += duration
         if stage is not None:
             stage_costs[stage][kind] += duration
@@ -491,6 +496,7 @@ def summarize(
         steps=steps,
         core_costs=tuple(per_step(c) for c in core),
         op_union=union_length(every),
+        idle_groups=tuple(idle_groups(ops, steps) for ops in named),
     )
 
 

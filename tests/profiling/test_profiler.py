@@ -117,6 +117,13 @@ def test_profile_of_a_placed_model(profiled, kind):
         assert result.per_step_overhead == pytest.approx(
             (result.wall_time - result.op_union) / steps
         )
+    # Where each device waited: its largest idle groups, no more idle time
+    # than the device had.
+    assert len(result.idle_groups) == 2
+    for d, groups in enumerate(result.idle_groups):
+        assert 1 <= len(groups) <= 3
+        waited = sum(g["ms_per_step"] for g in groups) * steps
+        assert 0 < waited <= (1 - result.busy[d]) * result.window + 1e-6
     # The timeline is the busy fraction's source.
     for d, intervals in enumerate(result.intervals()):
         assert all(0 <= s <= e <= result.window + 1e-9 for s, e, _ in intervals)

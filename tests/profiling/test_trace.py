@@ -279,9 +279,33 @@ def test_a_results_per_step_overhead_counts_every_op_placed_or_not():
     )
     # 4 ms of the 15 with no op, over 2 steps.
     assert result.per_step_overhead == 2.0
+    # Where each device waited: device 0 from its synthesizer's end (5) to
+    # its backward (7), device 1 from its input synthesizer's end (2) to its
+    # forward (4); the unplaced update and loss are in neither.
+    assert result.idle_groups == (
+        [
+            {
+                "before": "s/stage_0_1/dense_synthesizer/MatMul:MatMul",
+                "after": "s/gradient_tape/stage_0/block/MatMul:MatMul",
+                "ms_per_step": 1.0,
+                "gaps": 1,
+            }
+        ],
+        [
+            {
+                "before": "s/stage_1_1/dense_input_synthesizer/MatMul:MatMul",
+                "after": "s/stage_1/block/MatMul:MatMul",
+                "ms_per_step": 1.0,
+                "gaps": 1,
+            }
+        ],
+    )
+    assert ProfileResult.from_dict(result.to_dict()).idle_groups == result.idle_groups
     assert ProfileResult.from_dict(result.to_dict()).per_step_overhead == 2.0
-    saved_before = {k: v for k, v in result.to_dict().items() if k != "op_union"}
+    newer = ("op_union", "idle_groups")
+    saved_before = {k: v for k, v in result.to_dict().items() if k not in newer}
     assert ProfileResult.from_dict(saved_before).per_step_overhead is None
+    assert ProfileResult.from_dict(saved_before).idle_groups == ()
     # An asynchronous model's stages above stage 0 run on while the profiler
     # stops: more work than stage 0's wall time, no overhead.
     assert dataclasses.replace(result, wall_time=10.0).per_step_overhead == 0.0
