@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from keras_sg.profiling.result import ProfileResult
-from keras_sg.profiling.trace import Op, summarize
+from keras_sg.profiling.trace import Op, check_ops_within, summarize
 from keras_sg.profiling.xplane import read_ops, trace_files
 
 
@@ -301,12 +301,8 @@ def read_result(
     )
     # An asynchronous model's stages above stage 0 run on while the profiler
     # stops (see `Profile`); any other model's ops all ran in `wall_time`.
-    if not _is_async(model) and summary.op_union > wall_time * (1 + 1e-9):
-        raise ValueError(
-            "The ops of the trace cover more time than the traced steps' "
-            f"wall time: some ran outside them. Received: wall_time={wall_time!r} "
-            f"with {summary.op_union!r} ms of ops"
-        )
+    if not _is_async(model):
+        check_ops_within(summary.op_union, wall_time)
     return ProfileResult.from_summary(summary, devices, rows, wall_time, batch_size)
 
 

@@ -334,13 +334,19 @@ def per_step_overhead(
     if not steps > 0:
         raise ValueError(f"`steps` must be positive. Received: steps={steps!r}")
     busy = union_length(intervals)
+    check_ops_within(busy, wall_time)
+    return (wall_time - busy) / steps
+
+
+def check_ops_within(busy: float, wall_time: float):
+    """Raises if `busy` ms of ops do not fit in the traced steps' wall time
+    (ops from outside the timed steps)."""
     if busy > wall_time * (1 + 1e-9):
         raise ValueError(
             "The ops of the trace cover more time than the traced steps' "
             f"wall time: some ran outside them. Received: wall_time={wall_time!r} "
             f"with {busy!r} ms of ops"
         )
-    return (wall_time - busy) / steps
 
 
 def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:

@@ -5,28 +5,17 @@ Uses the two-server fixture of test_cluster.py; the client runs in a
 subprocess (connecting resets TensorFlow's context), with a timeout.
 """
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from test_cluster import ENV, TASK_1, cluster, interrupted  # noqa: F401 - the fixture
+from test_cluster import TASK_1, cluster, interrupted, run_client  # noqa: F401 - fixture
 
 CLIENT = Path(__file__).with_name("async_cluster_worker.py")
 
 
 def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
-    done = subprocess.run(
-        [sys.executable, str(CLIENT), "parity", cluster.spec],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=ENV,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_client(CLIENT, "parity", cluster.spec)
     assert result["variable_devices"] == [
         ["/job:worker/replica:0/task:0/device:CPU:0"],
         [f"{TASK_1}/device:CPU:0"],
@@ -69,21 +58,9 @@ def test_killed_worker_in_lock_step_and_training_resumes_from_the_checkpoint(
     assert not (tmp_path / "epoch-04.keras").exists()
 
     cluster.start(1)  # the same address again
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(CLIENT),
-            "resume",
-            cluster.spec,
-            str(tmp_path / "epoch-02.keras"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=ENV,
+    resumed = run_client(
+        CLIENT, "resume", cluster.spec, str(tmp_path / "epoch-02.keras")
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    resumed = json.loads(done.stdout.strip().splitlines()[-1])
     assert resumed["resumed_from"] == 2
     # 4 epochs of 20 batches and one drain step each, every stage counting.
     assert resumed["iterations"] == resumed["straight_iterations"] == [84, 84]

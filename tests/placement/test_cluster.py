@@ -119,9 +119,11 @@ def interrupted(client, args, line, interrupt, timeout=90):
     return json.loads(stdout.strip().splitlines()[-1]), at
 
 
-def _client(*args):
+def run_client(client, *args):
+    """Runs the script `client` with `args` (240 s at most); returns its
+    last line, as JSON."""
     done = subprocess.run(
-        [sys.executable, str(CLIENT), *args],
+        [sys.executable, str(client), *args],
         capture_output=True,
         text=True,
         timeout=240,
@@ -129,6 +131,10 @@ def _client(*args):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _client(*args):
+    return run_client(CLIENT, *args)
 
 
 def _train(*args):
