@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_sg._checks import check_label_range, reporting_label_errors
 from keras_sg.models.pipelined_model import PipelinedModel, _forget_losses
-from keras_sg.models.stages import place_optimizer
+from keras_sg.models.stages import place_metric, place_optimizer
 
 # How long `fit` waits for a stage thread to end once it has been told to
 # stop (its queues closed, pending enqueues cancelled).
@@ -816,6 +816,30 @@ def _compiled_apply():
     return apply
 
 
+def _metrics_on_stages(model):
+    """Puts each metric on the device of the stage that updates it: the loss
+    and the compiled metrics on the top stage's, each synthesizer's loss on
+    its stage's.
+
+    Left on the client, they make every step of both stages' loops wait
+    for the client's answer (docs/async.md, "Metrics where they are
+    updated").
+    `evaluate` traces its function again if it had been traced on the old
+    variables.
+    """
+    devices = model.devices
+    if not devices:
+        return
+    last = len(model.stages) - 1
+    placed = [(model._loss_tracker, devices[last])]
+    if model._compile_metrics is not None:
+        placed.append((model._compile_metrics, devices[last]))
+    placed += list(zip(model.sg_loss_trackers, devices, strict=False))
+    moved = [place_metric(metric, device) for metric, device in placed]
+    if any(moved):
+        model.test_function = None
+
+
 def _unpack(data):
     if isinstance(data, tf.data.Dataset):
         return (data,)
@@ -894,6 +918,7 @@ class _Runtime:
                     self.counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.optimizers = model.stage_optimizers()
         self.synthesizer_optimizers = model.synthesizer_optimizers()
+        _metrics_on_stages(model)
         # Trace every function here, one after the other: Keras's layers
         # keep Python state while they trace.
         int_spec = tf.TensorSpec([], tf.int32)

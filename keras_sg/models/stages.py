@@ -125,6 +125,43 @@ def place_optimizer(optimizer):
     return optimizer
 
 
+def place_metric(metric, device: str) -> bool:
+    """Puts the variables of `metric` on `device`, keeping their values.
+
+    A metric's variables are made where the metric is (the default device:
+    for a model placed on TensorFlow servers, the client's). A stage's loop
+    that updates a metric on another device then waits for that device at
+    every step. The metric object stays the one Keras and the user hold;
+    only the TensorFlow variables behind its Keras variables are remade
+    under `tf.device(device)` (a `tf.Variable` cannot move).
+
+    Returns whether any variable moved: functions traced before (Keras's
+    `test_function`) still hold the old ones and must be traced again.
+    """
+    import tensorflow as tf
+
+    moved = False
+    for variable in metric.variables:
+        current = variable.value
+        if not isinstance(current, tf.Variable):
+            raise TypeError(
+                "place_metric needs the TensorFlow backend's Keras variables, "
+                f"which wrap a tf.Variable. Received: {variable.path} holding "
+                f"{type(current).__name__}"
+            )
+        here = tf.DeviceSpec.from_string(current.device)
+        if here.make_merged_spec(tf.DeviceSpec.from_string(device)) == here:
+            continue
+        with tf.init_scope(), tf.device(device):
+            variable._value = tf.Variable(
+                current.read_value(),
+                trainable=current.trainable,
+                name=current.name.split(":")[0],
+            )
+        moved = True
+    return moved
+
+
 def _split_sequential(network: keras.Sequential) -> list:
     groups, current = [], []
     for layer in network.layers:

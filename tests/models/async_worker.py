@@ -42,7 +42,7 @@ def build(cls, **kwargs):
         [rng.normal(size=kernel.shape), rng.normal(size=bias.shape)]
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(keras.optimizers.Adam(0.05), loss)
+    model.compile(keras.optimizers.Adam(0.05), loss, metrics=["accuracy"])
     return model
 
 
@@ -139,10 +139,17 @@ if MODE == "xla":
 threads_before = threading.active_count()
 reference = build(keras_sg.PipelinedModel)
 start = weights_of(parts(reference))
-reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+want_history = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
 model = build(keras_sg.AsyncPipelinedModel, lock_step=True)
-model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
+# An evaluate before the first fit traces Keras's test function on the
+# metrics as Keras made them; the fit then moves them to the stages.
+model.evaluate(x, y, verbose=0)
+history = model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
 want, got = weights_of(parts(reference)), weights_of(parts(model))
+evaluated = [m.evaluate(x, y, verbose=0, return_dict=True) for m in (reference, model)]
+metric_devices = {
+    m.name: sorted({short(v.value.device) for v in m.variables}) for m in model.metrics
+}
 
 optimizers = model.stage_optimizers()
 variable_devices = [
@@ -186,6 +193,9 @@ print(
             "slot_devices": slot_devices,
             "queue_devices": queue_devices,
             "target_check_devices": target_check_devices,
+            "metric_devices": metric_devices,
+            "history": [want_history.history, history.history],
+            "evaluated": evaluated,
             "moved": float(
                 min(np.abs(w - s).max() for w, s in zip(want, start, strict=True))
             ),

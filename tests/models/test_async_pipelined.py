@@ -870,6 +870,25 @@ def test_placed_on_two_logical_devices_lock_step_equals_pipelined():
     }
     # The check that the target queue has room runs beside it, on CPU:0.
     assert result["target_check_devices"] == ["device:CPU:0"]
+    # Each metric lives where it is updated: the loss and the compiled
+    # metrics on the top stage's device, the synthesizer's loss on its
+    # stage's. Their logs are PipelinedModel's, and `evaluate`, traced
+    # before the fit moved them, reads them anew.
+    assert result["metric_devices"] == {
+        "loss": ["device:CPU:1"],
+        "compile_metrics": ["device:CPU:1"],
+        "cut_1_sg_loss": ["device:CPU:0"],
+    }
+    want_history, history = result["history"]
+    assert sorted(history) == ["accuracy", "cut_1_sg_loss", "loss"]
+    assert sorted(want_history) == sorted(history)
+    for name, values in want_history.items():
+        np.testing.assert_allclose(history[name], values, rtol=1e-6)
+    want_evaluated, evaluated = result["evaluated"]
+    assert want_evaluated["loss"] > 0.01
+    assert evaluated.keys() == want_evaluated.keys()
+    for name, value in want_evaluated.items():
+        assert evaluated[name] == pytest.approx(value, rel=1e-5)
     assert result["moved"] > 1e-3
     assert result["max_weight_diff"] < 1e-6
     assert result["iterations"] == [10, 10]
