@@ -821,11 +821,11 @@ def _metrics_on_stages(model):
     and the compiled metrics on the top stage's, each synthesizer's loss on
     its stage's.
 
-    Left on the client, they make every step of both stages' loops wait
-    for the client's answer (docs/async.md, "Metrics where they are
-    updated").
-    `evaluate` traces its function again if it had been traced on the old
-    variables.
+    Keras makes them on the default device (for a model on TensorFlow
+    servers, the client's), where every step of both stages' loops would
+    wait for that device's answer (docs/async.md, "Metrics where they are
+    updated"). `evaluate` traces its function again if it had been traced
+    on the old variables.
     """
     devices = model.devices
     if not devices:
