@@ -646,12 +646,6 @@ def start_servers(n, env):
     return servers
 
 
-def messages_per_cut(spec):
-    """Messages across each cut per step: an activation forward and a
-    gradient (or a synthesizer's target) back, per micro-batch for GPipe."""
-    return 2 * (spec["micro_batches"] if spec["model"] == "gpipe" else 1)
-
-
 def device_costs(result):
     """The run's costs per device for the simulator, ms per step: each
     device's busy time by kind, ops that ran at once sharing it
@@ -660,14 +654,13 @@ def device_costs(result):
 
 
 def transfers(result):
-    """The run's measured transfer per message and cut, ms
-    (`keras_sg.profiling.cut_transfers` on `device_costs`)."""
-    from keras_sg.profiling import cut_transfers
+    """The run's measured transfer per message and cut, ms, as its prediction
+    charges it (`ProfileResult.transfer_per_message`)."""
+    from keras_sg.profiling import ProfileResult
 
-    return cut_transfers(
-        device_costs(result),
-        result["profile"]["stage_devices"],
-        messages_per_cut(result["spec"]),
+    spec = result["spec"]
+    return ProfileResult.from_dict(result["profile"]).transfer_per_message(
+        spec["model"], micro_batches=spec["micro_batches"]
     )
 
 

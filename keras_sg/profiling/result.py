@@ -171,7 +171,6 @@ class ProfileResult:
                 batch size, its core costs, its ops' time), or its stages
                 are not one per device, stage k on device k.
         """
-        from keras_sg.profiling.trace import cut_transfers
         from keras_sg.schedules.validation import predict_examples_per_s
 
         missing = [
@@ -194,17 +193,26 @@ class ProfileResult:
                 f"Received: stage_devices={list(self.stage_devices)} on "
                 f"{self.num_devices} devices"
             )
-        messages = 2 * micro_batches if model in ("gpipe", "zb_h1") else 2
         return predict_examples_per_s(
             model,
             self.core_costs,
             batch_size=self.batch_size,
             micro_batches=micro_batches,
             per_step_overhead=self.per_step_overhead,
-            transfer=cut_transfers(self.core_costs, self.stage_devices, messages),
+            transfer=self.transfer_per_message(model, micro_batches=micro_batches),
             queue_capacity=queue_capacity,
             update_before_send=update_before_send,
         )
+
+    def transfer_per_message(self, model: str, *, micro_batches: int = 8) -> list:
+        """Per cut, ms per message across it, as `predict_examples_per_s`
+        charges it: the devices' transfers in `core_costs` over the messages
+        a step of `model` sends across each cut (2, an activation up and a
+        gradient or target down; 2 per micro-batch for "gpipe" and "zb_h1")."""
+        from keras_sg.profiling.trace import cut_transfers
+
+        messages = 2 * micro_batches if model in ("gpipe", "zb_h1") else 2
+        return cut_transfers(self.core_costs, self.stage_devices, messages)
 
     @property
     def idle_fraction(self) -> tuple[float, ...]:
