@@ -25,14 +25,17 @@ def gradient_diagnostics(model, x, y) -> dict[str, float]:
           (from the synthetic gradient at the stage's output; the top stage's is
           the true one). Absent for methods without synthesizers.
     """
-    x = tf.convert_to_tensor(x)
+    report = _diagnostics(model, tf.convert_to_tensor(x), y)
+    return {key: float(value) for key, value in report.items()}
+
+
+def _diagnostics(model, x, y) -> dict[str, tf.Tensor]:
+    """`gradient_diagnostics` as scalar tensors: traceable by `tf.function`."""
     synthetic, true = model.cut_gradients(x, y)
     report = {}
     for name, g_hat, g in zip(model.cut_names, synthetic, true, strict=False):
-        report[f"{name}/cosine"] = float(steps.cosine_similarity(g_hat, g))
-        report[f"{name}/norm_ratio"] = float(
-            tf.math.divide_no_nan(tf.norm(g_hat), tf.norm(g))
-        )
+        report[f"{name}/cosine"] = steps.cosine_similarity(g_hat, g)
+        report[f"{name}/norm_ratio"] = tf.math.divide_no_nan(tf.norm(g_hat), tf.norm(g))
     scale = steps.global_batch_size(x)
     h = x
     for k, stage in enumerate(model.stages[:-1]):
@@ -44,17 +47,15 @@ def gradient_diagnostics(model, x, y) -> dict[str, float]:
             persistent=True,
         )
         _, true_grads = pullback((true[k] / scale,))
-        report[f"stage_{k}/true_grad_norm"] = float(tf.linalg.global_norm(true_grads))
+        report[f"stage_{k}/true_grad_norm"] = tf.linalg.global_norm(true_grads)
         if synthetic:
             _, sg_grads = pullback((synthetic[k] / scale,))
-            report[f"stage_{k}/sg_grad_norm"] = float(tf.linalg.global_norm(sg_grads))
+            report[f"stage_{k}/sg_grad_norm"] = tf.linalg.global_norm(sg_grads)
         h = out
     top = model.stages[-1]
     with tf.GradientTape() as tape:
         loss = model.compute_loss(x=x, y=y, y_pred=top(h, training=False))
-    top_norm = float(
-        tf.linalg.global_norm(tape.gradient(loss, top.trainable_variables))
-    )
+    top_norm = tf.linalg.global_norm(tape.gradient(loss, top.trainable_variables))
     last = len(model.stages) - 1
     report[f"stage_{last}/true_grad_norm"] = top_norm
     if synthetic:
@@ -90,15 +91,20 @@ class SyntheticGradientMonitor(keras.callbacks.Callback):
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.history: list[tuple[int, dict[str, float]]] = []
         self._writer = None
+        self._measure = None
 
     def on_train_begin(self, logs=None):
         self._writer = tf.summary.create_file_writer(self.log_dir)
+        # One traced function a fit: run eagerly, the measurement's hundreds
+        # of small ops cost far more than the training steps between them.
+        model, (x, y) = self.model, (tf.convert_to_tensor(a) for a in self.probe)
+        self._measure = tf.function(lambda: _diagnostics(model, x, y))
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         if step % self.every_n_steps:
             return
-        report = gradient_diagnostics(self.model, *self.probe)
+        report = {key: float(value) for key, value in self._measure().items()}
         self.history.append((step, report))
         with self._writer.as_default(step=step):
             for key, value in report.items():

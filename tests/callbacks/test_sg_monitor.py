@@ -76,6 +76,13 @@ def test_monitor_writes_every_n_steps(tmp_path):
     assert [e.step for e in events] == [2, 4, 6, 8]
     last = float(tf.make_ndarray(events[-1].tensor_proto))
     np.testing.assert_allclose(last, monitor.history[-1][1]["cut_1/cosine"], rtol=1e-6)
+    # The monitor's traced measurement, taken after the last step, equals the
+    # eager one of the trained model, key by key: it reads the current weights.
+    after = keras_sg.callbacks.gradient_diagnostics(model, x, y)
+    assert monitor.history[-1][1].keys() == after.keys()
+    for key, value in after.items():
+        np.testing.assert_allclose(monitor.history[-1][1][key], value, rtol=1e-5)
+    assert monitor.history[0][1]["cut_1/cosine"] != after["cut_1/cosine"]
 
 
 def test_tensorboard_profiler_traces_a_decoupled_model(tmp_path):
