@@ -466,14 +466,6 @@ class DecoupledModel(SynthesizerOptimizerMixin, keras.Model):
         self._build_optimizer()
         return steps.loss_scale(self.optimizer)
 
-    def _build_optimizer(self):
-        # On every trainable variable, as `load_model` builds it (the
-        # synthesizers' on theirs, with a synthesizer optimizer).
-        if self.synthesizer_optimizer is not None:
-            self._build_optimizers()
-        elif not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-
     def _synthesizer_layers(self):
         return list(self.synthesizers) if self.uses_synthesizers else []
 

@@ -158,6 +158,40 @@ class SynthesizerOptimizerMixin:
         synth.sort(key=lambda v: order.get(id(v), len(order)))
         return [(self.optimizer, rest), (self.synthesizer_optimizer, synth)]
 
+    def _build_optimizer(self):
+        # On every trainable variable, as `load_model` builds it (the
+        # synthesizers' on theirs, with a synthesizer optimizer).
+        if self.synthesizer_optimizer is not None:
+            self._build_optimizers()
+        elif not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Without a distribution strategy, Keras builds the optimizer and the
+        # compiled metrics and loss inside the first trace of the step, and
+        # `tf.function` traces a function that made variables a second time.
+        # For a built model they are made here instead, from the data's spec,
+        # so the step (this package's steps are large) is traced once.
+        if self._distribute_strategy is not None:
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            return
+        if data_batch is None:
+            dataset = getattr(iterator, "_distributed_dataset", None)
+            data_batch = getattr(dataset, "element_spec", None)
+        if data_batch is None or not all(
+            layer.built for layer in self._flatten_layers()
+        ):
+            return  # built by the first trace, as Keras does
+        if keras.utils.unpack_x_y_sample_weight(data_batch)[1] is None:
+            return  # the step says what is missing
+        self._build_optimizer()
+        try:
+            self._symbolic_build(data_batch=data_batch)
+        except (ValueError, RuntimeError):
+            # Data the step refuses (its checks name the value and what
+            # was expected): the trace builds what is left, and raises.
+            return
+
     def _build_optimizers(self):
         """Builds each unbuilt optimizer on its own variables."""
         optimizers = [self.optimizer, self.synthesizer_optimizer]
