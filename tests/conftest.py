@@ -1,6 +1,7 @@
 """Shared helpers for the keras_sg tests."""
 
 import contextlib
+import gc
 import importlib.util
 import os
 import subprocess
@@ -49,11 +50,15 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     keras.utils.set_random_seed(1234)
     yield
-    # Without a full garbage collection after every test: a worker's heap
-    # grows with the tests it has run, and `gc.collect()` on it took 0.3 to
-    # 1 s a test, 528 s of the suite's 1852 s. Python's own collector still
-    # runs.
+    # A worker's heap grows with the tests it has run (TensorFlow's graphs),
+    # and a full collection scans all of it: `gc.collect()` after every test
+    # took 0.3 to 1 s a test, and Python's own full collections, rarer, up
+    # to 20 s each on a loaded machine. This test's garbage is collected
+    # here, and what is left is frozen (`gc.freeze`): later collections
+    # scan only the objects made since.
     keras.backend.clear_session(free_memory=False)
+    gc.collect()
+    gc.freeze()
 
 
 def mlp(widths, input_dim, activation="tanh", out_units=None, interfaces=True):
