@@ -39,6 +39,20 @@ def _bptt():
     )
 
 
+def _clocked():
+    model = keras_sg.ClockedPairModel(
+        keras.layers.LSTMCell(3),
+        keras.layers.GRUCell(2),
+        period=2,
+        output=keras.layers.Dense(CLASSES),
+        method="dni",
+        message_synthesizer=linear_synth(),
+        state_synthesizer=linear_synth(),
+    )
+    model.build((8, 4, 6))
+    return model
+
+
 MODELS = {
     "decoupled-dni": _decoupled(keras_sg.DecoupledModel, "dni"),
     "pipelined-cdni": _decoupled(keras_sg.PipelinedModel, "cdni"),
@@ -50,6 +64,7 @@ MODELS = {
         mlp([8, 8], 6, out_units=CLASSES), micro_batches=2
     ),
     "truncated_bptt": _bptt,
+    "clocked_pair": _clocked,
 }
 
 
@@ -89,7 +104,7 @@ def test_fit_and_evaluate_trace_their_step_once(
     )
     train = _counting(monkeypatch, type(model), "train_step")
     test = _counting(monkeypatch, type(model), "test_step")
-    x, y = _data(kind == "truncated_bptt")
+    x, y = _data(kind in ("truncated_bptt", "clocked_pair"))
     history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     logs = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
     assert len(train) == 1, f"train_step traced {len(train)} times"
