@@ -2,8 +2,9 @@
 
 Keras makes the optimizer's and the compiled metrics' variables inside the
 first trace of a step, and `tf.function` then traces the step again. The
-models of this package make them before (`_maybe_symbolic_build`): each
-trace of a decoupled step costs seconds on a large model.
+models of this package make them before (`_maybe_symbolic_build`): the
+second trace cost about a second of the first epoch of configs/mnist_fcn.py's
+DNI run.
 """
 
 import keras
