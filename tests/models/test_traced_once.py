@@ -20,8 +20,8 @@ CLASSES = 3
 def _decoupled(cls, method, **kwargs):
     def make():
         net = mlp([8, 8], 6, out_units=CLASSES)
-        synths = [linear_synth(num_classes=CLASSES if method == "cdni" else None)]
-        synths.append(linear_synth(num_classes=CLASSES if method == "cdni" else None))
+        classes = CLASSES if method == "cdni" else None
+        synths = [linear_synth(num_classes=classes) for _ in range(2)]
         return cls(net, synths, method=method, **kwargs)
 
     return make
@@ -111,7 +111,7 @@ def test_fit_and_evaluate_trace_their_step_once(
     assert len(train) == 1, f"train_step traced {len(train)} times"
     assert len(test) == 1, f"test_step traced {len(test)} times"
     # Built before the trace, the optimizer stepped at every batch, and the
-    # compiled metric counted every example.
+    # compiled metric and the loss were reported.
     assert int(model.optimizer.iterations) == 2 * 4
     assert 0.0 <= history.history["accuracy"][-1] <= 1.0
     assert np.isfinite(logs["loss"])
