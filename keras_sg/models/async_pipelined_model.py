@@ -100,9 +100,12 @@ class AsyncPipelinedModel(PipelinedModel):
     XLA is refused at `compile`; an op XLA cannot compile fails the first
     step of its stage, with a note naming `jit_compile=True`.
 
-    Not supported yet (each raises an error): mixed precision policies,
-    `tf.distribute` strategies, sample and class weights, `fit` without
-    labels, `steps_per_execution` > 1 with `lock_step=True`. The stage
+    Under the `"mixed_bfloat16"` policy the stages and synthesizers compute
+    in bfloat16, as `PipelinedModel`'s do, and activations and targets travel
+    in float32. Not supported yet (each raises an error): the
+    `"mixed_float16"` policy and loss scaling, `tf.distribute` strategies,
+    sample and class weights, `fit` without labels, `steps_per_execution`
+    > 1 with `lock_step=True`. The stage
     optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
@@ -242,16 +245,20 @@ class AsyncPipelinedModel(PipelinedModel):
                 "does not run under a tf.distribute strategy. Received: "
                 f"strategy {type(strategy).__name__}"
             )
+        # float16 needs a loss scale, and each stage's optimizer would decide
+        # alone whether to skip a step: refused. bfloat16 needs none.
         policies = {self.dtype_policy.name}
         for part in self.stages + self.synthesizers:
             policies.update(layer.dtype_policy.name for layer in part._flatten_layers())
-        if policies != {"float32"} or isinstance(
+        if policies - {"float32", "mixed_bfloat16"} or isinstance(
             self.optimizer, keras.optimizers.LossScaleOptimizer
         ):
             raise ValueError(
-                "AsyncPipelinedModel trains in float32 only (mixed precision "
-                "is not supported yet). Received: dtype policies "
-                f"{sorted(policies)}, optimizer {type(self.optimizer).__name__}"
+                "AsyncPipelinedModel trains under the dtype policies 'float32' "
+                "and 'mixed_bfloat16' ('mixed_float16' needs a loss scale, "
+                "which the stages' optimizers would not share). Received: "
+                f"dtype policies {sorted(policies)}, optimizer "
+                f"{type(self.optimizer).__name__}"
             )
 
     def train_step(self, data):

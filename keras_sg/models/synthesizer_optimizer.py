@@ -173,6 +173,11 @@ class SynthesizerOptimizerMixin:
         # For a built model they are made here instead, from the data's spec,
         # so the step (this package's steps are large) is traced once.
         if self._distribute_strategy is not None:
+            # Keras builds the optimizer here on every trainable variable; with
+            # a synthesizer optimizer each is built on its own group first.
+            if all(layer.built for layer in self._flatten_layers()):
+                with self.distribute_strategy.scope():
+                    self._build_optimizer()
             super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
             return
         if data_batch is None:

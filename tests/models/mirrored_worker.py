@@ -92,6 +92,12 @@ print(
             "loss_single": h_single.history["loss"],
             "sg_mirrored": h_mirrored.history["cut_1_sg_loss"],
             "sg_single": h_single.history["cut_1_sg_loss"],
+            # Variables of the model optimizer (its iterations, rate and
+            # slots): the same on one device and under the strategy.
+            "optimizer_variables": [
+                len(mirrored.optimizer.variables),
+                len(single.optimizer.variables),
+            ],
             "synth_iterations": int(
                 keras.ops.convert_to_numpy(mirrored.synthesizer_optimizer.iterations)
             )

@@ -451,6 +451,9 @@ def test_mirrored_strategy_with_a_synthesizer_optimizer_matches_one_device():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     assert result["synth_iterations"] == 8  # 2 epochs of 4 batches
+    # The model optimizer holds no slots of the synthesizers' variables.
+    mirrored_count, single_count = result["optimizer_variables"]
+    assert mirrored_count == single_count
     assert result["max_weight_change"] > 1e-2
     assert result["max_weight_diff"] < 1e-5
     np.testing.assert_allclose(result["sg_mirrored"], result["sg_single"], rtol=1e-4)
