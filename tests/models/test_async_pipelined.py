@@ -734,7 +734,7 @@ def test_lock_step_with_xla_per_stage_equals_lock_step_without():
         runs.append((model, history.history["loss"]))
     (plain, want_loss), (compiled, loss) = runs
     want, got = weights_of(_parts(plain)), weights_of(_parts(compiled))
-    assert min(np.abs(w - s).max() for w, s in zip(want, start, strict=True)) > 1e-4
+    assert min(np.abs(w - s).max() for w, s in zip(want, start, strict=True)) > 1e-3
     # Scaling the stage gradients by 3 inside the compiled step fails this
     # by ~1 (with Adam, by ~4e-5 only: it is scale-invariant but for its
     # epsilon).
