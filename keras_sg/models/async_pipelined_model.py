@@ -369,6 +369,11 @@ class AsyncPipelinedModel(PipelinedModel):
         if kept is not None and (kept.key != key or kept.optimizers is not optimizers):
             self._discard_runtime()
             kept = None
+        # An iterator lives where its dataset was made (TensorFlow colocates
+        # them), whatever the device scope: a dataset made in the client,
+        # as every dataset given to `fit` is, is read in the client, and
+        # stage 0's function fetches each batch from it. On TensorFlow
+        # servers that is a message to the client and back every step.
         with tf.device(self.devices[0] if self.devices else None):
             iterator = iter(dataset)
         if kept is None:
