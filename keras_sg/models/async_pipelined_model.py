@@ -438,6 +438,17 @@ class AsyncPipelinedModel(PipelinedModel):
                     "Received: a dataset and y"
                 )
             dataset = x
+            where = _made_on(dataset)
+            job = tf.DeviceSpec.from_string(where).job if where else None
+            if job not in (None, "localhost"):
+                # Its ops would have to be made there too, and a remote
+                # iterator was not found initialized in a stage's function.
+                raise ValueError(
+                    "AsyncPipelinedModel reads its batches from a dataset made "
+                    "in this process; a dataset made on another task is not "
+                    "supported yet. Make it outside any device scope. "
+                    f"Received: a dataset on {where!r}"
+                )
         else:
             if y is None:
                 raise ValueError(
@@ -786,6 +797,11 @@ class AsyncPipelinedModel(PipelinedModel):
 
 # What a stage call records for each of its steps (`stage_log`).
 _RECORDS = ("batch", "target_batch", "lag")
+
+
+def _made_on(dataset):
+    """The device a dataset lives on ("" if it has none)."""
+    return getattr(dataset._variant_tensor, "device", "") or ""
 
 
 def _apply(optimizer, grads, variables):

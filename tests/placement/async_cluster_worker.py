@@ -28,6 +28,7 @@ devices = keras_sg.placement.connect_to_cluster({"worker": ADDRESSES})
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 D, H, OUT, B = 3, 4, 2, 2
 
@@ -178,6 +179,15 @@ if MODE == "resume":
     )
     sys.exit(0)
 
+# A dataset made on a server is refused with a clear error, not TensorFlow's.
+with tf.device(devices[0]):
+    remote = tf.data.Dataset.from_tensor_slices((x, y)).batch(B)
+try:
+    build(keras_sg.AsyncPipelinedModel, True).fit(remote, verbose=0)
+    remote_dataset_error = None
+except ValueError as error:
+    remote_dataset_error = str(error)
+
 reference = build(keras_sg.PipelinedModel, False)
 start = weights(reference)
 reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
@@ -188,6 +198,7 @@ print(
     json.dumps(
         {
             "devices": devices,
+            "remote_dataset_error": remote_dataset_error,
             "variable_devices": [
                 sorted({v.value.device for v in model.stage_variables(k)})
                 for k in range(2)

@@ -23,6 +23,9 @@ def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
     assert result["moved"] > 1e-3
     assert result["max_weight_diff"] < 1e-6
     assert result["iterations"] == [10, 10]
+    message = result["remote_dataset_error"]
+    assert message is not None
+    assert "dataset on '/job:worker/replica:0/task:0" in message
 
 
 def test_killed_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
