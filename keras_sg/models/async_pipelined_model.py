@@ -104,8 +104,9 @@ class AsyncPipelinedModel(PipelinedModel):
     in bfloat16, as `PipelinedModel`'s do, and activations and targets travel
     in float32. Not supported yet (each raises an error): the
     `"mixed_float16"` policy and loss scaling, `tf.distribute` strategies,
-    sample and class weights, `fit` without labels, `steps_per_execution`
-    > 1 with `lock_step=True`. The stage
+    sample and class weights, `fit` without labels, a dataset made on
+    another task (stage 0 reads its batches from a dataset made in this
+    process), `steps_per_execution` > 1 with `lock_step=True`. The stage
     optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
