@@ -172,10 +172,11 @@ class SynthesizerOptimizerMixin:
         # `tf.function` traces a function that made variables a second time.
         # For a built model they are made here instead, from the data's spec,
         # so the step (this package's steps are large) is traced once.
+        built = all(layer.built for layer in self._flatten_layers())
         if self._distribute_strategy is not None:
             # Keras builds the optimizer here on every trainable variable; with
             # a synthesizer optimizer each is built on its own group first.
-            if all(layer.built for layer in self._flatten_layers()):
+            if built:
                 with self.distribute_strategy.scope():
                     self._build_optimizer()
             super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
@@ -183,9 +184,7 @@ class SynthesizerOptimizerMixin:
         if data_batch is None:
             dataset = getattr(iterator, "_distributed_dataset", None)
             data_batch = getattr(dataset, "element_spec", None)
-        if data_batch is None or not all(
-            layer.built for layer in self._flatten_layers()
-        ):
+        if data_batch is None or not built:
             return  # built by the first trace, as Keras does
         if keras.utils.unpack_x_y_sample_weight(data_batch)[1] is None:
             return  # the step says what is missing
