@@ -44,6 +44,12 @@ import benchmark_pipeline as bp  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", ["1", "8", "8+jit"], "Steps per call, N or N+jit.")
 flags.DEFINE_list("capacities", ["2"], "Queue capacities of the async rows.")
+flags.DEFINE_list(
+    "inputs",
+    ["client"],
+    "Where the async rows' dataset is made: client (this script's process) "
+    "and/or stage0 (stage 0's server, where its iterator then lives).",
+)
 flags.DEFINE_bool("logical", False, "Two logical CPU devices instead of servers.")
 flags.DEFINE_bool(
     "accuracy",
@@ -136,23 +142,34 @@ def specs():
         out[name] = dict(
             base, name=f"{name} ({where})", model=model, synth=synth, **cluster
         )
+    inputs = FLAGS.inputs
+    if set(inputs) - {"client", "stage0"} or not inputs:
+        raise ValueError(f"--inputs takes client, stage0. Received: {inputs}")
+    if "stage0" in inputs and FLAGS.logical:
+        raise ValueError(
+            "--inputs=stage0 needs servers: on logical devices every dataset "
+            "is made in this process. Received: --logical"
+        )
     for capacity in map(int, FLAGS.capacities):
         for text in FLAGS.variants:
-            steps, jit = parse_variant(text)
-            spec = bp.async_spec(
-                dict(
-                    base,
-                    name=f"async_dni_low_rank C={capacity} N={steps}"
-                    f"{' xla' if jit else ''} ({where})",
-                    model="async",
-                    synth="low_rank",
-                    **cluster,
-                ),
-                capacity,
-                steps,
-                jit,
-            )
-            out[spec["name"]] = spec
+            for made_on in inputs:
+                steps, jit = parse_variant(text)
+                label = ", input on stage 0" if made_on == "stage0" else ""
+                spec = bp.async_spec(
+                    dict(
+                        base,
+                        name=f"async_dni_low_rank C={capacity} N={steps}"
+                        f"{' xla' if jit else ''} ({where}{label})",
+                        model="async",
+                        synth="low_rank",
+                        **cluster,
+                        **({"input": made_on} if made_on != "client" else {}),
+                    ),
+                    capacity,
+                    steps,
+                    jit,
+                )
+                out[spec["name"]] = spec
     out["plain"] = dict(
         base, name="plain Keras, default threading", model="plain", synth=None
     )

@@ -331,8 +331,18 @@ def run_worker(spec):
     n = spec["batch_size"] * 8
     x = rng.normal(size=(n, spec["width"])).astype("float32")
     y = rng.integers(0, 10, size=n)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(spec["batch_size"])
-    data = without_autotune(data.repeat())
+    # Made in this process, or for an asynchronous run with input "stage0"
+    # on stage 0's server, where the runtime then reads it.
+    on_stage0 = spec.get("input") == "stage0"
+    if on_stage0 and not (spec["model"] == "async" and FLAGS.addresses):
+        raise ValueError(
+            "Only an asynchronous run on servers reads a dataset made on "
+            f"stage 0's server. Received: a {spec['model']!r} run with "
+            "input 'stage0'"
+        )
+    with tf.device(devices[0] if on_stage0 else None):
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(spec["batch_size"])
+        data = without_autotune(data.repeat())
     model = build(spec, keras, keras_sg, devices, spec["width"])
     fit = dict(epochs=1, verbose=0, shuffle=False)
     model.fit(data, steps_per_epoch=5, **fit)  # trace and warm up

@@ -371,11 +371,12 @@ class AsyncPipelinedModel(PipelinedModel):
             self._discard_runtime()
             kept = None
         # An iterator lives where its dataset was made (TensorFlow colocates
-        # them), whatever the device scope: a dataset made in the client,
-        # as every dataset given to `fit` is, is read in the client, and
-        # stage 0's function fetches each batch from it. On TensorFlow
-        # servers that is a message to the client and back every step.
-        with tf.device(self.devices[0] if self.devices else None):
+        # them), whatever the device scope, so it is made there. On another
+        # task, eager ops run asynchronously: the scope waits until the
+        # iterator is initialized, or stage 0's first call (from its own
+        # thread) could read it before ("the iterator has not been
+        # initialized").
+        with tf.device(_made_on(dataset) or None), tf.experimental.async_scope():
             iterator = iter(dataset)
         if kept is None:
             kept = _Runtime(self, dataset.element_spec, iterator)
@@ -440,15 +441,13 @@ class AsyncPipelinedModel(PipelinedModel):
                 )
             dataset = x
             where = _made_on(dataset)
-            job = tf.DeviceSpec.from_string(where).job if where else None
-            if job not in (None, "localhost"):
-                # Its ops would have to be made there too, and a remote
-                # iterator was not found initialized in a stage's function.
+            if _task(where) not in (None, _task(self._input_device())):
+                # Stage 0 would read every batch from a third task.
                 raise ValueError(
                     "AsyncPipelinedModel reads its batches from a dataset made "
-                    "in this process; a dataset made on another task is not "
-                    "supported yet. Make it outside any device scope. "
-                    f"Received: a dataset on {where!r}"
+                    "in this process or on stage 0's task "
+                    f"({self._input_device()!r}). Received: a dataset on "
+                    f"{where!r}"
                 )
         else:
             if y is None:
@@ -456,10 +455,13 @@ class AsyncPipelinedModel(PipelinedModel):
                     "AsyncPipelinedModel needs labels: the top stage's loss "
                     "and the cDNI synthesizers read them. Received: y=None"
                 )
-            dataset = tf.data.Dataset.from_tensor_slices((x, y))
-            if shuffle:
-                dataset = dataset.shuffle(len(x), reshuffle_each_iteration=True)
-            dataset = dataset.batch(batch_size or 32)
+            # Made on stage 0's task, where stage 0 then reads it: on
+            # TensorFlow servers no batch goes through this process.
+            with tf.device(self._input_device()):
+                dataset = tf.data.Dataset.from_tensor_slices((x, y))
+                if shuffle:
+                    dataset = dataset.shuffle(len(x), reshuffle_each_iteration=True)
+                dataset = dataset.batch(batch_size or 32)
         spec = dataset.element_spec
         if not isinstance(spec, tuple) or len(spec) != 2:
             count = len(spec) if isinstance(spec, tuple) else 1
@@ -468,8 +470,12 @@ class AsyncPipelinedModel(PipelinedModel):
                 "without sample weights. Received: dataset elements of "
                 f"{count} part(s)"
             )
+        # A dataset's ops are made where it lives: made in this process on a
+        # dataset of another task, they fail ("could not parse rpc response").
+        where = _made_on(dataset) or None
         if steps_per_epoch is None:
-            cardinality = int(dataset.cardinality())
+            with tf.device(where):
+                cardinality = int(dataset.cardinality())
             if cardinality < 1:
                 raise ValueError(
                     "The dataset's length is unknown or infinite: pass "
@@ -482,7 +488,17 @@ class AsyncPipelinedModel(PipelinedModel):
                 f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}"
             )
         self.build_for_spec(spec)
-        return dataset.repeat(), steps_per_epoch
+        with tf.device(where):
+            return dataset.repeat(), steps_per_epoch
+
+    def _input_device(self):
+        """Where arrays given to `fit` become a dataset: the CPU of stage 0's
+        task when that is another task (a TensorFlow server), else None
+        (this process, whatever its logical devices)."""
+        if not self.devices or _task(self.devices[0]) is None:
+            return None
+        spec = tf.DeviceSpec.from_string(self.devices[0])
+        return spec.replace(device_type="CPU", device_index=0).to_string()
 
     def build_for_spec(self, spec):
         x_spec, _ = spec
@@ -803,6 +819,16 @@ _RECORDS = ("batch", "target_batch", "lag")
 def _made_on(dataset):
     """The device a dataset lives on ("" if it has none)."""
     return getattr(dataset._variant_tensor, "device", "") or ""
+
+
+def _task(device):
+    """`(job, task)` of a device on another task, None for this process."""
+    if not device:
+        return None
+    spec = tf.DeviceSpec.from_string(device)
+    if spec.job in (None, "localhost"):
+        return None
+    return spec.job, spec.task or 0
 
 
 def _apply(optimizer, grads, variables):

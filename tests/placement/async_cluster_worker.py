@@ -179,11 +179,26 @@ if MODE == "resume":
     )
     sys.exit(0)
 
-# A dataset made on a server is refused with a clear error, not TensorFlow's.
-with tf.device(devices[0]):
-    remote = tf.data.Dataset.from_tensor_slices((x, y)).batch(B)
+
+def batches_on(k, repeat=False, examples=None):
+    """The batches as a dataset made on stage k's server (of x and y
+    repeated to `examples` examples, if given)."""
+    arrays = (x, y)
+    if examples is not None:
+        arrays = (np.resize(x, (examples, D)), np.resize(y, examples))
+    with tf.device(devices[k]):
+        dataset = tf.data.Dataset.from_tensor_slices(arrays).batch(B)
+        return dataset.repeat() if repeat else dataset
+
+
+def iterator_device(model):
+    return model._kept_runtime.iterator._iterator_resource.device
+
+
+# A dataset made on stage 1's server is refused with a clear error, not
+# TensorFlow's: stage 0 would read it from a third task.
 try:
-    build(keras_sg.AsyncPipelinedModel, True).fit(remote, verbose=0)
+    build(keras_sg.AsyncPipelinedModel, True).fit(batches_on(1), verbose=0)
     remote_dataset_error = None
 except ValueError as error:
     remote_dataset_error = str(error)
@@ -191,9 +206,26 @@ except ValueError as error:
 reference = build(keras_sg.PipelinedModel, False)
 start = weights(reference)
 reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+want = weights(reference)
+# Arrays, and a dataset made on stage 0's server: stage 0 reads both there.
 model = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
 model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False)
-want, got = weights(reference), weights(model)
+on_server = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
+on_server.fit(batches_on(0), epochs=2, verbose=0, drain=False)
+# Free running, each fit after the first keeps the runtime: stage 0's thread
+# calls its function right after the iterator is made on its server. Without
+# a wait for the iterator, stage 0 found it "not initialized" (a million
+# examples: making the iterator rewrites the dataset, constants included).
+free = build(keras_sg.AsyncPipelinedModel, True)
+for _ in range(5):
+    free_history = free.fit(
+        batches_on(0, repeat=True, examples=1_000_000), steps_per_epoch=5, verbose=0
+    )
+iterators = [iterator_device(m) for m in (model, on_server, free)]
+got = [weights(model), weights(on_server)]
+# The same runtime then reads a dataset made in this process.
+history = on_server.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(B), verbose=0)
+iterators.append(iterator_device(on_server))
 print(
     json.dumps(
         {
@@ -203,13 +235,17 @@ print(
                 sorted({v.value.device for v in model.stage_variables(k)})
                 for k in range(2)
             ],
+            "iterator_devices": iterators,
             "moved": float(
                 min(np.abs(w - s).max() for w, s in zip(want, start, strict=True))
             ),
-            "max_weight_diff": float(
-                max(np.abs(w - g).max() for w, g in zip(want, got, strict=True))
-            ),
+            "max_weight_diff": [
+                float(max(np.abs(w - g).max() for w, g in zip(want, got, strict=True)))
+                for got in got
+            ],
             "iterations": [int(o.iterations) for o in model.stage_optimizers()],
+            "client_dataset_loss": history.history["loss"],
+            "free_loss": free_history.history["loss"],
         }
     )
 )

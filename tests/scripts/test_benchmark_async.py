@@ -188,3 +188,22 @@ def test_the_accuracy_table_takes_true_medians_and_counts_a_miss_as_slowest(pars
     lines = script.accuracy_table(runs, script.bp.measured_load(runs))
     runtime = lines[3].split(" | ")
     assert runtime[1].startswith("not reached (") and runtime[2] == "–"
+
+
+def test_one_async_row_per_input_place_and_stage0_needs_servers(parse):
+    script = parse("--variants=32", "--inputs=client,stage0")
+    specs = script.specs()
+    client = specs["async_dni_low_rank C=2 N=32 (2 servers)"]
+    stage0 = specs["async_dni_low_rank C=2 N=32 (2 servers, input on stage 0)"]
+    assert "input" not in client  # cached client runs still match
+    assert stage0["input"] == "stage0"
+    assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {
+        k: v for k, v in client.items() if k != "name"
+    }
+    assert len(specs) == 3 + 2 + 1  # baselines, the two async rows, plain Keras
+    run = stage0["name"][:-1] + ", run 2)"
+    assert script.display_name(run) == stage0["name"]
+    with pytest.raises(ValueError, match=r"Received: --logical"):
+        parse("--inputs=stage0", "--logical").specs()
+    with pytest.raises(ValueError, match=r"Received: \['server'\]"):
+        parse("--inputs=server").specs()
