@@ -81,6 +81,11 @@ class AsyncPipelinedModel(PipelinedModel):
     batches that reached it. `evaluate` and `predict` run the plain forward
     pass.
 
+    Input. Stage 0 reads its batches where its dataset lives. On TensorFlow
+    servers, arrays given to `fit` become a dataset on stage 0's task, so no
+    batch goes through this process; a dataset made under stage 0's device
+    is read there too, and one made in this process is read here.
+
     Steps per call. In free mode each stage's function runs up to
     `compile(steps_per_execution=N)` steps per call, in a `tf.while_loop`
     (an epoch's remainder as a shorter call), so the client calls each
@@ -104,9 +109,9 @@ class AsyncPipelinedModel(PipelinedModel):
     in bfloat16, as `PipelinedModel`'s do, and activations and targets travel
     in float32. Not supported yet (each raises an error): the
     `"mixed_float16"` policy and loss scaling, `tf.distribute` strategies,
-    sample and class weights, `fit` without labels, a dataset made on
-    another task (stage 0 reads its batches from a dataset made in this
-    process), `steps_per_execution` > 1 with `lock_step=True`. The stage
+    sample and class weights, `fit` without labels, a dataset made on a
+    task other than stage 0's, `steps_per_execution` > 1 with
+    `lock_step=True`. The stage
     optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
@@ -441,13 +446,15 @@ class AsyncPipelinedModel(PipelinedModel):
                 )
             dataset = x
             where = _made_on(dataset)
-            if _task(where) not in (None, _task(self._input_device())):
+            input_device = self._input_device()
+            if _task(where) not in (None, _task(input_device)):
                 # Stage 0 would read every batch from a third task.
+                places = "in this process"
+                if input_device:
+                    places += f" or on stage 0's task ({input_device!r})"
                 raise ValueError(
                     "AsyncPipelinedModel reads its batches from a dataset made "
-                    "in this process or on stage 0's task "
-                    f"({self._input_device()!r}). Received: a dataset on "
-                    f"{where!r}"
+                    f"{places}. Received: a dataset on {where!r}"
                 )
         else:
             if y is None:

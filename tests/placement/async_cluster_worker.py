@@ -197,11 +197,13 @@ def iterator_device(model):
 
 # A dataset made on stage 1's server is refused with a clear error, not
 # TensorFlow's: stage 0 would read it from a third task.
-try:
-    build(keras_sg.AsyncPipelinedModel, True).fit(batches_on(1), verbose=0)
-    remote_dataset_error = None
-except ValueError as error:
-    remote_dataset_error = str(error)
+remote_dataset_errors = []
+for placed in True, False:  # unplaced, stage 0 is this process
+    try:
+        build(keras_sg.AsyncPipelinedModel, placed).fit(batches_on(1), verbose=0)
+        remote_dataset_errors.append(None)
+    except ValueError as error:
+        remote_dataset_errors.append(str(error))
 
 reference = build(keras_sg.PipelinedModel, False)
 start = weights(reference)
@@ -230,7 +232,7 @@ print(
     json.dumps(
         {
             "devices": devices,
-            "remote_dataset_error": remote_dataset_error,
+            "remote_dataset_errors": remote_dataset_errors,
             "variable_devices": [
                 sorted({v.value.device for v in model.stage_variables(k)})
                 for k in range(2)

@@ -34,10 +34,11 @@ def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
     for loss in result["client_dataset_loss"], result["free_loss"]:
         assert len(loss) == 1
         assert np.isfinite(loss[0])
-    message = result["remote_dataset_error"]
-    assert message is not None
-    assert f"dataset on '{TASK_1}" in message
-    assert "stage 0's task ('/job:worker/replica:0/task:0/device:CPU:0')" in message
+    placed, unplaced = result["remote_dataset_errors"]
+    assert placed is not None and unplaced is not None
+    assert f"dataset on '{TASK_1}" in placed
+    assert "stage 0's task ('/job:worker/replica:0/task:0/device:CPU:0')" in placed
+    assert f"made in this process. Received: a dataset on '{TASK_1}" in unplaced
 
 
 def test_killed_worker_stops_fit_with_worker_lost_error(cluster):  # noqa: F811
