@@ -224,7 +224,7 @@ for _ in range(5):
         batches_on(0, repeat=True, examples=1_000_000), steps_per_epoch=5, verbose=0
     )
 iterators = [iterator_device(m) for m in (model, on_server, free)]
-got = [weights(model), weights(on_server)]
+trained = [weights(model), weights(on_server)]
 # The same runtime then reads a dataset made in this process.
 history = on_server.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(B), verbose=0)
 iterators.append(iterator_device(on_server))
@@ -243,7 +243,7 @@ print(
             ),
             "max_weight_diff": [
                 float(max(np.abs(w - g).max() for w, g in zip(want, got, strict=True)))
-                for got in got
+                for got in trained
             ],
             "iterations": [int(o.iterations) for o in model.stage_optimizers()],
             "client_dataset_loss": history.history["loss"],

@@ -25,9 +25,9 @@ def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
     # From arrays and from a dataset made on stage 0's server.
     assert max(result["max_weight_diff"]) < 1e-6
     assert result["iterations"] == [10, 10]
-    # Stage 0 read both on its own server, and arrays when free running;
-    # then a dataset made in the client (the same stage functions, another
-    # iterator).
+    # Stage 0 read both on its own server, and so the free-running fits'
+    # dataset made there; then a dataset made in the client (the same stage
+    # functions, another iterator).
     server_cpu = "/job:worker/replica:0/task:0/device:CPU:0"
     assert result["iterator_devices"][:3] == [server_cpu] * 3
     assert result["iterator_devices"][3].startswith("/job:localhost/")
