@@ -80,6 +80,14 @@ flags.DEFINE_bool(
     "Compile each stage's math with XLA in the async_* schedules (jit_compile=True).",
 )
 flags.DEFINE_enum(
+    "async_input",
+    "client",
+    ["client", "stage0"],
+    "Where the async_* schedules' throughput dataset is made on the servers: "
+    "in the client, or on stage 0's server (where the runtime then reads it). "
+    "Logical devices and the MNIST runs always make it in the client.",
+)
+flags.DEFINE_enum(
     "optimizer",
     "adam",
     ["adam", "fused_adam"],
@@ -832,13 +840,17 @@ def recommended_async(spec):
 
 def with_capacity(spec):
     """An asynchronous schedule's spec gets --capacity, and
-    --async_steps_per_execution and --async_jit when not their defaults (the
-    others' specs, and so their cached measurements, stay as they were)."""
+    --async_steps_per_execution, --async_jit and (its throughput rows on
+    servers) --async_input when not their defaults (the others' specs, and
+    so their cached measurements, stay as they were)."""
     if spec["model"] != "async":
         return spec
-    return async_spec(
+    spec = async_spec(
         spec, FLAGS.capacity, FLAGS.async_steps_per_execution, FLAGS.async_jit
     )
+    if FLAGS.async_input == "stage0" and spec.get("cluster") and not spec.get("mnist"):
+        spec["input"] = "stage0"
+    return spec
 
 
 def async_spec(spec, capacity, steps_per_execution=1, jit=False):
@@ -1188,6 +1200,7 @@ SHOWN_IF_SET = (
     "capacity",
     "async_steps_per_execution",
     "async_jit",
+    "async_input",
     "optimizer",
     "target_accuracy",
     "max_epochs",
@@ -1212,6 +1225,12 @@ def command_line():
 
 def report(runs, plain, cluster, accuracy, load, costs_name):
     """The Markdown report; every table holds medians of --repeats runs."""
+    stage0_input = ""
+    if FLAGS.async_input == "stage0":
+        stage0_input = (
+            "; on the servers its batches come from a dataset made on stage 0's"
+            " server, where it reads them (on logical devices, from the client)"
+        )
     lines = [
         "# Benchmarks: schedules on two kinds of devices",
         "",
@@ -1257,7 +1276,8 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " each stage in its own thread with its own optimizer, the stages"
         f" linked by queues of capacity {FLAGS.capacity}"
         f", {FLAGS.async_steps_per_execution} step(s) per call of each stage"
-        f"{', its math compiled with XLA' if FLAGS.async_jit else ''}."
+        f"{', its math compiled with XLA' if FLAGS.async_jit else ''}"
+        f"{stage0_input}."
         + (
             " The profiler's trace does not show XLA-compiled work as ops"
             " (only unnamed CpuExecutable events): this row's busy"
