@@ -381,7 +381,7 @@ class AsyncPipelinedModel(PipelinedModel):
         # iterator is initialized, or stage 0's first call (from its own
         # thread) could read it before ("the iterator has not been
         # initialized").
-        with tf.device(_made_on(dataset) or None), tf.experimental.async_scope():
+        with tf.device(_made_on(dataset)), tf.experimental.async_scope():
             iterator = iter(dataset)
         if kept is None:
             kept = _Runtime(self, dataset.element_spec, iterator)
@@ -438,6 +438,7 @@ class AsyncPipelinedModel(PipelinedModel):
 
     def _dataset(self, x, y, batch_size, shuffle, steps_per_epoch):
         """The training data as a repeated dataset of `(inputs, labels)` batches."""
+        input_device = self._input_device()
         if isinstance(x, tf.data.Dataset):
             if y is not None:
                 raise ValueError(
@@ -445,17 +446,6 @@ class AsyncPipelinedModel(PipelinedModel):
                     "Received: a dataset and y"
                 )
             dataset = x
-            where = _made_on(dataset)
-            input_device = self._input_device()
-            if _task(where) not in (None, _task(input_device)):
-                # Stage 0 would read every batch from a third task.
-                places = "in this process"
-                if input_device:
-                    places += f" or on stage 0's task ({input_device!r})"
-                raise ValueError(
-                    "AsyncPipelinedModel reads its batches from a dataset made "
-                    f"{places}. Received: a dataset on {where!r}"
-                )
         else:
             if y is None:
                 raise ValueError(
@@ -464,11 +454,23 @@ class AsyncPipelinedModel(PipelinedModel):
                 )
             # Made on stage 0's task, where stage 0 then reads it: on
             # TensorFlow servers no batch goes through this process.
-            with tf.device(self._input_device()):
+            with tf.device(input_device):
                 dataset = tf.data.Dataset.from_tensor_slices((x, y))
                 if shuffle:
                     dataset = dataset.shuffle(len(x), reshuffle_each_iteration=True)
                 dataset = dataset.batch(batch_size or 32)
+        # A dataset's ops are made where it lives: made in this process on a
+        # dataset of another task, they fail ("could not parse rpc response").
+        where = _made_on(dataset)
+        if _task(where) not in (None, _task(input_device)):
+            # Stage 0 would read every batch from a third task.
+            places = "in this process"
+            if input_device:
+                places += f" or on stage 0's task ({input_device!r})"
+            raise ValueError(
+                "AsyncPipelinedModel reads its batches from a dataset made "
+                f"{places}. Received: a dataset on {where!r}"
+            )
         spec = dataset.element_spec
         if not isinstance(spec, tuple) or len(spec) != 2:
             count = len(spec) if isinstance(spec, tuple) else 1
@@ -477,9 +479,6 @@ class AsyncPipelinedModel(PipelinedModel):
                 "without sample weights. Received: dataset elements of "
                 f"{count} part(s)"
             )
-        # A dataset's ops are made where it lives: made in this process on a
-        # dataset of another task, they fail ("could not parse rpc response").
-        where = _made_on(dataset) or None
         if steps_per_epoch is None:
             with tf.device(where):
                 cardinality = int(dataset.cardinality())
@@ -824,8 +823,8 @@ _RECORDS = ("batch", "target_batch", "lag")
 
 
 def _made_on(dataset):
-    """The device a dataset lives on ("" if it has none)."""
-    return getattr(dataset._variant_tensor, "device", "") or ""
+    """The device a dataset lives on (None if it has none)."""
+    return getattr(dataset._variant_tensor, "device", None) or None
 
 
 def _task(device):
