@@ -133,6 +133,19 @@ def with_optimizers(specs):
     return out
 
 
+def checked_inputs():
+    """--inputs, checked."""
+    inputs = FLAGS.inputs
+    if set(inputs) - {"client", "stage0"} or not inputs:
+        raise ValueError(f"--inputs takes client, stage0. Received: {inputs}")
+    if "stage0" in inputs and FLAGS.logical:
+        raise ValueError(
+            "--inputs=stage0 needs servers: on logical devices every dataset "
+            "is made in this process. Received: --logical"
+        )
+    return inputs
+
+
 def specs():
     base = dict(bp.base_spec(), devices=2)
     where = "K=2" if FLAGS.logical else "2 servers"
@@ -142,14 +155,7 @@ def specs():
         out[name] = dict(
             base, name=f"{name} ({where})", model=model, synth=synth, **cluster
         )
-    inputs = FLAGS.inputs
-    if set(inputs) - {"client", "stage0"} or not inputs:
-        raise ValueError(f"--inputs takes client, stage0. Received: {inputs}")
-    if "stage0" in inputs and FLAGS.logical:
-        raise ValueError(
-            "--inputs=stage0 needs servers: on logical devices every dataset "
-            "is made in this process. Received: --logical"
-        )
+    inputs = checked_inputs()
     for capacity in map(int, FLAGS.capacities):
         for text in FLAGS.variants:
             for made_on in inputs:
@@ -216,26 +222,30 @@ def accuracy_specs():
     backprop, backprop_suffix = (schedule, suffix) if FLAGS.decay_steps else ({}, "")
     steps, jit = parse_variant(FLAGS.variants[0])
     capacities = [int(c) for c in FLAGS.capacities]
-    # One row of the runtime per capacity, side by side with the others.
-    runtimes = {
-        "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}": (
-            bp.async_spec(
+    inputs = checked_inputs()
+    # One row of the runtime per capacity and input, side by side with the
+    # others.
+    runtimes = {}
+    for capacity in capacities:
+        for made_on in inputs:
+            key = "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}"
+            key += " stage0" if made_on == "stage0" else ""
+            runtimes[key] = bp.async_spec(
                 dict(
                     base,
                     name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
-                    + cdni_suffix,
+                    + cdni_suffix
+                    + (", input on stage 0" if made_on == "stage0" else ""),
                     model="async",
                     synth="linear",
                     cdni=True,
                     **cdni,
+                    **({"input": made_on} if made_on != "client" else {}),
                 ),
                 capacity,
                 steps,
                 jit,
             )
-        )
-        for capacity in capacities
-    }
     every = {
         "backprop_mp": dict(
             base,

@@ -341,14 +341,7 @@ def run_worker(spec):
     y = rng.integers(0, 10, size=n)
     # Made in this process, or for an asynchronous run with input "stage0"
     # on stage 0's server, where the runtime then reads it.
-    on_stage0 = spec.get("input") == "stage0"
-    if on_stage0 and not (spec["model"] == "async" and FLAGS.addresses):
-        raise ValueError(
-            "Only an asynchronous run on servers reads a dataset made on "
-            f"stage 0's server. Received: a {spec['model']!r} run with "
-            "input 'stage0'"
-        )
-    with tf.device(devices[0] if on_stage0 else None):
+    with tf.device(devices[0] if on_stage0(spec) else None):
         data = tf.data.Dataset.from_tensor_slices((x, y)).batch(spec["batch_size"])
         data = without_autotune(data.repeat())
     model = build(spec, keras, keras_sg, devices, spec["width"])
@@ -435,6 +428,20 @@ def run_worker(spec):
     return result
 
 
+def on_stage0(spec):
+    """Whether the run's training data is made on stage 0's server (its spec
+    says input "stage0"); only an asynchronous run on servers reads there."""
+    if spec.get("input") != "stage0":
+        return False
+    if spec["model"] != "async" or not FLAGS.addresses:
+        raise ValueError(
+            "Only an asynchronous run on servers reads a dataset made on "
+            f"stage 0's server. Received: a {spec['model']!r} run with "
+            "input 'stage0'" + ("" if FLAGS.addresses else " and no servers")
+        )
+    return True
+
+
 # Batches the asynchronous runtime runs before its timed ones: its first
 # `fit` traces the stage functions, and every `fit` starts with its queues
 # empty.
@@ -506,16 +513,31 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
     # that every epoch is whole batches and the next epoch is shuffled anew.
     steps = len(train_x) // spec["batch_size"]
     used = steps * spec["batch_size"]
-    train = without_autotune(
-        keras_sg.data.batches(
-            train_x[:used],
-            train_y[:used],
-            spec["batch_size"],
-            flatten=True,
-            shuffle=True,
-            seed=spec.get("seed", 0),
+    shuffled = dict(flatten=True, seed=spec.get("seed", 0))
+    fit = {}
+    if on_stage0(spec):
+        # The same batches, made on stage 0's server and read there by the
+        # runtime: TensorFlow ops only, every epoch's order computed here.
+        with tf.device(devices[0]):
+            train = keras_sg.data.shuffled_epochs(
+                train_x[:used],
+                train_y[:used],
+                spec["batch_size"],
+                spec["max_epochs"],
+                **shuffled,
+            )
+            train = without_autotune(train)
+        fit["steps_per_epoch"] = steps  # the epochs follow one another in it
+    else:
+        train = without_autotune(
+            keras_sg.data.batches(
+                train_x[:used],
+                train_y[:used],
+                spec["batch_size"],
+                shuffle=True,
+                **shuffled,
+            )
         )
-    )
     curve = []
     clock = {"seconds": 0.0, "since": None}
 
@@ -535,6 +557,7 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
         verbose=0,
         shuffle=False,
         callbacks=[EvaluateAndStop()],
+        **fit,
     )
     reached = curve[-1][2] >= spec["target_accuracy"]
     result = {

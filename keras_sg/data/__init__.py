@@ -46,6 +46,7 @@ from keras_sg.data.tfds_images import (
     manual_dir_from_env,
     manual_dir_variable,
     prepare,
+    shuffled_epochs,
     steps_per_epoch,
     verify_split,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "read_char_file",
     "repeat_copy_task",
     "scored_mean",
+    "shuffled_epochs",
     "steps_per_epoch",
     "stream_bits_per_character",
     "synthetic_clocked_digits",

@@ -344,22 +344,9 @@ def batches(
     """
     check_int("batch_size", batch_size, 1)
     check_int("first_epoch", first_epoch, 0)
-    if len(images) != len(labels):
-        raise ValueError(
-            f"Expected as many labels as images. Received: {len(images)} images "
-            f"and {len(labels)} labels"
-        )
+    _check_pairs(images, labels)
     n = len(images)
-    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
-    images_t = tf.constant(images)
-    labels_t = tf.constant(labels.astype(np.int64))
-
-    def gather(index):
-        x = tf.cast(tf.gather(images_t, index), tf.float32) * scale
-        if flatten:
-            x = tf.reshape(x, [tf.shape(index)[0], -1])
-        return x, tf.gather(labels_t, index)
-
+    gather = _gather(images, labels, flatten)
     if not shuffle:
         order = tf.data.Dataset.range(n).batch(batch_size)
         return order.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
@@ -400,6 +387,84 @@ def batches(
     options.experimental_optimization.inject_prefetch = False
     ds = ds.with_options(options)
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
+
+
+def shuffled_epochs(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    epochs: int,
+    *,
+    flatten: bool = False,
+    seed: int = 0,
+    first_epoch: int = 0,
+) -> tf.data.Dataset:
+    """`epochs` shuffled epochs of batches back to back, of TensorFlow ops only.
+
+    The batches of `batches(..., shuffle=True)` for epochs `first_epoch` to
+    `first_epoch + epochs - 1`, in the same orders (`epoch_permutation`),
+    but as one dataset without Python in it: the orders are computed here
+    and held as a tensor. So the dataset can be made under `tf.device` of
+    another task, a TensorFlow server's, and is read there (for example by
+    `AsyncPipelinedModel`'s stage 0, with no batch through this process).
+    Pass `steps_per_epoch=steps_per_epoch(n, batch_size)` to `fit`: the
+    epochs are not iterations of the dataset, so Keras goes on where the
+    last epoch ended (`batches` counts epochs in Python instead).
+
+    Args:
+        images, labels, batch_size, flatten, seed, first_epoch: as for
+            `batches`.
+        epochs: epochs in the dataset (a `fit` of `epochs=first_epoch +
+            epochs` from `initial_epoch=first_epoch` reads it to its end).
+
+    Returns:
+        A `tf.data.Dataset` of `(float32 images, int64 labels)` batches, of
+        cardinality `epochs * steps_per_epoch(n, batch_size)`.
+    """
+    check_int("batch_size", batch_size, 1)
+    check_int("epochs", epochs, 1)
+    check_int("first_epoch", first_epoch, 0)
+    _check_pairs(images, labels)
+    n = len(images)
+    orders = np.stack(
+        [
+            epoch_permutation(n, seed, e)
+            for e in range(first_epoch, first_epoch + epochs)
+        ]
+    )
+    gather = _gather(images, labels, flatten)
+    ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    )
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.apply(
+        tf.data.experimental.assert_cardinality(epochs * steps_per_epoch(n, batch_size))
+    )
+
+
+def _check_pairs(images, labels):
+    if len(images) != len(labels):
+        raise ValueError(
+            f"Expected as many labels as images. Received: {len(images)} images "
+            f"and {len(labels)} labels"
+        )
+
+
+def _gather(images, labels, flatten):
+    """A function of a batch of indices: its (float32 images, int64 labels),
+    pixels of uint8 images scaled to [0, 1]."""
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    images_t = tf.constant(images)
+    labels_t = tf.constant(labels.astype(np.int64))
+
+    def gather(index):
+        x = tf.cast(tf.gather(images_t, index), tf.float32) * scale
+        if flatten:
+            x = tf.reshape(x, [tf.shape(index)[0], -1])
+        return x, tf.gather(labels_t, index)
+
+    return gather
 
 
 def image_dataset(

@@ -129,7 +129,7 @@ class _Recorder(keras.Sequential):
         return super().train_step(batch)
 
 
-def _fit(ds, epochs, initial_epoch=0):
+def _fit(ds, epochs, initial_epoch=0, steps_per_epoch=None):
     keras.utils.set_random_seed(0)
     model = _Recorder([keras.Input((2,)), keras.layers.Dense(10)])
     model.compile(
@@ -147,6 +147,7 @@ def _fit(ds, epochs, initial_epoch=0):
         ds,
         epochs=epochs,
         initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
         callbacks=[done],
         shuffle=False,
         verbose=0,
@@ -176,6 +177,59 @@ def test_fit_ends_each_epoch_and_sees_the_epoch_orders():
     assert ends_resumed == [3, 6]
     for got, want in zip(seen_resumed, seen[3:], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_shuffled_epochs_are_the_epochs_of_batches_back_to_back():
+    images, labels = _arrays(10)
+    steps = data.steps_per_epoch(10, 4)
+    shuffled = data.batches(images, labels, 4, shuffle=True, seed=7)
+    want = [batch for _ in range(4) for batch in _take(shuffled)]
+    ds = data.shuffled_epochs(images, labels, 4, 3, seed=7)
+    assert int(ds.cardinality()) == 3 * steps
+    got = _take(ds)
+    assert [len(y) for _, y in got] == [4, 4, 2] * 3
+    for (x, y), (x_ref, y_ref) in zip(got, want[: 3 * steps], strict=True):
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(x, x_ref)
+    # From epoch 1 on: epochs 1 to 3 of `batches`.
+    later = _take(data.shuffled_epochs(images, labels, 4, 3, seed=7, first_epoch=1))
+    for (x, y), (x_ref, y_ref) in zip(later, want[steps:], strict=True):
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(x, x_ref)
+    flat = _take(data.shuffled_epochs(images, labels, 10, 1, flatten=True, seed=7))
+    np.testing.assert_allclose(
+        flat[0][0], images[data.epoch_permutation(10, 7, 0)].reshape(10, 4) / 255.0
+    )
+
+
+def test_fit_reads_shuffled_epochs_one_after_another():
+    n, batch_size, seed = 10, 4, 3
+    images = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)
+    labels = np.arange(n)
+    ds = data.shuffled_epochs(images, labels, batch_size, 3, seed=seed)
+    seen, ends = _fit(ds, epochs=3, steps_per_epoch=3)
+    assert ends == [3, 6, 9] and [len(y) for y in seen] == [4, 4, 2] * 3
+    for e in range(3):
+        np.testing.assert_array_equal(
+            np.concatenate(seen[3 * e : 3 * e + 3]),
+            data.epoch_permutation(n, seed, e),
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"first_epoch": -1}, "first_epoch=-1"),
+        ({"labels": np.arange(9)}, "10 images and 9 labels"),
+    ],
+)
+def test_shuffled_epochs_names_bad_arguments(kwargs, message):
+    images, labels = _arrays(10)
+    args = {"images": images, "labels": labels, "batch_size": 4, "epochs": 2}
+    with pytest.raises(ValueError, match=message):
+        data.shuffled_epochs(**(args | kwargs))
 
 
 @pytest.mark.parametrize(

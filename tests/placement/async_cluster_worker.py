@@ -223,8 +223,22 @@ for _ in range(5):
     free_history = free.fit(
         batches_on(0, repeat=True, examples=1_000_000), steps_per_epoch=5, verbose=0
     )
-iterators = [iterator_device(m) for m in (model, on_server, free)]
+# Shuffled epochs made on stage 0's server, of TensorFlow ops only: the
+# batches of keras_sg.data.batches, which PipelinedModel reads here.
+shuffled_reference = build(keras_sg.PipelinedModel, False)
+shuffled_reference.fit(
+    keras_sg.data.batches(x, y, B, shuffle=True, seed=3), epochs=2, verbose=0
+)
+with tf.device(devices[0]):
+    epochs_on_server = keras_sg.data.shuffled_epochs(x, y, B, 2, seed=3)
+shuffled = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
+shuffled.fit(epochs_on_server, epochs=2, steps_per_epoch=5, verbose=0, drain=False)
+iterators = [iterator_device(m) for m in (model, on_server, free, shuffled)]
 trained = [weights(model), weights(on_server)]
+shuffled_diff = max(
+    np.abs(w - g).max()
+    for w, g in zip(weights(shuffled_reference), weights(shuffled), strict=True)
+)
 # The same runtime then reads a dataset made in this process.
 history = on_server.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(B), verbose=0)
 iterators.append(iterator_device(on_server))
@@ -246,6 +260,7 @@ print(
                 for got in trained
             ],
             "iterations": [int(o.iterations) for o in model.stage_optimizers()],
+            "shuffled_weight_diff": float(shuffled_diff),
             "client_dataset_loss": history.history["loss"],
             "free_loss": free_history.history["loss"],
         }

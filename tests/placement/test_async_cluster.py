@@ -25,12 +25,15 @@ def test_lock_step_on_two_servers_equals_pipelined_model(cluster):  # noqa: F811
     # From arrays and from a dataset made on stage 0's server.
     assert max(result["max_weight_diff"]) < 1e-6
     assert result["iterations"] == [10, 10]
+    # Shuffled epochs made on stage 0's server: PipelinedModel's weights on
+    # the same batches made in the client.
+    assert result["shuffled_weight_diff"] < 1e-6
     # Stage 0 read both on its own server, and so the free-running fits'
-    # dataset made there; then a dataset made in the client (the same stage
-    # functions, another iterator).
+    # dataset and the shuffled epochs made there; then a dataset made in the
+    # client (the same stage functions, another iterator).
     server_cpu = "/job:worker/replica:0/task:0/device:CPU:0"
-    assert result["iterator_devices"][:3] == [server_cpu] * 3
-    assert result["iterator_devices"][3].startswith("/job:localhost/")
+    assert result["iterator_devices"][:4] == [server_cpu] * 4
+    assert result["iterator_devices"][4].startswith("/job:localhost/")
     for loss in result["client_dataset_loss"], result["free_loss"]:
         assert len(loss) == 1
         assert np.isfinite(loss[0])
