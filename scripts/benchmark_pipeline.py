@@ -83,9 +83,10 @@ flags.DEFINE_enum(
     "async_input",
     "client",
     ["client", "stage0"],
-    "Where the async_* schedules' throughput dataset is made on the servers: "
-    "in the client, or on stage 0's server (where the runtime then reads it). "
-    "Logical devices and the MNIST runs always make it in the client.",
+    "Where the async_* schedules' datasets are made on the servers: in the "
+    "client, or on stage 0's server (where the runtime then reads them; the "
+    "MNIST runs' from keras_sg.data.shuffled_epochs). Logical devices always "
+    "make them in the client.",
 )
 flags.DEFINE_enum(
     "optimizer",
@@ -863,15 +864,15 @@ def recommended_async(spec):
 
 def with_capacity(spec):
     """An asynchronous schedule's spec gets --capacity, and
-    --async_steps_per_execution, --async_jit and (its throughput rows on
-    servers) --async_input when not their defaults (the others' specs, and
-    so their cached measurements, stay as they were)."""
+    --async_steps_per_execution, --async_jit and (on servers) --async_input
+    when not their defaults (the others' specs, and so their cached
+    measurements, stay as they were)."""
     if spec["model"] != "async":
         return spec
     spec = async_spec(
         spec, FLAGS.capacity, FLAGS.async_steps_per_execution, FLAGS.async_jit
     )
-    if FLAGS.async_input == "stage0" and spec.get("cluster") and not spec.get("mnist"):
+    if FLAGS.async_input == "stage0" and spec.get("cluster"):
         spec["input"] = "stage0"
     return spec
 
@@ -1451,7 +1452,17 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             " (Keras's `clipvalue`). The asynchronous rows run with the"
             " command's --capacity and --async_* flags, except the one whose"
             " name gives its setting (capacity C, N steps per call, XLA),"
-            " the setting docs/async.md recommends. Seconds: the median of"
+            " the setting docs/async.md recommends."
+            + (
+                " On the servers their batches (keras_sg.data.shuffled_epochs,"
+                " the orders of the others' keras_sg.data.batches) are made on"
+                " stage 0's server and read there (--async_input=stage0); the"
+                " other rows read theirs in the client (Keras's `fit` cannot"
+                " read a dataset made on another task)."
+                if FLAGS.async_input == "stage0" and cluster
+                else ""
+            )
+            + " Seconds: the median of"
             " the runs (in brackets; a run that did not reach the target"
             " counts as the slowest); epochs of the median run (of each run"
             " in brackets) and its accuracies."

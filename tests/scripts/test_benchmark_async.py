@@ -207,3 +207,25 @@ def test_one_async_row_per_input_place_and_stage0_needs_servers(parse):
         parse("--inputs=stage0", "--logical").specs()
     with pytest.raises(ValueError, match=r"Received: \['server'\]"):
         parse("--inputs=server").specs()
+
+
+def test_accuracy_runtime_rows_per_input_place(parse):
+    script = parse(
+        "--accuracy",
+        "--variants=32+jit",
+        "--capacities=1",
+        "--accuracy_schedules=backprop_mp,async_cdni",
+        "--inputs=client,stage0",
+    )
+    specs = script.accuracy_specs()
+    assert list(specs) == ["backprop_mp", "async_cdni", "async_cdni stage0"]
+    client, stage0 = specs["async_cdni"], specs["async_cdni stage0"]
+    assert "input" not in client  # cached client runs still match
+    assert "input" not in specs["backprop_mp"]
+    assert stage0["input"] == "stage0"
+    assert stage0["name"] == client["name"] + ", input on stage 0"
+    assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {
+        k: v for k, v in client.items() if k != "name"
+    }
+    with pytest.raises(ValueError, match=r"Received: --logical"):
+        parse("--accuracy", "--inputs=stage0", "--logical").accuracy_specs()

@@ -552,14 +552,17 @@ def test_a_run_records_its_load_and_a_cached_run_without_it_is_stale(
         bench.measured_load({"plain": [{"spec": spec, "examples_per_s": 1.0}]})
 
 
-def test_async_input_on_stage0_only_for_the_servers_throughput_rows(bench, parsed):
+def test_async_input_on_stage0_only_for_the_servers_async_rows(bench, parsed):
     parsed("--async_input=stage0")
     assert bench.command_line().endswith("--async_input=stage0")
     base = dict(bench.base_spec(), devices=2, model="async", synth="low_rank")
     assert bench.with_capacity(dict(base, cluster=True))["input"] == "stage0"
     assert "input" not in bench.with_capacity(base)  # logical devices
     mnist = dict(base, cluster=True, mnist=True)
-    assert "input" not in bench.with_capacity(mnist)  # a generator, in the client
+    assert bench.with_capacity(mnist)["input"] == "stage0"  # shuffled_epochs
+    recommended = bench.recommended_async(bench.with_capacity(mnist))
+    assert recommended["input"] == "stage0" and recommended["jit"]
+    assert "input" not in bench.with_capacity(dict(base, mnist=True))
     assert "input" not in bench.with_capacity(dict(base, model="pipelined"))
     parsed()
     assert "input" not in bench.with_capacity(dict(base, cluster=True))
