@@ -79,6 +79,14 @@ flags.DEFINE_bool(
     False,
     "Compile each stage's math with XLA in the async_* schedules (jit_compile=True).",
 )
+flags.DEFINE_bool(
+    "async_xla_row",
+    False,
+    "On the servers, measure the runtime once more with its math compiled "
+    "with XLA (the setting docs/async.md recommends), as an extra row beside "
+    "the profiled one: its examples/s and CPU loads (the trace does not show "
+    "XLA's work as ops).",
+)
 flags.DEFINE_enum(
     "async_input",
     "client",
@@ -162,6 +170,8 @@ SCHEDULES = [  # (name, model class, synthesizer)
     ("fully_unlocked", "unlocked", "low_rank"),
     ("async_dni_low_rank", "async", "low_rank"),
 ]
+# The extra row of --async_xla_row (on the servers only).
+ASYNC_XLA_ROW = "async_dni_low_rank xla"
 # Events kept per device in a measurement's saved timeline.
 MAX_EVENTS = 4000
 
@@ -775,6 +785,17 @@ def main(argv):
             )
             for name, model, synth in SCHEDULES
         }
+        if FLAGS.async_xla_row:
+            spec = specs["async_dni_low_rank"]
+            specs[ASYNC_XLA_ROW] = dict(
+                async_spec(
+                    spec,
+                    spec["capacity"],
+                    spec.get("steps_per_execution", 1),
+                    jit=True,
+                ),
+                name=f"{ASYNC_XLA_ROW} (2 servers)",
+            )
         cluster = in_turn(specs, FLAGS.repeats)
 
     accuracy = {}
@@ -1183,7 +1204,9 @@ def _table(rows, with_trace):
         head += " CPU load per server | client CPU |"
     columns = 8 if with_trace else 10
     lines = [head, "| --- " * columns + "|"]
-    for name, _, synth in SCHEDULES:
+    # The schedules, then the extra row of --async_xla_row where measured.
+    extra = [(ASYNC_XLA_ROW, "async", "low_rank")] if ASYNC_XLA_ROW in rows else []
+    for name, _, synth in SCHEDULES + extra:
         middle = median_run(rows[name])
         speed = median_speed(rows[name])
         cells = [
@@ -1191,12 +1214,18 @@ def _table(rows, with_trace):
             speeds_cell(rows[name]),
             f"{speed / base:.2f}x",
             f"{speed / gpipe:.2f}x",
-            ", ".join(f"{b:.0%}" for b in middle["busy"]),
-            # Gradient and input synthesizers (I: fully unlocked only).
-            overhead_cell(middle) if synth else "–",
-            f"{middle['per_step_overhead_ms']:.1f}",
-            prediction_cell(middle, middle["examples_per_s"]),
         ]
+        if middle["spec"].get("jit"):
+            # XLA's work is not in the trace as ops: nothing of it is shown.
+            cells += ["–"] * 4
+        else:
+            cells += [
+                ", ".join(f"{b:.0%}" for b in middle["busy"]),
+                # Gradient and input synthesizers (I: fully unlocked only).
+                overhead_cell(middle) if synth else "–",
+                f"{middle['per_step_overhead_ms']:.1f}",
+                prediction_cell(middle, middle["examples_per_s"]),
+            ]
         if not with_trace:
             cells.append(", ".join(f"{c:.0%}" for c in middle["cpu"]))
             cells.append(f"{middle['client']:.0%} of a core")
@@ -1225,6 +1254,7 @@ SHOWN_IF_SET = (
     "async_steps_per_execution",
     "async_jit",
     "async_input",
+    "async_xla_row",
     "optimizer",
     "target_accuracy",
     "max_epochs",
@@ -1316,7 +1346,16 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " functions, and every `fit` starts with its queues empty); its"
         " profile covers stage 0's steps once the queues are full;"
         ' its prediction is the simulator\'s "async" schedule with'
-        " the same capacity.",
+        " the same capacity."
+        + (
+            f" On the servers, `{ASYNC_XLA_ROW}` is the same runtime with each"
+            " stage's math compiled with XLA (`jit_compile=True`, the setting"
+            " docs/async.md recommends), measured in turn with the others:"
+            " examples/s and CPU loads only, since the trace does not show"
+            " XLA's work as ops."
+            if ASYNC_XLA_ROW in cluster
+            else ""
+        ),
         "",
         "The simulator's prediction (`keras_sg.schedules.validation."
         "predict_examples_per_s`) takes the median run's measured costs per"
@@ -1428,8 +1467,8 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
     ]
     if cluster:
         best_cluster = max(
-            median_speed(cluster[n])
-            for n, _, _ in SCHEDULES
+            median_speed(rows)
+            for n, rows in cluster.items()
             if n.startswith(("pipelined", "async"))
         )
         lines.append(

@@ -566,3 +566,63 @@ def test_async_input_on_stage0_only_for_the_servers_async_rows(bench, parsed):
     assert "input" not in bench.with_capacity(dict(base, model="pipelined"))
     parsed()
     assert "input" not in bench.with_capacity(dict(base, cluster=True))
+
+
+def test_async_xla_row_on_the_servers_beside_the_profiled_one(
+    bench, parsed, monkeypatch, tmp_path
+):
+    from keras_sg.schedules import validation
+
+    output = tmp_path / "bench.md"
+    parsed(
+        "--devices=2",
+        "--repeats=3",
+        f"--output={output}",
+        f"--figures={tmp_path}",
+        "--skip_accuracy",
+        "--async_steps_per_execution=32",
+        "--async_input=stage0",
+        "--async_xla_row",
+    )
+    specs = {}
+
+    def fake_measure(spec):
+        specs[spec["name"]] = spec
+        run = int(spec["name"].rsplit("run ", 1)[1][:-1])
+        # The XLA row is the fastest: 9000, 8000, 7000.
+        speed = 10000.0 - 1000.0 * run if spec.get("jit") else 1000.0 * (1 + run)
+        result = dict(_fake_run(spec, speed, run - 1), cpu=[0.9, 0.8], client=0.1)
+        return dict(result, **_recorded(len(specs)))
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "draw", lambda results, path: None)
+    bench.main([])
+    xla = specs["async_dni_low_rank xla (2 servers, run 2)"]
+    profiled = specs["async_dni_low_rank (2 servers, run 2)"]
+    assert xla["jit"] is True and "jit" not in profiled
+    assert {k: v for k, v in xla.items() if k not in ("jit", "name")} == {
+        k: v for k, v in profiled.items() if k != "name"
+    }
+    assert xla["input"] == "stage0" and xla["steps_per_execution"] == 32
+    assert not any("xla" in name for name in specs if "K=2" in name)
+    report = output.read_text()
+    assert report.count("async_dni_low_rank xla") == 2  # the row and its words
+    (row,) = [
+        r for r in report.splitlines() if r.startswith("| async_dni_low_rank xla")
+    ]
+    # Against backprop's median 3000: 8000 / 3000; nothing of the trace.
+    assert row.split(" | ")[1:9] == [
+        "8000 (9000, 8000, 7000)",
+        "2.67x",
+        "2.67x",
+        "–",
+        "–",
+        "–",
+        "–",
+        "90%, 80%",
+    ]
+    assert "--async_xla_row" in report
+    assert "On the two servers: 8000 examples/s" in report
+    # Neither the costs file nor the simulator's validation holds it.
+    costs = validation.read_measured_costs(tmp_path / "bench.json")
+    assert [c.setting for c in costs] == ["logical"] * 7 + ["servers"] * 7
