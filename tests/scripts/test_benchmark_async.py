@@ -190,6 +190,13 @@ def test_the_accuracy_table_takes_true_medians_and_counts_a_miss_as_slowest(pars
     assert runtime[1].startswith("not reached (") and runtime[2] == "–"
 
 
+def _same_but_input(stage0, client):
+    """The two specs measure the same, but for where the input is made."""
+    assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {
+        k: v for k, v in client.items() if k != "name"
+    }
+
+
 def test_one_async_row_per_input_place_and_stage0_needs_servers(parse):
     script = parse("--variants=32", "--inputs=client,stage0")
     specs = script.specs()
@@ -197,9 +204,7 @@ def test_one_async_row_per_input_place_and_stage0_needs_servers(parse):
     stage0 = specs["async_dni_low_rank C=2 N=32 (2 servers, input on stage 0)"]
     assert "input" not in client  # cached client runs still match
     assert stage0["input"] == "stage0"
-    assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {
-        k: v for k, v in client.items() if k != "name"
-    }
+    _same_but_input(stage0, client)
     assert len(specs) == 3 + 2 + 1  # baselines, the two async rows, plain Keras
     run = stage0["name"][:-1] + ", run 2)"
     assert script.display_name(run) == stage0["name"]
@@ -224,8 +229,6 @@ def test_accuracy_runtime_rows_per_input_place(parse):
     assert "input" not in specs["backprop_mp"]
     assert stage0["input"] == "stage0"
     assert stage0["name"] == client["name"] + ", input on stage 0"
-    assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {
-        k: v for k, v in client.items() if k != "name"
-    }
+    _same_but_input(stage0, client)
     with pytest.raises(ValueError, match=r"Received: --logical"):
         parse("--accuracy", "--inputs=stage0", "--logical").accuracy_specs()
