@@ -146,6 +146,14 @@ def checked_inputs():
     return inputs
 
 
+def input_label(made_on):
+    """Where a row's data is made, as the suffix of its name and its spec's
+    keys: none for the client, so that cached client runs still match."""
+    if made_on == "client":
+        return "", {}
+    return ", input on stage 0", {"input": made_on}
+
+
 def specs():
     base = dict(bp.base_spec(), devices=2)
     where = "K=2" if FLAGS.logical else "2 servers"
@@ -158,9 +166,9 @@ def specs():
     inputs = checked_inputs()
     for capacity in map(int, FLAGS.capacities):
         for text in FLAGS.variants:
+            steps, jit = parse_variant(text)
             for made_on in inputs:
-                steps, jit = parse_variant(text)
-                label = ", input on stage 0" if made_on == "stage0" else ""
+                label, placed = input_label(made_on)
                 spec = bp.async_spec(
                     dict(
                         base,
@@ -169,7 +177,7 @@ def specs():
                         model="async",
                         synth="low_rank",
                         **cluster,
-                        **({"input": made_on} if made_on != "client" else {}),
+                        **placed,
                     ),
                     capacity,
                     steps,
@@ -228,19 +236,20 @@ def accuracy_specs():
     runtimes = {}
     for capacity in capacities:
         for made_on in inputs:
+            label, placed = input_label(made_on)
             key = "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}"
-            key += " stage0" if made_on == "stage0" else ""
+            key += " stage0" if placed else ""
             runtimes[key] = bp.async_spec(
                 dict(
                     base,
                     name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
                     + cdni_suffix
-                    + (", input on stage 0" if made_on == "stage0" else ""),
+                    + label,
                     model="async",
                     synth="linear",
                     cdni=True,
                     **cdni,
-                    **({"input": made_on} if made_on != "client" else {}),
+                    **placed,
                 ),
                 capacity,
                 steps,

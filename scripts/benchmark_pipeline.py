@@ -524,31 +524,21 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
     # that every epoch is whole batches and the next epoch is shuffled anew.
     steps = len(train_x) // spec["batch_size"]
     used = steps * spec["batch_size"]
+    arrays = (train_x[:used], train_y[:used], spec["batch_size"])
     shuffled = dict(flatten=True, seed=spec.get("seed", 0))
-    fit = {}
-    if on_stage0(spec):
-        # The same batches, made on stage 0's server and read there by the
-        # runtime: TensorFlow ops only, every epoch's order computed here.
-        with tf.device(devices[0]):
+    on_server = on_stage0(spec)
+    with tf.device(devices[0] if on_server else None):
+        if on_server:
+            # The same batches, made on stage 0's server and read there by
+            # the runtime: TensorFlow ops only, every epoch's order computed
+            # here, the epochs one after another in one dataset.
             train = keras_sg.data.shuffled_epochs(
-                train_x[:used],
-                train_y[:used],
-                spec["batch_size"],
-                spec["max_epochs"],
-                **shuffled,
+                *arrays, spec["max_epochs"], **shuffled
             )
-            train = without_autotune(train)
-        fit["steps_per_epoch"] = steps  # the epochs follow one another in it
-    else:
-        train = without_autotune(
-            keras_sg.data.batches(
-                train_x[:used],
-                train_y[:used],
-                spec["batch_size"],
-                shuffle=True,
-                **shuffled,
-            )
-        )
+        else:
+            train = keras_sg.data.batches(*arrays, shuffle=True, **shuffled)
+        train = without_autotune(train)
+    fit = {"steps_per_epoch": steps} if on_server else {}
     curve = []
     clock = {"seconds": 0.0, "since": None}
 
@@ -786,15 +776,10 @@ def main(argv):
             for name, model, synth in SCHEDULES
         }
         if FLAGS.async_xla_row:
-            spec = specs["async_dni_low_rank"]
             specs[ASYNC_XLA_ROW] = dict(
-                async_spec(
-                    spec,
-                    spec["capacity"],
-                    spec.get("steps_per_execution", 1),
-                    jit=True,
-                ),
+                specs["async_dni_low_rank"],
                 name=f"{ASYNC_XLA_ROW} (2 servers)",
+                jit=True,
             )
         cluster = in_turn(specs, FLAGS.repeats)
 

@@ -65,6 +65,11 @@ def weights(model):
     return [w for part in model.stages + model.synthesizers for w in part.get_weights()]
 
 
+def max_diff(want, got):
+    """The largest difference between two lists of weights."""
+    return float(max(np.abs(w - g).max() for w, g in zip(want, got, strict=True)))
+
+
 def fit_until_lost(model, *args, **kwargs):
     """`model.fit(*args, **kwargs)` while the test kills or stops a server;
     prints which error ended it, when, and the threads it left, then exits.
@@ -166,9 +171,7 @@ if MODE == "resume":
         json.dumps(
             {
                 "resumed_from": done,
-                "max_weight_diff": float(
-                    max(np.abs(w - g).max() for w, g in zip(want, got, strict=True))
-                ),
+                "max_weight_diff": max_diff(want, got),
                 "iterations": [int(o.iterations) for o in model.stage_optimizers()],
                 "straight_iterations": [
                     int(o.iterations) for o in straight.stage_optimizers()
@@ -235,10 +238,6 @@ shuffled = build(keras_sg.AsyncPipelinedModel, True, lock_step=True)
 shuffled.fit(epochs_on_server, epochs=2, steps_per_epoch=5, verbose=0, drain=False)
 iterators = [iterator_device(m) for m in (model, on_server, free, shuffled)]
 trained = [weights(model), weights(on_server)]
-shuffled_diff = max(
-    np.abs(w - g).max()
-    for w, g in zip(weights(shuffled_reference), weights(shuffled), strict=True)
-)
 # The same runtime then reads a dataset made in this process.
 history = on_server.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(B), verbose=0)
 iterators.append(iterator_device(on_server))
@@ -255,12 +254,11 @@ print(
             "moved": float(
                 min(np.abs(w - s).max() for w, s in zip(want, start, strict=True))
             ),
-            "max_weight_diff": [
-                float(max(np.abs(w - g).max() for w, g in zip(want, got, strict=True)))
-                for got in trained
-            ],
+            "max_weight_diff": [max_diff(want, got) for got in trained],
             "iterations": [int(o.iterations) for o in model.stage_optimizers()],
-            "shuffled_weight_diff": float(shuffled_diff),
+            "shuffled_weight_diff": max_diff(
+                weights(shuffled_reference), weights(shuffled)
+            ),
             "client_dataset_loss": history.history["loss"],
             "free_loss": free_history.history["loss"],
         }
