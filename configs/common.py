@@ -111,6 +111,10 @@ def base_config(
     config.log.update_freq = "epoch"  # TensorBoard scalars: "epoch" or a step count
     config.log.profile_batch = 0  # e.g. "10,20" to profile steps 10 to 20
     config.keep_checkpoints = 2
+    # Stop (status "diverged", exit status 1) once the training loss passes
+    # this many times its lowest epoch mean; 0: only a loss that is not
+    # finite stops a run (keras_sg.callbacks.StopOnDivergence).
+    config.max_loss_growth = 10.0
     return config
 
 
@@ -269,6 +273,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         check_synthesizer_optimizer(config, config.method in SG_KIND)
     _number(config, "sg_loss_weight", 0, inclusive=True)
     _int(config, "keep_checkpoints", 1)
+    growth = config.max_loss_growth
+    if not (
+        isinstance(growth, int | float)
+        and not isinstance(growth, bool)
+        and (growth == 0 or (math.isfinite(growth) and growth > 1))
+    ):
+        _refuse("max_loss_growth", growth, "0 (off) or a finite number > 1")
     _int(config, "log.diagnostics_every_steps", 0)
     _int(config, "log.probe_examples", 1)
     if not isinstance(config.log.profile_batch, str):  # or "first,last"

@@ -16,7 +16,8 @@ config value out of range, a workdir it cannot write, a workdir another run
 holds (a `lock` file there names its process) or a workdir whose checkpoints
 were trained with another config (only `SAFE_TO_CHANGE` fields may differ);
 and, during training, as soon as the task loss or a synthesizer loss is not
-finite, naming it and the newest finite checkpoint.
+finite, or the task loss passes `max_loss_growth` times its lowest epoch mean,
+naming it and the newest checkpoint before it.
 """
 
 import fcntl
@@ -50,6 +51,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 SAFE_TO_CHANGE = (
     "epochs",
     "keep_checkpoints",
+    "max_loss_growth",
     "log.*",
     "data.manual_dir",
     "data.data_dir",
@@ -626,7 +628,9 @@ def main(argv):
     )
 
     update_freq = config.log.update_freq
-    guard = keras_sg.callbacks.StopOnDivergence()
+    guard = keras_sg.callbacks.StopOnDivergence(
+        max_growth=config.max_loss_growth or None
+    )
     callbacks = [
         guard,
         epoch_timer(),
@@ -636,7 +640,9 @@ def main(argv):
             profile_batch=config.log.profile_batch,
         ),
         keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
-        keras_sg.callbacks.FiniteCheckpoint(ckpt_dir, keep=config.keep_checkpoints),
+        keras_sg.callbacks.FiniteCheckpoint(
+            ckpt_dir, keep=config.keep_checkpoints, guard=guard
+        ),
     ]
     has_synthesizers = common.SG_KIND.get(config.method) is not None
     if has_synthesizers and config.log.diagnostics_every_steps:

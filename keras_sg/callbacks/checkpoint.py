@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from keras_sg._checks import check_int
-from keras_sg.callbacks.divergence import is_loss_key
+from keras_sg.callbacks.divergence import StopOnDivergence, is_loss_key
 
 CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
 PARTIAL_PREFIX = ".partial-"
@@ -137,16 +137,26 @@ class FiniteCheckpoint(keras.callbacks.Callback):
     Args:
         folder: the folder of the checkpoints (created if needed).
         keep: how many of the newest checkpoints to keep; >= 1.
+        guard: a `StopOnDivergence`, or None. An epoch in which it found
+            training diverged (a loss that blew up while staying finite:
+            its `max_growth`) is not saved either. Put the guard before
+            this callback in the list, so that it judges the epoch first.
 
     Attributes:
         last_saved: the path of the newest checkpoint this callback wrote, or
             None.
     """
 
-    def __init__(self, folder, keep: int = 2):
+    def __init__(self, folder, keep: int = 2, guard=None):
         super().__init__()
         self.folder = Path(folder)
         self.keep = check_int("keep", keep, 1)
+        if guard is not None and not isinstance(guard, StopOnDivergence):
+            raise ValueError(
+                "Expected guard to be a keras_sg.callbacks.StopOnDivergence or "
+                f"None. Received: guard={guard!r}"
+            )
+        self.guard = guard
         self.last_saved = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -161,6 +171,9 @@ class FiniteCheckpoint(keras.callbacks.Callback):
                 epoch + 1,
                 f"non-finite losses {bad}" if bad else "non-finite weights",
             )
+            return
+        if self.guard is not None and self.guard.diverged is not None:
+            log.warning("Not saving epoch %d: %s", epoch + 1, self.guard.message)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         self.last_saved = save_atomically(

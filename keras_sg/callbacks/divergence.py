@@ -1,4 +1,5 @@
-"""A callback that stops training when a loss stops being a finite number."""
+"""A callback that stops training when a loss stops being a finite number,
+or blows up."""
 
 import math
 
@@ -36,7 +37,8 @@ def describe_loss(key: str) -> str:
 
 
 class StopOnDivergence(keras.callbacks.Callback):
-    """Stops `fit` at the first batch where a logged loss is not finite.
+    """Stops `fit` at the first batch where a logged loss is not finite, or,
+    with `max_growth`, where the task loss has blown up.
 
     Like `keras.callbacks.TerminateOnNaN`, but it also watches every other
     training loss the model logs (each key `is_loss_key` accepts: the
@@ -47,35 +49,72 @@ class StopOnDivergence(keras.callbacks.Callback):
     later, so its loss is often the first to go (Jaderberg et al. 2016,
     arXiv:1608.05343, train synthesizers and stages at once).
 
+    Training can also fall apart with every loss finite: a free-running
+    `AsyncPipelinedModel` once went from 97% test accuracy to 44% in one
+    epoch, its task loss from 0.09 to 3.97 (docs/async.md). With
+    `max_growth=g`, the guard also stops when a loss in `growth_keys`
+    (the task loss by default: a synthesizer's loss may grow many times
+    over in healthy training, as the gradients it predicts grow) is more
+    than g times the lowest epoch mean it had in this `fit`, at an epoch's
+    end or at a batch's end (the logs there are means over the epoch so
+    far). Only positive means count as a reference.
+
     The logs `fit` passes at the end of a batch are means over the epoch so
     far: once a loss is NaN or infinite it stays so until the epoch ends, and
     this callback sees it at the batch where it first happened.
 
+    Args:
+        max_growth: None (the default: watch for losses that are not
+            finite only), or a number > 1.
+        growth_keys: the logs `max_growth` watches.
+
     Attributes:
-        diverged: None while every loss is finite; after a stop, a dict with
+        diverged: None while training is sound; after a stop, a dict with
             `epoch` (1-based, as `fit` prints it), `batch` (1-based within the
-            epoch) and `losses` (each non-finite log and its value).
+            epoch, None at an epoch's end), `losses` (each non-finite log, or
+            each log that grew too much, and its value) and `reason`
+            (`"not finite"` or `"grew"`).
         message: None, or one sentence naming the losses and where they went.
 
     Example:
 
     ```python
-    guard = keras_sg.callbacks.StopOnDivergence()
+    guard = keras_sg.callbacks.StopOnDivergence(max_growth=10)
     model.fit(x, y, epochs=5, callbacks=[guard])
     if guard.diverged:
         raise SystemExit(guard.message)
     ```
     """
 
-    def __init__(self):
+    def __init__(self, max_growth: float | None = None, growth_keys=("loss",)):
         super().__init__()
+        if max_growth is not None and (
+            isinstance(max_growth, bool)
+            or not isinstance(max_growth, int | float)
+            or not max_growth > 1
+        ):
+            raise ValueError(
+                "Expected max_growth to be None or a number greater than 1. "
+                f"Received: max_growth={max_growth!r}"
+            )
+        if isinstance(growth_keys, str) or not all(
+            isinstance(k, str) for k in growth_keys
+        ):
+            raise ValueError(
+                "Expected growth_keys to be a sequence of log names, such as "
+                f'("loss",). Received: growth_keys={growth_keys!r}'
+            )
+        self.max_growth = max_growth
+        self.growth_keys = tuple(growth_keys)
         self.diverged = None
         self.message = None
         self._epoch = 0
+        self._lowest = {}  # key -> (lowest positive epoch mean, its epoch)
 
     def on_train_begin(self, logs=None):
         self.diverged = None
         self.message = None
+        self._lowest = {}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -85,6 +124,12 @@ class StopOnDivergence(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs, None)
+        if self.diverged is None:
+            for key in self.growth_keys:
+                value = float((logs or {}).get(key, math.nan))
+                lowest = self._lowest.get(key)
+                if value > 0 and (lowest is None or value < lowest[0]):
+                    self._lowest[key] = (value, epoch + 1)
 
     def _check(self, logs, batch):
         if self.diverged is not None or not logs:
@@ -94,17 +139,45 @@ class StopOnDivergence(keras.callbacks.Callback):
             for key, value in sorted(logs.items())
             if is_loss_key(key) and not math.isfinite(float(value))
         }
-        if not bad:
+        if bad:
+            # The task loss last: a synthesizer's loss usually breaks before it.
+            keys = sorted(bad, key=lambda k: (k == "loss", k))
+            named = [f"{describe_loss(k)} ({k}={bad[k]})" for k in keys]
+            what = f"{named[0]} is not finite"
+            if len(named) > 1:
+                what += "; nor is " + ", ".join(named[1:])
+            self._stop(bad, "not finite", batch, what)
             return
-        self.diverged = {"epoch": self._epoch + 1, "batch": batch, "losses": bad}
+        if self.max_growth is None:
+            return
+        grew = {}
+        for key in self.growth_keys:
+            lowest = self._lowest.get(key)
+            if key in logs and lowest is not None:
+                value = float(logs[key])
+                if value > self.max_growth * lowest[0]:
+                    grew[key] = value
+        if grew:
+            named = []
+            for key, value in grew.items():
+                lowest, epoch = self._lowest[key]
+                named.append(
+                    f"{describe_loss(key)} ({key}={value:.4g}) is "
+                    f"{value / lowest:.3g} times its lowest epoch mean "
+                    f"({lowest:.4g}, epoch {epoch})"
+                )
+            what = "; ".join(named) + f", above max_growth={self.max_growth}"
+            self._stop(grew, "grew", batch, what)
+
+    def _stop(self, losses, reason, batch, what):
+        self.diverged = {
+            "epoch": self._epoch + 1,
+            "batch": batch,
+            "losses": losses,
+            "reason": reason,
+        }
         where = f"epoch {self._epoch + 1}"
         if batch is not None:
             where += f", batch {batch}"
-        # The task loss last: a synthesizer's loss usually breaks before it.
-        keys = sorted(bad, key=lambda k: (k == "loss", k))
-        named = [f"{describe_loss(k)} ({k}={bad[k]})" for k in keys]
-        self.message = f"Training diverged in {where}: {named[0]} is not finite"
-        if len(named) > 1:
-            self.message += "; nor is " + ", ".join(named[1:])
-        self.message += "."
+        self.message = f"Training diverged in {where}: {what}."
         self.model.stop_training = True

@@ -79,7 +79,12 @@ class AsyncPipelinedModel(PipelinedModel):
     idles), so the weights that callbacks and checkpoints see are one
     consistent snapshot. Loss and metrics are the top stage's, on the
     batches that reached it. `evaluate` and `predict` run the plain forward
-    pass.
+    pass. A callback that sets `model.stop_training` at a batch's end
+    (`EarlyStopping`, `TerminateOnNaN`, `StopOnDivergence`) ends the epoch
+    early, as in Keras: in lock-step mode at that global step; free running,
+    stage 0 stops feeding at once, and every stage trains the batches that
+    were already on their way (a few calls' worth), so none is left in
+    flight.
 
     Input. Stage 0 reads its batches where its dataset lives. On TensorFlow
     servers, arrays given to `fit` become a dataset on stage 0's task, so no
@@ -921,6 +926,47 @@ class _StageFailed(Exception):
     """Carries the first error of a stage thread to the main thread."""
 
 
+class _Stopping:
+    """How a free-running epoch ends early, when a callback sets
+    `model.stop_training` (`EarlyStopping`, `TerminateOnNaN`,
+    `keras_sg.callbacks.StopOnDivergence`).
+
+    Each stage asks `admit` before each call of its function. The first
+    stage to ask after the flag is set fixes how many batches stage 0 feeds
+    in this epoch: those it has fed or begun to feed, or more if a call
+    already begun above it will take more (a call is never cut short, so
+    none waits for a batch that will not come). Every stage then ends its
+    share where those batches, and those it carried over from the last
+    epoch (`carried[k]`, without the drain), run out: every batch fed is
+    trained by every stage, as in a drained epoch, and the queues are left
+    as the end of `fit` expects. Keras stops at the batch whose callback
+    set the flag; here the top stage trains the batches that were already
+    on their way up too (about `capacity + 1` calls of
+    `steps_per_execution` batches).
+    """
+
+    def __init__(self, model, carried):
+        self.model = model
+        self.carried = carried
+        self.lock = threading.Lock()
+        # Batches of this epoch each stage's calls have asked for so far.
+        self.asked = [0] * len(carried)
+        # Stage 0's batches in this epoch, once the stop is seen.
+        self.fed = None
+
+    def admit(self, k, n):
+        """How many of its next n steps stage k runs now: n, fewer, or 0 to
+        end its share of the epoch."""
+        with self.lock:
+            if self.fed is None and self.model.stop_training:
+                pairs = zip(self.asked, self.carried, strict=True)
+                self.fed = max(asked - carried for asked, carried in pairs)
+            if self.fed is not None:
+                n = max(min(n, self.fed + self.carried[k] - self.asked[k]), 0)
+            self.asked[k] += n
+            return n
+
+
 class _Runtime:
     """The queues and stage functions of `fit`, and the threads of one call.
 
@@ -991,6 +1037,7 @@ class _Runtime:
         # Steps per stage call: Keras's `steps_per_execution` when free
         # running; lock-step mode calls each stage one step at a time.
         self.per_call = 1 if model.lock_step else model.steps_per_execution
+        self.stopping = None  # a free epoch's `_Stopping`, while it runs
         self.idles = []
         if model.lock_step:
             for k in range(self.num_stages):
@@ -1162,6 +1209,10 @@ class _Runtime:
                         count -= 1
                         continue
                     n = min(count, self.per_call)
+                    if self.stopping is not None:
+                        n = self.stopping.admit(k, n)
+                        if n == 0:
+                            break  # fit was told to stop (stop_training)
                     count -= n
                     hook = self.model.stage_step_hook
                     if hook is not None:
@@ -1201,12 +1252,20 @@ class _Runtime:
                 raise _StageFailed(k)
 
     def free_epoch(self, steps, drain, first, callbacks):
-        """Every stage runs its share of the epoch at its own pace."""
+        """Every stage runs its share of the epoch at its own pace; a
+        callback's `model.stop_training` ends it early (`_Stopping`)."""
         state = {"batch": 0}
-        for k in range(self.num_stages):
-            share = steps - k if (first and not drain) else steps
-            self.inboxes[k].put(("work", max(share, 0), -1))
-        self._wait(self.num_stages, callbacks, state)
+        # Without the drain, stage k is k batches behind stage 0 at the
+        # start of every epoch after the first.
+        carried = [0 if (first or drain) else k for k in range(self.num_stages)]
+        self.stopping = _Stopping(self.model, carried)
+        try:
+            for k in range(self.num_stages):
+                share = steps - k if (first and not drain) else steps
+                self.inboxes[k].put(("work", max(share, 0), -1))
+            self._wait(self.num_stages, callbacks, state)
+        finally:
+            self.stopping = None
 
     def lock_step_epoch(self, steps, drain, first, callbacks):
         """Global steps: each stage works if its input has arrived, else idles."""
@@ -1226,6 +1285,8 @@ class _Runtime:
                 self.inboxes[k].put(("work" if works else "idle", 1, n_back))
             fed += int(fed < steps)
             self._wait(self.num_stages, callbacks, state)
+            if self.model.stop_training:
+                steps = fed  # as Keras: no batch after the one that stopped it
 
     def drop_targets(self):
         """Empties the backward queues (between epochs, the threads idle).

@@ -54,6 +54,155 @@ def test_finite_logs_and_other_metrics_do_not_stop():
     assert guard.diverged is None and not guard.model.stop_training
 
 
+def _epochs(guard, means, sg=0.1):
+    """Runs the guard over epochs with these task-loss means (one batch
+    each, whose log is the epoch's mean) and a synthesizer loss."""
+    for epoch, mean in enumerate(means):
+        guard.on_epoch_begin(epoch)
+        logs = {"loss": mean, "cut_1_sg_loss": sg * 100**epoch}
+        guard.on_train_batch_end(0, logs)
+        guard.on_epoch_end(epoch, logs)
+
+
+def test_max_growth_stops_a_loss_that_blew_up_while_finite():
+    guard = keras_sg.callbacks.StopOnDivergence(max_growth=10)
+    guard.set_model(types.SimpleNamespace(stop_training=False))
+    guard.on_train_begin()
+    # 0.5 -> 0.09 -> 0.5 (5.6 times the lowest) is not a blow-up; the
+    # synthesizer loss grows 100-fold an epoch and is not watched.
+    _epochs(guard, [0.5, 0.09, 0.5])
+    assert guard.diverged is None and not guard.model.stop_training
+    guard.on_epoch_begin(3)
+    guard.on_train_batch_end(0, {"loss": 0.8, "cut_1_sg_loss": 1e6})
+    assert guard.diverged is None
+    # The mean over the epoch so far passes 10 times the lowest epoch mean.
+    guard.on_train_batch_end(1, {"loss": 0.91, "cut_1_sg_loss": 1e6})
+    assert guard.model.stop_training
+    assert guard.diverged == {
+        "epoch": 4,
+        "batch": 2,
+        "losses": {"loss": 0.91},
+        "reason": "grew",
+    }
+    assert guard.message == (
+        "Training diverged in epoch 4, batch 2: the task loss (loss=0.91) is "
+        "10.1 times its lowest epoch mean (0.09, epoch 2), above max_growth=10."
+    )
+
+
+def test_max_growth_at_an_epoch_end_and_on_other_keys():
+    guard = keras_sg.callbacks.StopOnDivergence(
+        max_growth=4.0, growth_keys=("loss", "cut_1_sg_loss")
+    )
+    guard.set_model(types.SimpleNamespace(stop_training=False))
+    guard.on_train_begin()
+    guard.on_epoch_begin(0)
+    guard.on_epoch_end(0, {"loss": 1.0, "cut_1_sg_loss": 0.01})
+    guard.on_epoch_begin(1)
+    guard.on_epoch_end(1, {"loss": 2.0, "cut_1_sg_loss": 0.05})
+    assert guard.diverged["batch"] is None and guard.diverged["epoch"] == 2
+    assert guard.diverged["losses"] == {"cut_1_sg_loss": 0.05}
+    assert "at cut_1 (cut_1_sg_loss=0.05) is 5 times its lowest epoch mean" in (
+        guard.message
+    )
+    # A new fit starts from no reference.
+    guard.model.stop_training = False
+    guard.on_train_begin()
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(0, {"loss": 100.0, "cut_1_sg_loss": 100.0})
+    assert guard.diverged is None
+
+
+def test_max_growth_takes_only_positive_means_as_a_reference():
+    guard = keras_sg.callbacks.StopOnDivergence(max_growth=2)
+    guard.set_model(types.SimpleNamespace(stop_training=False))
+    guard.on_train_begin()
+    _epochs(guard, [-1.0, 0.0, 3.0, 5.0])  # 3.0 is the first reference
+    assert guard.diverged is None
+    _epochs(guard, [3.0, 6.5])
+    assert guard.diverged["losses"] == {"loss": 6.5}
+
+
+def test_without_max_growth_only_non_finite_losses_stop():
+    guard = _guard()
+    _epochs(guard, [0.01, 1e9, 1e30])
+    assert guard.diverged is None and not guard.model.stop_training
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_growth": 1}, "max_growth=1"),
+        ({"max_growth": 0.5}, "max_growth=0.5"),
+        ({"max_growth": True}, "max_growth=True"),
+        ({"max_growth": "10"}, "max_growth='10'"),
+        ({"growth_keys": "loss"}, "growth_keys='loss'"),
+    ],
+)
+def test_bad_growth_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_sg.callbacks.StopOnDivergence(**kwargs)
+
+
+def _blowing_up_model(scale):
+    """A model whose logged MSE is multiplied by `scale`, a variable: a
+    callback raising it makes the task loss blow up, finite."""
+
+    def scaled_mse(y_true, y_pred):
+        return scale * keras.losses.mean_squared_error(y_true, y_pred)
+
+    net = mlp([4], 3, out_units=2)
+    model = keras_sg.DecoupledModel(net, [linear_synth()], method="dni")
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss=scaled_mse)
+    return model
+
+
+class _ScaleFrom(keras.callbacks.Callback):
+    def __init__(self, scale, epoch, batch):
+        super().__init__()
+        self.scale, self.at, self.epoch = scale, (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            self.scale.assign(1000.0)
+
+
+def test_fit_stops_where_the_loss_blew_up_and_does_not_save_that_epoch(tmp_path):
+    scale = tf.Variable(1.0)
+    model = _blowing_up_model(scale)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    y = rng.normal(size=(40, 2)).astype("float32")
+    guard = keras_sg.callbacks.StopOnDivergence(max_growth=10)
+    saver = keras_sg.callbacks.FiniteCheckpoint(tmp_path, keep=5, guard=guard)
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=5,
+        shuffle=False,
+        verbose=0,
+        callbacks=[guard, saver, _ScaleFrom(scale, 2, 3)],
+    )
+    # Batch 4 of epoch 3 has a loss about 1000 times the others: the mean
+    # over the epoch so far is about 250 times the lowest.
+    assert guard.diverged["epoch"] == 3 and guard.diverged["batch"] == 4
+    assert guard.diverged["reason"] == "grew"
+    assert int(model.optimizer.iterations.numpy()) == 20 + 4
+    assert len(history.history["loss"]) == 3
+    assert [n for n, _ in checkpoint.checkpoint_files(tmp_path)] == [1, 2]
+
+
+def test_finite_checkpoint_refuses_a_guard_of_another_kind(tmp_path):
+    with pytest.raises(ValueError, match="guard=.*TerminateOnNaN"):
+        keras_sg.callbacks.FiniteCheckpoint(
+            tmp_path, guard=keras.callbacks.TerminateOnNaN()
+        )
+
+
 def test_fit_stops_at_the_first_non_finite_batch():
     net = mlp([4], 3, out_units=2)
     model = keras_sg.DecoupledModel(net, [linear_synth()], method="dni")

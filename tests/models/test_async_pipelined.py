@@ -507,6 +507,117 @@ def test_lock_step_refuses_steps_per_execution():
     assert _stage_threads() == []
 
 
+# ---------------------------------------------------- stop_training
+
+
+class _StopAt(keras.callbacks.Callback):
+    """Sets `model.stop_training` at the end of batch `batch` of epoch
+    `epoch` (0-based, as Keras numbers them), as EarlyStopping or
+    TerminateOnNaN would."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            self.model.stop_training = True
+
+
+def test_lock_step_stops_where_pipelined_model_stops():
+    """A callback that stops `fit` at batch 3 of the second epoch: lock-step
+    mode (without the drain, whose global step t is PipelinedModel's step t)
+    ends at the same global step, weight by weight."""
+    x, y = _data()  # 8 batches an epoch
+    reference = _model(keras_sg.PipelinedModel, keras.optimizers.Adam(0.05))
+    start = weights_of(_parts(reference))
+    want = reference.fit(
+        x,
+        y,
+        batch_size=B,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[_StopAt(1, 3)],
+    )
+    model = _model(
+        keras_sg.AsyncPipelinedModel, keras.optimizers.Adam(0.05), lock_step=True
+    )
+    got = model.fit(
+        x,
+        y,
+        batch_size=B,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        drain=False,
+        callbacks=[_StopAt(1, 3)],
+    )
+    assert len(got.history["loss"]) == len(want.history["loss"]) == 2
+    assert int(reference.optimizer.iterations) == 8 + 4
+    assert [int(o.iterations) for o in model.stage_optimizers()] == [12] * 3
+    for k, log in enumerate(model.stage_log):
+        np.testing.assert_array_equal(log["batch"], np.arange(12 - k))
+    want_w, got_w = weights_of(_parts(reference)), weights_of(_parts(model))
+    moved = [np.abs(w - s).max() for w, s in zip(want_w, start, strict=True)]
+    assert min(moved) > 1e-3
+    for w, g in zip(want_w, got_w, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("drain", [True, False], ids=["drain", "no-drain"])
+@pytest.mark.parametrize("stop_epoch", [0, 1])
+def test_free_running_stops_early_and_every_stage_trains_what_was_fed(
+    drain, stop_epoch
+):
+    """K = 3, 2 steps per call, stage 0 slowed after each call so that the
+    stages above ask for batches it has not fed yet when the stop comes:
+    stage 0 feeds those (a call is never cut short) and then no more, and
+    every stage trains every batch fed. The runtime is then fit again."""
+    x, y = _data(n=128)  # 64 batches an epoch
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", capacity=1)
+    model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=2)
+
+    def slow_stage_0(k, what, n):
+        if k == 0 and what == "end":
+            time.sleep(0.03)
+
+    model.stage_step_hook = slow_stage_0
+    history = model.fit(
+        x,
+        y,
+        batch_size=B,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        drain=drain,
+        callbacks=[_StopAt(stop_epoch, 1)],
+    )
+    assert len(history.history["loss"]) == stop_epoch + 1
+    trained = [len(log["batch"]) for log in model.stage_log]
+    # Every batch fed is trained by every stage: none is left in flight.
+    assert trained[0] == trained[1] == trained[2], trained
+    # The top stage ended the call in which it was told to stop (its
+    # batches 0 and 1 of the epoch); stage 0 fed one or two more (3 or 4 in
+    # all in our runs; the bound leaves room for a slow main thread), not
+    # the epoch.
+    assert 64 * stop_epoch + 2 <= trained[0] < 64 * stop_epoch + 48, trained
+    for log in model.stage_log:
+        np.testing.assert_array_equal(log["batch"], np.arange(trained[0]))
+    assert [int(o.iterations) for o in model.stage_optimizers()] == trained
+    assert _stage_threads() == []
+    # The kept runtime goes on: a new fit, from batch 0, every batch.
+    model.stage_step_hook = None
+    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    for log in model.stage_log:
+        np.testing.assert_array_equal(log["batch"], np.arange(64))
+
+
 # ------------------------------------------------------------- fit front
 
 

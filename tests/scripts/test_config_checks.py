@@ -20,6 +20,11 @@ BAD = [
     # (config file, variant, field, value)
     ("mnist_fcn", "dni,smoke", "keep_checkpoints", -1),
     ("mnist_fcn", "dni,smoke", "keep_checkpoints", 0),
+    ("mnist_fcn", "dni,smoke", "max_loss_growth", 1),
+    ("mnist_fcn", "dni,smoke", "max_loss_growth", 0.5),
+    ("mnist_fcn", "dni,smoke", "max_loss_growth", -10.0),
+    ("mnist_fcn", "dni,smoke", "max_loss_growth", inf),
+    ("mnist_fcn", "dni,smoke", "max_loss_growth", nan),
     ("mnist_fcn", "dni,smoke", "epochs", 0),
     ("mnist_fcn", "dni,smoke", "epochs", -3),
     ("mnist_fcn", "dni,smoke", "batch_size", 0),

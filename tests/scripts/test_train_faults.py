@@ -33,6 +33,16 @@ DIVERGING = [
     "--config.epochs=4",
     "--config.keep_checkpoints=1",
 ]
+# Backprop with SGD at rate 25: every loss stays finite, but the epoch means
+# go 77.5, 4.78, 5.82, then blow up in epoch 4 (163.9 at its first batch).
+BLOWING_UP = [
+    "--config=configs/mnist_fcn.py:backprop,smoke",
+    "--config.log.diagnostics_every_steps=0",
+    "--config.optimizer.name=sgd",
+    "--config.optimizer.learning_rate=25",
+    "--config.epochs=5",
+    "--config.keep_checkpoints=1",
+]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
 
 
@@ -105,6 +115,28 @@ def test_errors_before_training_are_one_line_and_create_nothing(
     assert line.startswith("train.py: ") and said in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
     assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_a_finite_blow_up_stops_with_max_loss_growth(tmp_path):
+    done = _run([*BLOWING_UP, "--config.max_loss_growth=5", f"--workdir={tmp_path}"])
+    line = _error_line(done)
+    assert line == (
+        "train.py: Training diverged in epoch 4, batch 1: the task loss "
+        "(loss=163.9) is 34.3 times its lowest epoch mean (4.778, epoch 2), "
+        "above max_growth=5.0. Newest finite checkpoint: "
+        f"{tmp_path / 'ckpt' / 'epoch-0003.keras'}"
+    )
+    # The epoch that blew up is not saved, so it pushed nothing out.
+    assert [n for n, _ in checkpoint.checkpoint_files(tmp_path / "ckpt")] == [3]
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert metrics["status"] == "diverged"
+    assert metrics["diverged"]["reason"] == "grew"
+    assert metrics["steps"] == 3 * 8 + 1
+    # Off, the same run goes to its end: the guard is what stopped it.
+    off = tmp_path / "off"
+    done = _run([*BLOWING_UP, "--config.max_loss_growth=0", f"--workdir={off}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _strict_json(off / "metrics.json")["status"] == "finished"
 
 
 def test_divergence_stops_names_the_cut_and_keeps_the_finite_checkpoint(tmp_path):
