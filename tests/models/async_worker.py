@@ -185,6 +185,31 @@ def op_devices(concrete, ops):
 # has room (its size, the assertion) runs there too, beside the queue.
 target_check_devices = op_devices(runtime.steps[1], ("QueueSizeV2", "Assert"))
 
+
+def loop_inputs(concrete):
+    """The devices of the step loop and of what enters it, other than
+    resources (variables, queues, the iterator: they live where they were
+    made). A tensor that enters from another device crosses at every step."""
+    nodes = {n.name: n for n in concrete.graph.as_graph_def().node}
+    loops = [n for n in nodes.values() if n.op in ("While", "StatelessWhile")]
+    devices = set()
+    for loop in loops:
+        devices.add(short(loop.device))
+        for name in loop.input:
+            node = nodes[name.lstrip("^").split(":")[0]]
+            if node.attr["dtype"].type != tf.resource.as_datatype_enum:
+                devices.add(short(node.device))
+    return sorted(devices)
+
+
+# Nothing a step uses comes from this process: each stage's loop runs on
+# its device with every tensor it takes (no capture from the default device).
+loop_devices = [loop_inputs(step) for step in runtime.steps]
+captured = [
+    sorted({short(t.device) for t in step.captured_inputs if t.dtype != tf.resource})
+    for step in runtime.steps
+]
+
 print(
     json.dumps(
         {
@@ -193,6 +218,8 @@ print(
             "slot_devices": slot_devices,
             "queue_devices": queue_devices,
             "target_check_devices": target_check_devices,
+            "loop_devices": loop_devices,
+            "captured_tensor_devices": captured,
             "metric_devices": metric_devices,
             "history": [want_history.history, history.history],
             "evaluated": evaluated,

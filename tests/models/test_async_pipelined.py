@@ -1027,6 +1027,11 @@ def test_placed_on_two_logical_devices_lock_step_equals_pipelined():
     }
     # The check that the target queue has room runs beside it, on CPU:0.
     assert result["target_check_devices"] == ["device:CPU:0"]
+    # Each stage's loop runs on its device, and nothing it takes at each
+    # step comes from another: no tensor captured from this process (on two
+    # servers, a constant captured from the client crossed at every step).
+    assert result["loop_devices"] == [["device:CPU:0"], ["device:CPU:1"]]
+    assert result["captured_tensor_devices"] == [[], []]
     # Each metric lives where it is updated: the loss and the compiled
     # metrics on the top stage's device, the synthesizer's loss on its
     # stage's. Their logs are PipelinedModel's, and `evaluate`, traced
