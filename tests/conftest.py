@@ -14,8 +14,16 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_sg  # noqa: E402
+
+# pytest-xdist runs one worker per core plus one, and TensorFlow would give
+# each worker's ops a thread per core on top: more threads than cores, whose
+# pools spin while they wait for each other. A worker's ops run on one thread
+# each; the workers are the parallelism. Tests of threading run in
+# subprocesses of their own, which this does not touch.
+tf.config.threading.set_intra_op_parallelism_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"

@@ -35,7 +35,8 @@ DIVERGING = [
     "--config.keep_checkpoints=1",
 ]
 # Backprop with SGD at rate 25: every loss stays finite, but the epoch means
-# go 77.5, 4.78, 5.82, then blow up in epoch 4 (163.9 at its first batch).
+# go 77.5, 4.78, 5.82, then blow up in epoch 4 (163.9 at its first batch; 164.4
+# on an AVX2 machine, whose kernels sum in another order).
 BLOWING_UP = [
     "--config=configs/mnist_fcn.py:backprop,smoke",
     "--config.log.diagnostics_every_steps=0",
