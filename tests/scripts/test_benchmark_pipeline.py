@@ -626,3 +626,31 @@ def test_async_xla_row_on_the_servers_beside_the_profiled_one(
     # Neither the costs file nor the simulator's validation holds it.
     costs = validation.read_measured_costs(tmp_path / "bench.json")
     assert [c.setting for c in costs] == ["logical"] * 7 + ["servers"] * 7
+
+
+def test_server_intra_op_threads_reach_each_server_command(bench, parsed, monkeypatch):
+    commands = []
+
+    class Server:
+        pid = 1
+
+        def __init__(self, command, **kwargs):
+            commands.append(command)
+            self.stdout = types.SimpleNamespace(readline=lambda: "serving\n")
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Server)
+    parsed()
+    # The default is left out of the spec: runs cached before the flag match.
+    assert "server_intra_op_threads" not in bench.base_spec()
+    bench.start_servers(2, {})
+    assert all("--intra_op_threads=1" in c for c in commands)
+    parsed("--server_intra_op_threads=2")
+    spec = bench.base_spec()
+    assert spec["server_intra_op_threads"] == 2
+    commands.clear()
+    bench.start_servers(2, {}, spec["server_intra_op_threads"])
+    assert [c.count("--intra_op_threads=2") for c in commands] == [1, 1]
+    # Each server is still pinned to one core.
+    assert all(c[-1].startswith("--cpus=") for c in commands)
+    with pytest.raises(flags.IllegalFlagValueError):
+        parsed("--server_intra_op_threads=0")
