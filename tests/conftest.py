@@ -21,7 +21,7 @@ import keras_sg  # noqa: E402
 # pytest-xdist runs one worker per core plus one, and TensorFlow would give
 # each worker's ops as many threads as there are cores: six op threads on two
 # cores. A worker's ops run on one thread each; the workers are the
-# parallelism (the suite took 642 s before and 555 s after, in turn, on a
+# parallelism (the suite took 642 s before and 555 s after, one run each, on a
 # 2-core AVX2 machine). Tests of threading run in subprocesses of their own,
 # which this does not touch.
 tf.config.threading.set_intra_op_parallelism_threads(1)
