@@ -209,6 +209,7 @@ def accuracy_specs():
         mnist=True,
         target_accuracy=FLAGS.target_accuracy,
         max_epochs=FLAGS.max_epochs,
+        max_loss_growth=FLAGS.max_loss_growth,
         **({} if FLAGS.logical else {"cluster": True}),
     )
 
@@ -292,7 +293,7 @@ def median_seconds(results):
 
 
 def seconds_text(seconds):
-    """Seconds to accuracy to a tenth, or "not reached" (None)."""
+    """A median's seconds to accuracy to a tenth, or "not reached" (None)."""
     return "not reached" if seconds is None else f"{seconds:.1f}"
 
 
@@ -316,7 +317,7 @@ def accuracy_table(runs, load):
             if seconds is not None and reference is not None
             else "–"
         )
-        each = ", ".join(seconds_text(r["seconds"]) for r in results)
+        each = ", ".join(bp.seconds_cell(r, digits=1) for r in results)
         ages = [r["staleness"][0]["mean_age"] for r in results if "staleness" in r]
         cells = [
             display_name(middle["spec"]["name"]),
@@ -330,6 +331,9 @@ def accuracy_table(runs, load):
             ", ".join(f"{a:.4f}" for _, _, a in middle["curve"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    diverged = bp.divergence_lines(runs)
+    if diverged:
+        lines += ["", "Runs that diverged (stopped by --max_loss_growth):", *diverged]
     return lines + ["", bp.load_text(load)]
 
 
@@ -338,6 +342,7 @@ def main(argv):
     if FLAGS.accuracy:
         runs = bp.in_turn(accuracy_specs(), FLAGS.repeats, FLAGS.vary_seed)
         print("\n".join(accuracy_table(runs, bp.measured_load(runs))))
+        bp.exit_if_diverged(runs)
         return
     runs = bp.in_turn(specs(), FLAGS.repeats)
     load = bp.measured_load(runs)

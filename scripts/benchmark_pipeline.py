@@ -108,6 +108,19 @@ flags.DEFINE_integer("profile_steps", 4, "Steps inside the profiler trace.")
 flags.DEFINE_float("target_accuracy", 0.975, "MNIST test accuracy to reach.")
 flags.DEFINE_integer("max_epochs", 8, "Cap on the time-to-accuracy runs.")
 flags.DEFINE_bool("skip_accuracy", False, "Skip the MNIST time-to-accuracy runs.")
+flags.DEFINE_float(
+    "max_loss_growth",
+    10.0,
+    "A time-to-accuracy run that diverged stops, counted as not reaching the "
+    "target: a loss not finite, or the epoch mean task loss above this many "
+    "times its lowest epoch mean (checked at each epoch's end; 0: only the "
+    "non-finite check), as scripts/train.py's max_loss_growth.",
+)
+flags.register_validator(
+    "max_loss_growth",
+    lambda value: value == 0 or (math.isfinite(value) and value > 1),
+    message="--max_loss_growth must be 0 (off) or a finite number above 1.",
+)
 flags.DEFINE_string(
     "cache", str(ROOT / "workdirs" / "benchmarks"), "Folder of finished measurements."
 )
@@ -547,34 +560,18 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
             train = keras_sg.data.batches(*arrays, shuffle=True, **shuffled)
         train = without_autotune(train)
     fit = {"steps_per_epoch": steps} if on_server else {}
-    curve = []
-    clock = {"seconds": 0.0, "since": None}
-
-    class EvaluateAndStop(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            clock["seconds"] += time.perf_counter() - clock["since"]
-            accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-            curve.append((epoch + 1, clock["seconds"], accuracy))
-            if accuracy >= spec["target_accuracy"]:
-                model.stop_training = True
-            clock["since"] = time.perf_counter()
-
-    clock["since"] = time.perf_counter()
-    model.fit(
+    result = fit_to_accuracy(
+        keras,
+        keras_sg,
+        model,
         train,
+        test,
         epochs=spec["max_epochs"],
-        verbose=0,
-        shuffle=False,
-        callbacks=[EvaluateAndStop()],
+        target=spec["target_accuracy"],
+        max_loss_growth=spec.get("max_loss_growth", 0.0),
         **fit,
     )
-    reached = curve[-1][2] >= spec["target_accuracy"]
-    result = {
-        "spec": spec,
-        "curve": curve,
-        "seconds": clock["seconds"] if reached else None,
-        "one_fit": True,
-    }
+    result = {"spec": spec, **result, "one_fit": True}
     if spec["model"] == "async":
         result["staleness"] = staleness(model.stage_log)
     # The training logs per epoch (loss, accuracy and, for the decoupled
@@ -585,6 +582,65 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
         for name, values in model.history.history.items()
     }
     return result
+
+
+def fit_to_accuracy(
+    keras, keras_sg, model, train, test, *, epochs, target, max_loss_growth, **fit
+):
+    """One `fit` of up to `epochs` epochs to `target` test accuracy, timed.
+
+    After each epoch, with the clock stopped, a callback evaluates on `test`
+    and ends training once the target is reached. With `max_loss_growth`
+    above 0 it also ends a run that diverged, as scripts/train.py's
+    `max_loss_growth` does: a loss not finite, or the epoch mean task loss
+    more than that many times its lowest epoch mean
+    (`keras_sg.callbacks.StopOnDivergence`, checked at each epoch's end
+    only, so that the guard adds no work to the timed steps). A diverged run
+    never reached the target: its seconds are None and `diverged` says
+    where and why.
+
+    Returns:
+        A dict: `curve` (epoch, training seconds so far, test accuracy) per
+        epoch; `seconds` to the target, or None; `diverged`, None or the
+        guard's `diverged` dict with its `message`.
+    """
+    guard = keras_sg.callbacks.StopOnDivergence(max_growth=max_loss_growth or None)
+    curve = []
+    clock = {"seconds": 0.0, "since": None}
+
+    class EvaluateAndStop(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            guard.set_model(self.model)
+            guard.on_train_begin(logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            clock["seconds"] += time.perf_counter() - clock["since"]
+            guard.on_epoch_begin(epoch)
+            guard.on_epoch_end(epoch, logs)  # stops training if it diverged
+            accuracy = self.model.evaluate(test, verbose=0, return_dict=True)
+            curve.append((epoch + 1, clock["seconds"], accuracy["accuracy"]))
+            if accuracy["accuracy"] >= target:
+                self.model.stop_training = True
+            clock["since"] = time.perf_counter()
+
+    clock["since"] = time.perf_counter()
+    model.fit(
+        train,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[EvaluateAndStop()],
+        **fit,
+    )
+    diverged = None
+    if guard.diverged:
+        diverged = dict(guard.diverged, message=guard.message)
+    reached = not diverged and curve[-1][2] >= target
+    return {
+        "curve": curve,
+        "seconds": clock["seconds"] if reached else None,
+        "diverged": diverged,
+    }
 
 
 def staleness(stage_log):
@@ -837,6 +893,7 @@ def main(argv):
                     ),
                     target_accuracy=FLAGS.target_accuracy,
                     max_epochs=FLAGS.max_epochs,
+                    max_loss_growth=FLAGS.max_loss_growth,
                     cluster=not FLAGS.skip_cluster,
                 )
             )
@@ -866,6 +923,7 @@ def main(argv):
     costs.write_text(json.dumps(costs_file(measured, load), indent=1) + "\n")
     output.write_text(report(runs, plain, cluster, accuracy, load, costs.name))
     print(f"wrote {output} and {costs}")
+    exit_if_diverged(accuracy)
 
 
 # What trained the runtime's cDNI best in docs/async.md ("Ten seeds again"):
@@ -1533,6 +1591,10 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
                 f"| {name} | {rate:g} | {seconds_cell(r)} ({each}) |"
                 f" {len(r['curve'])} ({epochs}) | {curve} |"
             )
+        diverged = divergence_lines(accuracy)
+        if diverged:
+            lines += ["", "Runs that diverged (stopped by --max_loss_growth):"]
+            lines += diverged
         lines.append("")
     return "\n".join(lines)
 
@@ -1565,9 +1627,38 @@ def idle_lines(cluster):
     return [*lines, ""]
 
 
-def seconds_cell(run):
-    """A time-to-accuracy run's seconds, or "not reached"."""
-    return "not reached" if run["seconds"] is None else f"{run['seconds']:.0f}"
+def seconds_cell(run, digits=0):
+    """A time-to-accuracy run's seconds, "diverged (epoch n)" or "not
+    reached"."""
+    if run.get("diverged"):
+        return f"diverged (epoch {run['diverged']['epoch']})"
+    return "not reached" if run["seconds"] is None else f"{run['seconds']:.{digits}f}"
+
+
+def divergence_lines(runs):
+    """One line per time-to-accuracy run that diverged, with the guard's
+    message (runs is a dict of lists of results); [] when none did."""
+    lines = []
+    for results in runs.values():
+        for run in results:
+            if run.get("diverged"):
+                spec = run["spec"]
+                lines.append(
+                    f"- {spec['name']}, seed {spec.get('seed', 0)}: "
+                    f"{run['diverged']['message']}"
+                )
+    return lines
+
+
+def exit_if_diverged(runs):
+    """Ends the script with an error naming the runs that diverged, after
+    their tables were written: no run exits 0 after diverging."""
+    lines = divergence_lines(runs)
+    if lines:
+        raise SystemExit(
+            f"{len(lines)} time-to-accuracy run(s) diverged; the tables count "
+            "them as not reaching the target:\n" + "\n".join(lines)
+        )
 
 
 if __name__ == "__main__":

@@ -190,6 +190,45 @@ def test_the_accuracy_table_takes_true_medians_and_counts_a_miss_as_slowest(pars
     assert runtime[1].startswith("not reached (") and runtime[2] == "–"
 
 
+def test_a_diverged_run_is_named_in_the_table_and_the_script_exits_with_it(parse):
+    script = parse("--accuracy")
+    collapsed = _run("async_cdni C=1 (run 2)", None, 3, age=2.8)
+    collapsed["spec"]["seed"] = 1
+    collapsed["diverged"] = {
+        "epoch": 3,
+        "batch": None,
+        "losses": {"loss": 34.2},
+        "reason": "grew",
+        "message": "Training diverged in epoch 3: the task loss grew.",
+    }
+    runs = {
+        "backprop_mp": [_run("backprop_mp (run 1)", 47.0, 3)] * 2,
+        "async_cdni": [_run("async_cdni C=1 (run 1)", 36.0, 3, age=2.1), collapsed],
+    }
+    lines = script.accuracy_table(runs, script.bp.measured_load(runs))
+    runtime = lines[3].split(" | ")
+    assert runtime[1] == "not reached (36.0, diverged (epoch 3))"
+    assert runtime[3] == "3, –"
+    assert "- async_cdni C=1 (run 2), seed 1: Training diverged in epoch 3" in (
+        "\n".join(lines)
+    )
+    with pytest.raises(SystemExit, match=r"1 time-to-accuracy run\(s\) diverged"):
+        script.bp.exit_if_diverged(runs)
+    del collapsed["diverged"]
+    script.bp.exit_if_diverged(runs)  # none diverged: returns
+    lines = script.accuracy_table(runs, script.bp.measured_load(runs))
+    assert not any("diverged" in line for line in lines)
+
+
+def test_a_loss_growth_guard_goes_into_every_accuracy_spec(parse):
+    for spec in parse("--accuracy").accuracy_specs().values():
+        assert spec["max_loss_growth"] == 10.0
+    specs = parse("--accuracy", "--max_loss_growth=0").accuracy_specs()
+    assert {spec["max_loss_growth"] for spec in specs.values()} == {0.0}
+    with pytest.raises(flags.IllegalFlagValueError, match="max_loss_growth"):
+        parse("--accuracy", "--max_loss_growth=1")
+
+
 def _same_but_input(stage0, client):
     """The two specs measure the same, but for where the input is made."""
     assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {

@@ -5,6 +5,7 @@ import json
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 from absl import flags
 from conftest import script_module
@@ -469,6 +470,66 @@ def test_clipping_of_a_spec_reaches_the_optimizer(bench):
     by_value = bench.build(dict(spec, clipvalue=0.01), keras, keras_sg, None, 5)
     assert by_value.optimizer.clipvalue == 0.01
     assert by_value.optimizer.global_clipnorm is None
+
+
+def _fit_to_accuracy(bench, *, jump, target, epochs, max_loss_growth):
+    """A linear classifier of 3 classes on 32 examples (4 batches an epoch),
+    trained by SGD at 0.05 for its first epoch and at `jump` after it."""
+    import keras
+    import tensorflow as tf
+
+    import keras_sg
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 2)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    rate = keras.optimizers.schedules.PiecewiseConstantDecay([4], [0.05, jump])
+    model.compile(
+        optimizer=keras.optimizers.SGD(rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    result = bench.fit_to_accuracy(
+        keras,
+        keras_sg,
+        model,
+        data,
+        data,
+        epochs=epochs,
+        target=target,
+        max_loss_growth=max_loss_growth,
+    )
+    return result, model.history.history["loss"]
+
+
+def test_a_time_to_accuracy_run_that_diverged_stops_and_never_reached(bench):
+    # Epoch 1 at a sound rate, then a rate of 1e4: the logits blow up and
+    # the epoch mean loss of epoch 2 is far above 10 times epoch 1's.
+    result, losses = _fit_to_accuracy(
+        bench, jump=1e4, target=1.01, epochs=4, max_loss_growth=10.0
+    )
+    assert losses[1] > 10 * losses[0] and np.isfinite(losses[1])
+    assert [epoch for epoch, _, _ in result["curve"]] == [1, 2]  # not 4
+    assert result["seconds"] is None
+    diverged = result["diverged"]
+    assert diverged["epoch"] == 2 and diverged["batch"] is None
+    assert diverged["reason"] == "grew"
+    assert diverged["losses"]["loss"] == pytest.approx(losses[1])
+    assert "max_growth=10.0" in diverged["message"]
+    # The guard off: the same run trains all its epochs, still finite.
+    result, losses = _fit_to_accuracy(
+        bench, jump=1e4, target=1.01, epochs=3, max_loss_growth=0.0
+    )
+    assert len(result["curve"]) == 3 and result["diverged"] is None
+    assert np.isfinite(losses).all() and losses[2] > 10 * losses[0]
+    # A sound run that reaches its target stops there, with its time.
+    result, _ = _fit_to_accuracy(
+        bench, jump=0.05, target=0.0, epochs=4, max_loss_growth=10.0
+    )
+    assert len(result["curve"]) == 1 and result["diverged"] is None
+    assert result["seconds"] == result["curve"][0][1] > 0
 
 
 def test_staleness_of_the_targets_by_hand(bench):
