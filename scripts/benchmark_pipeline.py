@@ -1566,7 +1566,16 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             + " Seconds: the median of"
             " the runs (in brackets; a run that did not reach the target"
             " counts as the slowest); epochs of the median run (of each run"
-            " in brackets) and its accuracies."
+            " in brackets) and its accuracies. A run that diverged (a loss"
+            " not finite"
+            + (
+                f", or the epoch mean loss above {FLAGS.max_loss_growth:g}"
+                " times its lowest"
+                if FLAGS.max_loss_growth
+                else ""
+            )
+            + ", checked after each epoch) stops there and did not reach the"
+            " target."
             + (
                 " Run r of each row initializes the weights and orders the data"
                 " with seed r - 1."

@@ -17,7 +17,9 @@ the benchmark's) adds a cosine decay to a tenth after it. For
 --model=async, --steps_per_execution and --jit_compile are the runtime's
 steps per call and per-stage XLA. It prints the test
 accuracy after each epoch and stops at --target_accuracy
-or after --max_epochs; with --runs_file it appends the run as one JSON line.
+or after --max_epochs, or, with an error, when the run diverged (the
+benchmark's --max_loss_growth); with --runs_file it appends the run as one
+JSON line.
 Epoch counts do not depend on the machine's load, so this runs anywhere.
 """
 
@@ -31,7 +33,7 @@ from absl import app, flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The benchmark's model and flags: --capacity, --target_accuracy,
-# --max_epochs and --warmup_steps come from there.
+# --max_epochs, --max_loss_growth and --warmup_steps come from there.
 import benchmark_pipeline  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -116,6 +118,13 @@ def main(argv):
     )
     steps = len(train_x) // BATCH_SIZE
     curve = []
+    # The benchmark's guard (--max_loss_growth), kept across the one-epoch
+    # fits: it remembers the lowest epoch mean loss.
+    guard = keras_sg.callbacks.StopOnDivergence(
+        max_growth=FLAGS.max_loss_growth or None
+    )
+    guard.set_model(model)
+    guard.on_train_begin()
     for epoch in range(FLAGS.max_epochs):
         train = keras_sg.data.batches(
             train_x,
@@ -126,15 +135,20 @@ def main(argv):
             seed=FLAGS.seed,
             first_epoch=epoch,
         )
-        model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+        history = model.fit(
+            train, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False
+        )
         accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
         curve.append(round(float(accuracy), 4))
         print(f"epoch {epoch + 1}: test accuracy {accuracy:.4f}", flush=True)
-        if accuracy >= FLAGS.target_accuracy:
+        guard.on_epoch_begin(epoch)
+        guard.on_epoch_end(epoch, {k: v[-1] for k, v in history.history.items()})
+        if guard.diverged or accuracy >= FLAGS.target_accuracy:
             break
-    reached = curve[-1] >= FLAGS.target_accuracy
+    reached = not guard.diverged and curve[-1] >= FLAGS.target_accuracy
     epochs = len(curve) if reached else None
-    print(f"epochs to {FLAGS.target_accuracy:.1%}: {epochs or 'not reached'}")
+    outcome = "diverged" if guard.diverged else epochs or "not reached"
+    print(f"epochs to {FLAGS.target_accuracy:.1%}: {outcome}")
     if FLAGS.runs_file:
         flag_values = {
             name: getattr(FLAGS, name)
@@ -153,8 +167,11 @@ def main(argv):
                 "seed",
             )
         }
+        run = dict(flags=flag_values, curve=curve, diverged=guard.message)
         with open(FLAGS.runs_file, "a") as f:
-            f.write(json.dumps(dict(flags=flag_values, curve=curve)) + "\n")
+            f.write(json.dumps(run) + "\n")
+    if guard.diverged:
+        raise SystemExit(guard.message)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""scripts/epochs_to_accuracy.py: its flags load beside the benchmark's, and
-its warm-up is the one the benchmark uses."""
+"""scripts/epochs_to_accuracy.py: its flags load beside the benchmark's, its
+warm-up is the one the benchmark uses, and a run that diverged stops."""
 
+import json
 import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 from conftest import script_module
 
@@ -60,3 +63,47 @@ def test_runtime_options_are_refused_for_the_other_models(script, monkeypatch):
     flags.FLAGS(["epochs_to_accuracy.py", "--model=pipelined", "--jit_compile"])
     with pytest.raises(ValueError, match="Received: --model=pipelined"):
         script.main([])
+
+
+def test_a_run_that_diverged_stops_is_recorded_and_exits_with_an_error(
+    script, monkeypatch, tmp_path, capsys
+):
+    # The script's loop on 512 random "images" (2 batches of 256 an epoch)
+    # and a linear model, at Adam 1e4: the weights grow by about the rate
+    # each step, so the epoch mean loss of epoch 2 is more than 1.5 times
+    # epoch 1's (finite: cross-entropy from logits).
+    import keras_sg
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(512, 28, 28, 1)).astype("uint8")
+    labels = rng.integers(0, 10, size=512)
+    test = tf.data.Dataset.from_tensor_slices(
+        (images.reshape(512, -1).astype("float32") / 255, labels)
+    ).batch(256)
+    monkeypatch.setattr(keras_sg.data, "manual_dir_from_env", lambda name: None)
+    monkeypatch.setattr(keras_sg.data, "load_split", lambda *a, **k: (images, labels))
+    monkeypatch.setattr(keras_sg.data, "image_dataset", lambda *a, **k: test)
+    monkeypatch.setattr(
+        script.benchmark_pipeline,
+        "build",
+        lambda *a, **k: keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)]),
+    )
+    runs = tmp_path / "runs.jsonl"
+    flags.FLAGS(
+        [
+            "epochs_to_accuracy.py",
+            "--model=backprop",
+            "--learning_rate=1e4",
+            "--warmup_steps=0",
+            "--max_loss_growth=1.5",
+            "--max_epochs=5",
+            f"--runs_file={runs}",
+        ]
+    )
+    with pytest.raises(SystemExit, match=r"Training diverged in epoch 2: the task"):
+        script.main([])
+    assert "epochs to 97.5%: diverged" in capsys.readouterr().out
+    run = json.loads(runs.read_text())
+    assert len(run["curve"]) == 2  # stopped after epoch 2 of 5
+    assert run["diverged"].startswith("Training diverged in epoch 2")
+    assert "above max_growth=1.5" in run["diverged"]
