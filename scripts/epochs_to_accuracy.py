@@ -165,6 +165,7 @@ def main(argv):
                 "steps_per_execution",
                 "jit_compile",
                 "seed",
+                "max_loss_growth",
             )
         }
         run = dict(flags=flag_values, curve=curve, diverged=guard.message)

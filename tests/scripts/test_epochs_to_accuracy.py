@@ -105,5 +105,6 @@ def test_a_run_that_diverged_stops_is_recorded_and_exits_with_an_error(
     assert "epochs to 97.5%: diverged" in capsys.readouterr().out
     run = json.loads(runs.read_text())
     assert len(run["curve"]) == 2  # stopped after epoch 2 of 5
+    assert run["flags"]["max_loss_growth"] == 1.5
     assert run["diverged"].startswith("Training diverged in epoch 2")
     assert "above max_growth=1.5" in run["diverged"]
