@@ -331,10 +331,7 @@ def accuracy_table(runs, load):
             ", ".join(f"{a:.4f}" for _, _, a in middle["curve"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    diverged = bp.divergence_lines(runs)
-    if diverged:
-        lines += ["", "Runs that diverged (stopped by --max_loss_growth):", *diverged]
-    return lines + ["", bp.load_text(load)]
+    return lines + bp.divergence_section(runs) + ["", bp.load_text(load)]
 
 
 def main(argv):

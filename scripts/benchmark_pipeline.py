@@ -1600,10 +1600,7 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
                 f"| {name} | {rate:g} | {seconds_cell(r)} ({each}) |"
                 f" {len(r['curve'])} ({epochs}) | {curve} |"
             )
-        diverged = divergence_lines(accuracy)
-        if diverged:
-            lines += ["", "Runs that diverged (stopped by --max_loss_growth):"]
-            lines += diverged
+        lines += divergence_section(accuracy)
         lines.append("")
     return "\n".join(lines)
 
@@ -1657,6 +1654,15 @@ def divergence_lines(runs):
                     f"{run['diverged']['message']}"
                 )
     return lines
+
+
+def divergence_section(runs):
+    """The lines that follow a time-to-accuracy table: a blank line, a
+    heading and `divergence_lines`; [] when no run diverged."""
+    lines = divergence_lines(runs)
+    if not lines:
+        return []
+    return ["", "Runs that diverged (stopped by --max_loss_growth):", *lines]
 
 
 def exit_if_diverged(runs):
