@@ -3,6 +3,7 @@
 import contextlib
 import gc
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -111,6 +112,51 @@ def run_train(args, timeout=300):
         env=env,
         cwd=ROOT,
     )
+
+
+def train_in_process(args):
+    """Runs scripts/train.py's `main` with `args` in this process: what
+    `run_train` checks, without starting a Python and TensorFlow (about 5 s
+    of CPU a run, in a suite that is CPU-bound on two cores).
+
+    The run gets `--config.deterministic=False` (op determinism is
+    process-wide, and would stay on for the worker's later tests); a config
+    path relative to the repository root is made absolute. Returns a
+    `subprocess.CompletedProcess`: exit status 0, or the `SystemExit`'s code
+    (1 with its message on stderr when the script ended with one), and what
+    the run printed.
+    """
+    argv = ["train.py"]
+    for arg in args:
+        if arg.startswith("--config=configs/"):
+            arg = f"--config={ROOT / arg.removeprefix('--config=')}"
+        argv.append(arg)
+    argv.append("--config.deterministic=False")
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    saved = sys.argv
+    sys.argv = argv  # config_flags reads the overrides from sys.argv
+    try:
+        with (
+            script_module(TRAIN, "keras_sg_train") as module,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                module.parse_flags(argv)
+                module.main([])
+            except SystemExit as exit:
+                if exit.code is None or isinstance(exit.code, int):
+                    code = exit.code or 0
+                else:
+                    code = 1
+                    print(exit.code, file=sys.stderr)
+            finally:
+                while module._LOCK:  # the workdir's lock, released at exit
+                    os.close(module._LOCK.pop())
+    finally:
+        sys.argv = saved
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def set_field(config, field, value):

@@ -7,9 +7,7 @@ two separate optimizers: one for the network, one for the synthesizers.
 """
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import test_clocked_pair as clocked
 import test_pipelined_reference as pipe
 import test_truncated_bptt as tbptt
-from conftest import linear_synth, script_module
+from conftest import linear_synth, script_module, train_in_process
 
 import keras_sg
 
@@ -427,38 +425,6 @@ def test_mixed_bfloat16_with_a_synthesizer_optimizer_smoke():
     assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
 
 
-def test_mirrored_strategy_with_a_synthesizer_optimizer_matches_one_device():
-    """Pipelined cDNI on two logical CPUs, Adam and the synthesizers' SGD."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("mirrored_worker.py")),
-            "cdni",
-            "pipelined",
-            "synthesizer_optimizer",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        # This checkout's keras_sg, whichever one is installed.
-        env=dict(
-            os.environ,
-            KERAS_BACKEND="tensorflow",
-            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        ),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == 2
-    assert result["synth_iterations"] == 8  # 2 epochs of 4 batches
-    # The model optimizer holds no slots of the synthesizers' variables.
-    mirrored_count, single_count = result["optimizer_variables"]
-    assert mirrored_count == single_count
-    assert result["max_weight_change"] > 1e-2
-    assert result["max_weight_diff"] < 1e-5
-    np.testing.assert_allclose(result["sg_mirrored"], result["sg_single"], rtol=1e-4)
-
-
 # ------------------------------------------------------------- scripts/train.py
 
 
@@ -468,36 +434,29 @@ def train_script():
         yield m
 
 
-def _train(script, workdir, *overrides):
+def _train(workdir, *overrides):
     """scripts/train.py's main, in process, on mnist_fcn's dni smoke config
-    with an SGD synthesizer optimizer (the paper's schedule for both)."""
-    argv = [
-        "train.py",
-        f"--config={ROOT / 'configs' / 'mnist_fcn.py'}:dni,smoke",
-        f"--workdir={workdir}",
-        "--config.deterministic=False",  # op determinism is process-wide
-        "--config.data.train_examples=192",
-        "--config.log.diagnostics_every_steps=0",
-        "--config.synthesizer_optimizer.name=sgd",
-        "--config.synthesizer_optimizer.learning_rate=0.05",
-        *overrides,
-    ]
-    saved = sys.argv
-    sys.argv = argv  # config_flags reads the overrides from sys.argv
-    try:
-        for name in [n for n in script.FLAGS if n.startswith("config.")]:
-            delattr(script.FLAGS, name)  # defined anew by each parse
-        script.FLAGS.unparse_flags()
-        script.parse_flags(argv)
-        script.main([])
-    finally:
-        sys.argv = saved
+    with an SGD synthesizer optimizer (the paper's schedule for both). A run
+    that ends with an error raises SystemExit with the error's line."""
+    done = train_in_process(
+        [
+            "--config=configs/mnist_fcn.py:dni,smoke",
+            f"--workdir={workdir}",
+            "--config.data.train_examples=192",
+            "--config.log.diagnostics_every_steps=0",
+            "--config.synthesizer_optimizer.name=sgd",
+            "--config.synthesizer_optimizer.learning_rate=0.05",
+            *overrides,
+        ]
+    )
+    if done.returncode:
+        raise SystemExit(done.stderr.strip())
     return json.loads((Path(workdir) / "metrics.json").read_text())
 
 
-def test_train_py_resumes_the_synthesizer_optimizer(train_script, tmp_path):
+def test_train_py_resumes_the_synthesizer_optimizer(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _train(train_script, straight, "--config.epochs=3")
+    _train(straight, "--config.epochs=3")
     final = keras.models.load_model(straight / "ckpt" / "epoch-0003.keras")
     synth = final.synthesizer_optimizer
     assert isinstance(synth, keras.optimizers.SGD)
@@ -513,7 +472,7 @@ def test_train_py_resumes_the_synthesizer_optimizer(train_script, tmp_path):
     (resumed / "metrics.json").unlink()
     history = (resumed / "history.csv").read_text().splitlines()
     (resumed / "history.csv").write_text("\n".join(history[:3]) + "\n")
-    metrics = _train(train_script, resumed, "--config.epochs=3")
+    metrics = _train(resumed, "--config.epochs=3")
     assert metrics["resumed_from_epoch"] == 2
     again = keras.models.load_model(resumed / "ckpt" / "epoch-0003.keras")
     assert int(again.synthesizer_optimizer.iterations) == 9
@@ -535,11 +494,9 @@ def test_train_py_resumes_the_synthesizer_optimizer(train_script, tmp_path):
         ("--config.method=backprop", "method='backprop' trains no synthesizers"),
     ],
 )
-def test_train_py_names_a_bad_synthesizer_optimizer(
-    train_script, tmp_path, override, message
-):
+def test_train_py_names_a_bad_synthesizer_optimizer(tmp_path, override, message):
     with pytest.raises(SystemExit, match=message):
-        _train(train_script, tmp_path, override)
+        _train(tmp_path, override)
 
 
 # -------------------------------------------------------------------- configs

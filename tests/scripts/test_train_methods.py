@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import run_train, set_field
+from conftest import run_train, set_field, train_in_process
 
 import keras_sg
 from keras_sg.callbacks.sg_monitor import gradient_diagnostics
@@ -40,7 +40,7 @@ KINDS = [
 def test_smoke_new_method_trains_and_reports_final_cosines(
     tmp_path, variant, cls, attribute, value
 ):
-    done = run_train(
+    done = train_in_process(
         [f"--config=configs/mnist_fcn.py:{variant},smoke", f"--workdir={tmp_path}"]
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_smoke_new_method_trains_and_reports_final_cosines(
 def test_final_cosines_are_those_of_the_final_model_on_the_probe(tmp_path):
     """metrics.json's cosines equal gradient_diagnostics recomputed from the
     last checkpoint on the same probe batch."""
-    done = run_train(
+    done = train_in_process(
         ["--config=configs/mnist_fcn.py:dni,smoke", f"--workdir={tmp_path}"]
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -87,7 +87,7 @@ def test_final_cosines_are_those_of_the_final_model_on_the_probe(tmp_path):
 def test_paper_schedule_divides_by_ten_at_60_and_80_percent(tmp_path):
     """The checkpoint's optimizer holds the schedule: rate, rate/10, rate/100
     at 60% and 80% of epochs * steps per epoch (2 * 8 = 16 steps here)."""
-    done = run_train(
+    done = train_in_process(
         [
             "--config=configs/mnist_fcn.py:backprop,smoke",
             f"--workdir={tmp_path}",
@@ -109,7 +109,7 @@ def test_paper_schedule_divides_by_ten_at_60_and_80_percent(tmp_path):
 
 
 def test_constant_schedule_keeps_the_rate(tmp_path):
-    done = run_train(
+    done = train_in_process(
         [
             "--config=configs/mnist_fcn.py:backprop,smoke",
             f"--workdir={tmp_path}",
