@@ -210,6 +210,7 @@ def accuracy_specs():
         target_accuracy=FLAGS.target_accuracy,
         max_epochs=FLAGS.max_epochs,
         max_loss_growth=FLAGS.max_loss_growth,
+        **({"rollbacks": FLAGS.rollbacks} if FLAGS.rollbacks else {}),
         **({} if FLAGS.logical else {"cluster": True}),
     )
 

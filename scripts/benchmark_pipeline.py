@@ -121,6 +121,16 @@ flags.register_validator(
     lambda value: value == 0 or (math.isfinite(value) and value > 1),
     message="--max_loss_growth must be 0 (off) or a finite number above 1.",
 )
+flags.DEFINE_integer(
+    "rollbacks",
+    0,
+    "With N > 0, a time-to-accuracy run whose epoch diverged (a loss not "
+    "finite, or the epoch mean task loss above twice its lowest) is put back "
+    "to its last sound epoch and goes on, at most N times "
+    "(keras_sg.callbacks.RollBackOnDivergence), instead of stopping; the "
+    "copies and rollbacks count as training time.",
+    lower_bound=0,
+)
 flags.DEFINE_string(
     "cache", str(ROOT / "workdirs" / "benchmarks"), "Folder of finished measurements."
 )
@@ -569,6 +579,7 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
         epochs=spec["max_epochs"],
         target=spec["target_accuracy"],
         max_loss_growth=spec.get("max_loss_growth", 0.0),
+        rollbacks=spec.get("rollbacks", 0),
         **fit,
     )
     result = {"spec": spec, **result, "one_fit": True}
@@ -585,7 +596,17 @@ def accuracy_worker(spec, keras, keras_sg, tf, np, devices):
 
 
 def fit_to_accuracy(
-    keras, keras_sg, model, train, test, *, epochs, target, max_loss_growth, **fit
+    keras,
+    keras_sg,
+    model,
+    train,
+    test,
+    *,
+    epochs,
+    target,
+    max_loss_growth,
+    rollbacks=0,
+    **fit,
 ):
     """One `fit` of up to `epochs` epochs to `target` test accuracy, timed.
 
@@ -597,14 +618,23 @@ def fit_to_accuracy(
     (`keras_sg.callbacks.StopOnDivergence`, checked at each epoch's end
     only, so that the guard adds no work to the timed steps). A diverged run
     never reached the target: its seconds are None and `diverged` says
-    where and why.
+    where and why. With `rollbacks` above 0 the guard is
+    `keras_sg.callbacks.RollBackOnDivergence` (its `max_growth` of 2): an
+    epoch that diverged is put back to the last sound one and training goes
+    on, at most `rollbacks` times, then stops as above. The guard runs
+    with the clock going: a rollback's copies of the variables are training
+    time.
 
     Returns:
         A dict: `curve` (epoch, training seconds so far, test accuracy) per
         epoch; `seconds` to the target, or None; `diverged`, None or the
-        guard's `diverged` dict with its `message`.
+        guard's `diverged` dict with its `message`; with `rollbacks`,
+        `rollbacks`: the guard's list of them.
     """
-    guard = keras_sg.callbacks.StopOnDivergence(max_growth=max_loss_growth or None)
+    if rollbacks:
+        guard = keras_sg.callbacks.RollBackOnDivergence(max_rollbacks=rollbacks)
+    else:
+        guard = keras_sg.callbacks.StopOnDivergence(max_growth=max_loss_growth or None)
     curve = []
     clock = {"seconds": 0.0, "since": None}
 
@@ -614,9 +644,9 @@ def fit_to_accuracy(
             guard.on_train_begin(logs)
 
         def on_epoch_end(self, epoch, logs=None):
-            clock["seconds"] += time.perf_counter() - clock["since"]
             guard.on_epoch_begin(epoch)
             guard.on_epoch_end(epoch, logs)  # stops training if it diverged
+            clock["seconds"] += time.perf_counter() - clock["since"]
             accuracy = self.model.evaluate(test, verbose=0, return_dict=True)
             curve.append((epoch + 1, clock["seconds"], accuracy["accuracy"]))
             if accuracy["accuracy"] >= target:
@@ -636,11 +666,14 @@ def fit_to_accuracy(
     if guard.diverged:
         diverged = dict(guard.diverged, message=guard.message)
     reached = not diverged and curve[-1][2] >= target
-    return {
+    result = {
         "curve": curve,
         "seconds": clock["seconds"] if reached else None,
         "diverged": diverged,
     }
+    if rollbacks:
+        result["rollbacks"] = guard.rollbacks
+    return result
 
 
 def staleness(stage_log):
@@ -894,6 +927,7 @@ def main(argv):
                     target_accuracy=FLAGS.target_accuracy,
                     max_epochs=FLAGS.max_epochs,
                     max_loss_growth=FLAGS.max_loss_growth,
+                    **({"rollbacks": FLAGS.rollbacks} if FLAGS.rollbacks else {}),
                     cluster=not FLAGS.skip_cluster,
                 )
             )
@@ -1656,13 +1690,34 @@ def divergence_lines(runs):
     return lines
 
 
+def rollback_lines(runs):
+    """One line per rollback of a time-to-accuracy run (`--rollbacks`): the
+    epoch that diverged, the guard's message and the epoch put back."""
+    lines = []
+    for results in runs.values():
+        for run in results:
+            spec = run["spec"]
+            for rollback in run.get("rollbacks", []):
+                lines.append(
+                    f"- {spec['name']}, seed {spec.get('seed', 0)}: "
+                    f"{rollback['message']} Put back epoch "
+                    f"{rollback['restored_epoch']}."
+                )
+    return lines
+
+
 def divergence_section(runs):
-    """The lines that follow a time-to-accuracy table: a blank line, a
-    heading and `divergence_lines`; [] when no run diverged."""
-    lines = divergence_lines(runs)
-    if not lines:
-        return []
-    return ["", "Runs that diverged (stopped by --max_loss_growth):", *lines]
+    """The lines that follow a time-to-accuracy table: for each of
+    `rollback_lines` and `divergence_lines` that has any, a blank line, a
+    heading and the lines; [] when no run was rolled back or diverged."""
+    lines = []
+    rolled = rollback_lines(runs)
+    if rolled:
+        lines += ["", "Runs rolled back and trained on (--rollbacks):", *rolled]
+    stopped = divergence_lines(runs)
+    if stopped:
+        lines += ["", "Runs that diverged and were stopped:", *stopped]
+    return lines
 
 
 def exit_if_diverged(runs):

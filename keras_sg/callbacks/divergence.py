@@ -1,9 +1,12 @@
-"""A callback that stops training when a loss stops being a finite number,
-or blows up."""
+"""Callbacks for training that diverges: one stops it when a loss stops
+being a finite number, or blows up; one puts back the last sound epoch and
+goes on."""
 
 import math
+import warnings
 
 import keras
+import numpy as np
 
 
 def is_loss_key(key: str) -> bool:
@@ -181,3 +184,131 @@ class StopOnDivergence(keras.callbacks.Callback):
             where += f", batch {batch}"
         self.message = f"Training diverged in {where}: {what}."
         self.model.stop_training = True
+
+
+def training_state(model: keras.Model) -> list:
+    """Every variable that training changes: the model's (weights, batch
+    statistics, seeds) and its optimizers' (slots, `iterations`, the rate),
+    the model's `optimizer`, its `synthesizer_optimizer` and, for
+    `AsyncPipelinedModel`, each stage's own optimizers. Each variable once."""
+    variables = list(model.variables)
+    optimizers = [getattr(model, "optimizer", None)]
+    optimizers.append(getattr(model, "synthesizer_optimizer", None))
+    if hasattr(model, "stage_optimizers"):
+        optimizers += model.stage_optimizers()
+        optimizers += model.synthesizer_optimizers() or []
+    for optimizer in optimizers:
+        if optimizer is not None:
+            variables += list(optimizer.variables)
+    seen, unique = set(), []
+    for variable in variables:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            unique.append(variable)
+    return unique
+
+
+class RollBackOnDivergence(StopOnDivergence):
+    """At the end of an epoch that diverged, puts the model and its
+    optimizers back as they were at the end of the last sound epoch, and
+    goes on training.
+
+    The checks are `StopOnDivergence`'s, made at each epoch's end only: a
+    logged loss that is not finite, or a task loss whose epoch mean is more
+    than `max_growth` times its lowest epoch mean in this `fit`. At the end
+    of each sound epoch the callback copies `training_state(model)` (the
+    weights and every optimizer's slots and `iterations`, so a learning-rate
+    schedule goes back too) to host memory; at the end of an epoch that
+    diverged it assigns that copy back, warns, and training goes on with
+    the next epoch's batches. After `max_rollbacks` of them, or when no
+    epoch was sound yet, it stops training as `StopOnDivergence` does.
+
+    A free-running `AsyncPipelinedModel` sometimes collapses after a sound
+    epoch, its task loss growing 4 to 5 times in one epoch and its test
+    accuracy falling to chance (docs/async.md); a guard that only stops it
+    loses the run. The default `max_growth=2` is lower than
+    `StopOnDivergence`'s usual 10 so that the copy put back is from before
+    the collapse began; a sound run's epoch means fall or stay. The copy
+    costs one read of every variable per epoch, inside the `fit`. An
+    `AsyncPipelinedModel` drains its pipeline at each epoch's end by
+    default, so nothing is in flight then; with `fit(..., drain=False)` the
+    batches in flight at that moment are not undone.
+
+    Args:
+        max_growth: a number > 1 (2 by default).
+        max_rollbacks: an integer >= 1 (1 by default): rollbacks in one
+            `fit` before a divergence stops it.
+        growth_keys: the logs `max_growth` watches.
+
+    Attributes:
+        rollbacks: one dict per rollback of this `fit`: `StopOnDivergence`'s
+            `diverged` dict of the epoch that diverged, its `message`, and
+            `restored_epoch`, the sound epoch whose end was put back.
+        diverged, message: as `StopOnDivergence`'s, once it stopped training.
+
+    Example:
+
+    ```python
+    rollback = keras_sg.callbacks.RollBackOnDivergence(max_growth=2)
+    model.fit(x, y, epochs=8, callbacks=[rollback])
+    print(rollback.rollbacks)
+    ```
+    """
+
+    def __init__(
+        self, max_growth: float = 2.0, max_rollbacks: int = 1, growth_keys=("loss",)
+    ):
+        if max_growth is None:
+            raise ValueError(
+                "Expected max_growth to be a number greater than 1. "
+                "Received: max_growth=None"
+            )
+        super().__init__(max_growth=max_growth, growth_keys=growth_keys)
+        if (
+            isinstance(max_rollbacks, bool)
+            or not isinstance(max_rollbacks, int)
+            or max_rollbacks < 1
+        ):
+            raise ValueError(
+                "Expected max_rollbacks to be an integer >= 1. "
+                f"Received: max_rollbacks={max_rollbacks!r}"
+            )
+        self.max_rollbacks = max_rollbacks
+        self.rollbacks = []
+        self._sound = None  # (epoch, [(variable, its value)]) of the last sound epoch
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.rollbacks = []
+        self._sound = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass  # checked at epoch ends only: a rollback puts back whole epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        stopping = self.model.stop_training  # another callback may have asked
+        super().on_epoch_end(epoch, logs)  # stops training if it diverged
+        if self.diverged is None:
+            state = training_state(self.model)
+            self._sound = (
+                epoch + 1,
+                [(v, np.array(keras.ops.convert_to_numpy(v))) for v in state],
+            )
+            return
+        if self._sound is None or len(self.rollbacks) >= self.max_rollbacks:
+            return
+        restored_epoch, values = self._sound
+        for variable, value in values:
+            variable.assign(value)
+        self.rollbacks.append(
+            dict(self.diverged, message=self.message, restored_epoch=restored_epoch)
+        )
+        warnings.warn(
+            f"{self.message} Put back the model and its optimizers as they were "
+            f"at the end of epoch {restored_epoch}; training goes on "
+            f"(rollback {len(self.rollbacks)} of {self.max_rollbacks}).",
+            stacklevel=2,
+        )
+        self.diverged = None
+        self.message = None
+        self.model.stop_training = stopping

@@ -229,6 +229,17 @@ def test_a_loss_growth_guard_goes_into_every_accuracy_spec(parse):
         parse("--accuracy", "--max_loss_growth=1")
 
 
+def test_rollbacks_go_into_the_accuracy_specs_only_when_asked(parse):
+    # Without the flag the specs (the cache's keys) are those of before it.
+    assert all(
+        "rollbacks" not in s for s in parse("--accuracy").accuracy_specs().values()
+    )
+    specs = parse("--accuracy", "--rollbacks=2").accuracy_specs()
+    assert {spec["rollbacks"] for spec in specs.values()} == {2}
+    with pytest.raises(flags.IllegalFlagValueError, match="rollbacks"):
+        parse("--accuracy", "--rollbacks=-1")
+
+
 def _same_but_input(stage0, client):
     """The two specs measure the same, but for where the input is made."""
     assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {

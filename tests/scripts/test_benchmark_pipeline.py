@@ -472,7 +472,7 @@ def test_clipping_of_a_spec_reaches_the_optimizer(bench):
     assert by_value.optimizer.global_clipnorm is None
 
 
-def _fit_to_accuracy(bench, *, jump, target, epochs, max_loss_growth):
+def _fit_to_accuracy(bench, *, jump, target, epochs, max_loss_growth, rollbacks=0):
     """A linear classifier of 3 classes on 32 examples (4 batches an epoch),
     trained by SGD at 0.05 for its first epoch and at `jump` after it."""
     import keras
@@ -500,6 +500,7 @@ def _fit_to_accuracy(bench, *, jump, target, epochs, max_loss_growth):
         epochs=epochs,
         target=target,
         max_loss_growth=max_loss_growth,
+        rollbacks=rollbacks,
     )
     return result, model.history.history["loss"]
 
@@ -530,6 +531,32 @@ def test_a_time_to_accuracy_run_that_diverged_stops_and_never_reached(bench):
     )
     assert len(result["curve"]) == 1 and result["diverged"] is None
     assert result["seconds"] == result["curve"][0][1] > 0
+
+
+def test_a_rolled_back_run_goes_on_and_a_second_divergence_stops_it(bench):
+    # The rate's jump to 1e4 comes with step 5: epoch 2 blows up and is put
+    # back to the end of epoch 1, its step count with it, so epoch 3 jumps
+    # again; with one rollback allowed, that second divergence stops the run.
+    with pytest.warns(UserWarning, match="end of epoch 1"):
+        result, losses = _fit_to_accuracy(
+            bench, jump=1e4, target=1.01, epochs=5, max_loss_growth=10.0, rollbacks=1
+        )
+    assert [epoch for epoch, _, _ in result["curve"]] == [1, 2, 3]
+    assert [r["restored_epoch"] for r in result["rollbacks"]] == [1]
+    assert result["rollbacks"][0]["epoch"] == 2
+    assert result["diverged"]["epoch"] == 3 and result["seconds"] is None
+    assert losses[1] > 2 * losses[0] and losses[2] > 2 * losses[0]
+    lines = bench.divergence_section({"row": [dict(result, spec={"name": "row"})]})
+    assert lines[1] == "Runs rolled back and trained on (--rollbacks):"
+    assert lines[2].startswith("- row, seed 0: Training diverged in epoch 2")
+    assert lines[2].endswith("Put back epoch 1.")
+    assert lines[4] == "Runs that diverged and were stopped:"
+    assert lines[5].startswith("- row, seed 0: Training diverged in epoch 3")
+    # A sound run: no rollback, and its time.
+    result, _ = _fit_to_accuracy(
+        bench, jump=0.05, target=0.0, epochs=4, max_loss_growth=10.0, rollbacks=1
+    )
+    assert result["rollbacks"] == [] and result["seconds"] > 0
 
 
 def test_staleness_of_the_targets_by_hand(bench):
