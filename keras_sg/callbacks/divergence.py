@@ -223,12 +223,13 @@ class RollBackOnDivergence(StopOnDivergence):
     the next epoch's batches. After `max_rollbacks` of them, or when no
     epoch was sound yet, it stops training as `StopOnDivergence` does.
 
-    A free-running `AsyncPipelinedModel` sometimes collapses after a sound
-    epoch, its task loss growing 4 to 5 times in one epoch and its test
-    accuracy falling to chance (docs/async.md); a guard that only stops it
-    loses the run. The default `max_growth=2` is lower than
-    `StopOnDivergence`'s usual 10 so that the copy put back is from before
-    the collapse began; a sound run's epoch means fall or stay. The copy
+    What it cures is a blow-up that one epoch brought (a bad batch, an
+    unlucky step). It did not save the collapses of a free-running
+    `AsyncPipelinedModel` measured in docs/async.md ("Rolling back a
+    collapse"): each of three fell apart again in the epoch after its
+    rollback. The default `max_growth=2` is lower than `StopOnDivergence`'s
+    usual 10 so that the copy put back is from before a fall that takes more
+    than one epoch; a sound run's epoch means fall or stay. The copy
     costs one read of every variable per epoch, inside the `fit`. An
     `AsyncPipelinedModel` drains its pipeline at each epoch's end by
     default, so nothing is in flight then; with `fit(..., drain=False)` the

@@ -428,8 +428,10 @@ def test_mixed_bfloat16_with_a_synthesizer_optimizer_smoke():
 # ------------------------------------------------------------- scripts/train.py
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def train_script():
+    # One test's: `train_in_process` loads the script anew, and the absl
+    # flags of two loaded copies at once would clash.
     with script_module(ROOT / "scripts" / "train.py", "keras_sg_train_synth") as m:
         yield m
 
