@@ -616,7 +616,7 @@ def fit_to_accuracy(
     `max_loss_growth` does: a loss not finite, or the epoch mean task loss
     more than that many times its lowest epoch mean
     (`keras_sg.callbacks.StopOnDivergence`, checked at each epoch's end
-    only, so that the guard adds no work to the timed steps). A diverged run
+    only, so that the guard adds no work to each step). A diverged run
     never reached the target: its seconds are None and `diverged` says
     where and why. With `rollbacks` above 0 the guard is
     `keras_sg.callbacks.RollBackOnDivergence` (its `max_growth` of 2): an

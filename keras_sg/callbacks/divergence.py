@@ -200,12 +200,7 @@ def training_state(model: keras.Model) -> list:
     for optimizer in optimizers:
         if optimizer is not None:
             variables += list(optimizer.variables)
-    seen, unique = set(), []
-    for variable in variables:
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            unique.append(variable)
-    return unique
+    return list({id(v): v for v in variables}.values())  # in order, each once
 
 
 class RollBackOnDivergence(StopOnDivergence):
