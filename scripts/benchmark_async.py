@@ -81,6 +81,15 @@ flags.DEFINE_float(
     "With --accuracy: Adam's clipvalue for the cDNI rows (0: none).",
 )
 
+flags.DEFINE_integer(
+    "max_target_age",
+    0,
+    "The runtime's rows with AsyncPipelinedModel(max_target_age=A): each "
+    "stage waits for the target of the batch A steps back (0: none; 2 to "
+    "capacity + 1).",
+    lower_bound=0,
+)
+
 flags.DEFINE_list(
     "optimizers",
     ["adam"],
@@ -133,6 +142,16 @@ def with_optimizers(specs):
     return out
 
 
+def with_age(spec):
+    """An async row with --max_target_age, named so; the key only when set
+    (cached runs still match)."""
+    age = FLAGS.max_target_age
+    if not age:
+        return spec
+    name = re.sub(r"( \(|$)", f", max age {age}" + r"\1", spec["name"], count=1)
+    return dict(spec, name=name, max_target_age=age)
+
+
 def checked_inputs():
     """--inputs, checked."""
     inputs = FLAGS.inputs
@@ -183,6 +202,7 @@ def specs():
                     steps,
                     jit,
                 )
+                spec = with_age(spec)
                 out[spec["name"]] = spec
     out["plain"] = dict(
         base, name="plain Keras, default threading", model="plain", synth=None
@@ -241,21 +261,23 @@ def accuracy_specs():
             label, placed = input_label(made_on)
             key = "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}"
             key += " stage0" if placed else ""
-            runtimes[key] = bp.async_spec(
-                dict(
-                    base,
-                    name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
-                    + cdni_suffix
-                    + label,
-                    model="async",
-                    synth="linear",
-                    cdni=True,
-                    **cdni,
-                    **placed,
-                ),
-                capacity,
-                steps,
-                jit,
+            runtimes[key] = with_age(
+                bp.async_spec(
+                    dict(
+                        base,
+                        name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
+                        + cdni_suffix
+                        + label,
+                        model="async",
+                        synth="linear",
+                        cdni=True,
+                        **cdni,
+                        **placed,
+                    ),
+                    capacity,
+                    steps,
+                    jit,
+                )
             )
     every = {
         "backprop_mp": dict(

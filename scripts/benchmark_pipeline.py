@@ -275,6 +275,7 @@ def build(spec, keras, keras_sg, devices, input_dim, num_classes=10):
             method=method,
             devices=devices,
             capacity=spec["capacity"],
+            max_target_age=spec.get("max_target_age"),
         )
     else:
         model = keras_sg.PipelinedModel(

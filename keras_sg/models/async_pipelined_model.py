@@ -62,6 +62,17 @@ class AsyncPipelinedModel(PipelinedModel):
     sender fails with an error instead of waiting: a full backward queue and
     a full forward queue could otherwise wait on each other for ever.
 
+    A tighter bound on the targets' age. With `max_target_age=A` (2 <= A <
+    C + 2), stage k waits at the start of batch s until the target of batch
+    s - A has arrived, so every target it regresses is at most A batches old
+    (`target_batch` >= s - A). A stage above that is slower than the stage
+    below otherwise lets the stage below run C + 1 batches ahead, and its
+    targets are then C + 2 batches old nearly every step; with A = 2 the
+    stage below waits for it instead (it would wait at the full queue
+    anyway, a step later). The wait is a blocking dequeue, not a poll. A = 1
+    would wait for the batch just sent, one stage at a time; A >= C + 2
+    would never wait, so both are refused.
+
     Lock-step mode (`lock_step=True`, `capacity=1`): the stages step
     together, one global step at a time. At global step t every stage k
     whose input has arrived works (on batch t - k), taking the targets sent
@@ -138,6 +149,10 @@ class AsyncPipelinedModel(PipelinedModel):
         capacity: items each forward queue holds, >= 1: the staleness bound
             above.
         lock_step: step the stages together (requires `capacity=1`).
+        max_target_age: None (targets up to C + 2 batches old), or the
+            largest age in batches of a target a synthesizer regresses, 2 to
+            C + 1 (see above). Lock-step targets are 2 batches old, so it
+            changes nothing there.
         **kwargs: the other arguments of `DecoupledModel` (`sg_loss_weight`,
             `devices`, `name`).
 
@@ -159,6 +174,7 @@ class AsyncPipelinedModel(PipelinedModel):
         method: str = "dni",
         capacity: int = 1,
         lock_step: bool = False,
+        max_target_age=None,
         **kwargs,
     ):
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
@@ -179,8 +195,26 @@ class AsyncPipelinedModel(PipelinedModel):
                 "lock_step=True steps the stages together, one batch in flight "
                 f"per cut, so it needs capacity=1. Received: capacity={capacity}"
             )
+        if max_target_age is not None:
+            if isinstance(max_target_age, bool) or not isinstance(
+                max_target_age, (int, np.integer)
+            ):
+                raise ValueError(
+                    "`max_target_age` must be None or an integer. Received: "
+                    f"max_target_age={max_target_age!r}"
+                )
+            if not 2 <= max_target_age <= capacity + 1:
+                raise ValueError(
+                    "`max_target_age` must lie in [2, capacity + 1] = "
+                    f"[2, {capacity + 1}] (targets are at most capacity + 2 "
+                    "batches old without it, and 1 would run one stage at a "
+                    f"time). Received: max_target_age={max_target_age} with "
+                    f"capacity={capacity}"
+                )
+            max_target_age = int(max_target_age)
         self.capacity = int(capacity)
         self.lock_step = lock_step
+        self.max_target_age = max_target_age
         self.stage_log = None
         # Called in stage k's thread as hook(k, "begin", n) and
         # hook(k, "end", n) around each call of its function, which runs n
@@ -372,6 +406,7 @@ class AsyncPipelinedModel(PipelinedModel):
             dataset.element_spec,
             self.capacity,
             self.lock_step,
+            self.max_target_age,
             self.steps_per_execution,
             self.jit_compile,
         )
@@ -833,7 +868,13 @@ class AsyncPipelinedModel(PipelinedModel):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"capacity": self.capacity, "lock_step": self.lock_step})
+        config.update(
+            {
+                "capacity": self.capacity,
+                "lock_step": self.lock_step,
+                "max_target_age": self.max_target_age,
+            }
+        )
         return config
 
 
@@ -1117,10 +1158,18 @@ class _Runtime:
         each with the activation that stage k kept for it.
 
         Returns the newest (input, labels, target, batch id) and whether
-        there was one; the older ones are dropped.
+        there was one; the older ones are dropped. With the model's
+        `max_target_age` A, it first waits (a blocking dequeue) until at
+        most A - 1 of the batches this stage sent are still without their
+        target: the target of batch s - A, at batch s, has arrived.
         """
         q, kept = self.backward[k], self.kept[k]
         count = tf.where(n_back < 0, q.size(), n_back)
+        age = self.model.max_target_age
+        if age is not None:
+            # Read before this step keeps its own activation (the caller
+            # orders `keep` after the take).
+            count = tf.maximum(count, kept.size() - (age - 1))
 
         def drop(i):
             with tf.control_dependencies([q.dequeue()[1], kept.dequeue()[2]]):

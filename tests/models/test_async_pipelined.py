@@ -67,16 +67,22 @@ def _parts(model):
 
 
 @pytest.mark.parametrize(
-    "optimizer, method",
+    "optimizer, method, extra",
     [
-        (lambda: keras.optimizers.Adam(0.05), "dni"),
-        (lambda: keras.optimizers.SGD(0.1, momentum=0.5), "cdni"),
+        (lambda: keras.optimizers.Adam(0.05), "dni", {}),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.5), "cdni", {}),
         # Each stage's clone is a FusedAdam too (the type is checked below).
-        (lambda: keras_sg.optimizers.FusedAdam(0.05), "dni"),
+        (lambda: keras_sg.optimizers.FusedAdam(0.05), "dni", {}),
+        # Lock-step targets are 2 batches old: the bound never waits.
+        (
+            lambda: keras.optimizers.SGD(0.1, momentum=0.5),
+            "cdni",
+            {"max_target_age": 2},
+        ),
     ],
-    ids=["adam-dni", "sgd-cdni", "fusedadam-dni"],
+    ids=["adam-dni", "sgd-cdni", "fusedadam-dni", "sgd-cdni-age2"],
 )
-def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
+def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method, extra):
     """Two epochs of 8 batches (the last partial): 16 global steps, K = 3.
 
     Each stage's own optimizer steps at every global step (idle ones only
@@ -90,7 +96,7 @@ def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method):
     start = weights_of(_parts(reference))
     want_history = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
     model = _model(
-        keras_sg.AsyncPipelinedModel, optimizer(), method, loss, lock_step=True
+        keras_sg.AsyncPipelinedModel, optimizer(), method, loss, lock_step=True, **extra
     )
     np.testing.assert_array_equal(weights_of(_parts(model))[0], start[0])
     history = model.fit(
@@ -409,6 +415,38 @@ def test_capacity_bounds_staleness_when_free_running(capacity, per_call):
     assert log[1]["lag"].max() == capacity + 1
 
 
+@pytest.mark.parametrize("age", [2, 3])
+def test_max_target_age_bounds_the_age_of_the_targets(age):
+    """Below a slow top, with room to run C + 1 = 4 batches ahead, each
+    synthesizer still regresses targets at most `age` batches old, and the
+    bound is reached: the stages wait for the targets, they do not merely
+    skip the old ones."""
+    keras.utils.set_random_seed(3)
+    synths = [linear_synth() for _ in range(2)]
+    top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
+    stages = keras_sg.models.split_stages(_net())[:2] + [top]
+    model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=3, max_target_age=age)
+    model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=2)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, D)).astype("float32")
+    y = rng.normal(size=(120, OUT)).astype("float32")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    log = model.stage_log
+    _check_staleness(log, 3, 3)
+    for k in range(2):
+        batch, target = log[k]["batch"], log[k]["target_batch"]
+        used = target >= 0
+        ages = batch[used] - target[used]
+        assert ages.max() == age, (k, np.bincount(ages))
+        # By the end of batch s's step the stage has taken the target of
+        # batch s - age (in this step or an earlier one), from the
+        # (age + 1)-th batch of each epoch on: those of the epoch before
+        # were dropped at its end.
+        newest = np.maximum.accumulate(target)
+        late = (batch % 30) >= age
+        np.testing.assert_array_less(batch[late] - age - 1, newest[late])
+
+
 # --------------------------------------------------- steps per execution
 
 
@@ -700,13 +738,13 @@ def test_fit_reduces_the_loss_on_a_separable_problem():
 
 def test_round_trips_through_keras_files(tmp_path):
     x, y = _data(n=8)
-    model = _model(keras_sg.AsyncPipelinedModel, "sgd", capacity=3)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", capacity=3, max_target_age=2)
     model.fit(x, y, batch_size=B, verbose=0)
     path = tmp_path / "async.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, keras_sg.AsyncPipelinedModel)
-    assert (loaded.capacity, loaded.lock_step) == (3, False)
+    assert (loaded.capacity, loaded.lock_step, loaded.max_target_age) == (3, False, 2)
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
     )
@@ -811,6 +849,10 @@ def test_an_error_anywhere_is_raised_and_leaves_no_threads(where, lock_step):
         ({"capacity": True}, "capacity=True"),
         ({"lock_step": True, "capacity": 2}, "capacity=2"),
         ({"lock_step": 1}, "lock_step=1"),
+        ({"max_target_age": 1, "capacity": 2}, "max_target_age=1"),
+        ({"max_target_age": 4, "capacity": 2}, r"\[2, 3\].*max_target_age=4"),
+        ({"max_target_age": 2.0, "capacity": 2}, "max_target_age=2.0"),
+        ({"max_target_age": True, "capacity": 2}, "max_target_age=True"),
         ({"method": "backprop"}, "method='backprop'"),
     ],
 )
