@@ -30,6 +30,7 @@ a row needs the same number of epochs, so its median says nothing about how
 that number varies.
 """
 
+import itertools
 import math
 import re
 import statistics
@@ -81,13 +82,12 @@ flags.DEFINE_float(
     "With --accuracy: Adam's clipvalue for the cDNI rows (0: none).",
 )
 
-flags.DEFINE_integer(
-    "max_target_age",
-    0,
-    "The runtime's rows with AsyncPipelinedModel(max_target_age=A): each "
-    "stage waits for the target of the batch A steps back (0: none; 2 to "
-    "capacity + 1).",
-    lower_bound=0,
+flags.DEFINE_list(
+    "max_target_ages",
+    ["0"],
+    "The runtime's rows once per A, with AsyncPipelinedModel(max_target_age=A) "
+    "(each stage waits for the target of the batch A steps back; 2 to "
+    "capacity + 1), 0 for none.",
 )
 
 flags.DEFINE_list(
@@ -142,10 +142,23 @@ def with_optimizers(specs):
     return out
 
 
-def with_age(spec):
-    """An async row with --max_target_age, named so; the key only when set
+def target_ages():
+    """--max_target_ages, checked: integers, 0 (none) or >= 2."""
+    try:
+        ages = [int(a) for a in FLAGS.max_target_ages]
+    except ValueError:
+        ages = None
+    if not ages or any(a != 0 and a < 2 for a in ages):
+        raise ValueError(
+            "--max_target_ages takes integers, each 0 (none) or >= 2. "
+            f"Received: {FLAGS.max_target_ages}"
+        )
+    return ages
+
+
+def with_age(spec, age):
+    """An async row with max_target_age=age, named so; the key only when set
     (cached runs still match)."""
-    age = FLAGS.max_target_age
     if not age:
         return spec
     name = re.sub(r"( \(|$)", f", max age {age}" + r"\1", spec["name"], count=1)
@@ -202,8 +215,9 @@ def specs():
                     steps,
                     jit,
                 )
-                spec = with_age(spec)
-                out[spec["name"]] = spec
+                for age in target_ages():
+                    aged = with_age(spec, age)
+                    out[aged["name"]] = aged
     out["plain"] = dict(
         base, name="plain Keras, default threading", model="plain", synth=None
     )
@@ -253,32 +267,34 @@ def accuracy_specs():
     steps, jit = parse_variant(FLAGS.variants[0])
     capacities = [int(c) for c in FLAGS.capacities]
     inputs = checked_inputs()
-    # One row of the runtime per capacity and input, side by side with the
-    # others.
+    # One row of the runtime per capacity, input and target age, side by
+    # side with the others.
     runtimes = {}
-    for capacity in capacities:
-        for made_on in inputs:
-            label, placed = input_label(made_on)
-            key = "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}"
-            key += " stage0" if placed else ""
-            runtimes[key] = with_age(
-                bp.async_spec(
-                    dict(
-                        base,
-                        name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
-                        + cdni_suffix
-                        + label,
-                        model="async",
-                        synth="linear",
-                        cdni=True,
-                        **cdni,
-                        **placed,
-                    ),
-                    capacity,
-                    steps,
-                    jit,
-                )
-            )
+    ages = target_ages()
+    for capacity, made_on, age in itertools.product(capacities, inputs, ages):
+        label, placed = input_label(made_on)
+        key = "async_cdni" if len(capacities) == 1 else f"async_cdni C={capacity}"
+        key += " stage0" if placed else ""
+        key += f" age {age}" if len(ages) > 1 else ""
+        runtimes[key] = with_age(
+            bp.async_spec(
+                dict(
+                    base,
+                    name=f"async_cdni C={capacity} N={steps}{' xla' if jit else ''}"
+                    + cdni_suffix
+                    + label,
+                    model="async",
+                    synth="linear",
+                    cdni=True,
+                    **cdni,
+                    **placed,
+                ),
+                capacity,
+                steps,
+                jit,
+            ),
+            age,
+        )
     every = {
         "backprop_mp": dict(
             base,

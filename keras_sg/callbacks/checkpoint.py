@@ -12,7 +12,11 @@ import keras
 import numpy as np
 
 from keras_sg._checks import check_int
-from keras_sg.callbacks.divergence import StopOnDivergence, is_loss_key
+from keras_sg.callbacks.divergence import (
+    StopOnDivergence,
+    is_loss_key,
+    training_state,
+)
 
 CHECKPOINT = re.compile(r"epoch-(\d+)\.keras")
 PARTIAL_PREFIX = ".partial-"
@@ -112,14 +116,12 @@ def load_latest(folder, on_skip=None):
 
 
 def all_finite(model: keras.Model) -> bool:
-    """True if every weight of `model` and of its optimizers is finite."""
-    variables = list(model.weights)
-    for name in ("optimizer", "synthesizer_optimizer"):
-        if getattr(model, name, None) is not None:
-            variables += list(getattr(model, name).variables)
+    """True if every variable of `model` and of its optimizers is finite:
+    `training_state(model)`, `AsyncPipelinedModel`'s stage and synthesizer
+    optimizers included (Keras does not track those)."""
     return all(
         np.isfinite(v).all()
-        for v in (keras.ops.convert_to_numpy(x) for x in variables)
+        for v in (keras.ops.convert_to_numpy(x) for x in training_state(model))
         if np.issubdtype(v.dtype, np.floating)
     )
 

@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 from conftest import classification_data, linear_synth, mlp
@@ -107,3 +108,28 @@ def test_save_atomically_leaves_no_partial_file(tmp_path):
     assert [p.name for p in removed] == [".partial-epoch-0002.keras"]
     assert _names(tmp_path) == ["epoch-0001.keras"]
     assert [n for n, _ in checkpoint.checkpoint_files(tmp_path)] == [1]
+
+
+@pytest.mark.parametrize("which", ["stage", "synthesizer"])
+def test_all_finite_sees_the_async_runtime_s_own_optimizers(which):
+    """AsyncPipelinedModel's stage and synthesizer optimizers are not tracked
+    by Keras: a NaN in one of their slots must still fail the check that
+    FiniteCheckpoint makes before it saves."""
+    net = mlp([4, 4], 6, out_units=3)
+    synths = [linear_synth(), linear_synth()]
+    model = keras_sg.AsyncPipelinedModel(net, synths, method="dni")
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        synthesizer_optimizer=keras.optimizers.SGD(0.1, momentum=0.5),
+    )
+    _fit(model, 1)
+    assert checkpoint.all_finite(model)
+    if which == "stage":
+        optimizer = model.stage_optimizers()[1]
+    else:
+        optimizer = model.synthesizer_optimizers()[0]
+    slots = [v for v in optimizer.variables if v.dtype == "float32" and v.shape.rank]
+    assert slots, optimizer.variables
+    slots[-1].assign(np.full(slots[-1].shape, np.nan, "float32"))
+    assert not checkpoint.all_finite(model)

@@ -282,3 +282,33 @@ def test_accuracy_runtime_rows_per_input_place(parse):
     _same_but_input(stage0, client)
     with pytest.raises(ValueError, match=r"Received: --logical"):
         parse("--accuracy", "--inputs=stage0", "--logical").accuracy_specs()
+
+
+def test_one_runtime_row_per_target_age(parse):
+    script = parse(
+        "--accuracy",
+        "--variants=32+jit",
+        "--capacities=1",
+        "--max_target_ages=0,2",
+        "--accuracy_schedules=backprop_mp,async_cdni",
+    )
+    specs = script.accuracy_specs()
+    assert list(specs) == ["backprop_mp", "async_cdni age 0", "async_cdni age 2"]
+    plain, aged = specs["async_cdni age 0"], specs["async_cdni age 2"]
+    assert "max_target_age" not in plain  # cached runs still match
+    assert "max_target_age" not in specs["backprop_mp"]
+    assert aged["max_target_age"] == 2
+    assert aged["name"] == plain["name"] + ", max age 2"
+    assert {k: v for k, v in aged.items() if k not in ("name", "max_target_age")} == {
+        k: v for k, v in plain.items() if k != "name"
+    }
+    # One age keeps the row's key; the throughput rows are named before
+    # their place in brackets.
+    assert list(parse("--accuracy", "--max_target_ages=2").accuracy_specs())[-1] == (
+        "async_cdni"
+    )
+    names = list(parse("--variants=8", "--max_target_ages=2").specs())
+    assert "async_dni_low_rank C=2 N=8, max age 2 (2 servers)" in names
+    for bad in ("1", "x", ""):
+        with pytest.raises(ValueError, match="--max_target_ages"):
+            parse("--accuracy", f"--max_target_ages={bad}").accuracy_specs()
