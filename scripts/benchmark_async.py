@@ -17,7 +17,8 @@ per-stage XLA the profiler does not see the compiled work: those rows give
 examples/s only. With --accuracy it measures wall time to
 --target_accuracy on MNIST instead (training time, evaluation excluded), for
 backprop model-parallel and pipelined and asynchronous cDNI
-(--accuracy_schedules; the runtime once per --capacities), with the staleness
+(--accuracy_schedules; the runtime once per --capacities and per
+--max_target_ages), with the staleness
 of the runtime's targets and each run's training logs kept in the cache:
 
     python scripts/benchmark_async.py --accuracy --repeats=3 --variants=8

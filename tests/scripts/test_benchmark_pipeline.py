@@ -309,6 +309,8 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
     assert recommended["jit"] is True
     assert recommended["warmup_steps"] == 500
     assert recommended["clipvalue"] == 0.01
+    assert recommended["max_target_age"] == 2
+    assert "max_target_age" not in specs["async_cdni (run 3)"]
     # The other async rows keep the flags' setting (--capacity 2, N = 1).
     assert specs["async_cdni (run 3)"]["capacity"] == 2
     assert "clipvalue" not in specs["async_cdni (run 3)"]
