@@ -240,10 +240,12 @@ def test_rollbacks_go_into_the_accuracy_specs_only_when_asked(parse):
         parse("--accuracy", "--rollbacks=-1")
 
 
-def _same_but_input(stage0, client):
-    """The two specs measure the same, but for where the input is made."""
-    assert {k: v for k, v in stage0.items() if k not in ("input", "name")} == {
-        k: v for k, v in client.items() if k != "name"
+def _same_but(key, changed, plain):
+    """The two specs measure the same but for `key`, which only `changed`
+    has (and so their names differ)."""
+    assert key not in plain  # cached runs of the plain row still match
+    assert {k: v for k, v in changed.items() if k not in (key, "name")} == {
+        k: v for k, v in plain.items() if k != "name"
     }
 
 
@@ -254,7 +256,7 @@ def test_one_async_row_per_input_place_and_stage0_needs_servers(parse):
     stage0 = specs["async_dni_low_rank C=2 N=32 (2 servers, input on stage 0)"]
     assert "input" not in client  # cached client runs still match
     assert stage0["input"] == "stage0"
-    _same_but_input(stage0, client)
+    _same_but("input", stage0, client)
     assert len(specs) == 3 + 2 + 1  # baselines, the two async rows, plain Keras
     run = stage0["name"][:-1] + ", run 2)"
     assert script.display_name(run) == stage0["name"]
@@ -279,7 +281,7 @@ def test_accuracy_runtime_rows_per_input_place(parse):
     assert "input" not in specs["backprop_mp"]
     assert stage0["input"] == "stage0"
     assert stage0["name"] == client["name"] + ", input on stage 0"
-    _same_but_input(stage0, client)
+    _same_but("input", stage0, client)
     with pytest.raises(ValueError, match=r"Received: --logical"):
         parse("--accuracy", "--inputs=stage0", "--logical").accuracy_specs()
 
@@ -295,13 +297,10 @@ def test_one_runtime_row_per_target_age(parse):
     specs = script.accuracy_specs()
     assert list(specs) == ["backprop_mp", "async_cdni age 0", "async_cdni age 2"]
     plain, aged = specs["async_cdni age 0"], specs["async_cdni age 2"]
-    assert "max_target_age" not in plain  # cached runs still match
     assert "max_target_age" not in specs["backprop_mp"]
     assert aged["max_target_age"] == 2
     assert aged["name"] == plain["name"] + ", max age 2"
-    assert {k: v for k, v in aged.items() if k not in ("name", "max_target_age")} == {
-        k: v for k, v in plain.items() if k != "name"
-    }
+    _same_but("max_target_age", aged, plain)
     # One age keeps the row's key; the throughput rows are named before
     # their place in brackets.
     assert list(parse("--accuracy", "--max_target_ages=2").accuracy_specs())[-1] == (
