@@ -62,20 +62,19 @@ class AsyncPipelinedModel(PipelinedModel):
     sender fails with an error instead of waiting: a full backward queue and
     a full forward queue could otherwise wait on each other for ever.
 
-    A tighter bound on the targets' age. With `max_target_age=A` (2 <= A <
-    C + 2), stage k waits at the start of batch s until the target of batch
-    s - A has arrived, so every target it regresses is at most A batches old
-    (`target_batch` >= s - A). A stage above that is slower than the stage
-    below otherwise lets the stage below run C + 1 batches ahead, and its
-    targets are then C + 2 batches old nearly every step; with A = 2 the
-    stage below waits for it instead (it would wait at the full queue
-    anyway, a step later), with less slack for the stages' jitter: in
-    docs/async.md it made no run of twenty collapse where 6 of 35 did
-    without it, at 0.93x the unbounded throughput in one setting and the
+    A tighter bound on the targets' age. With `max_target_age=A`
+    (2 <= A <= C + 1), stage k waits at the start of batch s until the
+    target of batch s - A has arrived, so every target it regresses is at
+    most A batches old (`target_batch` >= s - A). A stage above that is
+    slower than the stage below otherwise lets the stage below run C + 1
+    batches ahead, and its targets are then C + 2 batches old nearly every
+    step; with A = 2 the stage below waits for it instead (it would wait at
+    the full queue anyway, a step later), with less slack for the stages'
+    jitter: in docs/async.md it made no run of twenty collapse where 6 of 35
+    did without it, at 0.93x the unbounded throughput in one setting and the
     same time per epoch in another. The wait is a blocking dequeue, not a
-    poll. A = 1
-    would wait for the batch just sent, one stage at a time; A >= C + 2
-    would never wait, so both are refused.
+    poll. A = 1 would wait for the batch just sent, one stage at a time, and
+    A >= C + 2 would never wait: both are refused.
 
     Lock-step mode (`lock_step=True`, `capacity=1`): the stages step
     together, one global step at a time. At global step t every stage k
