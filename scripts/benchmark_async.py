@@ -122,6 +122,12 @@ def display_name(name):
     return re.sub(r" \(run \d+\)$", "", re.sub(r", run \d+\)$", ")", name))
 
 
+def labelled(name, label):
+    """A row's name with `label` before its place in brackets, if any:
+    ("x (2 servers)", ", y") -> "x, y (2 servers)"."""
+    return re.sub(r"( \(|$)", label + r"\1", name, count=1)
+
+
 def with_optimizers(specs):
     """Each spec once per --optimizers, the fused ones named so; the key
     "optimizer" only when it is not Adam (cached runs still match)."""
@@ -138,7 +144,7 @@ def with_optimizers(specs):
             if not label:
                 out[key] = spec
                 continue
-            row = re.sub(r"( \(|$)", label + r"\1", spec["name"], count=1)
+            row = labelled(spec["name"], label)
             out[key + label] = dict(spec, name=row, optimizer=name)
     return out
 
@@ -162,7 +168,7 @@ def with_age(spec, age):
     (cached runs still match)."""
     if not age:
         return spec
-    name = re.sub(r"( \(|$)", f", max age {age}" + r"\1", spec["name"], count=1)
+    name = labelled(spec["name"], f", max age {age}")
     return dict(spec, name=name, max_target_age=age)
 
 

@@ -390,22 +390,28 @@ class _Slow(keras.layers.Layer):
         return tf.ensure_shape(out, inputs.shape)
 
 
-@pytest.mark.parametrize("capacity, per_call", [(1, 1), (3, 1), (2, 3)])
-def test_capacity_bounds_staleness_when_free_running(capacity, per_call):
-    """The stages below a slow top run ahead as far as the queues let them,
-    one step per call or `per_call` steps per call (steps_per_execution)."""
+def _fit_below_a_slow_top(capacity, per_call, **kwargs):
+    """Two epochs of 30 batches of 3 stages, the top one 10 ms late a step,
+    so that the two below run ahead as far as they are let. Returns the
+    stage log."""
     keras.utils.set_random_seed(3)
-    net = _net()
     synths = [linear_synth() for _ in range(2)]
     top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
-    stages = keras_sg.models.split_stages(net)[:2] + [top]
-    model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=capacity)
+    stages = keras_sg.models.split_stages(_net())[:2] + [top]
+    model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=capacity, **kwargs)
     model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=per_call)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, D)).astype("float32")
     y = rng.normal(size=(120, OUT)).astype("float32")
     model.fit(x, y, batch_size=4, epochs=2, verbose=0)
-    log = model.stage_log
+    return model.stage_log
+
+
+@pytest.mark.parametrize("capacity, per_call", [(1, 1), (3, 1), (2, 3)])
+def test_capacity_bounds_staleness_when_free_running(capacity, per_call):
+    """The stages below a slow top run ahead as far as the queues let them,
+    one step per call or `per_call` steps per call (steps_per_execution)."""
+    log = _fit_below_a_slow_top(capacity, per_call)
     for k in range(3):
         np.testing.assert_array_equal(log[k]["batch"], np.arange(60))
     _check_staleness(log, capacity, 3)
@@ -421,17 +427,7 @@ def test_max_target_age_bounds_the_age_of_the_targets(age):
     synthesizer still regresses targets at most `age` batches old, and the
     bound is reached: the stages wait for the targets, they do not merely
     skip the old ones."""
-    keras.utils.set_random_seed(3)
-    synths = [linear_synth() for _ in range(2)]
-    top = keras.Sequential([_Slow(), keras.layers.Dense(OUT)])
-    stages = keras_sg.models.split_stages(_net())[:2] + [top]
-    model = keras_sg.AsyncPipelinedModel(stages, synths, capacity=3, max_target_age=age)
-    model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=2)
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(120, D)).astype("float32")
-    y = rng.normal(size=(120, OUT)).astype("float32")
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
-    log = model.stage_log
+    log = _fit_below_a_slow_top(3, 2, max_target_age=age)
     _check_staleness(log, 3, 3)
     for k in range(2):
         batch, target = log[k]["batch"], log[k]["target_batch"]
