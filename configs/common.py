@@ -17,6 +17,9 @@ METHODS = ("backprop", "dni", "cdni", "no_bprop", "bp_lambda", "unlocked")
 # "unlocked" is the complete unlock, synthetic inputs from x and cDNI.
 SG_KIND = {"dni": "dni", "cdni": "cdni", "bp_lambda": "dni", "unlocked": "cdni"}
 SCHEDULES = ("paper", "constant")
+# "step": one training step of the method's model per batch; "async":
+# keras_sg.AsyncPipelinedModel, every stage in its own loop (dni and cdni).
+RUNTIMES = ("step", "async")
 
 
 def parse_arg(arg: str | None, methods=METHODS, **defaults):
@@ -97,6 +100,7 @@ def base_config(
     config.optimizer.schedule = "paper"
     add_synthesizer_optimizer(config)
     config.sg_loss_weight = 1.0
+    add_runtime(config)
 
     config.placement = ml_collections.ConfigDict()
     # "host:port,host:port": run stage k on cluster task k mod n, each task a
@@ -132,6 +136,75 @@ def add_synthesizer_optimizer(config: ml_collections.ConfigDict):
     config.synthesizer_optimizer.learning_rate = config_dict.placeholder(float)
 
 
+def add_runtime(config: ml_collections.ConfigDict, runtime: str = "step"):
+    """Adds `config.runtime` and `config.async_runtime`: how the stages train.
+
+    `runtime` "step" trains the method's model one step per batch; "async"
+    trains `keras_sg.AsyncPipelinedModel` (methods dni and cdni), each stage
+    in its own loop at its own pace, with the settings under
+    `async_runtime` (docs/async.md): `capacity` (items per forward queue,
+    the staleness bound), `lock_step` (the stages step together, the
+    deterministic mode; needs capacity 1), `max_target_age` (0: none, else
+    2 to capacity + 1), `steps_per_execution` (steps per call of each
+    stage's function) and `jit_compile` (each stage's math with XLA).
+    """
+    config.runtime = runtime
+    config.async_runtime = ml_collections.ConfigDict()
+    config.async_runtime.capacity = 1
+    config.async_runtime.lock_step = False
+    config.async_runtime.max_target_age = 0
+    config.async_runtime.steps_per_execution = 1
+    config.async_runtime.jit_compile = False
+
+
+def check_runtime(config):
+    """Refuses a bad `config.runtime` or `config.async_runtime`, naming the
+    field (see `add_runtime`)."""
+    _choice(config, "runtime", RUNTIMES)
+    if config.runtime != "async":
+        return
+    if config.method not in ("dni", "cdni"):
+        raise ValueError(
+            "runtime='async' trains pipelined DNI, so it needs method 'dni' or "
+            f"'cdni'. Received: runtime='async' with method={config.method!r}"
+        )
+    if config.update_probability != 1.0:
+        raise ValueError(
+            "runtime='async' updates every stage at every step; it takes no "
+            "update_probability below 1. Received: "
+            f"update_probability={config.update_probability!r}"
+        )
+    _int(config, "async_runtime.capacity", 1)
+    _bool(config, "async_runtime.lock_step")
+    _int(config, "async_runtime.steps_per_execution", 1)
+    _bool(config, "async_runtime.jit_compile")
+    settings = config.async_runtime
+    if settings.lock_step and settings.capacity != 1:
+        _refuse(
+            "async_runtime.capacity",
+            settings.capacity,
+            "1 with async_runtime.lock_step=True",
+        )
+    if settings.lock_step and settings.steps_per_execution != 1:
+        _refuse(
+            "async_runtime.steps_per_execution",
+            settings.steps_per_execution,
+            "1 with async_runtime.lock_step=True",
+        )
+    age = settings.max_target_age
+    if (
+        isinstance(age, bool)
+        or not isinstance(age, int)
+        or not (age == 0 or 2 <= age <= settings.capacity + 1)
+    ):
+        _refuse(
+            "async_runtime.max_target_age",
+            age,
+            f"0 (no bound) or an integer in [2, capacity + 1] = "
+            f"[2, {settings.capacity + 1}]",
+        )
+
+
 def check_synthesizer_optimizer(config, trains_synthesizers: bool):
     """Refuses a bad `config.synthesizer_optimizer`, naming the field.
 
@@ -160,8 +233,8 @@ def table1_config(arg: str | None):
 
     Returns:
         `(variants, config)`: `arg` parsed over method="dni", depth=3,
-        smoke=False, bp_lambda=0.5, update_probability=1.0, and
-        `base_config` of them.
+        smoke=False, bp_lambda=0.5, update_probability=1.0, runtime="step",
+        and `base_config` of them (with `runtime` set).
     """
     variants = parse_arg(
         arg,
@@ -170,6 +243,7 @@ def table1_config(arg: str | None):
         smoke=False,
         bp_lambda=0.5,
         update_probability=1.0,
+        runtime="step",
     )
     config = base_config(
         variants.method,
@@ -177,6 +251,7 @@ def table1_config(arg: str | None):
         variants.bp_lambda,
         variants.update_probability,
     )
+    config.runtime = variants.runtime
     return variants, config
 
 
@@ -272,6 +347,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if "synthesizer_optimizer" in config:
         check_synthesizer_optimizer(config, config.method in SG_KIND)
     _number(config, "sg_loss_weight", 0, inclusive=True)
+    if "runtime" in config:
+        check_runtime(config)
     _int(config, "keep_checkpoints", 1)
     growth = config.max_loss_growth
     if not (

@@ -24,7 +24,7 @@ give the former network.
 
 Variants: a method (backprop, dni, cdni, no_bprop, bp_lambda, unlocked; see
 configs/mnist_fcn.py), depth=3..4, bp_lambda=..., update_probability=...,
-`smoke`.
+runtime=async, `smoke`.
 """
 
 import ml_collections

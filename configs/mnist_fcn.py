@@ -10,12 +10,16 @@ norm, cDNI synthesizers linear on the activation and the one-hot label.
 Variants (after the colon, comma-separated): a method (backprop, dni, cdni,
 no_bprop; bp_lambda: BP(lambda) on DNI synthesizers; unlocked: the complete
 unlock, synthetic inputs from x with cDNI), depth=3..6, bp_lambda=0.25 (for
-bp_lambda), update_probability=0.2 (stochastic updates of dni or cdni), and
-`smoke` for seconds-long runs on synthetic data.
+bp_lambda), update_probability=0.2 (stochastic updates of dni or cdni),
+runtime=async (dni or cdni on keras_sg.AsyncPipelinedModel, each stage in its
+own loop; its settings under `async_runtime`) and `smoke` for seconds-long
+runs on synthetic data.
 
     python scripts/train.py --config=configs/mnist_fcn.py:unlocked,depth=4 ...
     python scripts/train.py --config=configs/mnist_fcn.py:dni,update_probability=0.2 ...
     python scripts/train.py --config=configs/mnist_fcn.py:bp_lambda,bp_lambda=0.25 ...
+    python scripts/train.py --config=configs/mnist_fcn.py:cdni,runtime=async \
+        --config.async_runtime.capacity=2 ...
 Override single values with e.g. `--config.optimizer.learning_rate=1e-4`.
 """
 

@@ -61,6 +61,12 @@ SAFE_TO_CHANGE = (
 ADDED_FIELDS = {
     "synthesizer_optimizer.name": "",
     "synthesizer_optimizer.learning_rate": None,
+    "runtime": "step",
+    "async_runtime.capacity": 1,
+    "async_runtime.lock_step": False,
+    "async_runtime.max_target_age": 0,
+    "async_runtime.steps_per_execution": 1,
+    "async_runtime.jit_compile": False,
 }
 _LOCK = []  # the open lock file: held for the life of the process
 PROGRAM = "train.py"  # the name errors start with (train_sequence.py reuses fail)
@@ -198,6 +204,10 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
         synthesizers = [make() for _ in range(cuts)]
     if devices:
         devices = [devices[k % len(devices)] for k in range(len(stages))]
+    if steps_per_epoch:
+        steps_per_epoch = optimizer_steps_per_epoch(
+            config, len(stages), steps_per_epoch
+        )
     common_args = dict(sg_loss_weight=config.sg_loss_weight, devices=devices or None)
     if config.method == "bp_lambda":
         model = keras_sg.BPLambdaModel(
@@ -210,6 +220,17 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
         ]
         model = keras_sg.UnlockedModel(
             net, synthesizers, input_synthesizers=inputs, method=sg_kind, **common_args
+        )
+    elif config.runtime == "async":
+        settings = config.async_runtime
+        model = keras_sg.AsyncPipelinedModel(
+            net,
+            synthesizers,
+            method=config.method,
+            capacity=settings.capacity,
+            lock_step=settings.lock_step,
+            max_target_age=settings.max_target_age or None,
+            **common_args,
         )
     elif config.update_probability < 1.0:
         model = keras_sg.StochasticUpdateModel(
@@ -230,13 +251,57 @@ def build_model(config, input_shape, num_classes, devices=None, steps_per_epoch=
             "config": {"learning_rate": learning_rate(config, steps_per_epoch)},
         }
     )
+    runtime = {}
+    if config.runtime == "async":
+        runtime = dict(
+            steps_per_execution=config.async_runtime.steps_per_execution,
+            jit_compile=config.async_runtime.jit_compile,
+        )
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         synthesizer_optimizer=synthesizer_optimizer(config, steps_per_epoch),
+        **runtime,
     )
     return model
+
+
+def optimizers_of(model) -> list:
+    """(optimizer, whether it trains only synthesizers) for every optimizer of
+    `model`: its compiled ones and, for an `AsyncPipelinedModel`, its stages'
+    and synthesizers' clones of them, which step in their place."""
+    import keras_sg
+
+    pairs = [(model.optimizer, False)]
+    if model.synthesizer_optimizer is not None:
+        pairs.append((model.synthesizer_optimizer, True))
+    if isinstance(model, keras_sg.AsyncPipelinedModel):
+        pairs += [(o, False) for o in model.stage_optimizers()]
+        pairs += [(o, True) for o in model.synthesizer_optimizers() or []]
+    return pairs
+
+
+def optimizer_steps_per_epoch(config, num_stages: int, steps_per_epoch: int) -> int:
+    """The steps an epoch adds to the optimizers' `iterations`, which the
+    paper's schedule reads: one per batch, and in the async runtime's
+    lock-step mode also one per global step of the epoch's drain
+    (`num_stages - 1`), which every stage's optimizer counts."""
+    if config.runtime == "async" and config.async_runtime.lock_step:
+        return steps_per_epoch + num_stages - 1
+    return steps_per_epoch
+
+
+def follow_schedule(model, config, steps_per_epoch):
+    """Gives every optimizer of `model` (`optimizers_of`) the learning-rate
+    schedule of `config`: on resume, since `epochs` may have changed."""
+    rate = learning_rate(config, steps_per_epoch)
+    if model.synthesizer_optimizer is not None:
+        synth_rate = learning_rate(
+            config, steps_per_epoch, config.synthesizer_optimizer.learning_rate
+        )
+    for optimizer, synthesizers_only in optimizers_of(model):
+        optimizer.learning_rate = synth_rate if synthesizers_only else rate
 
 
 def synthesizer_optimizer(config, steps_per_epoch=None, extra=None):
@@ -597,11 +662,11 @@ def main(argv):
         print(f"Resuming {workdir} from epoch {initial_epoch}", flush=True)
         if config.optimizer.schedule != "constant":
             # The same schedule, from the config: `epochs` may have changed.
-            model.optimizer.learning_rate = learning_rate(config, steps)
-            if model.synthesizer_optimizer is not None:
-                model.synthesizer_optimizer.learning_rate = learning_rate(
-                    config, steps, config.synthesizer_optimizer.learning_rate
-                )
+            follow_schedule(
+                model,
+                config,
+                optimizer_steps_per_epoch(config, len(model.stages), steps),
+            )
 
     train = keras_sg.data.batches(
         x_train,
@@ -700,7 +765,9 @@ def main(argv):
             f"{split}_error_percent": 100 * (1 - logs["accuracy"]),
             f"{split}_loss": logs["loss"],
         },
-        learning_rate_schedule=schedule_summary(config, steps),
+        learning_rate_schedule=schedule_summary(
+            config, optimizer_steps_per_epoch(config, len(model.stages), steps)
+        ),
     )
     if has_synthesizers:
         metrics.update(final_diagnostics(model, probe))

@@ -136,6 +136,13 @@ class AsyncPipelinedModel(PipelinedModel):
     flight), a run resumed from an epoch's checkpoint goes on as it would
     have.
 
+    Steps. No stage steps the compiled optimizer; its `iterations` counts
+    the top stage's steps for the callbacks that read it (Keras's
+    `TensorBoard` for the learning rate, `SyntheticGradientMonitor`): it is
+    set to the top stage optimizer's before each batch callback and at
+    each epoch's end (in lock-step mode, where every stage counts every
+    global step, that is the global steps, the drain's included).
+
     The first `fit` traces the stage functions (and XLA compiles them); the
     next ones reuse them, with the queues, unless the batches' spec or the
     settings changed, `compile` was called again or a `fit` failed.
@@ -468,6 +475,8 @@ class AsyncPipelinedModel(PipelinedModel):
                 runtime.free_epoch(steps_per_epoch, drain, first, callbacks)
             if drain:
                 runtime.drop_targets()
+            # Every stage idles now: the top stage's count is final.
+            self.optimizer.iterations.assign(runtime.optimizers[-1].iterations)
             logs = {k: float(v) for k, v in self.get_metrics_result().items()}
             if validation_data is not None:
                 val = self.evaluate(
@@ -1293,7 +1302,9 @@ class _Runtime:
                         self.log[k][name].extend(out[name].numpy().tolist())
                     if k == last:
                         logs = {m: float(v) for m, v in out["logs"].items()}
-                        self.events.put(("log", n, logs))
+                        # Read in this thread, the only one that steps it.
+                        step = int(self.optimizers[last].iterations.numpy())
+                        self.events.put(("log", n, logs, step))
                 self.events.put(("done", k))
         except Exception as error:  # noqa: BLE001 - handed to the main thread
             self.events.put(("error", k, error))
@@ -1308,7 +1319,10 @@ class _Runtime:
                 # One call of the top stage, as Keras with
                 # `steps_per_execution`: begin at its first step, end at
                 # its last, with the logs after the last.
-                _, n, logs = event
+                _, n, logs, step = event
+                # The compiled optimizer, which no stage steps, counts the
+                # top stage's steps for the callbacks that read it.
+                self.model.optimizer.iterations.assign(step)
                 callbacks.on_train_batch_begin(state["batch"])
                 callbacks.on_train_batch_end(state["batch"] + n - 1, logs)
                 state["batch"] += n

@@ -206,8 +206,15 @@ def test_lock_step_drains_every_epoch():
     # 4 batches and 2 drain steps per epoch: each stage counts all 12.
     assert [int(o.iterations) for o in model.stage_optimizers()] == [12] * 3
     # A second fit goes on with the same optimizers.
-    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    batches = _Batches()
+    model.fit(
+        x, y, batch_size=B, epochs=1, shuffle=False, verbose=0, callbacks=[batches]
+    )
     assert [int(o.iterations) for o in model.stage_optimizers()] == [18] * 3
+    # The compiled optimizer's count follows the top stage's global steps:
+    # it idles the epoch's first two (and counts them), then works.
+    assert batches.steps == [15, 16, 17, 18]
+    assert int(model.optimizer.iterations) == 18
 
 
 def _counting_traces(monkeypatch):
@@ -447,11 +454,12 @@ def test_max_target_age_bounds_the_age_of_the_targets(age):
 
 
 class _Batches(keras.callbacks.Callback):
-    """Records the batch callbacks: begin indices, end indices and losses."""
+    """Records the batch callbacks: begin indices, end indices, losses and
+    the model optimizer's `iterations` at each end."""
 
     def __init__(self):
         super().__init__()
-        self.begins, self.ends, self.losses = [], [], []
+        self.begins, self.ends, self.losses, self.steps = [], [], [], []
 
     def on_train_batch_begin(self, batch, logs=None):
         self.begins.append(batch)
@@ -459,6 +467,7 @@ class _Batches(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(batch)
         self.losses.append(float(logs["loss"]))
+        self.steps.append(int(self.model.optimizer.iterations))
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["plain", "xla"])
@@ -530,6 +539,10 @@ def test_steps_per_execution_runs_calls_of_n_steps_as_keras_does(jit):
     assert want_batches.ends[:2] == [3, 7]
     np.testing.assert_allclose(batches.losses, want_batches.losses, rtol=1e-6)
     assert int(model.stage_optimizers()[2].iterations) == 20
+    # The compiled optimizer, which no stage steps, counts the top stage's
+    # steps as Keras's does: what a callback reading it sees.
+    assert batches.steps == want_batches.steps == [4, 8, 10, 14, 18, 20]
+    assert int(model.optimizer.iterations) == 20
 
 
 def test_lock_step_refuses_steps_per_execution():
