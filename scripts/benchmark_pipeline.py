@@ -714,6 +714,8 @@ def measure(spec):
             and (
                 "per_step_overhead_ms" not in cached
                 or "core_costs" not in cached["profile"]
+                # logical devices' work on shared cores, kept since
+                or (not spec.get("cluster") and "work_costs" not in cached["profile"])
             )
         )
         # Accuracy runs saved before they trained in one `fit`: stale.
@@ -1146,6 +1148,14 @@ def costs_file(measured, load):
                 "examples_per_s": median_speed(results),
                 "costs": device_costs(middle),
                 "op_costs": middle["costs"],
+                **(
+                    {
+                        "work_costs": middle["profile"]["work_costs"],
+                        "cores": middle["profile"]["cores"],
+                    }
+                    if middle["profile"].get("work_costs")
+                    else {}
+                ),
                 "per_step_overhead_ms": middle["per_step_overhead_ms"],
                 "transfer_ms": transfers(middle),
                 **({"capacity": spec["capacity"]} if "capacity" in spec else {}),
@@ -1184,6 +1194,12 @@ def costs_file(measured, load):
         "ops, which carry no device, by their summed durations shared out by "
         "the devices' weights",
         "op_costs": "the same kinds, each the summed durations of the device's ops",
+        "work_costs": "logical devices only: the same kinds as the work of a "
+        "device with a core of its own, the devices having shared `cores` "
+        "cores (keras_sg.profiling.shared_work): each instant of a device's "
+        "busy time counts min(1, cores / n), n the devices busy then plus the "
+        "ops no device claims; the costs of simulate(..., cores=cores)",
+        "cores": "the cores the logical devices shared",
         "per_step_overhead_ms": "ms per step in which no op runs on any device "
         "(wall time of the traced steps minus the union of every op's "
         "interval, over the steps), in the median run's trace",

@@ -13,7 +13,7 @@ colours of the simulator's (`keras_sg.schedules`).
 or, inside your own `fit`, the callback `Profile(steps=4, skip=1)`. A model
 whose stages run on TensorFlow servers is traced from the servers with
 `profile_servers`. The trace arithmetic (`op_kind`, `union_length`,
-`core_shares`, `summarize`, `idle_groups`, `per_step_overhead`) is pure
+`core_shares`, `shared_work`, `summarize`, `idle_groups`, `per_step_overhead`) is pure
 Python, and `result.predict_examples_per_s("gpipe")` asks the simulator
 what another schedule would do with the measured costs.
 """
@@ -23,6 +23,7 @@ from keras_sg.profiling.profiler import (
     Profile,
     cpu_seconds,
     placement_of,
+    process_cores,
     profile,
     profile_servers,
     read_result,
@@ -46,6 +47,7 @@ from keras_sg.profiling.trace import (
     is_op,
     op_kind,
     per_step_overhead,
+    shared_work,
     short_op_name,
     stage_of,
     summarize,
@@ -73,12 +75,14 @@ __all__ = [
     "op_kind",
     "per_step_overhead",
     "placement_of",
+    "process_cores",
     "profile",
     "profile_servers",
     "read_ops",
     "read_result",
     "read_server_ops",
     "read_servers",
+    "shared_work",
     "short_op_name",
     "stage_of",
     "summarize",

@@ -278,6 +278,9 @@ def read_result(
 ) -> ProfileResult:
     """The ProfileResult of a local trace of `steps` steps of `model`.
 
+    Its devices are taken to share this process's cores (`process_cores`),
+    for the result's `work_costs`.
+
     Args:
         logdir: the folder given to `tf.profiler.experimental.start`.
         model: the keras_sg model that was traced.
@@ -298,12 +301,20 @@ def read_result(
         stage_devices=rows,
         steps=steps,
         update_shares=update_shares(model, devices),
+        cores=process_cores(),
     )
     # An asynchronous model's stages above stage 0 run on while the profiler
     # stops (see `Profile`); any other model's ops all ran in `wall_time`.
     if not _is_async(model):
         check_ops_within(summary.op_union, wall_time)
     return ProfileResult.from_summary(summary, devices, rows, wall_time, batch_size)
+
+
+def process_cores() -> int:
+    """The cores this process may run on: what its devices share."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _as_dataset(x, y, batch_size):

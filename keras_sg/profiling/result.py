@@ -47,6 +47,12 @@ class ProfileResult:
             "before", "after", "ms_per_step" and "gaps"
             (`keras_sg.profiling.idle_groups`); empty in a result saved
             before they were kept.
+        work_costs: per device, its costs as the work of a device with a
+            core of its own, when the devices shared `cores` cores (logical
+            devices of one process; `keras_sg.profiling.shared_work`): the
+            costs for `keras_sg.schedules.simulate(..., cores=cores)`. Empty
+            for servers and in a result saved before they were kept.
+        cores: the cores the devices shared, or None.
     """
 
     devices: tuple[str, ...]
@@ -63,6 +69,8 @@ class ProfileResult:
     core_costs: tuple[dict[str, float], ...] = ()
     op_union: float | None = None
     idle_groups: tuple[list[dict], ...] = ()
+    work_costs: tuple[dict[str, float], ...] = ()
+    cores: int | None = None
 
     @classmethod
     def from_summary(
@@ -89,6 +97,8 @@ class ProfileResult:
             core_costs=summary.core_costs,
             op_union=summary.op_union,
             idle_groups=summary.idle_groups,
+            work_costs=summary.work_costs,
+            cores=summary.cores,
         )
 
     @property
@@ -144,6 +154,7 @@ class ProfileResult:
         micro_batches: int = 8,
         queue_capacity: int = 2,
         update_before_send: bool = False,
+        shared_cores: bool = False,
     ) -> float:
         """The simulator's examples/s for a schedule on these measured costs.
 
@@ -165,6 +176,9 @@ class ProfileResult:
                 messages per cut and micro-batch; 2 per step for the others).
             queue_capacity: "async": the capacity of its queues.
             update_before_send: see `predict_examples_per_s`.
+            shared_cores: simulate the devices sharing `cores` cores, on
+                `work_costs` (logical devices of one process), instead of
+                each with a core of its own on `core_costs`.
 
         Raises:
             ValueError: if the result lacks what the simulator needs (its
@@ -187,32 +201,49 @@ class ProfileResult:
                 "A prediction needs the result's batch size, core costs and "
                 f"ops' time. Received: a result without {', '.join(missing)}"
             )
+        costs, cores = self.core_costs, None
+        if shared_cores:
+            if not self.work_costs or self.cores is None:
+                raise ValueError(
+                    "shared_cores=True needs the result's work costs and "
+                    "cores (a trace of logical devices of one process). "
+                    "Received: a result without them"
+                )
+            costs, cores = self.work_costs, self.cores
         if self.stage_devices != tuple(range(self.num_devices)):
             raise ValueError(
                 "The simulator runs stage k on device k, one stage per device. "
                 f"Received: stage_devices={list(self.stage_devices)} on "
                 f"{self.num_devices} devices"
             )
+        transfer = self.transfer_per_message(
+            model, micro_batches=micro_batches, shared_cores=shared_cores
+        )
         return predict_examples_per_s(
             model,
-            self.core_costs,
+            costs,
             batch_size=self.batch_size,
             micro_batches=micro_batches,
             per_step_overhead=self.per_step_overhead,
-            transfer=self.transfer_per_message(model, micro_batches=micro_batches),
+            transfer=transfer,
             queue_capacity=queue_capacity,
             update_before_send=update_before_send,
+            cores=cores,
         )
 
-    def transfer_per_message(self, model: str, *, micro_batches: int = 8) -> list:
+    def transfer_per_message(
+        self, model: str, *, micro_batches: int = 8, shared_cores: bool = False
+    ) -> list:
         """Per cut, ms per message across it, as `predict_examples_per_s`
-        charges it: the devices' transfers in `core_costs` over the messages
-        a step of `model` sends across each cut (2, an activation up and a
-        gradient or target down; 2 per micro-batch for "gpipe" and "zb_h1")."""
+        charges it: the devices' transfers in `core_costs` (`work_costs`
+        with `shared_cores`) over the messages a step of `model` sends
+        across each cut (2, an activation up and a gradient or target down;
+        2 per micro-batch for "gpipe" and "zb_h1")."""
         from keras_sg.profiling.trace import cut_transfers
 
+        costs = self.work_costs if shared_cores else self.core_costs
         messages = 2 * micro_batches if model in ("gpipe", "zb_h1") else 2
-        return cut_transfers(self.core_costs, self.stage_devices, messages)
+        return cut_transfers(costs, self.stage_devices, messages)
 
     @property
     def idle_fraction(self) -> tuple[float, ...]:
@@ -266,6 +297,7 @@ class ProfileResult:
             costs=[dict(c) for c in self.costs],
             stage_costs=[dict(c) for c in self.stage_costs],
             core_costs=[dict(c) for c in self.core_costs],
+            work_costs=[dict(c) for c in self.work_costs],
             idle_groups=[[dict(g) for g in groups] for groups in self.idle_groups],
             events=kept,
         )
@@ -286,6 +318,7 @@ class ProfileResult:
             costs=tuple(dict(c) for c in fields.pop("costs")),
             stage_costs=tuple(dict(c) for c in fields.pop("stage_costs")),
             core_costs=tuple(dict(c) for c in fields.pop("core_costs", ())),
+            work_costs=tuple(dict(c) for c in fields.pop("work_costs", ())),
             idle_groups=tuple(
                 [dict(g) for g in groups] for groups in fields.pop("idle_groups", ())
             ),

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
+from keras_sg._checks import check_int
 from keras_sg.schedules.timeline import Event
 
 # Kinds of measured work. F, B, S and I as in the simulator's timelines
@@ -118,6 +119,11 @@ class TraceSummary:
             not (the union of every op's interval; see `per_step_overhead`).
         idle_groups: per device, the largest groups of its idle time, by
             the ops on either side of each gap (`idle_groups`, top 3).
+        work_costs: with `cores`, per device, `core_costs` as the work of a
+            device with a core of its own, the devices sharing `cores`
+            cores (`shared_work`): the costs for `simulate(..., cores=...)`.
+            Empty without `cores`.
+        cores: the cores the devices shared, or None.
     """
 
     busy: tuple[float, ...]
@@ -130,6 +136,8 @@ class TraceSummary:
     core_costs: tuple[dict[str, float], ...] = ()
     op_union: float | None = None
     idle_groups: tuple[list[dict], ...] = ()
+    work_costs: tuple[dict[str, float], ...] = ()
+    cores: int | None = None
 
 
 def is_op(name: str) -> bool:
@@ -386,6 +394,64 @@ def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:
     return shares
 
 
+def shared_work(
+    placed: Sequence[Iterable[Sequence]],
+    unplaced: Iterable[Sequence],
+    cores: int,
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Devices' busy time by kind as work, when they share `cores` cores.
+
+    The inverse of `keras_sg.schedules.simulate(..., cores=...)`'s
+    processor sharing. At each instant, n is the number of devices that run
+    at least one op plus the number of ops that no device claims, and each
+    of them advances at min(1, cores / n) of its speed alone; a device's
+    time then counts as that much work, shared equally by its ops that run
+    at once (as `core_shares`), and an unclaimed op's time likewise. With n
+    <= `cores` throughout, the devices' work is `core_shares`.
+
+    Args:
+        placed: per device, its (start, end, kind, ...) intervals.
+        unplaced: (start, end, kind, ...) intervals of ops on no device.
+        cores: the cores the devices share, >= 1.
+
+    Returns:
+        (per device, a dict of work by kind; the unclaimed ops' work by kind).
+    """
+    check_int("cores", cores, 1)
+    owners, kinds, points = [], [], []
+    groups = [*placed, unplaced]
+    free = len(groups) - 1  # the owner index of unclaimed ops
+    for owner, intervals in enumerate(groups):
+        for start, end, kind, *_ in intervals:
+            i = len(kinds)
+            owners.append(owner)
+            kinds.append(kind)
+            if end > start:
+                points += [(start, 1, i), (end, -1, i)]
+    work: list[dict[str, float]] = [{} for _ in groups]
+    for owner, kind in zip(owners, kinds, strict=True):
+        work[owner].setdefault(kind, 0.0)
+    running: list[set[int]] = [set() for _ in groups]
+    last = None
+    # At one instant, ends before starts: touching ops do not overlap.
+    for time, change, i in sorted(points, key=lambda p: (p[0], p[1])):
+        if last is not None and time > last:
+            n = sum(1 for g in range(free) if running[g]) + len(running[free])
+            if n:
+                worked = min(1.0, cores / n) * (time - last)
+                for g in range(free):
+                    for j in running[g]:
+                        work[g][kinds[j]] += worked / len(running[g])
+                for j in running[free]:
+                    work[free][kinds[j]] += worked
+        last = time
+        if change > 0:
+            running[owners[i]].add(i)
+        else:
+            running[owners[i]].discard(i)
+    return work[:free], work[free]
+
+
 def summarize(
     ops: Iterable[Op],
     *,
@@ -393,6 +459,7 @@ def summarize(
     stage_devices: Sequence[int],
     steps: float,
     update_shares: Sequence[float] | None = None,
+    cores: int | None = None,
 ) -> TraceSummary:
     """Busy fractions, costs and timeline of a trace.
 
@@ -411,6 +478,8 @@ def summarize(
         steps: training steps the trace covers (costs are per step).
         update_shares: per device, its share of the unplaced optimizer
             update; by default equal shares.
+        cores: the cores the devices shared (logical devices of one
+            process), for `work_costs`; None leaves them out.
 
     Returns:
         A TraceSummary.
@@ -436,7 +505,7 @@ def summarize(
     costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_devices)]
     stage_costs = [dict.fromkeys(MEASURED_KINDS, 0.0) for _ in range(num_stages)]
     update = unplaced = 0.0
-    every = []
+    every, loose = [], []
     for op in ops:
         every.append((op.start, op.end))
         kind, stage = op_kind(op.name), stage_of(op.name)
@@ -451,6 +520,7 @@ def summarize(
                 update += duration
             else:
                 unplaced += duration
+            loose.append((op.start, op.end, kind))
             continue
         placed[device].append((op.start, op.end, kind, -1 if stage is None else stage))
         named[device].append(op)
@@ -467,6 +537,12 @@ def summarize(
         costs[device]["U"] += update * update_shares[device]
         core[device].update(core_shares(placed[device]))
         core[device]["U"] += update * update_shares[device]
+    work = []
+    if cores is not None:
+        work, loose_work = shared_work(placed, loose, cores)
+        for device in range(num_devices):
+            work[device] = dict(dict.fromkeys(MEASURED_KINDS, 0.0), **work[device])
+            work[device]["U"] += loose_work.get("U", 0.0) * update_shares[device]
     # A device's update and other work, shared by its stages (the update
     # is under a stage scope only with AsyncPipelinedModel's per-stage
     # optimizers, one stage per device in its use so far).
@@ -503,6 +579,8 @@ def summarize(
         core_costs=tuple(per_step(c) for c in core),
         op_union=union_length(every),
         idle_groups=tuple(idle_groups(ops, steps) for ops in named),
+        work_costs=tuple(per_step(c) for c in work),
+        cores=cores,
     )
 
 

@@ -92,6 +92,7 @@ def simulate_async(
     update: Sequence[float] | None = None,
     transfer: Sequence[float] | None = None,
     per_step_overhead: float = 0.0,
+    cores: int | None = None,
 ) -> SimulationResult:
     """Times asynchronous stages: warm-up, then `num_microbatches` batches.
 
@@ -107,6 +108,7 @@ def simulate_async(
         transfer: per cut, the receiving device's time per message.
         per_step_overhead: time each stage spends between two of its
             batches (counted as idle).
+        cores: None, or the cores the devices share (`simulate`).
 
     Returns:
         The SimulationResult. The timeline holds the warm-up batches and the
@@ -134,6 +136,7 @@ def simulate_async(
         lambda op: _async_dependencies(
             op, num_devices, comm_latency, queue_capacity, per_step_overhead
         ),
+        cores=cores,
     )
     by_op = {
         (kind, b, k): Event(device, start, end, kind, b, k, step=b)

@@ -5,6 +5,12 @@ gives; an operation starts as soon as its device is free and every operation
 it depends on has ended (plus a delay, the message latency when the two run on
 different devices). This is how pipeline runtimes (GPipe, PipeDream,
 Megatron-LM) execute a schedule, and it times any deadlock-free order exactly.
+
+With `cores` below the number of devices, the devices share that many cores
+(K logical devices of one process on fewer cores): while n devices run an
+operation each, each one advances at min(1, cores / n) of its speed alone,
+the processor sharing of an operating system's scheduler, and an operation's
+cost is its work on a core of its own.
 """
 
 from collections.abc import Callable, Hashable, Sequence
@@ -16,6 +22,7 @@ def list_schedule(
     orders: Sequence[Sequence[Hashable]],
     duration: Callable[[Hashable], float],
     dependencies: Callable[[Hashable], Sequence[Dependency]],
+    cores: int | None = None,
 ) -> dict[Hashable, tuple[int, float, float]]:
     """Returns the device, start and end time of every operation.
 
@@ -25,13 +32,24 @@ def list_schedule(
         duration: the cost of an operation.
         dependencies: the operations an operation waits for, each with the
             delay between that operation's end and the earliest start.
+        cores: None (each device runs at full speed), or the number of cores
+            the devices share (see the module's docstring); at least the
+            number of devices is the same as None.
 
     Returns:
         A dict from each operation to (device, start, end).
 
     Raises:
         RuntimeError: if the orders deadlock or depend on a missing operation.
+        ValueError: for `cores` that is not None or an integer >= 1.
     """
+    if cores is not None:
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise ValueError(
+                f"`cores` must be None or an integer >= 1. Received: cores={cores!r}"
+            )
+        if cores < len(orders):
+            return _shared_schedule(orders, duration, dependencies, cores)
     placed: dict[Hashable, tuple[int, float, float]] = {}
     free = [0.0] * len(orders)
     position = [0] * len(orders)
@@ -58,6 +76,73 @@ def list_schedule(
                 if p < len(order)
             ]
             raise RuntimeError(f"The schedule deadlocks; waiting operations: {stuck}")
+    return placed
+
+
+def _shared_schedule(orders, duration, dependencies, cores):
+    """`list_schedule` on `cores` shared cores: an event-driven simulation in
+    which the running operations advance together, each at
+    min(1, cores / running) units of work per unit of time."""
+    placed: dict[Hashable, tuple[int, float, float]] = {}
+    position = [0] * len(orders)
+    running: dict[int, list] = {}  # device: [op, start, work left]
+    remaining = sum(len(order) for order in orders)
+    now = 0.0
+    while remaining:
+        # Start every operation that can start now; note when the next
+        # waiting one can.
+        next_ready = None
+        started = True
+        while started:
+            started = False
+            for device, order in enumerate(orders):
+                if device in running or position[device] >= len(order):
+                    continue
+                op = order[position[device]]
+                deps = dependencies(op)
+                if any(dep not in placed for dep, _ in deps):
+                    continue
+                ready = max([now] + [placed[d][2] + lag for d, lag in deps])
+                if ready > now:
+                    next_ready = ready if next_ready is None else min(next_ready, ready)
+                    continue
+                work = duration(op)
+                position[device] += 1
+                if work <= 0:
+                    placed[op] = (device, now, now)
+                    remaining -= 1
+                    started = True  # it may free a waiting operation
+                else:
+                    running[device] = [op, now, work]
+        if not running:
+            if next_ready is None:
+                stuck = [
+                    order[p]
+                    for order, p in zip(orders, position, strict=True)
+                    if p < len(order)
+                ]
+                raise RuntimeError(
+                    f"The schedule deadlocks; waiting operations: {stuck}"
+                )
+            now = next_ready
+            continue
+        rate = min(1.0, cores / len(running))
+        least = min(left for _, _, left in running.values())
+        first_end = now + least / rate
+        ends = next_ready is None or first_end <= next_ready
+        until = first_end if ends else next_ready
+        done = []
+        for device, state in running.items():
+            # The operations with the least work left end at `first_end`
+            # (compared before subtracting, free of rounding).
+            if ends and state[2] <= least * (1 + 1e-12):
+                done.append(device)
+            state[2] -= (until - now) * rate
+        now = until
+        for device in done:
+            op, start, _ = running.pop(device)
+            placed[op] = (device, start, now)
+            remaining -= 1
     return placed
 
 

@@ -56,6 +56,7 @@ def simulate_flush(
     update: Sequence[float] | None = None,
     transfer: Sequence[float] | None = None,
     per_step_overhead: float = 0.0,
+    cores: int | None = None,
     update_before_send: bool = False,
 ) -> SimulationResult:
     """Times one training step of a flushed schedule and measures it.
@@ -86,6 +87,7 @@ def simulate_flush(
         transfer: per cut, the receiving device's time per message.
         per_step_overhead: time every device waits at the end of the step
             (counted as idle).
+        cores: None, or the cores the devices share (`simulate`).
         update_before_send: whether the B of stage s - 1 on the micro-batch
             of stage s's last backward also waits for stage s's update.
 
@@ -139,6 +141,7 @@ def simulate_flush(
         orders,
         with_transfers(base, messages, lambda s: s % num_devices, transfer),
         dependencies,
+        cores=cores,
     )
     by_op = {
         op: Event(device, start, end, op[0], op[1], op[2])

@@ -79,6 +79,7 @@ def simulate_pipelined_dni(
     update: Sequence[float] | None = None,
     transfer: Sequence[float] | None = None,
     per_step_overhead: float = 0.0,
+    cores: int | None = None,
 ) -> SimulationResult:
     """Times the warm-up and `num_microbatches` steady-state steps of pipelined DNI.
 
@@ -95,6 +96,7 @@ def simulate_pipelined_dni(
         transfer: per cut, the receiving device's time per message.
         per_step_overhead: time each device waits after each of its steps
             before the next (counted as idle).
+        cores: None, or the cores the devices share (`simulate`).
 
     Returns:
         The SimulationResult. Its timeline holds the K - 1 warm-up steps and
@@ -123,6 +125,7 @@ def simulate_pipelined_dni(
             lambda op: costs[op[0]][op[2]], dependencies, lambda s: s, transfer
         ),
         lambda op: _dni_dependencies(op, num_devices, comm_latency, per_step_overhead),
+        cores=cores,
     )
     by_op = {
         (kind, t, k): Event(device, start, end, kind, t - k, k, step=t)

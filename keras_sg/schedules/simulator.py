@@ -59,6 +59,7 @@ def simulate(
     weight_grad_fraction: float | None = None,
     queue_capacity: int | None = None,
     update_before_send: bool = False,
+    cores: int | None = None,
 ) -> SimulationResult:
     """Simulates one training step of a pipeline schedule.
 
@@ -128,6 +129,13 @@ def simulate(
       the update overlaps the backward of the stages below, as a runtime
       that sends first has it.
 
+    Shared cores: with `cores` below `num_devices`, the devices share that
+    many cores, as K logical devices of one process do on fewer cores (the
+    K = 4 rows of docs/benchmarks.md, on 2): while n devices run an
+    operation each, each advances at min(1, cores / n) of its speed alone
+    (processor sharing), and the costs are each operation's work on a core
+    of its own. None (the default) gives every device a core of its own.
+
     Gradient synthesizer costs only matter to "pipelined_dni", "dni" and
     "fully_unlocked"; the other schedules have no synthesizers and ignore
     them. Input synthesizer costs are taken by "fully_unlocked" only.
@@ -168,6 +176,8 @@ def simulate(
         update_before_send: "naive", "gpipe" and "1f1b" only: whether the
             gradient of each stage's last backward leaves after the stage's
             update.
+        cores: None, or the number of cores the devices share, >= 1 (see
+            "Shared cores" above).
 
     Returns:
         The SimulationResult: timeline, step time, per-device busy time and
@@ -238,10 +248,13 @@ def simulate(
             "(one stage per device, the backward not split). "
             f"Received: update_before_send=True with schedule={schedule!r}"
         )
+    if cores is not None:
+        checks.check_int("cores", cores, 1)
     common = dict(
         num_microbatches=num_microbatches,
         microbatch_size=microbatch_size,
         comm_latency=latency,
+        cores=cores,
         **extra,
     )
 

@@ -122,6 +122,7 @@ def simulate_unlocked(
     update: Sequence[float] | None = None,
     transfer: Sequence[float] | None = None,
     per_step_overhead: float = 0.0,
+    cores: int | None = None,
 ) -> SimulationResult:
     """Times `num_microbatches` steps of "dni" or "fully_unlocked".
 
@@ -143,6 +144,7 @@ def simulate_unlocked(
         per_step_overhead: time every device waits between two steps, after
             the last device ends one and before any starts the next, and
             after the last step (counted as idle).
+        cores: None, or the cores the devices share (`simulate`).
 
     Returns:
         The SimulationResult. `step_time` is the makespan of the M steps
@@ -189,6 +191,7 @@ def simulate_unlocked(
             comm_latency,
             per_step_overhead,
         ),
+        cores=cores,
     )
     by_op = {
         (kind, t, k): Event(device, start, end, kind, t, k, step=t)

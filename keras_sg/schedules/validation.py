@@ -60,6 +60,7 @@ def predict_examples_per_s(
     transfer: float | Sequence[float] = 0.0,
     queue_capacity: int = 2,
     update_before_send: bool = False,
+    cores: int | None = None,
 ) -> float:
     """The simulator's examples/s for measured per-device costs.
 
@@ -106,6 +107,10 @@ def predict_examples_per_s(
             (`simulate(..., update_before_send=True)`), as TensorFlow's
             executor sometimes ordered it on the servers before
             `keras_sg.models.steps.arrived` made the gradient go first.
+        cores: None (each device has a core of its own), or the cores the
+            devices share (`simulate(..., cores=...)`); the costs are then
+            each device's work on a core of its own
+            (`keras_sg.profiling.shared_work`).
 
     Returns:
         Examples per second.
@@ -134,6 +139,7 @@ def predict_examples_per_s(
         transfer=transfer,
         per_step_overhead=per_step_overhead,
         update_before_send=update_before_send,
+        cores=cores,
     )
     if model == "backprop":
         sim = simulate("naive", k, 1, forward, backward, **extra)
@@ -206,6 +212,10 @@ class MeasuredCosts:
         transfer: ms per message per cut, or None when not measured apart
             (then 0 in the prediction; the transfers are in the other costs).
         queue_capacity: the queues' capacity of an "async" model, else None.
+        work_costs: per device, the costs as work on a core of its own when
+            the devices shared `cores` cores (logical devices;
+            `keras_sg.profiling.shared_work`), or None when not measured.
+        cores: the cores the devices shared, or None.
     """
 
     setting: str
@@ -219,12 +229,25 @@ class MeasuredCosts:
     per_step_overhead: float
     transfer: tuple[float, ...] | None = None
     queue_capacity: int | None = None
+    work_costs: tuple[dict[str, float], ...] | None = None
+    cores: int | None = None
 
-    def predict(self, model: str | None = None) -> float:
-        """The simulator's examples/s from these costs (`model` overrides)."""
+    def predict(self, model: str | None = None, shared_cores: bool = False) -> float:
+        """The simulator's examples/s from these costs (`model` overrides).
+
+        `shared_cores=True` simulates the devices sharing `cores` cores, on
+        `work_costs` (a measurement without them is refused)."""
+        costs, cores = self.costs, None
+        if shared_cores:
+            if self.work_costs is None or self.cores is None:
+                raise ValueError(
+                    "shared_cores=True needs the measurement's work_costs and "
+                    f"cores. Received: measurement {self.name!r} without them"
+                )
+            costs, cores = self.work_costs, self.cores
         return predict_examples_per_s(
             self.model if model is None else model,
-            self.costs,
+            costs,
             batch_size=self.batch_size,
             micro_batches=self.micro_batches,
             per_step_overhead=self.per_step_overhead,
@@ -234,6 +257,7 @@ class MeasuredCosts:
                 if self.queue_capacity is None
                 else {"queue_capacity": self.queue_capacity}
             ),
+            cores=cores,
         )
 
 
@@ -243,8 +267,9 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
     The file is JSON: `{"measurements": [...]}`, each measurement a dict with
     the fields of `MeasuredCosts` (`num_devices` as "devices",
     `per_step_overhead` as "per_step_overhead_ms", `transfer` as
-    "transfer_ms", `queue_capacity` as "capacity"); other keys (every run's
-    numbers, the load) are ignored.
+    "transfer_ms", `queue_capacity` as "capacity"; `work_costs` and `cores`
+    if the file has them); other keys (every run's numbers, the load) are
+    ignored.
 
     Raises:
         ValueError: naming the measurement, for a missing field.
@@ -267,6 +292,12 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
                     per_step_overhead=float(m["per_step_overhead_ms"]),
                     transfer=None if transfer is None else tuple(transfer),
                     queue_capacity=m.get("capacity"),
+                    work_costs=(
+                        tuple(dict(c) for c in m["work_costs"])
+                        if m.get("work_costs")
+                        else None
+                    ),
+                    cores=m.get("cores"),
                 )
             )
         except KeyError as missing:
@@ -280,13 +311,16 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
 
 
 def validate_measured_costs(
-    path: str | os.PathLike,
+    path: str | os.PathLike, shared_cores: bool = False
 ) -> list[tuple[MeasuredCosts, float, float]]:
     """The simulator against every schedule of a measured-costs file.
 
     Args:
         path: a JSON file written by scripts/benchmark_pipeline.py (see
             `read_measured_costs`).
+        shared_cores: predict the schedules that have `work_costs` (logical
+            devices) with their devices sharing `cores` cores
+            (`MeasuredCosts.predict`); the others as without it.
 
     Returns:
         Per measured schedule: (the measurement, the simulator's examples/s
@@ -295,7 +329,8 @@ def validate_measured_costs(
     """
     table = []
     for row in read_measured_costs(path):
-        predicted = row.predict()
+        shared = shared_cores and row.work_costs is not None and row.cores is not None
+        predicted = row.predict(shared_cores=shared)
         table.append(
             (row, predicted, (predicted - row.examples_per_s) / row.examples_per_s)
         )
