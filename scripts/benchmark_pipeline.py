@@ -813,14 +813,20 @@ def transfers(result):
 
 def predict(result, model=None):
     """The simulator's examples/s for a run, from the run's own measured
-    costs (`ProfileResult.predict_examples_per_s`); `model` is the model
-    kind to simulate instead of the run's own ("zb_h1" for GPipe's costs)."""
+    costs (`ProfileResult.predict_examples_per_s`; on logical devices, on
+    the cores they shared); `model` is the model kind to simulate instead of
+    the run's own ("zb_h1" for GPipe's costs)."""
     from keras_sg.profiling import ProfileResult
 
     spec = result["spec"]
     extra = {"queue_capacity": spec["capacity"]} if "capacity" in spec else {}
-    return ProfileResult.from_dict(result["profile"]).predict_examples_per_s(
-        model or spec["model"], micro_batches=spec["micro_batches"], **extra
+    profile = ProfileResult.from_dict(result["profile"])
+    # Logical devices share the machine's cores: simulated so, on their work.
+    return profile.predict_examples_per_s(
+        model or spec["model"],
+        micro_batches=spec["micro_batches"],
+        shared_cores=bool(profile.work_costs),
+        **extra,
     )
 
 
@@ -1146,6 +1152,9 @@ def costs_file(measured, load):
                 "micro_batches": spec["micro_batches"],
                 "width": spec["width"],
                 "examples_per_s": median_speed(results),
+                "traced_examples_per_s": spec["batch_size"]
+                / middle["traced_step_ms"]
+                * 1000,
                 "costs": device_costs(middle),
                 "op_costs": middle["costs"],
                 **(
@@ -1200,6 +1209,8 @@ def costs_file(measured, load):
         "busy time counts min(1, cores / n), n the devices busy then plus the "
         "ops no device claims; the costs of simulate(..., cores=cores)",
         "cores": "the cores the logical devices shared",
+        "traced_examples_per_s": "examples/s of the median run's traced steps, "
+        "whose costs these are (the profiler slows the steps it traces)",
         "per_step_overhead_ms": "ms per step in which no op runs on any device "
         "(wall time of the traced steps minus the union of every op's "
         "interval, over the steps), in the median run's trace",

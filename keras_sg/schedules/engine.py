@@ -115,6 +115,8 @@ def _shared_schedule(orders, duration, dependencies, cores):
                 else:
                     running[device] = [op, now, work]
         if not running:
+            if not remaining:
+                break  # the last operations took no time
             if next_ready is None:
                 stuck = [
                     order[p]

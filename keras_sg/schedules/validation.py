@@ -216,6 +216,9 @@ class MeasuredCosts:
             the devices shared `cores` cores (logical devices;
             `keras_sg.profiling.shared_work`), or None when not measured.
         cores: the cores the devices shared, or None.
+        traced_examples_per_s: examples/s of the median run's traced steps,
+            whose costs these are (the profiler slows the steps it traces),
+            or None when not recorded.
     """
 
     setting: str
@@ -231,6 +234,7 @@ class MeasuredCosts:
     queue_capacity: int | None = None
     work_costs: tuple[dict[str, float], ...] | None = None
     cores: int | None = None
+    traced_examples_per_s: float | None = None
 
     def predict(self, model: str | None = None, shared_cores: bool = False) -> float:
         """The simulator's examples/s from these costs (`model` overrides).
@@ -267,9 +271,9 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
     The file is JSON: `{"measurements": [...]}`, each measurement a dict with
     the fields of `MeasuredCosts` (`num_devices` as "devices",
     `per_step_overhead` as "per_step_overhead_ms", `transfer` as
-    "transfer_ms", `queue_capacity` as "capacity"; `work_costs` and `cores`
-    if the file has them); other keys (every run's numbers, the load) are
-    ignored.
+    "transfer_ms", `queue_capacity` as "capacity"; `work_costs`, `cores`
+    and `traced_examples_per_s` if the file has them); other keys (every
+    run's numbers, the load) are ignored.
 
     Raises:
         ValueError: naming the measurement, for a missing field.
@@ -298,6 +302,7 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
                         else None
                     ),
                     cores=m.get("cores"),
+                    traced_examples_per_s=m.get("traced_examples_per_s"),
                 )
             )
         except KeyError as missing:
@@ -311,7 +316,7 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
 
 
 def validate_measured_costs(
-    path: str | os.PathLike, shared_cores: bool = False
+    path: str | os.PathLike, shared_cores: bool = True
 ) -> list[tuple[MeasuredCosts, float, float]]:
     """The simulator against every schedule of a measured-costs file.
 
@@ -320,7 +325,8 @@ def validate_measured_costs(
             `read_measured_costs`).
         shared_cores: predict the schedules that have `work_costs` (logical
             devices) with their devices sharing `cores` cores
-            (`MeasuredCosts.predict`); the others as without it.
+            (`MeasuredCosts.predict`), as the benchmark does; the others,
+            and all with False, with a core for each device.
 
     Returns:
         Per measured schedule: (the measurement, the simulator's examples/s

@@ -169,6 +169,56 @@ def test_busy_costs_and_timeline_of_a_hand_written_trace():
     ]
 
 
+def test_work_on_shared_cores_of_a_hand_written_trace():
+    """The same trace, the devices having shared one core (`shared_work`):
+    each instant counts 1 / n, n the busy devices plus the unclaimed ops."""
+    summary = summarize(
+        _ops(),
+        num_devices=2,
+        stage_devices=[0, 1],
+        steps=2,
+        update_shares=[0.8, 0.2],
+        cores=1,
+    )
+    # Device 0: F 0-1 alone, 1-2 beside device 1's I (1/2), 2-3 alone, 3-4
+    # shared with its own S (1/2 of 1); S 3-4 (1/2), 4-5 beside device 1's F
+    # (1/2); B 7-8 beside device 1's B (1/2). Device 1: I 1/2; F 4-5 (1/2),
+    # 5-6 alone; B 6-6.5 beside the loss (1/2), 6.5-7 alone, 7-8 (1/2), 8-9
+    # alone. The two updates overlap 9.5-10.5: 2 ms of work, not 3.
+    assert summary.cores == 1
+    assert summary.work_costs[0] == pytest.approx(
+        {"F": 3.0 / 2, "B": 0.5 / 2, "S": 1.0 / 2, "I": 0, "U": 1.6 / 2, "T": 0, "C": 0}
+    )
+    assert summary.work_costs[1] == pytest.approx(
+        {
+            "F": 1.5 / 2,
+            "B": 2.25 / 2,
+            "S": 0,
+            "I": 0.5 / 2,
+            "U": 0.4 / 2,
+            "T": 0,
+            "C": 0,
+        }
+    )
+    # On two cores no more than two run at once: the work is the core costs.
+    two = summarize(
+        _ops(),
+        num_devices=2,
+        stage_devices=[0, 1],
+        steps=2,
+        update_shares=[0.8, 0.2],
+        cores=2,
+    )
+    for work, core in zip(two.work_costs, two.core_costs, strict=True):
+        assert work == pytest.approx(core)
+    # Kept through a result's dict; none without cores.
+    result = ProfileResult.from_summary(summary, ["a", "b"], [0, 1], 12.0, 8)
+    again = ProfileResult.from_dict(result.to_dict())
+    assert again.work_costs == result.work_costs and again.cores == 1
+    plain = summarize(_ops(), num_devices=2, stage_devices=[0, 1], steps=2)
+    assert plain.work_costs == () and plain.cores is None
+
+
 def test_core_shares_split_overlapping_time_equally():
     shares = core_shares(
         [
@@ -363,6 +413,32 @@ def test_a_prediction_from_measured_core_costs_by_hand():
     assert result.predict_examples_per_s("gpipe", micro_batches=2) == pytest.approx(
         256 / sim.step_time * 1000
     )
+
+
+def test_a_prediction_on_shared_cores_by_hand():
+    """`shared_cores=True`: the work costs, the devices sharing `cores`. As
+    above, but device 1's update (6 ms of work from 46) shares one core
+    with device 0's receive and backward (23 ms from 46): the update ends at
+    58, device 0 has 17 ms left and ends at 75, its update at 81; with the
+    overhead 86 ms a step. On two cores nothing is shared: 80 ms."""
+    core = _measured().core_costs
+    one = _measured(work_costs=core, cores=1)
+    assert one.predict_examples_per_s("backprop", shared_cores=True) == pytest.approx(
+        256 / 86 * 1000
+    )
+    assert one.predict_examples_per_s("backprop") == pytest.approx(256 / 80 * 1000)
+    two = _measured(work_costs=core, cores=2)
+    assert two.predict_examples_per_s("backprop", shared_cores=True) == pytest.approx(
+        256 / 80 * 1000
+    )
+    # The work costs, not the core costs, are simulated.
+    halved = tuple({k: v / 2 for k, v in c.items()} for c in core)
+    fast = _measured(work_costs=halved, cores=2)
+    assert fast.predict_examples_per_s(
+        "backprop", shared_cores=True
+    ) > two.predict_examples_per_s("backprop", shared_cores=True)
+    with pytest.raises(ValueError, match="needs the result's work costs and cores"):
+        _measured().predict_examples_per_s("backprop", shared_cores=True)
 
 
 @pytest.mark.parametrize(

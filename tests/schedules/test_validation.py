@@ -83,6 +83,30 @@ def test_validate_measured_costs_by_hand(tmp_path):
     assert gpipe.predict("zb_h1") == pytest.approx(100 / 41 * 1000)
 
 
+def test_validate_measured_costs_on_shared_cores_by_hand(tmp_path):
+    """Entries with work costs (logical devices) are simulated on their
+    `cores` with `shared_cores=True`; the others as before."""
+    # Backprop on one core, work halved on device 1: F0 0-8, F1 8-13, B1
+    # 13-22; then device 1's update (2.5) shares the core with B0 (18): it
+    # ends at 27, B0 has 15.5 left and ends at 42.5, U0 42.5-45.5; with the
+    # overhead 49.5. Without sharing (the core costs): 61.
+    work = [dict(COSTS[0]), {k: v / 2 for k, v in COSTS[1].items()}]
+    entries = [
+        _entry("backprop", "shared", 2000.0, work_costs=work, cores=1),
+        _entry("backprop", "servers", 2000.0),
+    ]
+    path = tmp_path / "benchmarks.json"
+    path.write_text(json.dumps({"measurements": entries}))
+    shared = v.validate_measured_costs(path)
+    assert shared[0][1] == pytest.approx(100 / 49.5 * 1000)
+    assert shared[1][1] == pytest.approx(100 / 61 * 1000)
+    plain = v.validate_measured_costs(path, shared_cores=False)
+    assert [p for _, p, _ in plain] == pytest.approx([100 / 61 * 1000] * 2)
+    assert shared[0][0].cores == 1 and shared[0][0].work_costs[1]["F"] == 5.0
+    with pytest.raises(ValueError, match="needs the measurement's work_costs"):
+        shared[1][0].predict(shared_cores=True)
+
+
 def test_predictions_with_the_update_before_the_gradient_is_sent():
     # Backprop as in the test above, but B0 waits for U1 (36-41): B0 41-59,
     # U0 59-62, + 4: 66. GPipe: device 0's second backward waits for U1
