@@ -561,7 +561,7 @@ def shared_cores_section(path: str) -> list[str]:
         "measured examples/s (median)",
         "its traced steps' examples/s (the profiler's slowdown)",
         "simulated, a core each (error against measured, against traced)",
-        f"simulated, sharing {each[0][0].cores} cores (errors)",
+        f"simulated, the devices sharing cores: {each[0][0].cores} (errors)",
     ]
     n = len(rows)
     return [

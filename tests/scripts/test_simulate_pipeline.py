@@ -77,3 +77,59 @@ def test_time_to_accuracy_rows_by_hand(script):
         f"{epochs * dni / naive:.2f}",
     ]
     assert cells[3:5] == ["0.88x", "1.10"]
+
+
+def _costs_entry(**fields):
+    # As tests/schedules/test_validation.py: backprop on one core takes 49.5
+    # ms a step on these work costs, 61 with a core each (100 examples).
+    costs = [
+        {"F": 8.0, "B": 16.0, "S": 0.0, "U": 3.0, "C": 2.0},
+        {"F": 10.0, "B": 18.0, "S": 0.0, "U": 5.0, "C": 0.0},
+    ]
+    work = [dict(costs[0]), {k: v / 2 for k, v in costs[1].items()}]
+    return {
+        "setting": "logical",
+        "name": "backprop_mp (K=2)",
+        "model": "backprop",
+        "devices": 2,
+        "batch_size": 100,
+        "micro_batches": 8,
+        "examples_per_s": 2000.0,
+        "traced_examples_per_s": 1800.0,
+        "costs": costs,
+        "work_costs": work,
+        "cores": 1,
+        "per_step_overhead_ms": 4.0,
+        "transfer_ms": None,
+        **fields,
+    }
+
+
+def test_shared_cores_rows_by_hand(script, tmp_path):
+    import json
+
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"measurements": [_costs_entry()]}))
+    table, _, each, shared = script.shared_cores_section(str(path))
+    # A core each: 100 / 61 ms = 1639/s, -18% of 2000 and -9% of 1800; one
+    # shared core: 100 / 49.5 ms = 2020/s, +1% and +12%.
+    assert _row(table, ["2"]) == [
+        "2",
+        "backprop_mp (K=2)",
+        "2000",
+        "1800 (+11%)",
+        "1639 (-18%, -9%)",
+        "2020 (+1%, +12%)",
+    ]
+    assert "the devices sharing cores: 1 (errors)" in table
+    assert each.endswith(
+        "0 of 1 within 10% of the measured examples/s, 1 of 1 of the traced steps'."
+    )
+    assert shared.endswith(
+        "1 of 1 within 10% of the measured examples/s, 0 of 1 of the traced steps'."
+    )
+    path.write_text(
+        json.dumps({"measurements": [_costs_entry(traced_examples_per_s=None)]})
+    )
+    with pytest.raises(ValueError, match="without them"):
+        script.shared_cores_section(str(path))
