@@ -143,6 +143,13 @@ class AsyncPipelinedModel(PipelinedModel):
     each epoch's end (in lock-step mode, where every stage counts every
     global step, that is the global steps, the drain's included).
 
+    Learning rates. A callback that sets the compiled optimizer's rate
+    (Keras's `LearningRateScheduler` and `ReduceLROnPlateau` set
+    `model.optimizer.learning_rate`), or the synthesizer optimizer's,
+    reaches their clones at the start of each epoch and after each batch
+    callback, before the stages' next calls. A schedule given to `compile`
+    is cloned with each optimizer and follows its own `iterations`.
+
     The first `fit` traces the stage functions (and XLA compiles them); the
     next ones reuse them, with the queues, unless the batches' spec or the
     settings changed, `compile` was called again or a `fit` failed.
@@ -468,6 +475,7 @@ class AsyncPipelinedModel(PipelinedModel):
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
             callbacks.on_epoch_begin(epoch)
+            runtime.follow_rates()  # a callback may have set the rate
             first = epoch == initial_epoch
             if self.lock_step:
                 runtime.lock_step_epoch(steps_per_epoch, drain, first, callbacks)
@@ -562,6 +570,11 @@ class AsyncPipelinedModel(PipelinedModel):
         x_spec, _ = spec
         if not self.built or self._cut_shapes is None:
             self.build(tuple(x_spec.shape))
+        # The compiled optimizers as `load_model` builds them (with a
+        # synthesizer optimizer, each on its own variables; Keras's build
+        # would put every variable in the first), so that a saved file's
+        # state (`iterations`, the learning rate) loads back into them.
+        self._build_optimizer()
         self._symbolic_build(data_batch=spec)
 
     # --------------------------------------------------------- optimizers
@@ -1138,6 +1151,26 @@ class _Runtime:
         self.finished = [0] * self.num_stages
         self.taken = [0] * (self.num_stages - 1)
 
+    def follow_rates(self):
+        """Gives the stage and synthesizer optimizers the compiled ones'
+        learning rate, if a callback has set it (Keras's
+        `LearningRateScheduler` and `ReduceLROnPlateau` set
+        `model.optimizer.learning_rate`, which no stage reads). Only a rate
+        held in a variable is followed; a schedule is cloned with each
+        optimizer and runs on its own `iterations`."""
+        pairs = [(self.model.optimizer, self.optimizers)]
+        if self.synthesizer_optimizers:
+            pairs.append(
+                (self.model.synthesizer_optimizer, self.synthesizer_optimizers)
+            )
+        for source, clones in pairs:
+            if not isinstance(source._learning_rate, keras.Variable):
+                continue
+            rate = float(source._learning_rate.numpy())
+            for clone in clones:
+                if float(clone._learning_rate.numpy()) != rate:
+                    clone._learning_rate.assign(rate)
+
     def stop(self):
         """Ends a `fit` that trained to the end: the threads end and every
         queue is emptied (batches still in flight without the drain are
@@ -1326,6 +1359,7 @@ class _Runtime:
                 callbacks.on_train_batch_begin(state["batch"])
                 callbacks.on_train_batch_end(state["batch"] + n - 1, logs)
                 state["batch"] += n
+                self.follow_rates()  # for the stages' next calls
             else:
                 _, k, error = event
                 self.error = (k, error)

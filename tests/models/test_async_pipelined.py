@@ -174,6 +174,79 @@ def test_lock_step_with_a_synthesizer_optimizer_equals_pipelined_model(jit):
         assert not built & synth_ids
 
 
+class _SynthesizerRate(keras.callbacks.Callback):
+    """Sets the synthesizer optimizer's rate at each epoch's start, as
+    Keras's LearningRateScheduler sets the model optimizer's."""
+
+    def __init__(self, rates):
+        super().__init__()
+        self.rates = rates
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.synthesizer_optimizer.learning_rate = self.rates[epoch]
+
+
+def test_rates_that_callbacks_set_reach_every_stage(tmp_path):
+    """Keras's LearningRateScheduler (and ReduceLROnPlateau) set
+    `model.optimizer.learning_rate`, which no stage reads: the stages'
+    clones follow it, and the synthesizer optimizer's, so lock-step with
+    the callbacks still equals PipelinedModel weight by weight over three
+    epochs of different rates; the rate set survives a save and load."""
+    x, y = _data()
+
+    def compiled(cls, **kwargs):
+        model = _model(cls, "sgd", **kwargs)
+        model.compile(
+            keras.optimizers.Adam(0.05),
+            "mse",
+            synthesizer_optimizer=keras.optimizers.SGD(0.3, momentum=0.5),
+        )
+        return model
+
+    def callbacks():
+        return [
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch: [0.05, 0.01, 0.002][epoch]
+            ),
+            _SynthesizerRate([0.3, 0.1, 0.0]),
+        ]
+
+    reference = compiled(keras_sg.PipelinedModel)
+    start = weights_of(_parts(reference))
+    reference.fit(
+        x, y, batch_size=B, epochs=3, shuffle=False, verbose=0, callbacks=callbacks()
+    )
+    model = compiled(keras_sg.AsyncPipelinedModel, lock_step=True)
+    model.fit(
+        x,
+        y,
+        batch_size=B,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        drain=False,
+        callbacks=callbacks(),
+    )
+    want, got = weights_of(_parts(reference)), weights_of(_parts(model))
+    moved = [np.abs(w - s).max() for w, s in zip(want, start, strict=True)]
+    assert min(moved) > 1e-3
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+    rates = [float(o.learning_rate) for o in model.stage_optimizers()]
+    assert rates == pytest.approx([0.002] * 3)
+    assert [float(o.learning_rate) for o in model.synthesizer_optimizers()] == [0, 0]
+    # Saved and loaded, the compiled optimizers keep the rates set (and the
+    # steps): the next fit's stages go on at them.
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.002)
+    assert int(loaded.optimizer.iterations) == 24
+    loaded.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    rates = [float(o.learning_rate) for o in loaded.stage_optimizers()]
+    assert rates == pytest.approx([0.002] * 3)
+
+
 def test_a_run_with_a_synthesizer_optimizer_resumes_from_a_file(tmp_path):
     """Its clones' state is saved beside the stage optimizers' and put back."""
 
