@@ -130,7 +130,9 @@ class AsyncPipelinedModel(PipelinedModel):
     `"mixed_float16"` policy and loss scaling, `tf.distribute` strategies,
     sample and class weights, `fit` without labels, a dataset made on a
     task other than stage 0's, `steps_per_execution` > 1 with
-    `lock_step=True`. The stage
+    `lock_step=True`, `ModelCheckpoint` or `BackupAndRestore` saving
+    between batches or with `drain=False` (no state of every stage), and
+    loading weights while `fit` runs the stages. The stage
     optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
@@ -246,6 +248,7 @@ class AsyncPipelinedModel(PipelinedModel):
         # functions), kept for the next while nothing it was made for
         # changes; a plain object, neither tracked nor saved.
         self._kept_runtime = None
+        self._fitting = False  # while `fit` runs the stages
         super().__init__(network, synthesizers, method=method, **kwargs)
 
     # ------------------------------------------------------------- checks
@@ -388,8 +391,16 @@ class AsyncPipelinedModel(PipelinedModel):
                 steps=steps_per_epoch,
                 model=self,
             )
+        _check_saving_callbacks(callbacks, drain)
+        self.stop_training = False
+        # Before the runtime starts: a callback may load weights here
+        # (Keras's BackupAndRestore), which remakes the stage optimizers
+        # from the file, and set where training resumes.
+        callbacks.on_train_begin()
+        initial_epoch = self._initial_epoch or initial_epoch
         with self._reporting_lost_workers(), reporting_label_errors():
             runtime = self._runtime(dataset)
+            self._fitting = True
             trained = False
             try:
                 self._train(
@@ -405,6 +416,7 @@ class AsyncPipelinedModel(PipelinedModel):
             except _StageFailed:
                 pass  # the stage's own error is raised below, after shutdown
             finally:
+                self._fitting = False
                 # A runtime that trained to the end is kept for the next
                 # `fit`, its threads ended and its queues emptied; after an
                 # error (or an interrupt) its queues are closed and it goes.
@@ -469,8 +481,6 @@ class AsyncPipelinedModel(PipelinedModel):
         validation_data,
         drain,
     ):
-        self.stop_training = False
-        callbacks.on_train_begin()
         logs = {}
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
@@ -653,6 +663,13 @@ class AsyncPipelinedModel(PipelinedModel):
                 store[f"{prefix}_{i}"] = v
 
     def load_own_variables(self, store):
+        if self._fitting:
+            raise ValueError(
+                "AsyncPipelinedModel cannot load weights while `fit` trains "
+                "it: its stages are running. Load them before `fit` (in "
+                "`on_train_begin`, as BackupAndRestore does) or after it. "
+                "Received: a load during fit"
+            )
         keys = list(store.keys())
         own = {key: store[key] for key in keys if not key.startswith("stage_")}
         super().load_own_variables(own)
@@ -905,6 +922,32 @@ class AsyncPipelinedModel(PipelinedModel):
 
 # What a stage call records for each of its steps (`stage_log`).
 _RECORDS = ("batch", "target_batch", "lag")
+
+
+def _check_saving_callbacks(callbacks, drain):
+    """Refuses callbacks that would save a state no stage was in: one saved
+    between an epoch's batches (the stages are at different batches), or
+    at an epoch's end without the drain (batches still in flight)."""
+    for callback in callbacks.callbacks:
+        if not isinstance(
+            callback, keras.callbacks.ModelCheckpoint | keras.callbacks.BackupAndRestore
+        ):
+            continue
+        name = type(callback).__name__
+        if callback.save_freq not in ("epoch", False):
+            raise ValueError(
+                f"AsyncPipelinedModel saves one consistent state only at an "
+                f"epoch's end, after the drain: between batches its stages are "
+                f"at different batches. Use {name}(save_freq='epoch'). "
+                f"Received: {name}(save_freq={callback.save_freq!r})"
+            )
+        if not drain:
+            raise ValueError(
+                "fit(drain=False) keeps batches in flight across epochs, so "
+                f"an epoch's checkpoint would not hold one state of every "
+                f"stage. Use the default drain=True with {name}. Received: "
+                "drain=False"
+            )
 
 
 def _made_on(dataset):

@@ -247,6 +247,134 @@ def test_rates_that_callbacks_set_reach_every_stage(tmp_path):
     assert rates == pytest.approx([0.002] * 3)
 
 
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # after BackupAndRestore saved epoch 1
+
+
+def test_backup_and_restore_resumes_as_the_uninterrupted_run(tmp_path):
+    """Keras's BackupAndRestore: a run interrupted after its second epoch
+    and run again goes on from its third epoch and ends with the weights,
+    optimizer states and steps of a run that was not interrupted (lock
+    step, which is deterministic)."""
+    x, y = _data(n=16)
+
+    def compiled():
+        model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+        model.compile(
+            keras.optimizers.Adam(0.05),
+            "mse",
+            synthesizer_optimizer=keras.optimizers.Adam(0.02),
+        )
+        return model
+
+    def state(model):
+        optimizers = model.stage_optimizers() + model.synthesizer_optimizers()
+        return weights_of(_parts(model)) + [
+            np.asarray(v) for o in optimizers for v in o.variables
+        ]
+
+    straight = compiled()
+    straight.fit(x, y, batch_size=B, epochs=4, shuffle=False, verbose=0)
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    interrupted = compiled()
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(
+            x,
+            y,
+            batch_size=B,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[backup, _Interrupt()],
+        )
+    assert not _stage_threads()
+    resumed = compiled()
+    history = resumed.fit(
+        x,
+        y,
+        batch_size=B,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))],
+    )
+    assert history.epoch == [2, 3]
+    got, want = state(resumed), state(straight)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    # 8 batches and 2 drain steps a epoch.
+    assert int(resumed.optimizer.iterations) == 40
+
+
+@pytest.mark.parametrize(
+    "callback, drain, message",
+    [
+        (
+            lambda path: keras.callbacks.BackupAndRestore(path, save_freq=2),
+            True,
+            r"Received: BackupAndRestore\(save_freq=2\)",
+        ),
+        (
+            lambda path: keras.callbacks.ModelCheckpoint(
+                path + "/m.keras", save_freq=3
+            ),
+            True,
+            r"Received: ModelCheckpoint\(save_freq=3\)",
+        ),
+        (
+            lambda path: keras.callbacks.ModelCheckpoint(path + "/m.keras"),
+            False,
+            "Received: drain=False",
+        ),
+    ],
+    ids=["backup-batches", "checkpoint-batches", "no-drain"],
+)
+def test_checkpoints_of_no_consistent_state_are_refused(
+    tmp_path, callback, drain, message
+):
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    with pytest.raises(ValueError, match=message):
+        model.fit(
+            x,
+            y,
+            batch_size=B,
+            epochs=1,
+            verbose=0,
+            drain=drain,
+            callbacks=[callback(str(tmp_path))],
+        )
+    assert not _stage_threads()
+
+
+class _LoadAtEpoch(keras.callbacks.Callback):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            self.model.load_weights(self.path)
+
+
+@pytest.mark.timeout(60)
+def test_loading_weights_while_the_stages_run_is_an_error_not_a_hang(tmp_path):
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd")
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    with pytest.raises(ValueError, match="cannot load weights while `fit`"):
+        model.fit(
+            x, y, batch_size=B, epochs=2, verbose=0, callbacks=[_LoadAtEpoch(path)]
+        )
+    assert not _stage_threads()
+    model.load_weights(path)  # after fit, it loads
+
+
 def test_a_run_with_a_synthesizer_optimizer_resumes_from_a_file(tmp_path):
     """Its clones' state is saved beside the stage optimizers' and put back."""
 
