@@ -131,8 +131,9 @@ class AsyncPipelinedModel(PipelinedModel):
     sample and class weights, `fit` without labels, a dataset made on a
     task other than stage 0's, `steps_per_execution` > 1 with
     `lock_step=True`, `ModelCheckpoint` or `BackupAndRestore` saving
-    between batches or with `drain=False` (no state of every stage), and
-    loading weights while `fit` runs the stages. The stage
+    between batches or with `drain=False` (no state of every stage),
+    loading weights while `fit` runs the stages, and optimizers with
+    `use_ema=True` or `gradient_accumulation_steps`. The stage
     optimizers' state is saved with the model's own variables and
     restored on load; with the drain (which also drops the targets still in
     flight), a run resumed from an epoch's checkpoint goes on as it would
@@ -325,6 +326,28 @@ class AsyncPipelinedModel(PipelinedModel):
                 f"dtype policies {sorted(policies)}, optimizer "
                 f"{type(self.optimizer).__name__}"
             )
+        for optimizer in (self.optimizer, self.synthesizer_optimizer):
+            if optimizer is not None and optimizer.use_ema:
+                # Each stage's clone would keep the average of its own
+                # variables, but neither Keras's SwapEMAWeights nor the end
+                # of `fit` (which puts the average in the weights) reads it.
+                raise ValueError(
+                    "AsyncPipelinedModel does not support optimizers with "
+                    "use_ema=True yet: the stage optimizers' moving averages "
+                    "would never reach the weights. Received: "
+                    f"{type(optimizer).__name__}(use_ema=True)"
+                )
+            if optimizer is not None and optimizer.gradient_accumulation_steps:
+                # Keras counts `iterations` per accumulated update then,
+                # which the stages' step counting (idle steps included)
+                # does not follow.
+                raise ValueError(
+                    "AsyncPipelinedModel does not support "
+                    "gradient_accumulation_steps yet (each stage's optimizer "
+                    "counts its own steps). Received: "
+                    f"{type(optimizer).__name__}(gradient_accumulation_steps="
+                    f"{optimizer.gradient_accumulation_steps})"
+                )
 
     def train_step(self, data):
         raise ValueError(

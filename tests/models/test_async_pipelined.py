@@ -1231,6 +1231,31 @@ def test_fit_rejects_mixed_precision():
         model.fit(x, y, batch_size=B, verbose=0)
 
 
+@pytest.mark.parametrize("where", ["optimizer", "synthesizer_optimizer"])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"use_ema": True}, r"Received: SGD\(use_ema=True\)"),
+        (
+            {"gradient_accumulation_steps": 2},
+            r"Received: SGD\(gradient_accumulation_steps=2\)",
+        ),
+    ],
+    ids=["ema", "accumulation"],
+)
+def test_fit_rejects_what_the_stage_optimizers_cannot_do(where, settings, message):
+    x, y = _data(n=8)
+    model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
+    optimizer = keras.optimizers.SGD(0.1, **settings)
+    if where == "optimizer":
+        model.compile(optimizer, "mse")
+    else:
+        model.compile("sgd", "mse", synthesizer_optimizer=optimizer)
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, y, batch_size=B, verbose=0)
+    assert not _stage_threads()
+
+
 def test_fit_rejects_a_distribution_strategy():
     x, y = _data(n=8)
     model = _model(keras_sg.AsyncPipelinedModel, "sgd")
