@@ -1524,7 +1524,14 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " serial what ran side by side (the summed durations are kept in the"
         " file as `op_costs`; `device_costs` in the script). On logical"
         " devices the optimizer's ops carry no device: their summed durations"
-        " are shared out by the devices' weights.",
+        " are shared out by the devices' weights. Logical devices share the"
+        " machine's cores (K = 4 on 2): they are simulated so"
+        " (`simulate(..., cores=...)`, processor sharing), on their work on"
+        " those cores (`work_costs` in the file;"
+        ' `keras_sg.profiling.shared_work`; docs/simulation.md, "Logical'
+        ' devices on shared cores"). The profiler slows the steps it traces,'
+        " and the costs are those of the traced steps: `traced_examples_per_s`"
+        " in the file is their speed.",
         "",
     ]
     if cluster:
