@@ -126,27 +126,30 @@ def test_lock_step_equals_pipelined_model_weight_by_weight(optimizer, method, ex
             )
 
 
+def _two_optimizers(cls, jit=False, **kwargs):
+    """`_model` compiled with Adam for the stages and SGD with momentum for
+    the synthesizers (`synthesizer_optimizer`), each stage's math with XLA
+    if `jit` (AsyncPipelinedModel only)."""
+    model = _model(cls, "sgd", **kwargs)
+    model.compile(
+        keras.optimizers.Adam(0.05),
+        "mse",
+        synthesizer_optimizer=keras.optimizers.SGD(0.3, momentum=0.5),
+        jit_compile=jit,
+    )
+    return model
+
+
 @pytest.mark.parametrize("jit", [False, True], ids=["plain", "xla"])
 def test_lock_step_with_a_synthesizer_optimizer_equals_pipelined_model(jit):
     """`compile(synthesizer_optimizer=...)`: each synthesizer gets its own
     clone of it, the stages the model optimizer's; 16 global steps, K = 3,
     weight by weight against PipelinedModel's two optimizers."""
     x, y = _data()
-
-    def compiled(cls, **kwargs):
-        model = _model(cls, "sgd", **kwargs)
-        model.compile(
-            keras.optimizers.Adam(0.05),
-            "mse",
-            synthesizer_optimizer=keras.optimizers.SGD(0.3, momentum=0.5),
-            jit_compile=jit if cls is keras_sg.AsyncPipelinedModel else False,
-        )
-        return model
-
-    reference = compiled(keras_sg.PipelinedModel)
+    reference = _two_optimizers(keras_sg.PipelinedModel)
     start = weights_of(_parts(reference))
     want_history = reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
-    model = compiled(keras_sg.AsyncPipelinedModel, lock_step=True)
+    model = _two_optimizers(keras_sg.AsyncPipelinedModel, jit, lock_step=True)
     history = model.fit(
         x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, drain=False
     )
@@ -194,15 +197,6 @@ def test_rates_that_callbacks_set_reach_every_stage(tmp_path):
     epochs of different rates; the rate set survives a save and load."""
     x, y = _data()
 
-    def compiled(cls, **kwargs):
-        model = _model(cls, "sgd", **kwargs)
-        model.compile(
-            keras.optimizers.Adam(0.05),
-            "mse",
-            synthesizer_optimizer=keras.optimizers.SGD(0.3, momentum=0.5),
-        )
-        return model
-
     def callbacks():
         return [
             keras.callbacks.LearningRateScheduler(
@@ -211,12 +205,12 @@ def test_rates_that_callbacks_set_reach_every_stage(tmp_path):
             _SynthesizerRate([0.3, 0.1, 0.0]),
         ]
 
-    reference = compiled(keras_sg.PipelinedModel)
+    reference = _two_optimizers(keras_sg.PipelinedModel)
     start = weights_of(_parts(reference))
     reference.fit(
         x, y, batch_size=B, epochs=3, shuffle=False, verbose=0, callbacks=callbacks()
     )
-    model = compiled(keras_sg.AsyncPipelinedModel, lock_step=True)
+    model = _two_optimizers(keras_sg.AsyncPipelinedModel, lock_step=True)
     model.fit(
         x,
         y,
@@ -261,13 +255,7 @@ def test_backup_and_restore_resumes_as_the_uninterrupted_run(tmp_path):
     x, y = _data(n=16)
 
     def compiled():
-        model = _model(keras_sg.AsyncPipelinedModel, "sgd", lock_step=True)
-        model.compile(
-            keras.optimizers.Adam(0.05),
-            "mse",
-            synthesizer_optimizer=keras.optimizers.Adam(0.02),
-        )
-        return model
+        return _two_optimizers(keras_sg.AsyncPipelinedModel, lock_step=True)
 
     def state(model):
         optimizers = model.stage_optimizers() + model.synthesizer_optimizers()

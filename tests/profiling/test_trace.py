@@ -172,14 +172,18 @@ def test_busy_costs_and_timeline_of_a_hand_written_trace():
 def test_work_on_shared_cores_of_a_hand_written_trace():
     """The same trace, the devices having shared one core (`shared_work`):
     each instant counts 1 / n, n the busy devices plus the unclaimed ops."""
-    summary = summarize(
-        _ops(),
-        num_devices=2,
-        stage_devices=[0, 1],
-        steps=2,
-        update_shares=[0.8, 0.2],
-        cores=1,
-    )
+
+    def on(cores):
+        return summarize(
+            _ops(),
+            num_devices=2,
+            stage_devices=[0, 1],
+            steps=2,
+            update_shares=[0.8, 0.2],
+            cores=cores,
+        )
+
+    summary = on(1)
     # Device 0: F 0-1 alone, 1-2 beside device 1's I (1/2), 2-3 alone, 3-4
     # shared with its own S (1/2 of 1); S 3-4 (1/2), 4-5 beside device 1's F
     # (1/2); B 7-8 beside device 1's B (1/2). Device 1: I 1/2; F 4-5 (1/2),
@@ -201,14 +205,7 @@ def test_work_on_shared_cores_of_a_hand_written_trace():
         }
     )
     # On two cores no more than two run at once: the work is the core costs.
-    two = summarize(
-        _ops(),
-        num_devices=2,
-        stage_devices=[0, 1],
-        steps=2,
-        update_shares=[0.8, 0.2],
-        cores=2,
-    )
+    two = on(2)
     for work, core in zip(two.work_costs, two.core_costs, strict=True):
         assert work == pytest.approx(core)
     # Kept through a result's dict; none without cores.
