@@ -6,6 +6,7 @@ A config file's `get_config(arg)` takes the text after the colon of
 """
 
 import math
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -113,7 +114,8 @@ def base_config(
     config.log.diagnostics_every_steps = 4 if smoke else 500  # SG vs true gradient
     config.log.probe_examples = 64 if smoke else 256
     config.log.update_freq = "epoch"  # TensorBoard scalars: "epoch" or a step count
-    config.log.profile_batch = 0  # e.g. "10,20" to profile steps 10 to 20
+    # Steps TensorBoard profiles: "0" none, "10" step 10, "10,20" steps 10-20.
+    config.log.profile_batch = "0"
     config.keep_checkpoints = 2
     # Stop (status "diverged", exit status 1) once the training loss passes
     # this many times its lowest epoch mean; 0: only a loss that is not
@@ -359,8 +361,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _refuse("max_loss_growth", growth, "0 (off) or a finite number > 1")
     _int(config, "log.diagnostics_every_steps", 0)
     _int(config, "log.probe_examples", 1)
-    if not isinstance(config.log.profile_batch, str):  # or "first,last"
-        _int(config, "log.profile_batch", 0)
+    steps = config.log.profile_batch
+    match = isinstance(steps, str) and re.fullmatch(r"(\d+)(?:,(\d+))?", steps)
+    if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+        _refuse(
+            "log.profile_batch",
+            steps,
+            "'0' (off), a step 'N' or steps 'first,last' with first <= last",
+        )
     freq = config.log.update_freq
     # A step count given on the command line arrives as text: "100".
     steps = int(freq) if isinstance(freq, str) and freq.isdigit() else freq

@@ -382,6 +382,13 @@ def learning_rate(config, steps_per_epoch, rate=None):
     )
 
 
+def profile_steps(text: str):
+    """`log.profile_batch` for keras.callbacks.TensorBoard: "0" (off) or "N"
+    as a step, "first,last" as a pair of steps."""
+    first, _, last = text.partition(",")
+    return (int(first), int(last)) if last else int(first)
+
+
 def epoch_timer():
     """A callback adding `epoch_seconds` to the logs (put it before the CSV logger)."""
     import keras
@@ -702,7 +709,7 @@ def main(argv):
         keras.callbacks.TensorBoard(
             str(workdir / "tb"),
             update_freq=int(update_freq) if update_freq.isdigit() else update_freq,
-            profile_batch=config.log.profile_batch,
+            profile_batch=profile_steps(config.log.profile_batch),
         ),
         keras.callbacks.CSVLogger(str(workdir / "history.csv"), append=True),
         keras_sg.callbacks.FiniteCheckpoint(

@@ -60,7 +60,10 @@ BAD = [
     ("mnist_cnn", "cdni,smoke", "synthesizer.dilation_rate", 0),
     ("mnist_fcn", "dni,smoke", "log.diagnostics_every_steps", -1),
     ("mnist_fcn", "dni,smoke", "log.probe_examples", 0),
-    ("mnist_fcn", "dni,smoke", "log.profile_batch", -1),
+    ("mnist_fcn", "dni,smoke", "log.profile_batch", "-1"),
+    ("mnist_fcn", "dni,smoke", "log.profile_batch", "ten"),
+    ("mnist_fcn", "dni,smoke", "log.profile_batch", "20,10"),
+    ("mnist_fcn", "dni,smoke", "log.profile_batch", "1,2,3"),
     ("mnist_fcn", "dni,smoke", "log.update_freq", "weekly"),
     ("mnist_fcn", "dni,smoke", "log.update_freq", "0"),
 ]

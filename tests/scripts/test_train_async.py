@@ -203,3 +203,22 @@ def test_lock_step_conflicts_are_named_before_training(tmp_path, overrides, expe
     assert done.returncode == 1
     assert expected in done.stderr and "bad config" in done.stderr
     assert not workdir.exists()
+
+
+def test_tensorboard_profiles_the_steps_the_config_names(tmp_path):
+    """`log.profile_batch="2,4"` (the command line gives text) reaches
+    TensorBoard as steps 2 to 4, here with the async runtime, whose batch
+    callbacks come from its top stage; it writes a trace."""
+    done = train_in_process(
+        [
+            "--config=configs/mnist_fcn.py:cdni,smoke,runtime=async",
+            f"--workdir={tmp_path}",
+            "--config.log.profile_batch=2,4",
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "tb" / "train").rglob("*.xplane.pb"))
+    with script_module(TRAIN, "keras_sg_train") as train:
+        assert train.profile_steps("0") == 0
+        assert train.profile_steps("10") == 10
+        assert train.profile_steps("2,4") == (2, 4)
