@@ -1184,6 +1184,7 @@ class _Runtime:
         # running; lock-step mode calls each stage one step at a time.
         self.per_call = 1 if model.lock_step else model.steps_per_execution
         self.stopping = None  # a free epoch's `_Stopping`, while it runs
+        self.rates_given = {}  # the rate last given to each optimizer's clones
         self.idles = []
         if model.lock_step:
             for k in range(self.num_stages):
@@ -1229,13 +1230,16 @@ class _Runtime:
             pairs.append(
                 (self.model.synthesizer_optimizer, self.synthesizer_optimizers)
             )
-        for source, clones in pairs:
+        for i, (source, clones) in enumerate(pairs):
             if not isinstance(source._learning_rate, keras.Variable):
                 continue
+            # Read here, in this process; the clones (maybe on other
+            # tasks) are written only when it changed.
             rate = float(source._learning_rate.numpy())
-            for clone in clones:
-                if float(clone._learning_rate.numpy()) != rate:
+            if self.rates_given.get(i) != rate:
+                for clone in clones:
                     clone._learning_rate.assign(rate)
+                self.rates_given[i] = rate
 
     def stop(self):
         """Ends a `fit` that trained to the end: the threads end and every
