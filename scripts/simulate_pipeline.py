@@ -524,8 +524,7 @@ def validation_section(path: str) -> tuple[list[str], dict]:
 def shared_cores_section(path: str) -> list[str]:
     """The simulator on logical devices, with a core each and on the cores
     they shared, against the measured and the traced examples/s."""
-    each = validation.validate_measured_costs(path, shared_cores=False)
-    shared = validation.validate_measured_costs(path, shared_cores=True)
+    measured = validation.read_measured_costs(path)
     rows, within = [], {"each": [0, 0], "shared": [0, 0]}
 
     def cell(predicted, row):
@@ -533,14 +532,14 @@ def shared_cores_section(path: str) -> list[str]:
         traced = (predicted - row.traced_examples_per_s) / row.traced_examples_per_s
         return f"{predicted:.0f} ({measured:+.0%}, {traced:+.0%})", measured, traced
 
-    for (row, p_each, _), (_, p_shared, _) in zip(each, shared, strict=True):
+    for row in measured:
         if row.traced_examples_per_s is None or row.work_costs is None:
             raise ValueError(
                 f"{path!r} must hold traced_examples_per_s and work_costs for "
                 f"every measurement. Received: {row.name!r} without them"
             )
-        text_each, *errors_each = cell(p_each, row)
-        text_shared, *errors_shared = cell(p_shared, row)
+        text_each, *errors_each = cell(row.predict(), row)
+        text_shared, *errors_shared = cell(row.predict(shared_cores=True), row)
         for name, errors in (("each", errors_each), ("shared", errors_shared)):
             within[name][0] += abs(errors[0]) <= 0.10
             within[name][1] += abs(errors[1]) <= 0.10
@@ -561,7 +560,7 @@ def shared_cores_section(path: str) -> list[str]:
         "measured examples/s (median)",
         "its traced steps' examples/s (the profiler's slowdown)",
         "simulated, a core each (error against measured, against traced)",
-        f"simulated, the devices sharing cores: {each[0][0].cores} (errors)",
+        f"simulated, the devices sharing cores: {measured[0].cores} (errors)",
     ]
     n = len(rows)
     return [

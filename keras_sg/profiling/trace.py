@@ -372,25 +372,8 @@ def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:
     Returns:
         A dict from each kind of `intervals` to its time.
     """
-    points, kinds = [], []
-    for i, (start, end, kind, *_) in enumerate(intervals):
-        kinds.append(kind)
-        if end > start:
-            points += [(start, 1, i), (end, -1, i)]
-    shares = dict.fromkeys(kinds, 0.0)
-    running: set[int] = set()
-    last = None
-    # At one instant, ends before starts: touching ops do not overlap.
-    for time, change, i in sorted(points, key=lambda p: (p[0], p[1])):
-        if running and time > last:
-            share = (time - last) / len(running)
-            for j in running:
-                shares[kinds[j]] += share
-        last = time
-        if change > 0:
-            running.add(i)
-        else:
-            running.discard(i)
+    # One device alone on a core: every instant counts in full.
+    (shares,), _ = shared_work([intervals], [], cores=1)
     return shares
 
 
