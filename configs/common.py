@@ -121,6 +121,12 @@ def base_config(
     # this many times its lowest epoch mean; 0: only a loss that is not
     # finite stops a run (keras_sg.callbacks.StopOnDivergence).
     config.max_loss_growth = 10.0
+    # Rollbacks allowed in one run of the script: at the end of an epoch that
+    # diverged (by the checks above), put back the model and its optimizers as
+    # they were at the end of the last sound epoch and go on
+    # (keras_sg.callbacks.RollBackOnDivergence); once they are used up, a
+    # divergence stops the run. 0: none, a divergence stops the run at once.
+    config.rollbacks = 0
     return config
 
 
@@ -359,6 +365,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         and (growth == 0 or (math.isfinite(growth) and growth > 1))
     ):
         _refuse("max_loss_growth", growth, "0 (off) or a finite number > 1")
+    if "rollbacks" in config:
+        _int(config, "rollbacks", 0)
+        if config.rollbacks and not growth:
+            _refuse(
+                "rollbacks",
+                config.rollbacks,
+                "0 when max_loss_growth is 0 (a rollback is made when the task "
+                "loss grows past max_loss_growth, or is not finite, at an epoch's "
+                "end)",
+            )
     _int(config, "log.diagnostics_every_steps", 0)
     _int(config, "log.probe_examples", 1)
     steps = config.log.profile_batch

@@ -17,7 +17,12 @@ holds (a `lock` file there names its process) or a workdir whose checkpoints
 were trained with another config (only `SAFE_TO_CHANGE` fields may differ);
 and, during training, as soon as the task loss or a synthesizer loss is not
 finite, or the task loss passes `max_loss_growth` times its lowest epoch mean,
-naming it and the newest checkpoint before it.
+naming it and the newest checkpoint before it. With `rollbacks=N` the checks
+are made at each epoch's end, and the first N epochs that fail them are undone
+instead (the model and its optimizers put back as the last sound epoch left
+them, `keras_sg.callbacks.RollBackOnDivergence`); training goes on with the
+next epoch, and metrics.json lists the rollbacks. A resumed run starts with N
+again.
 """
 
 import fcntl
@@ -52,6 +57,7 @@ SAFE_TO_CHANGE = (
     "epochs",
     "keep_checkpoints",
     "max_loss_growth",
+    "rollbacks",
     "log.*",
     "data.manual_dir",
     "data.data_dir",
@@ -67,6 +73,7 @@ ADDED_FIELDS = {
     "async_runtime.max_target_age": 0,
     "async_runtime.steps_per_execution": 1,
     "async_runtime.jit_compile": False,
+    "rollbacks": 0,
 }
 _LOCK = []  # the open lock file: held for the life of the process
 PROGRAM = "train.py"  # the name errors start with (train_sequence.py reuses fail)
@@ -402,6 +409,25 @@ def epoch_timer():
     )
 
 
+def rollback_reporter(guard):
+    """A callback printing a line for each rollback the guard (a
+    `RollBackOnDivergence`, put before it in the list) makes."""
+    import keras
+
+    def report(epoch, logs):
+        for rollback in guard.rollbacks[report.seen :]:
+            print(
+                f"{rollback['message']} Rolled back to the end of epoch "
+                f"{rollback['restored_epoch']} (rollback {len(guard.rollbacks)} "
+                f"of {guard.max_rollbacks}); training goes on.",
+                flush=True,
+            )
+        report.seen = len(guard.rollbacks)
+
+    report.seen = 0
+    return keras.callbacks.LambdaCallback(on_epoch_end=report)
+
+
 def check_optimizer(config):
     """Ends the run unless Keras knows the config's optimizer."""
     import keras
@@ -700,11 +726,17 @@ def main(argv):
     )
 
     update_freq = config.log.update_freq
-    guard = keras_sg.callbacks.StopOnDivergence(
-        max_growth=config.max_loss_growth or None
-    )
+    if config.rollbacks:
+        guard = keras_sg.callbacks.RollBackOnDivergence(
+            max_growth=config.max_loss_growth, max_rollbacks=config.rollbacks
+        )
+    else:
+        guard = keras_sg.callbacks.StopOnDivergence(
+            max_growth=config.max_loss_growth or None
+        )
     callbacks = [
         guard,
+        *([rollback_reporter(guard)] if config.rollbacks else []),
         epoch_timer(),
         keras.callbacks.TensorBoard(
             str(workdir / "tb"),
@@ -747,6 +779,17 @@ def main(argv):
         "resumed_from_epoch": initial_epoch,
         "session_seconds": session_seconds,
     }
+    if config.rollbacks:
+        metrics["rollbacks"] = [
+            dict(
+                epoch=r["epoch"],
+                restored_epoch=r["restored_epoch"],
+                reason=r["reason"],
+                losses={k: str(v) for k, v in r["losses"].items()},
+                message=r["message"],
+            )
+            for r in guard.rollbacks
+        ]
     if guard.diverged:
         epoch = guard.diverged["epoch"]
         finite = [p for n, p in checkpoint.checkpoint_files(ckpt_dir) if n < epoch]

@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_sg._checks import check_int
 from keras_sg.callbacks.divergence import (
+    RollBackOnDivergence,
     StopOnDivergence,
     is_loss_key,
     training_state,
@@ -143,6 +144,11 @@ class FiniteCheckpoint(keras.callbacks.Callback):
             training diverged (a loss that blew up while staying finite:
             its `max_growth`) is not saved either. Put the guard before
             this callback in the list, so that it judges the epoch first.
+            With a `RollBackOnDivergence`, an epoch that it undid is saved,
+            its losses notwithstanding (its weights must still be finite):
+            the file then holds the state that the rollback put back, the
+            one that the next epoch starts from, so that a resume goes on
+            as the run would have.
 
     Attributes:
         last_saved: the path of the newest checkpoint this callback wrote, or
@@ -162,10 +168,13 @@ class FiniteCheckpoint(keras.callbacks.Callback):
         self.last_saved = None
 
     def on_epoch_end(self, epoch, logs=None):
+        rolled_back = isinstance(self.guard, RollBackOnDivergence) and any(
+            r["epoch"] == epoch + 1 for r in self.guard.rollbacks
+        )
         bad = {
             k: v
             for k, v in (logs or {}).items()
-            if is_loss_key(k) and not math.isfinite(float(v))
+            if is_loss_key(k) and not math.isfinite(float(v)) and not rolled_back
         }
         if bad or not all_finite(self.model):
             log.warning(

@@ -100,6 +100,12 @@ BEFORE_TRAINING = [
     ([*SMOKE, "--config.keep_checkpoints=0"], "wd", "keep_checkpoints=0"),
     ([*SMOKE, "--config.sg_loss_weight=inf"], "wd", "sg_loss_weight=inf"),
     ([*SMOKE, "--config.optimizer.name=adamm"], "wd", "optimizer.name='adamm'"),
+    ([*SMOKE, "--config.rollbacks=-1"], "wd", "rollbacks=-1"),
+    (
+        [*SMOKE, "--config.rollbacks=1", "--config.max_loss_growth=0"],
+        "wd",
+        "`rollbacks` must be 0 when max_loss_growth is 0",
+    ),
     (SMOKE, "a_file", "is a file; expected a folder"),
     (SMOKE, "a_file/wd", "a_file is a file"),  # a workdir that cannot be made
 ]
@@ -149,6 +155,91 @@ def test_a_finite_blow_up_stops_with_max_loss_growth(tmp_path):
     done = _run([*BLOWING_UP, "--config.max_loss_growth=0", f"--workdir={off}"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert _strict_json(off / "metrics.json")["status"] == "finished"
+
+
+def _state(path: Path):
+    """The values of every variable training changes, in a saved model."""
+    from keras_sg.callbacks import training_state
+
+    model = keras.models.load_model(path)
+    return [keras.ops.convert_to_numpy(v) for v in training_state(model)]
+
+
+def _assert_same_state(path, other):
+    mine, theirs = _state(path), _state(other)
+    assert len(mine) == len(theirs) > 10
+    for a, b in zip(mine, theirs, strict=True):
+        assert a.shape == b.shape and (a == b).all()
+
+
+def test_rollbacks_undo_a_blown_up_epoch_and_save_what_they_put_back(tmp_path):
+    """BLOWING_UP's epoch 4 (epoch mean 33.9 here, 7 times epoch 2's) is
+    undone at its end, and epoch 4's checkpoint holds epoch 3's state,
+    variable by variable: where the run went on from, and where a resume
+    goes on from. Epoch 5 starts from that state; whether it blows up again
+    (26.8 here, 5.6 times) depends on the CPU's sums, and either way the run
+    ends sound, with a second rollback if it did."""
+    done = _run(
+        [
+            *BLOWING_UP[:-1],
+            "--config.keep_checkpoints=5",
+            "--config.max_loss_growth=5",
+            "--config.rollbacks=2",
+            f"--workdir={tmp_path}",
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(
+        r"^Training diverged in epoch 4: the task loss \(loss=[0-9.]+\) is "
+        r"[0-9.]+ times its lowest epoch mean \([0-9.]+, epoch 2\), above "
+        r"max_growth=5\.0\. Rolled back to the end of epoch 3 \(rollback 1 of "
+        r"2\); training goes on\.$",
+        done.stdout,
+        re.MULTILINE,
+    ), done.stdout
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert metrics["status"] == "finished"
+    first, *again = metrics["rollbacks"]
+    assert (first["epoch"], first["restored_epoch"]) == (4, 3)
+    assert first["reason"] == "grew" and float(first["losses"]["loss"]) > 5
+    assert first["message"].startswith("Training diverged in epoch 4: ")
+    assert [(r["epoch"], r["restored_epoch"]) for r in again] in ([], [(5, 3)])
+    # Epoch 4's steps were undone, and epoch 5's if it was rolled back.
+    assert metrics["steps"] == (3 if again else 4) * 8
+    ckpt = tmp_path / "ckpt"
+    assert [n for n, _ in checkpoint.checkpoint_files(ckpt)] == [1, 2, 3, 4, 5]
+    _assert_same_state(ckpt / "epoch-0004.keras", ckpt / "epoch-0003.keras")
+    if again:
+        _assert_same_state(ckpt / "epoch-0005.keras", ckpt / "epoch-0003.keras")
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 5  # undone epochs keep the rows they logged
+
+
+def test_rollbacks_used_up_stop_the_run_after_a_saved_rollback(tmp_path):
+    """DIVERGING with one rollback: epoch 2 is NaN and undone (its file, the
+    state of epoch 1, is saved although its losses were NaN); epoch 3, from
+    that state, is NaN again and stops the run."""
+    done = _run(
+        [
+            *DIVERGING[:-1],
+            "--config.keep_checkpoints=4",
+            "--config.rollbacks=1",
+            f"--workdir={tmp_path}",
+        ]
+    )
+    line = _error_line(done)
+    assert line.startswith("train.py: Training diverged in epoch 3: the synthesizer")
+    assert line.endswith(
+        f"Newest finite checkpoint: {tmp_path / 'ckpt' / 'epoch-0002.keras'}"
+    )
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert metrics["status"] == "diverged" and metrics["diverged"]["epoch"] == 3
+    (rollback,) = metrics["rollbacks"]
+    assert (rollback["epoch"], rollback["restored_epoch"]) == (2, 1)
+    assert rollback["reason"] == "not finite"
+    ckpt = tmp_path / "ckpt"
+    assert [n for n, _ in checkpoint.checkpoint_files(ckpt)] == [1, 2]
+    _assert_same_state(ckpt / "epoch-0002.keras", ckpt / "epoch-0001.keras")
 
 
 def test_divergence_stops_names_the_cut_and_keeps_the_finite_checkpoint(tmp_path):
