@@ -714,8 +714,14 @@ def measure(spec):
             and (
                 "per_step_overhead_ms" not in cached
                 or "core_costs" not in cached["profile"]
-                # logical devices' work on shared cores, kept since
-                or (not spec.get("cluster") and "work_costs" not in cached["profile"])
+                # logical devices' work and core time on shared cores, kept since
+                or (
+                    not spec.get("cluster")
+                    and (
+                        "work_costs" not in cached["profile"]
+                        or cached["profile"].get("core_time") is None
+                    )
+                )
             )
         )
         # Accuracy runs saved before they trained in one `fit`: stale.
@@ -1161,6 +1167,7 @@ def costs_file(measured, load):
                     {
                         "work_costs": middle["profile"]["work_costs"],
                         "cores": middle["profile"]["cores"],
+                        "core_time_ms": middle["profile"]["core_time"],
                     }
                     if middle["profile"].get("work_costs")
                     else {}
@@ -1209,6 +1216,11 @@ def costs_file(measured, load):
         "busy time counts min(1, cores / n), n the devices busy then plus the "
         "ops no device claims; the costs of simulate(..., cores=cores)",
         "cores": "the cores the logical devices shared",
+        "core_time_ms": "logical devices only: ms of core time per step that "
+        "every op of the trace used, n ops at once using min(n, cores) cores "
+        "(keras_sg.profiling.core_time); a step takes at least core_time_ms / "
+        "cores plus the per-step overhead, which the prediction on shared "
+        "cores takes into account",
         "traced_examples_per_s": "examples/s of the median run's traced steps, "
         "whose costs these are (the profiler slows the steps it traces)",
         "per_step_overhead_ms": "ms per step in which no op runs on any device "
@@ -1529,9 +1541,12 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " (`simulate(..., cores=...)`, processor sharing), on their work on"
         " those cores (`work_costs` in the file;"
         ' `keras_sg.profiling.shared_work`; docs/simulation.md, "Logical'
-        ' devices on shared cores"). The profiler slows the steps it traces,'
-        " and the costs are those of the traced steps: `traced_examples_per_s`"
-        " in the file is their speed.",
+        ' devices on shared cores"), a step taking no less than the core time'
+        " its ops used over the cores (`core_time_ms` in the file;"
+        " `keras_sg.profiling.core_time`): GPipe's micro-batches run two or"
+        " more ops of one logical device at once. The profiler slows the steps"
+        " it traces, and the costs are those of the traced steps:"
+        " `traced_examples_per_s` in the file is their speed.",
         "",
     ]
     if cluster:

@@ -13,9 +13,10 @@ colours of the simulator's (`keras_sg.schedules`).
 or, inside your own `fit`, the callback `Profile(steps=4, skip=1)`. A model
 whose stages run on TensorFlow servers is traced from the servers with
 `profile_servers`. The trace arithmetic (`op_kind`, `union_length`,
-`core_shares`, `shared_work`, `summarize`, `idle_groups`, `per_step_overhead`) is pure
-Python, and `result.predict_examples_per_s("gpipe")` asks the simulator
-what another schedule would do with the measured costs.
+`core_shares`, `shared_work`, `core_time`, `summarize`, `idle_groups`,
+`per_step_overhead`) is pure Python, and
+`result.predict_examples_per_s("gpipe")` asks the simulator what another
+schedule would do with the measured costs.
 """
 
 from keras_sg.profiling.drawing import COLORS, draw_timelines
@@ -41,6 +42,7 @@ from keras_sg.profiling.trace import (
     Op,
     TraceSummary,
     core_shares,
+    core_time,
     cut_transfers,
     idle_gaps,
     idle_groups,
@@ -66,6 +68,7 @@ __all__ = [
     "TRANSFER_TYPES",
     "TraceSummary",
     "core_shares",
+    "core_time",
     "cpu_seconds",
     "cut_transfers",
     "draw_timelines",

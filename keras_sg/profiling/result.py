@@ -53,6 +53,8 @@ class ProfileResult:
             costs for `keras_sg.schedules.simulate(..., cores=cores)`. Empty
             for servers and in a result saved before they were kept.
         cores: the cores the devices shared, or None.
+        core_time: with `cores`, ms of core time per step that the trace's
+            ops used (`keras_sg.profiling.core_time`), or None.
     """
 
     devices: tuple[str, ...]
@@ -71,6 +73,7 @@ class ProfileResult:
     idle_groups: tuple[list[dict], ...] = ()
     work_costs: tuple[dict[str, float], ...] = ()
     cores: int | None = None
+    core_time: float | None = None
 
     @classmethod
     def from_summary(
@@ -99,6 +102,7 @@ class ProfileResult:
             idle_groups=summary.idle_groups,
             work_costs=summary.work_costs,
             cores=summary.cores,
+            core_time=summary.core_time,
         )
 
     @property
@@ -178,7 +182,8 @@ class ProfileResult:
             update_before_send: see `predict_examples_per_s`.
             shared_cores: simulate the devices sharing `cores` cores, on
                 `work_costs` (logical devices of one process), instead of
-                each with a core of its own on `core_costs`.
+                each with a core of its own on `core_costs`; the step then
+                takes at least `core_time` over `cores` (when known).
 
         Raises:
             ValueError: if the result lacks what the simulator needs (its
@@ -229,6 +234,7 @@ class ProfileResult:
             queue_capacity=queue_capacity,
             update_before_send=update_before_send,
             cores=cores,
+            core_time=self.core_time if shared_cores else None,
         )
 
     def transfer_per_message(

@@ -124,6 +124,8 @@ class TraceSummary:
             cores (`shared_work`): the costs for `simulate(..., cores=...)`.
             Empty without `cores`.
         cores: the cores the devices shared, or None.
+        core_time: with `cores`, ms of core time per step that every op of
+            the trace used, placed or not (`core_time`); None without.
     """
 
     busy: tuple[float, ...]
@@ -138,6 +140,7 @@ class TraceSummary:
     idle_groups: tuple[list[dict], ...] = ()
     work_costs: tuple[dict[str, float], ...] = ()
     cores: int | None = None
+    core_time: float | None = None
 
 
 def is_op(name: str) -> bool:
@@ -377,6 +380,37 @@ def core_shares(intervals: Iterable[Sequence]) -> dict[str, float]:
     return shares
 
 
+def core_time(intervals: Iterable[Sequence], cores: int) -> float:
+    """The core time some ops used on `cores` cores: at each instant, n ops
+    running use min(n, cores) cores.
+
+    Unlike a device's busy time, this counts the work of ops that ran at
+    once on several cores in full: a logical device whose ops run two at a
+    time on two cores (GPipe's micro-batches, on a process's shared pool of
+    threads) used two cores, not one. The step of a model on `cores` cores
+    can then take no less than this over `cores`.
+
+    Args:
+        intervals: (start, end, ...) of the ops, in any order.
+        cores: the cores they shared, >= 1.
+
+    Returns:
+        The core time, in the intervals' unit.
+    """
+    check_int("cores", cores, 1)
+    points = []
+    for start, end, *_ in intervals:
+        if end > start:
+            points += [(start, 1), (end, -1)]
+    total, running, last = 0.0, 0, None
+    for time, change in sorted(points):  # ends before starts at one instant
+        if last is not None:
+            total += min(running, cores) * (time - last)
+        last = time
+        running += change
+    return total
+
+
 def shared_work(
     placed: Sequence[Iterable[Sequence]],
     unplaced: Iterable[Sequence],
@@ -462,7 +496,8 @@ def summarize(
         update_shares: per device, its share of the unplaced optimizer
             update; by default equal shares.
         cores: the cores the devices shared (logical devices of one
-            process), for `work_costs`; None leaves them out.
+            process), for `work_costs` and `core_time`; None leaves them
+            out.
 
     Returns:
         A TraceSummary.
@@ -564,6 +599,7 @@ def summarize(
         idle_groups=tuple(idle_groups(ops, steps) for ops in named),
         work_costs=tuple(per_step(c) for c in work),
         cores=cores,
+        core_time=None if cores is None else core_time(every, cores) / steps,
     )
 
 

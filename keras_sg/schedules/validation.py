@@ -12,6 +12,7 @@ fitted term.
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,7 @@ def predict_examples_per_s(
     queue_capacity: int = 2,
     update_before_send: bool = False,
     cores: int | None = None,
+    core_time: float | None = None,
 ) -> float:
     """The simulator's examples/s for measured per-device costs.
 
@@ -111,6 +113,13 @@ def predict_examples_per_s(
             devices share (`simulate(..., cores=...)`); the costs are then
             each device's work on a core of its own
             (`keras_sg.profiling.shared_work`).
+        core_time: with `cores`, None or the ms of core time per step that
+            the measured ops used (`keras_sg.profiling.core_time`): a step
+            then takes at least core_time / cores + per_step_overhead. The
+            simulator's device runs one op at a time; a logical device of
+            one process may run several at once on the shared cores
+            (GPipe's micro-batches do), and its busy time then counts less
+            work than it did, which this bound puts back.
 
     Returns:
         Examples per second.
@@ -130,6 +139,45 @@ def predict_examples_per_s(
             "`update_before_send` needs model 'backprop' or 'gpipe'. "
             f"Received: update_before_send=True with model={model!r}"
         )
+    if core_time is not None:
+        if cores is None:
+            raise ValueError(
+                "`core_time` needs `cores`, the cores it was measured on. "
+                f"Received: core_time={core_time!r} with cores=None"
+            )
+        number = isinstance(core_time, int | float) and not isinstance(core_time, bool)
+        if not (number and math.isfinite(core_time) and core_time >= 0):
+            raise ValueError(
+                "`core_time` must be None or a finite number >= 0 (ms per "
+                f"step). Received: core_time={core_time!r}"
+            )
+    ms = _batch_ms(
+        model,
+        costs,
+        micro_batches=micro_batches,
+        per_step_overhead=per_step_overhead,
+        transfer=transfer,
+        queue_capacity=queue_capacity,
+        update_before_send=update_before_send,
+        cores=cores,
+    )
+    if core_time is not None:
+        ms = max(ms, core_time / cores + per_step_overhead)
+    return batch_size / ms * 1000
+
+
+def _batch_ms(
+    model,
+    costs,
+    *,
+    micro_batches,
+    per_step_overhead,
+    transfer,
+    queue_capacity,
+    update_before_send,
+    cores,
+) -> float:
+    """The simulated ms per batch of `predict_examples_per_s`."""
     c = _device_costs(costs)
     k = len(costs)
     forward = c["F"]
@@ -143,7 +191,7 @@ def predict_examples_per_s(
     )
     if model == "backprop":
         sim = simulate("naive", k, 1, forward, backward, **extra)
-        return batch_size / sim.step_time * 1000
+        return sim.step_time
     if model in ("gpipe", "zb_h1"):
         m = micro_batches
         sim = simulate(
@@ -154,11 +202,11 @@ def predict_examples_per_s(
             [b / m for b in backward],
             **extra,
         )
-        return batch_size / sim.step_time * 1000
+        return sim.step_time
     synth = c["S"][:-1]
     if model == "dni":
         sim = simulate("dni", k, 1, forward, backward, synth, **extra)
-        return batch_size / sim.step_time * 1000
+        return sim.step_time
     if model == "unlocked":
         # UnlockedModel first runs the composed network, stage on stage, for
         # the loss it logs, and trains only after it: half of each measured
@@ -175,7 +223,7 @@ def predict_examples_per_s(
             input_synth=c["I"][1:],
             **extra,
         )
-        return batch_size / (composed + sim.step_time) * 1000
+        return composed + sim.step_time
     m = PIPELINED_DNI_STEPS
     if model == "async":
         sim = simulate(
@@ -190,7 +238,7 @@ def predict_examples_per_s(
         )
     else:
         sim = simulate("pipelined_dni", k, m, forward, backward, synth, **extra)
-    return m * batch_size / sim.step_time * 1000
+    return sim.step_time / m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +267,9 @@ class MeasuredCosts:
         traced_examples_per_s: examples/s of the median run's traced steps,
             whose costs these are (the profiler slows the steps it traces),
             or None when not recorded.
+        core_time: ms of core time per step that the median run's traced
+            ops used on the `cores` cores (`keras_sg.profiling.core_time`),
+            or None when not recorded.
     """
 
     setting: str
@@ -235,12 +286,14 @@ class MeasuredCosts:
     work_costs: tuple[dict[str, float], ...] | None = None
     cores: int | None = None
     traced_examples_per_s: float | None = None
+    core_time: float | None = None
 
     def predict(self, model: str | None = None, shared_cores: bool = False) -> float:
         """The simulator's examples/s from these costs (`model` overrides).
 
         `shared_cores=True` simulates the devices sharing `cores` cores, on
-        `work_costs` (a measurement without them is refused)."""
+        `work_costs` (a measurement without them is refused), a step taking
+        at least `core_time` over `cores` where it is recorded."""
         costs, cores = self.costs, None
         if shared_cores:
             if self.work_costs is None or self.cores is None:
@@ -262,6 +315,7 @@ class MeasuredCosts:
                 else {"queue_capacity": self.queue_capacity}
             ),
             cores=cores,
+            core_time=self.core_time if shared_cores else None,
         )
 
 
@@ -271,8 +325,9 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
     The file is JSON: `{"measurements": [...]}`, each measurement a dict with
     the fields of `MeasuredCosts` (`num_devices` as "devices",
     `per_step_overhead` as "per_step_overhead_ms", `transfer` as
-    "transfer_ms", `queue_capacity` as "capacity"; `work_costs`, `cores`
-    and `traced_examples_per_s` if the file has them); other keys (every
+    "transfer_ms", `queue_capacity` as "capacity"; `work_costs`, `cores`,
+    `traced_examples_per_s` and `core_time` (as "core_time_ms") if the file
+    has them); other keys (every
     run's numbers, the load) are ignored.
 
     Raises:
@@ -303,6 +358,7 @@ def read_measured_costs(path: str | os.PathLike) -> tuple[MeasuredCosts, ...]:
                     ),
                     cores=m.get("cores"),
                     traced_examples_per_s=m.get("traced_examples_per_s"),
+                    core_time=m.get("core_time_ms"),
                 )
             )
         except KeyError as missing:

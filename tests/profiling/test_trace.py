@@ -10,6 +10,7 @@ from keras_sg.profiling import (
     Op,
     ProfileResult,
     core_shares,
+    core_time,
     cut_transfers,
     idle_gaps,
     idle_groups,
@@ -214,6 +215,24 @@ def test_work_on_shared_cores_of_a_hand_written_trace():
     assert again.work_costs == result.work_costs and again.cores == 1
     plain = summarize(_ops(), num_devices=2, stage_devices=[0, 1], steps=2)
     assert plain.work_costs == () and plain.cores is None
+    # Core time, every op counted (the loss and the update too): on one
+    # core the union, 0-11 ms; on two, at most two ran at once, so every
+    # op's duration: 4 + 2 + 1 + 2 + 3 + 1 + 2 + 1 + 0.5 = 16.5 ms. Per step.
+    assert summary.core_time == pytest.approx(11.0 / 2)
+    assert two.core_time == pytest.approx(16.5 / 2)
+    assert again.core_time == summary.core_time and plain.core_time is None
+
+
+def test_core_time_counts_ops_at_once_up_to_the_cores():
+    three_at_once = [(0.0, 2.0, "F"), (0.0, 2.0, "B"), (1.0, 2.0, "U")]
+    # 0-1: two ops, 1-2: three.
+    assert core_time(three_at_once, 1) == 2.0
+    assert core_time(three_at_once, 2) == 4.0
+    assert core_time(three_at_once, 3) == 5.0
+    assert core_time([(0.0, 1.0), (1.0, 2.0), (5.0, 5.0)], 2) == 2.0  # touching
+    assert core_time([], 2) == 0.0
+    with pytest.raises(ValueError, match="cores"):
+        core_time(three_at_once, 0)
 
 
 def test_core_shares_split_overlapping_time_equally():
@@ -436,6 +455,13 @@ def test_a_prediction_on_shared_cores_by_hand():
     ) > two.predict_examples_per_s("backprop", shared_cores=True)
     with pytest.raises(ValueError, match="needs the result's work costs and cores"):
         _measured().predict_examples_per_s("backprop", shared_cores=True)
+    # A trace whose ops used 200 ms of core time a step (a device that ran
+    # several of its ops at once): two cores need 100 ms, + 5: 105 ms.
+    busy = _measured(work_costs=core, cores=2, core_time=200.0)
+    assert busy.predict_examples_per_s("backprop", shared_cores=True) == pytest.approx(
+        256 / 105 * 1000
+    )
+    assert busy.predict_examples_per_s("backprop") == pytest.approx(256 / 80 * 1000)
 
 
 @pytest.mark.parametrize(

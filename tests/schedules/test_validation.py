@@ -107,6 +107,42 @@ def test_validate_measured_costs_on_shared_cores_by_hand(tmp_path):
         shared[1][0].predict(shared_cores=True)
 
 
+def test_core_time_bounds_a_prediction_on_shared_cores(tmp_path):
+    """A step takes at least core_time / cores + the overhead: GPipe's
+    simulated step on two cores is 48 ms (as above, each device a core);
+    had its ops used 120 ms of core time, two cores need 60 + 4 = 64 ms.
+    Under the simulated step the bound changes nothing."""
+    gpipe = dict(micro_batches=2, per_step_overhead=4.0, batch_size=100, cores=2)
+    assert v.predict_examples_per_s("gpipe", COSTS, **gpipe) == pytest.approx(
+        100 / 48 * 1000
+    )
+    assert v.predict_examples_per_s(
+        "gpipe", COSTS, core_time=120.0, **gpipe
+    ) == pytest.approx(100 / 64 * 1000)
+    assert v.predict_examples_per_s(
+        "gpipe", COSTS, core_time=80.0, **gpipe
+    ) == pytest.approx(100 / 48 * 1000)
+    # Pipelined DNI: 37 ms a batch; 90 ms of core time on 2 cores: 49.
+    assert v.predict_examples_per_s(
+        "pipelined", COSTS, core_time=90.0, **gpipe
+    ) == pytest.approx(100 / 49 * 1000)
+    # From a costs file: only with shared cores.
+    entry = _entry("gpipe", "gpipe", 2000.0, work_costs=COSTS, cores=2)
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"measurements": [dict(entry, core_time_ms=120.0)]}))
+    ((row, predicted, _),) = v.validate_measured_costs(path)
+    assert row.core_time == 120.0 and predicted == pytest.approx(100 / 64 * 1000)
+    ((_, plain, _),) = v.validate_measured_costs(path, shared_cores=False)
+    assert plain == pytest.approx(100 / 48 * 1000)
+    path.write_text(json.dumps({"measurements": [entry]}))
+    assert v.read_measured_costs(path)[0].core_time is None
+    with pytest.raises(ValueError, match="needs `cores`.*core_time=120.0"):
+        v.predict_examples_per_s("gpipe", COSTS, batch_size=100, core_time=120.0)
+    for bad in (-1.0, float("nan"), "120"):
+        with pytest.raises(ValueError, match="`core_time` must be None or a finite"):
+            v.predict_examples_per_s("gpipe", COSTS, core_time=bad, **gpipe)
+
+
 def test_predictions_with_the_update_before_the_gradient_is_sent():
     # Backprop as in the test above, but B0 waits for U1 (36-41): B0 41-59,
     # U0 59-62, + 4: 66. GPipe: device 0's second backward waits for U1
