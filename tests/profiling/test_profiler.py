@@ -117,6 +117,12 @@ def test_profile_of_a_placed_model(profiled, kind):
         assert result.per_step_overhead == pytest.approx(
             (result.wall_time - result.op_union) / steps
         )
+    # The core time: at least the time some op ran (one core or more then),
+    # at most every op's duration (placed, and not) summed.
+    assert result.cores is not None and result.core_time is not None
+    summed = sum(sum(c.values()) for c in result.costs) + result.unplaced
+    assert result.op_union / steps <= result.core_time + 1e-9
+    assert result.core_time <= summed + 1e-9
     # Where each device waited: its largest idle groups, no more idle time
     # than the device had.
     assert len(result.idle_groups) == 2

@@ -120,6 +120,7 @@ def test_shared_cores_rows_by_hand(script, tmp_path):
         "1800 (+11%)",
         "1639 (-18%, -9%)",
         "2020 (+1%, +12%)",
+        "–",  # no core time recorded
     ]
     assert "the devices sharing cores: 1 (errors)" in table
     assert each.endswith(
@@ -127,6 +128,16 @@ def test_shared_cores_rows_by_hand(script, tmp_path):
     )
     assert shared.endswith(
         "1 of 1 within 10% of the measured examples/s, 0 of 1 of the traced steps'."
+    )
+    # With 60 ms of core time a step, one core needs 60 + 4 = 64 ms: 1562/s,
+    # -22% of 2000 and -13% of 1800; the unbound column stays as it was.
+    bound = _costs_entry(core_time_ms=60.0)
+    path.write_text(json.dumps({"measurements": [bound, _costs_entry()]}))
+    table, _, _, _, bounded = script.shared_cores_section(str(path))
+    assert _row(table, ["2"])[-2:] == ["2020 (+1%, +12%)", "1562 (-22%, -13%)"]
+    assert bounded == (
+        "- Shared cores and the core-time bound: 0 of 1 within 10% of the "
+        "measured examples/s, 0 of 1 of the traced steps'."
     )
     path.write_text(
         json.dumps({"measurements": [_costs_entry(traced_examples_per_s=None)]})
