@@ -12,7 +12,6 @@ fitted term.
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -145,12 +144,7 @@ def predict_examples_per_s(
                 "`core_time` needs `cores`, the cores it was measured on. "
                 f"Received: core_time={core_time!r} with cores=None"
             )
-        number = isinstance(core_time, int | float) and not isinstance(core_time, bool)
-        if not (number and math.isfinite(core_time) and core_time >= 0):
-            raise ValueError(
-                "`core_time` must be None or a finite number >= 0 (ms per "
-                f"step). Received: core_time={core_time!r}"
-            )
+        core_time = checks.check_nonnegative("core_time", core_time)
     ms = _batch_ms(
         model,
         costs,

@@ -139,7 +139,9 @@ def test_core_time_bounds_a_prediction_on_shared_cores(tmp_path):
     with pytest.raises(ValueError, match="needs `cores`.*core_time=120.0"):
         v.predict_examples_per_s("gpipe", COSTS, batch_size=100, core_time=120.0)
     for bad in (-1.0, float("nan"), "120"):
-        with pytest.raises(ValueError, match="`core_time` must be None or a finite"):
+        with pytest.raises(
+            ValueError, match="`core_time` must be a finite, non-negative"
+        ):
             v.predict_examples_per_s("gpipe", COSTS, core_time=bad, **gpipe)
 
 
