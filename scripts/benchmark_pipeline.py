@@ -1405,6 +1405,13 @@ SHOWN_IF_SET = (
 )
 
 
+def api_link():
+    """docs/api.md as a link from the folder of the report (--output)."""
+    return os.path.relpath(
+        ROOT / "docs" / "api.md", Path(FLAGS.output).resolve().parent
+    )
+
+
 def command_line():
     """The command that measures what the report shows, with its flags."""
     shown = list(SHOWN_FLAGS) + [
@@ -1436,7 +1443,7 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " predictions come from the median run. " + load_text(load) + " Busy"
         " fractions, per-stage costs and the measured timelines are read from"
         " TensorFlow profiler traces by `keras_sg.profiling`"
-        " ([api.md](api.md#profiling-keras_sgprofiling)).",
+        f" ([api.md]({api_link()}#profiling-keras_sgprofiling)).",
         "",
         "```",
         command_line(),
