@@ -714,13 +714,11 @@ def measure(spec):
             and (
                 "per_step_overhead_ms" not in cached
                 or "core_costs" not in cached["profile"]
-                # logical devices' work and core time on shared cores, kept since
+                # logical devices' work and core time on shared cores, kept
+                # since (a profile with its core time has its work costs too)
                 or (
                     not spec.get("cluster")
-                    and (
-                        "work_costs" not in cached["profile"]
-                        or cached["profile"].get("core_time") is None
-                    )
+                    and cached["profile"].get("core_time") is None
                 )
             )
         )

@@ -414,17 +414,18 @@ def rollback_reporter(guard):
     `RollBackOnDivergence`, put before it in the list) makes."""
     import keras
 
+    seen = []  # the rollbacks reported so far
+
     def report(epoch, logs):
-        for rollback in guard.rollbacks[report.seen :]:
+        for n, rollback in enumerate(guard.rollbacks[len(seen) :], len(seen) + 1):
             print(
                 f"{rollback['message']} Rolled back to the end of epoch "
-                f"{rollback['restored_epoch']} (rollback {len(guard.rollbacks)} "
-                f"of {guard.max_rollbacks}); training goes on.",
+                f"{rollback['restored_epoch']} (rollback {n} of "
+                f"{guard.max_rollbacks}); training goes on.",
                 flush=True,
             )
-        report.seen = len(guard.rollbacks)
+            seen.append(rollback)
 
-    report.seen = 0
     return keras.callbacks.LambdaCallback(on_epoch_end=report)
 
 
