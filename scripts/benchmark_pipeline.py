@@ -1693,7 +1693,9 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
                 f" {len(r['curve'])} ({epochs}) | {curve} |"
             )
         lines += divergence_section(accuracy)
-        lines.append("")
+        # Their own window too: a report written from a cache may have
+        # measured its tables in another hour.
+        lines += ["", load_text(measured_load(accuracy)), ""]
     return "\n".join(lines)
 
 

@@ -328,6 +328,12 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         " and 15 min, `os.getloadavg`) at the start: 1.00, 2.00, 3.00; at the"
         " end: 72.50, 144.50, 216.50" in report
     )
+    # And those of the accuracy runs alone (runs 46 to 72), under their table.
+    assert (
+        "Measured 2026-11-27 00:46 to 2026-11-27 01:12 UTC. Load average (1, 5"
+        " and 15 min, `os.getloadavg`) at the start: 46.00, 92.00, 138.00; at"
+        " the end: 72.50, 144.50, 216.50" in report.split("## Wall time to")[1]
+    )
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     medians = [r for r in rows if "2000 (3000, 2000, 1000)" in r]
     # Seven schedules on logical devices and seven on the servers.
