@@ -257,16 +257,25 @@ def _is_async(model) -> bool:
     return hasattr(model, "stage_step_hook")
 
 
-def _warn_if_compiled(model):
-    """XLA's work is missing from the numbers: said, not left silent."""
-    if getattr(model, "_jit_compile", None) is True:
-        warnings.warn(
+def _warn_if_compiled(model, servers=False):
+    """XLA's work is missing from the numbers, or not split by kind: said,
+    not left silent."""
+    if getattr(model, "_jit_compile", None) is not True:
+        return
+    if servers:
+        message = (
+            "keras_sg.profiling reads each run of a program compiled by XLA "
+            "on a server as one op of kind C (XLA_OP_NAME): it counts in the "
+            "busy fractions and timelines, but its forward, backward, "
+            "synthesizer and update work is not told apart in the costs. "
+        )
+    else:
+        message = (
             "keras_sg.profiling reads TensorFlow's op events; work compiled "
             "by XLA runs as unnamed XLA executables (CpuExecutable events), "
             "not ops, so it is in no busy fraction, cost or timeline. "
-            "Received: a model with jit_compile=True",
-            stacklevel=3,
         )
+    warnings.warn(message + "Received: a model with jit_compile=True", stacklevel=3)
 
 
 def read_result(
@@ -534,7 +543,7 @@ def read_servers(
     whose port is that of `addresses[k]`. Only TensorFlow's executor threads
     (lines `tf_Compute...`) are read.
     """
-    _warn_if_compiled(model)
+    _warn_if_compiled(model, servers=True)
     addresses = [a.removeprefix("grpc://") for a in addresses]
     ops = read_server_ops(logdir, addresses)
     if getattr(model, "devices", None) is None:
@@ -562,7 +571,8 @@ def read_server_ops(logdir: str | os.PathLike, addresses) -> list[Op]:
 
     Trace files are named `<host>_<port>.xplane.pb`; server k is the one
     whose port is that of `addresses[k]`, and its ops have device k. Only
-    TensorFlow's executor threads (lines `tf_Compute...`) are read.
+    TensorFlow's executor threads (lines `tf_Compute...`) are read; a run of
+    a program compiled by XLA is one op there, `XLA_OP_NAME`.
     """
     ports = [a.removeprefix("grpc://").rsplit(":", 1)[-1] for a in addresses]
     ops = []
@@ -576,7 +586,7 @@ def read_server_ops(logdir: str | os.PathLike, addresses) -> list[Op]:
         device = ports.index(port)
         ops += [
             Op(name, start, end, device)
-            for name, start, end in read_ops(path, line_prefix="tf_Compute")
+            for name, start, end in read_ops(path, line_prefix="tf_Compute", xla=True)
         ]
     return ops
 

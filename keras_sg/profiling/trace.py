@@ -67,6 +67,13 @@ GRAPPLER = re.compile(r"(?<![^/])[A-Z][A-Za-z]*Optimizer/")
 TRANSFER_TYPES = re.compile(
     r"_Send|_Recv|_HostSend|_HostRecv|Queue(?:Enqueue|Dequeue)\w*"
 )
+# A call of a program compiled by XLA (`jit_compile=True`) on a CPU: the
+# profiler's event for the whole run of the program, on the executor thread
+# that launched it. Its HLO ops are no TensorFlow ops and carry no scope, so
+# the program is read as one op of this name (kind "C"): whole, not split
+# into forward, backward and update.
+XLA_EXECUTABLE_EVENT = "CpuExecutable::ExecuteAsyncOnStream"
+XLA_OP_NAME = "xla/CpuExecutable:XlaProgram"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +172,8 @@ def op_kind(name: str) -> str:
         optimizers run); "F" (a stage's forward), "B" (its backward: under
         a gradient scope), "S" (a gradient synthesizer: prediction and
         regression), "I" (an input synthesizer), all four under a `stage_k`
-        scope; or "C" (anything else: the loss, bookkeeping).
+        scope; or "C" (anything else: the loss, bookkeeping, and a whole
+        XLA program, `XLA_OP_NAME`).
     """
     if TRANSFER_TYPES.fullmatch(name.rsplit(":", 1)[-1]):
         return "T"

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from keras_sg.profiling.trace import is_op
+from keras_sg.profiling.trace import XLA_EXECUTABLE_EVENT, XLA_OP_NAME, is_op
 
 
 def trace_files(logdir: str | os.PathLike) -> list[Path]:
@@ -31,7 +31,7 @@ def trace_files(logdir: str | os.PathLike) -> list[Path]:
 
 
 def read_ops(
-    path: str | os.PathLike, line_prefix: str = ""
+    path: str | os.PathLike, line_prefix: str = "", xla: bool = False
 ) -> Iterator[tuple[str, float, float]]:
     """Yields (name, start ms, end ms) of every op event in an XPlane file.
 
@@ -39,6 +39,10 @@ def read_ops(
         path: the `.xplane.pb` file.
         line_prefix: read only the lines (threads) whose name starts with
             it, e.g. "tf_Compute" for TensorFlow's executor threads.
+        xla: also yield each run of an XLA-compiled program (the event
+            `XLA_EXECUTABLE_EVENT`), named `XLA_OP_NAME`: one op for the
+            whole program. Its HLO ops carry no stage scope, so this is for
+            traces whose every op belongs to one device (a server's).
 
     Yields:
         Op events only (see `keras_sg.profiling.trace.is_op`), with times in
@@ -55,6 +59,8 @@ def read_ops(
                 continue
             for event in line.events:
                 name = names[event.metadata_id].name
+                if xla and name == XLA_EXECUTABLE_EVENT:
+                    name = XLA_OP_NAME
                 if is_op(name):  # not executor or function wrappers
                     start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e9
                     yield name, start, start + event.duration_ps / 1e9

@@ -6,7 +6,14 @@ import types
 import pytest
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from keras_sg.profiling import read_ops, read_result, read_servers, trace_files
+from keras_sg.profiling import (
+    XLA_OP_NAME,
+    read_ops,
+    read_result,
+    read_servers,
+    trace_files,
+)
+from keras_sg.profiling.trace import XLA_EXECUTABLE_EVENT
 
 
 def _write(path, lines):
@@ -194,3 +201,51 @@ def test_a_stage_off_the_servers_is_named(tmp_path):
     model = types.SimpleNamespace(stages=[object()], devices=["/device:CPU:0"])
     with pytest.raises(ValueError, match="Received: device='/device:CPU:0'"):
         read_servers(tmp_path, model, ["127.0.0.1:1111"], step_time=1.0)
+
+
+def test_a_servers_xla_program_counts_as_one_op(tmp_path):
+    # A run of a program compiled by XLA is one event on the executor thread
+    # that launched it; read from a server's trace, it is an op of kind C.
+    run = tmp_path / "plugins" / "profile" / "run"
+    path = _write(
+        run / "127.0.0.1_1111.xplane.pb",
+        {
+            "tf_Compute/1": (
+                0,
+                [
+                    ("ExecutorState::Process", 0, 8 * MS),
+                    (XLA_EXECUTABLE_EVENT, MS, 5 * MS),
+                    ("s/stage_0/QueueEnqueueV2:QueueEnqueueV2", 6 * MS, MS),
+                ],
+            ),
+            "tf_Compute/2": (0, [(XLA_EXECUTABLE_EVENT, 3 * MS, 5 * MS)]),
+            # Its HLO ops, on Eigen's threads: not read.
+            "tf_numa_-1_Eigen/1": (0, [("MatMul.2", MS, 4 * MS)]),
+        },
+    )
+    # Left out by default (a local trace: no device to give it).
+    assert [op[0] for op in read_ops(path)] == [
+        "s/stage_0/QueueEnqueueV2:QueueEnqueueV2"
+    ]
+    assert list(read_ops(path, xla=True)) == [
+        (XLA_OP_NAME, 1.0, 6.0),
+        ("s/stage_0/QueueEnqueueV2:QueueEnqueueV2", 6.0, 7.0),
+        (XLA_OP_NAME, 3.0, 8.0),
+    ]
+    model = types.SimpleNamespace(
+        stages=[object()],
+        devices=["/job:worker/replica:0/task:0/device:CPU:0"],
+        _jit_compile=True,
+    )
+    with pytest.warns(UserWarning, match="one op of kind C"):
+        result = read_servers(tmp_path, model, ["127.0.0.1:1111"], step_time=3.5)
+    assert result.window == 7.0  # 1 ms to 8 ms
+    assert result.busy == (1.0,)
+    # Per step (7 ms over 3.5 ms a step: 2 steps): two programs of 5 ms,
+    # one enqueue of 1 ms.
+    assert result.costs[0]["C"] == 5.0 and result.costs[0]["T"] == 0.5
+    assert result.costs[0]["F"] == result.costs[0]["B"] == result.costs[0]["U"] == 0
+    # Sharing the core: [1, 3] one program, [3, 6] both (1.5 each), [6, 7]
+    # the second with the enqueue (0.5 each), [7, 8] the second alone.
+    assert result.core_costs[0]["C"] == pytest.approx((2 + 3 + 0.5 + 1) / 2)
+    assert result.core_costs[0]["T"] == pytest.approx(0.5 / 2)

@@ -311,3 +311,56 @@ def test_one_runtime_row_per_target_age(parse):
     for bad in ("1", "x", ""):
         with pytest.raises(ValueError, match="--max_target_ages"):
             parse("--accuracy", f"--max_target_ages={bad}").accuracy_specs()
+
+
+def _speed_run(name, speed, busy, jit=False, **extra):
+    return {
+        "spec": dict({"name": name}, **({"jit": True} if jit else {})),
+        "examples_per_s": speed,
+        "busy": busy,
+        "per_step_overhead_ms": 2.0,
+        "cpu": [0.9, 0.95],
+        "client": 0.02,
+        "load": [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]],
+        "measured_utc": [0.0, 60.0],
+        **extra,
+    }
+
+
+def test_an_xla_rows_busy_fractions_are_shown_once_its_programs_are_traced(parse):
+    script = parse()
+    runs = {
+        "backprop_mp": [
+            _speed_run("backprop_mp (2 servers, run 1)", 1000.0, [0.5, 0.5])
+        ],
+        "gpipe": [_speed_run("gpipe (2 servers, run 1)", 800.0, [0.6, 0.7])],
+        # Runs 1 and 3 around the median run 2, whose busy fractions show.
+        "async xla": [
+            _speed_run(
+                "async C=2 N=32 xla (run 1)", 3000.0, [0.1, 0.1], True, xla_traced=True
+            ),
+            _speed_run(
+                "async C=2 N=32 xla (run 2)",
+                2000.0,
+                [0.92, 0.97],
+                True,
+                xla_traced=True,
+            ),
+            _speed_run(
+                "async C=2 N=32 xla (run 3)", 1500.0, [0.1, 0.1], True, xla_traced=True
+            ),
+        ],
+        # Traced before its programs were read: its busy would be wrong.
+        "async xla before": [
+            _speed_run("async C=2 N=32 xla, before (run 1)", 2000.0, [0.04, 0.04], True)
+        ],
+    }
+    lines = script.throughput_table(runs, script.bp.measured_load(runs))
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:6]}
+    (xla,) = [r for name, r in rows.items() if name.endswith("xla")]
+    assert xla[1:4] == ["2000 (3000, 2000, 1500)", "2.00x", "2.50x"]
+    assert xla[4:7] == ["92%, 97%", "–", "90%, 95%"]
+    (before,) = [r for name, r in rows.items() if "before" in name]
+    assert before[4:6] == ["–", "–"]
+    (backprop,) = [r for name, r in rows.items() if name.startswith("backprop")]
+    assert backprop[4:6] == ["50%, 50%", "2.0"]

@@ -688,6 +688,8 @@ def test_async_xla_row_on_the_servers_beside_the_profiled_one(
         # The XLA row is the fastest: 9000, 8000, 7000.
         speed = 10000.0 - 1000.0 * run if spec.get("jit") else 1000.0 * (1 + run)
         result = dict(_fake_run(spec, speed, run - 1), cpu=[0.9, 0.8], client=0.1)
+        if spec.get("jit"):
+            result["xla_traced"] = True  # its programs' runs read as ops
         return dict(result, **_recorded(len(specs)))
 
     monkeypatch.setattr(bench, "measure", fake_measure)
@@ -706,12 +708,13 @@ def test_async_xla_row_on_the_servers_beside_the_profiled_one(
     (row,) = [
         r for r in report.splitlines() if r.startswith("| async_dni_low_rank xla")
     ]
-    # Against backprop's median 3000: 8000 / 3000; nothing of the trace.
+    # Against backprop's median 3000: 8000 / 3000; of the trace, the median
+    # run's busy fractions only.
     assert row.split(" | ")[1:9] == [
         "8000 (9000, 8000, 7000)",
         "2.67x",
         "2.67x",
-        "–",
+        "50%, 35%",
         "–",
         "–",
         "–",
@@ -750,3 +753,39 @@ def test_server_intra_op_threads_reach_each_server_command(bench, parsed, monkey
     assert all(c[-1].startswith("--cpus=") for c in commands)
     with pytest.raises(flags.IllegalFlagValueError):
         parsed("--server_intra_op_threads=0")
+
+
+def test_a_cached_xla_run_on_the_servers_traced_before_programs_counted_is_stale(
+    bench, parsed, monkeypatch, tmp_path
+):
+    parsed(f"--cache={tmp_path}")
+    spec = {
+        "name": "async_dni_low_rank xla (2 servers, run 1)",
+        "devices": 2,
+        "model": "async",
+        "cluster": True,
+        "jit": True,
+    }
+    old = {
+        "spec": spec,
+        "load": [[0.0] * 3] * 2,
+        "per_step_overhead_ms": 1.0,
+        "profile": {"core_costs": []},
+    }
+    measured = []
+
+    def fresh(command, **kwargs):
+        measured.append(command)
+        line = json.dumps(dict(old, xla_traced=True))
+        return types.SimpleNamespace(returncode=0, stdout=line + "\n")
+
+    monkeypatch.setattr(bench, "start_servers", lambda *args: [])
+    monkeypatch.setattr(bench.subprocess, "run", fresh)
+    cache = tmp_path / "async_dni_low_rank_xla_2_servers_run_1_.json"
+    cache.write_text(json.dumps(old))
+    assert bench.measure(spec)["xla_traced"] and len(measured) == 1
+    # Once traced so, it is kept; the same run without XLA never was stale.
+    bench.measure(spec)
+    cache.write_text(json.dumps(dict(old, spec=dict(spec, jit=False))))
+    assert bench.measure(dict(spec, jit=False)) == dict(old, spec=dict(spec, jit=False))
+    assert len(measured) == 1
