@@ -1580,6 +1580,8 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             "",
             *_table(cluster, with_trace=False),
             "",
+            load_text(measured_load(cluster)),
+            "",
             "![timelines on two servers](figures/measured_timeline_servers.png)",
             "",
             *idle_lines(cluster),
@@ -1607,6 +1609,10 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
             f"## K = {k} logical devices in one process",
             "",
             *_table(rows, with_trace=True),
+            "",
+            # Each table's own window: a report written from a cache may
+            # have measured its tables in different hours.
+            load_text(measured_load(rows)),
             "",
         ]
         if k > 2:
@@ -1708,8 +1714,6 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
                 f" {len(r['curve'])} ({epochs}) | {curve} |"
             )
         lines += divergence_section(accuracy)
-        # Their own window too: a report written from a cache may have
-        # measured its tables in another hour.
         lines += ["", load_text(measured_load(accuracy)), ""]
     return "\n".join(lines)
 

@@ -328,7 +328,22 @@ def test_every_table_of_the_report_holds_medians_of_the_repeats(
         " and 15 min, `os.getloadavg`) at the start: 1.00, 2.00, 3.00; at the"
         " end: 72.50, 144.50, 216.50" in report
     )
-    # And those of the accuracy runs alone (runs 46 to 72), under their table.
+    # And each table's own, under it: the seven schedules on logical devices
+    # (runs 1 to 23, plain Keras's 24th not among them), the servers' (runs
+    # 25 to 45) and the accuracy runs' (46 to 72).
+    logical, servers = report.split("## K = 2 devices")[1].split("## K = 2 logical")[
+        ::-1
+    ]
+    assert (
+        "Measured 2026-11-27 00:01 to 2026-11-27 00:23 UTC. Load average (1, 5"
+        " and 15 min, `os.getloadavg`) at the start: 1.00, 2.00, 3.00; at"
+        " the end: 23.50, 46.50, 69.50" in logical
+    )
+    assert (
+        "Measured 2026-11-27 00:25 to 2026-11-27 00:45 UTC. Load average (1, 5"
+        " and 15 min, `os.getloadavg`) at the start: 25.00, 50.00, 75.00; at"
+        " the end: 45.50, 90.50, 135.50" in servers
+    )
     assert (
         "Measured 2026-11-27 00:46 to 2026-11-27 01:12 UTC. Load average (1, 5"
         " and 15 min, `os.getloadavg`) at the start: 46.00, 92.00, 138.00; at"
