@@ -722,15 +722,14 @@ def measure(spec):
                     not spec.get("cluster")
                     and cached["profile"].get("core_time") is None
                 )
+                # XLA runs on the servers traced before their programs' runs
+                # were read (busy 4%)
+                or (
+                    spec.get("jit")
+                    and spec.get("cluster")
+                    and not cached.get("xla_traced")
+                )
             )
-        )
-        # XLA runs on the servers traced before their programs' runs were
-        # read (busy 4%): stale.
-        stale = stale or (
-            traced
-            and spec.get("jit")
-            and bool(spec.get("cluster"))
-            and not cached.get("xla_traced")
         )
         # Accuracy runs saved before they trained in one `fit`: stale.
         current = not spec.get("mnist") or cached.get("one_fit")
