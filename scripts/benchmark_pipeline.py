@@ -84,8 +84,9 @@ flags.DEFINE_bool(
     False,
     "On the servers, measure the runtime once more with its math compiled "
     "with XLA (the setting docs/async.md recommends), as an extra row beside "
-    "the profiled one: its examples/s and CPU loads (the trace does not show "
-    "XLA's work as ops).",
+    "the others: its examples/s, CPU loads, and from the servers' traces its "
+    "busy fractions and a prediction (each run of a stage's XLA program read "
+    "as one op).",
 )
 flags.DEFINE_enum(
     "async_input",
@@ -444,21 +445,8 @@ def run_worker(spec):
         )
     elif spec["model"] != "plain":
         # Per stage: its ops told apart by the stage_k scope, the optimizer's
-        # update shared by the stages as their weights. One step first, so
-        # that the profiled steps are not the first of a `fit`.
-        # The asynchronous runtime's window starts once its queues are full.
-        skip = 1
-        if spec["model"] == "async":
-            # In calls of each stage's function (profile() counts calls).
-            batches = (spec["devices"] - 1) * (spec["capacity"] + 1) + 1
-            skip = math.ceil(batches / spec.get("steps_per_execution", 1))
-        profile = keras_sg.profiling.profile(
-            model,
-            data,
-            steps=spec["profile_steps"],
-            skip=skip,
-            batch_size=spec["batch_size"],
-        )
+        # update shared by the stages as their weights.
+        profile = profile_logical(keras_sg, model, data, spec)
         result.update(
             busy=list(profile.busy),
             costs=[dict(c) for c in profile.stage_costs],
@@ -470,7 +458,45 @@ def run_worker(spec):
             per_step_overhead_ms=profile.per_step_overhead,
             profile=profile.to_dict(max_events=MAX_EVENTS),
         )
+        if spec["model"] == "async":
+            result["profiler_warmed"] = True  # see profile_logical
     return result
+
+
+def profile_logical(keras_sg, model, data, spec):
+    """The profile of a run on logical devices: --profile_steps steps after
+    one, so that they are not the first of a `fit`.
+
+    The asynchronous runtime's window starts once its queues are full, and
+    holds the fewest whole calls of its stages' functions that hold
+    --profile_steps steps (`profile` counts calls). Before it, a window of
+    the same length is traced and thrown away. In this process's first
+    trace the runtime ran slower, and the longer the trace the slower
+    (2026-11-29, K = 2, 32 steps a call: 123 to 150 ms a step in a first
+    window of four calls, against 84 to 89 untraced; 100 to 104 in a first
+    window of one or two calls; 85 to 98 in a second window; the executor
+    threads took about 2 million page faults in a first trace of 160
+    steps, a few hundred in a later one; cause not found; docs/simulation.md,
+    "The profiler's first trace"). Backprop and pipelined DNI, traced for 4
+    steps, did not show it.
+    """
+    if spec["model"] != "async":
+        return keras_sg.profiling.profile(
+            model,
+            data,
+            steps=spec["profile_steps"],
+            skip=1,
+            batch_size=spec["batch_size"],
+        )
+    per_call = spec.get("steps_per_execution", 1)
+    batches = (spec["devices"] - 1) * (spec["capacity"] + 1) + 1
+    window = dict(
+        steps=math.ceil(spec["profile_steps"] / per_call),
+        skip=math.ceil(batches / per_call),
+        batch_size=spec["batch_size"],
+    )
+    keras_sg.profiling.profile(model, data, **window)  # thrown away
+    return keras_sg.profiling.profile(model, data, **window)
 
 
 def on_stage0(spec):
@@ -729,6 +755,13 @@ def measure(spec):
                     and spec.get("cluster")
                     and not cached.get("xla_traced")
                 )
+                # asynchronous runs on logical devices traced in their
+                # process's first trace, for four calls (profile_logical)
+                or (
+                    spec["model"] == "async"
+                    and not spec.get("cluster")
+                    and not cached.get("profiler_warmed")
+                )
             )
         )
         # Accuracy runs saved before they trained in one `fit`: stale.
@@ -976,6 +1009,10 @@ def main(argv):
     costs = Path(FLAGS.costs) if FLAGS.costs else output.with_suffix(".json")
     measured = [("logical", runs[n, k]) for k in devices for n, _, _ in SCHEDULES]
     measured += [("servers", cluster[n]) for n, _, _ in SCHEDULES if cluster]
+    if ASYNC_XLA_ROW in cluster and median_run(cluster[ASYNC_XLA_ROW]).get(
+        "xla_traced"
+    ):
+        measured.append(("servers", cluster[ASYNC_XLA_ROW]))
     costs.write_text(json.dumps(costs_file(measured, load), indent=1) + "\n")
     output.write_text(report(runs, plain, cluster, accuracy, load, costs.name))
     print(f"wrote {output} and {costs}")
@@ -1210,7 +1247,8 @@ def costs_file(measured, load):
         "costs": "per device: F forward, B backward, S gradient synthesizer, I "
         "input synthesizer, U optimizer update, T transfers (sends, receives, "
         "queue ops; in transfer_ms, not in the simulator's costs), C other "
-        "work (on the servers: control edges), from the median run's profiler "
+        "work (on the servers: control edges; with jit, also each run of a "
+        "stage's XLA program, one op), from the median run's profiler "
         "trace: each device's busy time by kind, the time in which several of "
         "its ops ran at once shared equally by them "
         "(keras_sg.profiling.core_shares); on logical devices the optimizer's "
@@ -1361,12 +1399,20 @@ def _table(rows, with_trace):
             f"{speed / base:.2f}x",
             f"{speed / gpipe:.2f}x",
         ]
-        if middle["spec"].get("jit"):
-            # Each run of an XLA program is one op, of no kind: the busy
-            # fractions only (none from runs traced before it was read).
-            busy = middle.get("xla_traced") and middle.get("busy")
-            cells.append(", ".join(f"{b:.0%}" for b in busy) if busy else "–")
-            cells += ["–"] * 3
+        if middle["spec"].get("jit") and not middle.get("xla_traced"):
+            # Runs traced before XLA programs' runs were read: no trace cells.
+            cells += ["–"] * 4
+        elif middle["spec"].get("jit"):
+            # Each run of a stage's XLA program is one op of kind C (other
+            # work), its forward, backward, synthesizer and update not told
+            # apart: no synthesizer overhead. The simulator runs it as one
+            # unit on its device, as it runs C, with the backward.
+            cells += [
+                ", ".join(f"{b:.0%}" for b in middle["busy"]),
+                "–",
+                f"{middle['per_step_overhead_ms']:.1f}",
+                prediction_cell(middle, middle["examples_per_s"]),
+            ]
         else:
             cells += [
                 ", ".join(f"{b:.0%}" for b in middle["busy"]),
@@ -1489,10 +1535,11 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         f"{', its math compiled with XLA' if FLAGS.async_jit else ''}"
         f"{stage0_input}."
         + (
-            " The profiler's trace does not show XLA-compiled work as ops"
-            " (only unnamed CpuExecutable events): this row's busy"
-            " fractions, costs, per-step overhead and simulator prediction"
-            " leave it out; its examples/s are measured as the others'."
+            " On logical devices the profiler's trace does not place"
+            " XLA-compiled work on a device (its programs' runs are"
+            " CpuExecutable events of no stage): this row's busy fractions,"
+            " costs, per-step overhead and simulator prediction there leave it"
+            " out; its examples/s are measured as the others'."
             if FLAGS.async_jit
             else ""
         )
@@ -1500,17 +1547,25 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " those of its top stage over the timed batches, after"
         " warm-up batches in the same `fit` (its first `fit` traces the stage"
         " functions, and every `fit` starts with its queues empty); its"
-        " profile covers stage 0's steps once the queues are full;"
+        " profile covers stage 0's steps once the queues are full, in the"
+        " fewest whole calls that hold the other schedules' traced steps, and"
+        " on logical devices after a window of the same length traced and"
+        " thrown away (a process's first trace ran slower:"
+        " docs/simulation.md, \"The profiler's first trace\");"
         ' its prediction is the simulator\'s "async" schedule with'
         " the same capacity."
         + (
             f" On the servers, `{ASYNC_XLA_ROW}` is the same runtime with each"
             " stage's math compiled with XLA (`jit_compile=True`, the setting"
-            " docs/async.md recommends), measured in turn with the others:"
-            " examples/s, busy fractions (each run of a stage's XLA program"
-            " read from the trace as one op) and CPU loads; no costs nor"
-            " prediction, since the trace does not tell that program's"
-            " forward, backward and update apart."
+            " docs/async.md recommends), measured in turn with the others."
+            " Each run of a stage's XLA program is one op in its server's"
+            " trace, of kind C (other work): the trace does not tell that"
+            " program's forward, backward, synthesizer and update apart, so"
+            " the row has no synthesizer overhead, and the simulator runs"
+            " each program as one unit on its device (as it runs C, with the"
+            " backward pass). In the steady state of the asynchronous"
+            " schedule a device's step is the sum of its costs wherever they"
+            " fall in it, so the prediction does not hang on that split."
             if ASYNC_XLA_ROW in cluster
             else ""
         ),

@@ -480,6 +480,70 @@ def test_warmup_steps_give_the_stages_a_linear_warm_up(bench):
     assert rates == pytest.approx([0.0, 5e-4, 1e-3, 1e-3], rel=1e-4)
 
 
+def test_async_runs_on_logical_devices_keep_their_second_window(bench, monkeypatch):
+    import keras_sg
+
+    windows = []
+
+    def fake_profile(model, data, **window):
+        windows.append(window)
+        return f"window {len(windows)}"
+
+    monkeypatch.setattr(keras_sg.profiling, "profile", fake_profile)
+    spec = dict(_tiny("async", capacity=2), profile_steps=4, steps_per_execution=32)
+    # Queues full after (K - 1)(C + 1) + 1 = 4 batches: one call of 32 to
+    # skip; 4 steps fit in one call. A window thrown away, then the kept one.
+    assert bench.profile_logical(keras_sg, None, None, spec) == "window 2"
+    assert windows == [dict(steps=1, skip=1, batch_size=4)] * 2
+    windows.clear()
+    # One step a call: 4 calls in each window, 4 of them skipped.
+    spec = dict(spec, steps_per_execution=1, devices=2, capacity=2)
+    assert bench.profile_logical(keras_sg, None, None, spec) == "window 2"
+    assert windows == [dict(steps=4, skip=4, batch_size=4)] * 2
+    windows.clear()
+    # The other schedules: one window of --profile_steps steps after one.
+    pipelined = dict(_tiny("pipelined"), profile_steps=4)
+    assert bench.profile_logical(keras_sg, None, None, pipelined) == "window 1"
+    assert windows == [dict(steps=4, skip=1, batch_size=4)]
+
+
+def test_a_cached_async_run_on_logical_devices_from_a_first_trace_is_stale(
+    bench, parsed, monkeypatch, tmp_path
+):
+    parsed(f"--cache={tmp_path}")
+    spec = {
+        "name": "async_dni_low_rank (K=2, run 1)",
+        "model": "async",
+        "devices": 2,
+        "capacity": 2,
+    }
+    old = {
+        "spec": spec,
+        "examples_per_s": 1.0,
+        "per_step_overhead_ms": 0.1,
+        "profile": {"core_costs": [], "core_time": 1.0},
+        **_recorded(1),
+    }
+    cache = tmp_path / "async_dni_low_rank_K_2_run_1_.json"
+    cache.write_text(json.dumps(old))
+    measured = []
+
+    def run(command, **kwargs):
+        measured.append(command)
+        line = json.dumps(dict(old, examples_per_s=2.0, profiler_warmed=True))
+        return types.SimpleNamespace(returncode=0, stdout=line + "\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    assert bench.measure(spec)["examples_per_s"] == 2.0 and len(measured) == 1
+    # Once traced so, it is kept; a run of another schedule never was stale.
+    assert bench.measure(spec)["examples_per_s"] == 2.0 and len(measured) == 1
+    other = dict(spec, name="pipelined_dni_low_rank (K=2, run 1)", model="pipelined")
+    (tmp_path / "pipelined_dni_low_rank_K_2_run_1_.json").write_text(
+        json.dumps(dict(old, spec=other))
+    )
+    assert bench.measure(other)["examples_per_s"] == 1.0 and len(measured) == 1
+
+
 def test_clipping_of_a_spec_reaches_the_optimizer(bench):
     import keras
 
@@ -704,7 +768,14 @@ def test_async_xla_row_on_the_servers_beside_the_profiled_one(
         speed = 10000.0 - 1000.0 * run if spec.get("jit") else 1000.0 * (1 + run)
         result = dict(_fake_run(spec, speed, run - 1), cpu=[0.9, 0.8], client=0.1)
         if spec.get("jit"):
-            result["xla_traced"] = True  # its programs' runs read as ops
+            # Its programs' runs read as ops, of kind C (other work).
+            programs = [{"F": 0.0, "B": 0.0, "C": 28.0, "T": 1.0}]
+            programs.append({"F": 0.0, "B": 0.0, "C": 29.5, "T": 1.0})
+            result.update(
+                xla_traced=True,
+                costs=programs,
+                profile=_profile(programs, overhead=0.5),
+            )
         return dict(result, **_recorded(len(specs)))
 
     monkeypatch.setattr(bench, "measure", fake_measure)
@@ -724,22 +795,35 @@ def test_async_xla_row_on_the_servers_beside_the_profiled_one(
         r for r in report.splitlines() if r.startswith("| async_dni_low_rank xla")
     ]
     # Against backprop's median 3000: 8000 / 3000; of the trace, the median
-    # run's busy fractions only.
-    assert row.split(" | ")[1:9] == [
+    # run's busy fractions, no synthesizer overhead (its programs' work is
+    # not told apart), and the simulator's prediction: each device's
+    # program runs as one unit, the slower device's 29.5 ms, the overhead
+    # 0.5 and a message received, (1 + 1) / 2 = 1 ms: 31 ms a batch.
+    predicted = 256 / 31.0 * 1000
+    assert row.removesuffix(" |").split(" | ")[1:10] == [
         "8000 (9000, 8000, 7000)",
         "2.67x",
         "2.67x",
         "50%, 35%",
         "–",
-        "–",
-        "–",
+        "0.5",
+        f"{predicted:.0f} (+3%)",
         "90%, 80%",
+        "10% of a core",
     ]
     assert "--async_xla_row" in report
     assert "On the two servers: 8000 examples/s" in report
-    # Neither the costs file nor the simulator's validation holds it.
+    # The costs file holds it, and the simulator's validation recomputes it.
     costs = validation.read_measured_costs(tmp_path / "bench.json")
-    assert [c.setting for c in costs] == ["logical"] * 7 + ["servers"] * 7
+    assert [c.setting for c in costs] == ["logical"] * 7 + ["servers"] * 8
+    assert costs[-1].name == "async_dni_low_rank xla (2 servers)"
+    assert costs[-1].queue_capacity == 2
+    *_, (row, again, error) = validation.validate_measured_costs(
+        tmp_path / "bench.json"
+    )
+    assert row.name == costs[-1].name
+    assert again == pytest.approx(predicted)
+    assert error == pytest.approx(predicted / 8000 - 1)
 
 
 def test_server_intra_op_threads_reach_each_server_command(bench, parsed, monkeypatch):
