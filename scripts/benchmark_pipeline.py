@@ -473,12 +473,12 @@ def profile_logical(keras_sg, model, data, spec):
     the same length is traced and thrown away. In this process's first
     trace the runtime ran slower, and the longer the trace the slower
     (2026-11-29, K = 2, 32 steps a call: 123 to 150 ms a step in a first
-    window of four calls, against 84 to 89 untraced; 100 to 104 in a first
-    window of one or two calls; 85 to 98 in a second window; the executor
-    threads took about 2 million page faults in a first trace of 160
-    steps, a few hundred in a later one; cause not found; docs/simulation.md,
-    "The profiler's first trace"). Backprop and pipelined DNI, traced for 4
-    steps, did not show it.
+    window of four calls, against 84 to 92 untraced; 100 to 104 in a first
+    window of one or two calls; 85 to 98 in a second window; a first
+    trace of 160 steps took about 2 million page faults, most in the
+    executor threads, and a later one 68 to 300 thousand; cause not found;
+    docs/simulation.md, "The profiler's first trace"). Backprop and
+    pipelined DNI, traced for 4 steps, did not show it.
     """
     if spec["model"] != "async":
         return keras_sg.profiling.profile(
@@ -1551,7 +1551,7 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         " fewest whole calls that hold the other schedules' traced steps, and"
         " on logical devices after a window of the same length traced and"
         " thrown away (a process's first trace ran slower:"
-        " docs/simulation.md, \"The profiler's first trace\");"
+        ' docs/simulation.md, "The profiler\'s first trace");'
         ' its prediction is the simulator\'s "async" schedule with'
         " the same capacity."
         + (
