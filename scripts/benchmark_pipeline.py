@@ -1546,14 +1546,13 @@ def report(runs, plain, cluster, accuracy, load, costs_name):
         + " Its examples/s are"
         " those of its top stage over the timed batches, after"
         " warm-up batches in the same `fit` (its first `fit` traces the stage"
-        " functions, and every `fit` starts with its queues empty); its"
-        " profile covers stage 0's steps once the queues are full, in the"
-        " fewest whole calls that hold the other schedules' traced steps, and"
-        " on logical devices after a window of the same length traced and"
-        " thrown away (a process's first trace ran slower:"
-        ' docs/simulation.md, "The profiler\'s first trace");'
-        ' its prediction is the simulator\'s "async" schedule with'
-        " the same capacity."
+        " functions, and every `fit` starts with its queues empty); on"
+        " logical devices its profile covers stage 0's steps once the queues"
+        " are full, in the fewest whole calls that hold the other schedules'"
+        " traced steps, after a window of the same length traced and thrown"
+        " away (a process's first trace ran slower: docs/simulation.md,"
+        ' "The profiler\'s first trace"); its prediction is the'
+        ' simulator\'s "async" schedule with the same capacity.'
         + (
             f" On the servers, `{ASYNC_XLA_ROW}` is the same runtime with each"
             " stage's math compiled with XLA (`jit_compile=True`, the setting"
