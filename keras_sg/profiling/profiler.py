@@ -353,6 +353,7 @@ def profile(
     skip: int = 1,
     batch_size: int | None = None,
     logdir: str | os.PathLike | None = None,
+    discard: int = 0,
 ) -> ProfileResult:
     """Trains a compiled keras_sg model `skip + steps` steps, profiling the last.
 
@@ -368,12 +369,19 @@ def profile(
         batch_size: examples per step; by default the first batch's size
             (datasets) or 32 (arrays, cut into whole batches and repeated).
         logdir: folder of the trace, kept; by default a temporary folder.
+        discard: first profile this many windows the same way (each in a
+            `fit` of its own, its trace deleted) and throw them away. A
+            process's first trace can run slower, the more the longer it
+            is: `AsyncPipelinedModel` on two logical devices ran up to 71%
+            slower than untraced in a first window of 128 steps, and within
+            12% in a second (docs/simulation.md, "The profiler's first
+            trace").
 
     Returns:
-        A ProfileResult (see `Profile`).
+        A ProfileResult (see `Profile`), of the last window.
     """
+    _check_count("discard", discard, 0)
     data, batch_size = _as_dataset(x, y, batch_size)
-    callback = Profile(steps=steps, skip=skip, batch_size=batch_size, logdir=logdir)
     # The window counts calls, each of `steps_per_execution` steps.
     per_call = int(getattr(model, "steps_per_execution", 1) or 1)
     more = 0
@@ -381,14 +389,18 @@ def profile(
         # Stage 0 runs up to capacity + 1 batches ahead of the stage above:
         # batches after the window keep the stages above busy to its end.
         more = (len(model.stages) - 1) * (model.capacity + 1)
-    model.fit(
-        data,
-        steps_per_epoch=(skip + steps) * per_call + more,
-        epochs=1,
-        verbose=0,
-        shuffle=False,
-        callbacks=[callback],
-    )
+    for window in range(discard + 1):
+        # A discarded window's trace goes to a temporary folder.
+        keep = logdir if window == discard else None
+        callback = Profile(steps=steps, skip=skip, batch_size=batch_size, logdir=keep)
+        model.fit(
+            data,
+            steps_per_epoch=(skip + steps) * per_call + more,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+            callbacks=[callback],
+        )
     return callback.result
 
 

@@ -170,6 +170,36 @@ def test_too_few_steps_to_profile_is_an_error(tmp_path, monkeypatch):
     assert result.devices == ("default",) and result.batch_size == 4
 
 
+def test_discarded_windows_are_traced_first_and_thrown_away(tmp_path, monkeypatch):
+    starts, fits = [], []
+    start = tf.profiler.experimental.start
+
+    def counted(logdir, *args, **kwargs):
+        starts.append(str(logdir))
+        start(logdir, *args, **kwargs)
+
+    monkeypatch.setattr(tf.profiler.experimental, "start", counted)
+    model = _tiny_model()
+    fit = model.fit
+
+    def counted_fit(*args, **kwargs):
+        fits.append(kwargs["steps_per_epoch"])
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(model, "fit", counted_fit)
+    kept = tmp_path / "kept"
+    result = profile(model, _data().repeat(), steps=2, skip=1, logdir=kept, discard=2)
+    # Three fits of skip + steps steps, each traced once; only the last
+    # trace is kept, where asked, and it is the result's.
+    assert fits == [3, 3, 3]
+    assert len(starts) == 3 and starts[-1] == str(kept)
+    assert all(not Path(s).exists() for s in starts[:-1])
+    assert result.steps == 2 and result.batch_size == 4
+    assert len(list(kept.rglob("*.xplane.pb"))) == 1
+    with pytest.raises(ValueError, match="Received: discard=-1"):
+        profile(model, _data().repeat(), steps=1, discard=-1)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
