@@ -1399,25 +1399,19 @@ def _table(rows, with_trace):
             f"{speed / base:.2f}x",
             f"{speed / gpipe:.2f}x",
         ]
-        if middle["spec"].get("jit") and not middle.get("xla_traced"):
+        jit = middle["spec"].get("jit")
+        if jit and not middle.get("xla_traced"):
             # Runs traced before XLA programs' runs were read: no trace cells.
             cells += ["–"] * 4
-        elif middle["spec"].get("jit"):
+        else:
             # Each run of a stage's XLA program is one op of kind C (other
             # work), its forward, backward, synthesizer and update not told
             # apart: no synthesizer overhead. The simulator runs it as one
             # unit on its device, as it runs C, with the backward.
             cells += [
                 ", ".join(f"{b:.0%}" for b in middle["busy"]),
-                "–",
-                f"{middle['per_step_overhead_ms']:.1f}",
-                prediction_cell(middle, middle["examples_per_s"]),
-            ]
-        else:
-            cells += [
-                ", ".join(f"{b:.0%}" for b in middle["busy"]),
                 # Gradient and input synthesizers (I: fully unlocked only).
-                overhead_cell(middle) if synth else "–",
+                overhead_cell(middle) if synth and not jit else "–",
                 f"{middle['per_step_overhead_ms']:.1f}",
                 prediction_cell(middle, middle["examples_per_s"]),
             ]
